@@ -1,0 +1,81 @@
+"""The one error tree of the product.
+
+Every error a user can meet is an :class:`OrchestratorError` whose message says what
+was wrong and what to do. The CLI prints it as one line; the HTTP API maps it to a 4xx.
+
+::
+
+    OrchestratorError                 exit 1, HTTP 400
+    ├── UsageError                    exit 2, HTTP 422  (bad input: ids, titles, options)
+    │   └── ConfigError               exit 2            (orch.toml or ORCH_* variables)
+    ├── NotFoundError                 exit 1, HTTP 404  (unknown task, job, repository)
+    ├── ConflictError                 exit 1, HTTP 409  (illegal transition, lost race)
+    │   └── IllegalTransitionError
+    ├── RepositoryError               exit 1, HTTP 400  (not a git repository, git failed)
+    └── AgentError                    exit 1, HTTP 400  (agent binary missing, bad template)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentError",
+    "ConfigError",
+    "ConflictError",
+    "IllegalTransitionError",
+    "NotFoundError",
+    "OrchestratorError",
+    "RepositoryError",
+    "UsageError",
+]
+
+
+class OrchestratorError(Exception):
+    """Base of every error the product raises on purpose."""
+
+    exit_code = 1
+    http_status = 400
+
+
+class UsageError(OrchestratorError):
+    """The caller gave input we cannot accept."""
+
+    exit_code = 2
+    http_status = 422
+
+
+class ConfigError(UsageError):
+    """The settings (orch.toml or ORCH_* variables) are malformed."""
+
+
+class NotFoundError(OrchestratorError):
+    """A task, job or repository that does not exist."""
+
+    http_status = 404
+
+
+class ConflictError(OrchestratorError):
+    """The request is valid but the current state does not allow it."""
+
+    http_status = 409
+
+
+class IllegalTransitionError(ConflictError):
+    """A stage move that ``STAGE_TRANSITIONS`` does not allow."""
+
+    def __init__(self, current: str, target: str, allowed: tuple[str, ...]) -> None:
+        self.current = current
+        self.target = target
+        self.allowed = allowed
+        allowed_text = ", ".join(allowed) if allowed else "none (terminal stage)"
+        super().__init__(
+            f"cannot move a task from '{current}' to '{target}'; allowed from '{current}': "
+            f"{allowed_text}"
+        )
+
+
+class RepositoryError(OrchestratorError):
+    """The repository is not usable: not a git repository, or a git command failed."""
+
+
+class AgentError(OrchestratorError):
+    """An agent cannot be started: unknown agent, missing binary, bad template."""

@@ -1,0 +1,91 @@
+"""Immutable rows, as the store hands them out."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["AgentRun", "Event", "Job", "Task"]
+
+
+class _Record:
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
+
+
+@dataclass(frozen=True)
+class Task(_Record):
+    id: int
+    work_item: str
+    repository: str
+    title: str
+    description: str
+    stage: str
+    version: int
+    attempt: int
+    rollback_count: int
+    failed_reason: str | None
+    branch: str
+    base_branch: str
+    base_sha: str
+    worktree: str
+    created_at: float
+    updated_at: float
+
+    @property
+    def failed(self) -> bool:
+        return self.failed_reason is not None
+
+
+@dataclass(frozen=True)
+class Job(_Record):
+    id: int
+    task_id: int
+    stage: str
+    kind: str
+    agent: str
+    status: str
+    attempt: int
+    feedback: str | None
+    error: str | None
+    pid: int | None
+    owner_boot_id: str | None
+    start_sha: str | None
+    not_before: float
+    enqueued_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class AgentRun(_Record):
+    id: int
+    job_id: int
+    task_id: int
+    agent: str
+    model: str
+    effort: str
+    attempt: int
+    exit_code: int | None
+    exit_recorded_at: float | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    num_turns: int | None
+    log_path: str
+    started_at: float
+
+
+@dataclass(frozen=True)
+class Event(_Record):
+    id: int
+    task_id: int | None
+    job_id: int | None
+    kind: str
+    actor: str
+    from_stage: str | None
+    to_stage: str | None
+    reason: str
+    data: dict[str, Any] | None
+    created_at: float

@@ -1,0 +1,126 @@
+"""The database schema, in SQLAlchemy Core. One schema for SQLite and PostgreSQL.
+
+Timestamps are UNIX seconds (floats): the same on both databases, and ages are a
+subtraction. Alembic migrations in ``migrations/`` create exactly this schema; a test
+compares the migrated database with this metadata.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = ["agent_runs", "events", "jobs", "metadata", "tasks"]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("work_item", String(64), nullable=False),
+    # Absolute path of the repository on disk (the local forge).
+    Column("repository", String(1024), nullable=False),
+    Column("title", String(500), nullable=False),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("stage", String(32), nullable=False),
+    # Bumped by every stage write; the compare-and-swap can pin it.
+    Column("version", Integer, nullable=False, server_default="0"),
+    # Attempt of the current stage (1-based) and rollbacks to development so far.
+    Column("attempt", Integer, nullable=False, server_default="1"),
+    Column("rollback_count", Integer, nullable=False, server_default="0"),
+    # Set when the task failed: the stage stays, retry resumes it.
+    Column("failed_reason", Text, nullable=True),
+    Column("branch", String(300), nullable=False),
+    Column("base_branch", String(300), nullable=False),
+    Column("base_sha", String(64), nullable=False),
+    Column("worktree", String(2048), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("repository", "work_item"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("stage", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),  # agent | runner
+    Column("agent", String(100), nullable=False),
+    # queued | running | finalizing | done | failed | deferred
+    Column("status", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    # Why this run exists: the previous verdict, given to the agent as feedback.
+    Column("feedback", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("pid", Integer, nullable=True),
+    Column("owner_boot_id", String(64), nullable=True),
+    # HEAD of the worktree when the job started: the gates judge what it added.
+    Column("start_sha", String(64), nullable=True),
+    Column("not_before", Float, nullable=False),
+    Column("enqueued_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    Index(None, "status", "not_before"),
+    Index(None, "task_id"),
+)
+
+agent_runs = Table(
+    "agent_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("agent", String(100), nullable=False),
+    Column("model", String(200), nullable=False, server_default=""),
+    Column("effort", String(50), nullable=False, server_default=""),
+    Column("attempt", Integer, nullable=False),
+    Column("exit_code", Integer, nullable=True),
+    Column("exit_recorded_at", Float, nullable=True),
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cost_usd", Float, nullable=False, server_default="0"),
+    Column("num_turns", Integer, nullable=True),
+    Column("log_path", String(2048), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Index(None, "task_id"),
+    Index(None, "job_id"),
+)
+
+# Append-only audit trail: every transition, verdict, retry and side effect.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=True),
+    Column("job_id", Integer, nullable=True),
+    Column("kind", String(64), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("from_stage", String(32), nullable=True),
+    Column("to_stage", String(32), nullable=True),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("data", JSON, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Index(None, "task_id"),
+)

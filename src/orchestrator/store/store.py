@@ -1,0 +1,523 @@
+"""The store: every read and write of tasks, jobs, runs and events.
+
+Writes happen inside :meth:`Store.transaction`, which yields a :class:`Tx`; a caller
+composes several writes (a stage change, the next job, the event) and they commit
+together or not at all. On SQLite every write transaction starts with ``BEGIN
+IMMEDIATE`` so two writers serialise instead of failing half-way; on PostgreSQL the
+compare-and-swap ``UPDATE ... WHERE stage = :expected`` is atomic under READ COMMITTED.
+
+:meth:`Tx.update_task_stage_cas` is the only code that writes ``tasks.stage``; a test
+keeps it that way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from orchestrator.errors import NotFoundError, OrchestratorError, UsageError
+from orchestrator.store.records import AgentRun, Event, Job, Task
+from orchestrator.store.schema import agent_runs, events, jobs, tasks
+
+__all__ = ["ACTIVE_JOB_STATUSES", "JOB_STATUSES", "Store", "Tx"]
+
+JOB_STATUSES: Final = ("queued", "running", "finalizing", "done", "failed", "deferred")
+# Jobs that hold a concurrency slot.
+ACTIVE_JOB_STATUSES: Final = ("running", "finalizing")
+# Jobs still to be run.
+WAITING_JOB_STATUSES: Final = ("queued", "deferred")
+SQLITE_BUSY_TIMEOUT_S: Final = 30
+MIGRATIONS_DIR: Final = Path(__file__).parent / "migrations"
+# Arbitrary constant: the PostgreSQL advisory lock taken while migrating.
+PG_MIGRATION_LOCK_ID: Final = 7_114_065
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _create_engine(url: str) -> Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise UsageError(
+            f"database URL {url!r} is not valid; use sqlite:///path or "
+            "postgresql+psycopg://user@host/db"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not the driver, decide when transactions begin.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            # Take the write lock up front: a compare-and-swap must not be upgraded later.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    raise UsageError(
+        f"database {parsed.get_backend_name()!r} is not supported; use SQLite or PostgreSQL"
+    )
+
+
+def _task(row: sa.Row[Any]) -> Task:
+    return Task(**row._mapping)
+
+
+def _job(row: sa.Row[Any]) -> Job:
+    return Job(**row._mapping)
+
+
+class Tx:
+    """Writes inside one transaction. Obtain it from :meth:`Store.transaction`."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    # --- tasks -------------------------------------------------------------------------
+    def insert_task(
+        self,
+        *,
+        work_item: str,
+        repository: str,
+        title: str,
+        description: str,
+        stage: str,
+        branch: str,
+        base_branch: str,
+        base_sha: str,
+        worktree: str,
+    ) -> int:
+        now = _now()
+        result = self.conn.execute(
+            tasks.insert().values(
+                work_item=work_item,
+                repository=repository,
+                title=title,
+                description=description,
+                stage=stage,
+                branch=branch,
+                base_branch=base_branch,
+                base_sha=base_sha,
+                worktree=worktree,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def update_task_stage_cas(
+        self,
+        task_id: int,
+        expected: str,
+        new: str,
+        *,
+        attempt: int | None = None,
+        rollback_count: int | None = None,
+        clear_failure: bool = False,
+    ) -> bool:
+        """Move a task from ``expected`` to ``new`` if it is still in ``expected``.
+
+        Returns whether this caller won. A loser must perform no side effect.
+        """
+        values: dict[str, Any] = {
+            "stage": new,
+            "version": tasks.c.version + 1,
+            "updated_at": _now(),
+        }
+        if attempt is not None:
+            values["attempt"] = attempt
+        if rollback_count is not None:
+            values["rollback_count"] = rollback_count
+        if clear_failure:
+            values["failed_reason"] = None
+        result = self.conn.execute(
+            tasks.update()
+            .where(tasks.c.id == task_id, tasks.c.stage == expected)
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+    def update_task_counters(
+        self,
+        task_id: int,
+        *,
+        expected_stage: str,
+        attempt: int | None = None,
+        rollback_count: int | None = None,
+        failed_reason: str | None = None,
+        clear_failure: bool = False,
+    ) -> bool:
+        """Change a task's counters or failure flag, if it is still in ``expected_stage``."""
+        values: dict[str, Any] = {"version": tasks.c.version + 1, "updated_at": _now()}
+        if attempt is not None:
+            values["attempt"] = attempt
+        if rollback_count is not None:
+            values["rollback_count"] = rollback_count
+        if failed_reason is not None:
+            values["failed_reason"] = failed_reason
+        elif clear_failure:
+            values["failed_reason"] = None
+        result = self.conn.execute(
+            tasks.update()
+            .where(tasks.c.id == task_id, tasks.c.stage == expected_stage)
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+    # --- jobs --------------------------------------------------------------------------
+    def enqueue_job(
+        self,
+        *,
+        task_id: int,
+        stage: str,
+        kind: str,
+        agent: str,
+        attempt: int,
+        feedback: str | None = None,
+        delay_s: float = 0.0,
+    ) -> int:
+        now = _now()
+        result = self.conn.execute(
+            jobs.insert().values(
+                task_id=task_id,
+                stage=stage,
+                kind=kind,
+                agent=agent,
+                status="queued",
+                attempt=attempt,
+                feedback=feedback,
+                not_before=now + delay_s,
+                enqueued_at=now,
+                updated_at=now,
+            )
+        )
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def set_job_status_cas(
+        self,
+        job_id: int,
+        expected: str | Sequence[str],
+        new: str,
+        *,
+        error: str | None = None,
+        owner_boot_id: str | None = None,
+    ) -> bool:
+        """Move a job from ``expected`` (one status or several) to ``new``; returns won."""
+        now = _now()
+        expected_set = [expected] if isinstance(expected, str) else list(expected)
+        values: dict[str, Any] = {"status": new, "updated_at": now}
+        if new == "running":
+            values["started_at"] = now
+            values["owner_boot_id"] = owner_boot_id
+        if new in ("done", "failed"):
+            values["finished_at"] = now
+        if error is not None:
+            values["error"] = error
+        result = self.conn.execute(
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.status.in_(expected_set))
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+    def set_job_process(self, job_id: int, *, pid: int | None, start_sha: str | None) -> None:
+        self.conn.execute(
+            jobs.update()
+            .where(jobs.c.id == job_id)
+            .values(pid=pid, start_sha=start_sha, updated_at=_now())
+        )
+
+    def cancel_waiting_jobs(self, task_id: int, reason: str) -> list[int]:
+        """Fail every queued or deferred job of a task; returns their ids."""
+        ids = [
+            int(row.id)
+            for row in self.conn.execute(
+                sa.select(jobs.c.id).where(
+                    jobs.c.task_id == task_id, jobs.c.status.in_(WAITING_JOB_STATUSES)
+                )
+            )
+        ]
+        for job_id in ids:
+            self.set_job_status_cas(job_id, WAITING_JOB_STATUSES, "failed", error=reason)
+        return ids
+
+    # --- runs --------------------------------------------------------------------------
+    def insert_agent_run(
+        self,
+        *,
+        job_id: int,
+        task_id: int,
+        agent: str,
+        model: str,
+        effort: str,
+        attempt: int,
+        log_path: str,
+    ) -> int:
+        result = self.conn.execute(
+            agent_runs.insert().values(
+                job_id=job_id,
+                task_id=task_id,
+                agent=agent,
+                model=model,
+                effort=effort,
+                attempt=attempt,
+                log_path=log_path,
+                started_at=_now(),
+            )
+        )
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def record_exit(
+        self,
+        run_id: int,
+        *,
+        exit_code: int,
+        model: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: float = 0.0,
+        num_turns: int | None = None,
+    ) -> None:
+        values: dict[str, Any] = {
+            "exit_code": exit_code,
+            "exit_recorded_at": _now(),
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost_usd": cost_usd,
+            "num_turns": num_turns,
+        }
+        if model:
+            values["model"] = model
+        self.conn.execute(agent_runs.update().where(agent_runs.c.id == run_id).values(**values))
+
+    # --- events ------------------------------------------------------------------------
+    def add_event(
+        self,
+        kind: str,
+        *,
+        actor: str,
+        task_id: int | None = None,
+        job_id: int | None = None,
+        from_stage: str | None = None,
+        to_stage: str | None = None,
+        reason: str = "",
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.conn.execute(
+            events.insert().values(
+                task_id=task_id,
+                job_id=job_id,
+                kind=kind,
+                actor=actor,
+                from_stage=from_stage,
+                to_stage=to_stage,
+                reason=reason,
+                data=dict(data) if data else None,
+                created_at=_now(),
+            )
+        )
+
+
+class Store:
+    """The database of one orchestrator: open it, migrate it, read and write it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _create_engine(url)
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Connect and bring the schema up to date (migrations run at start)."""
+        store = cls(url)
+        if migrate:
+            store.upgrade()
+        return store
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def upgrade(self) -> tuple[str | None, str | None]:
+        """Run Alembic migrations to head; returns (revision before, revision after)."""
+        from alembic import command  # noqa: PLC0415 - alembic is only needed here
+        from alembic.config import Config  # noqa: PLC0415
+        from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        try:
+            with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    # Two processes starting at once must not both create the tables.
+                    conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK_ID})"))
+                before = MigrationContext.configure(conn).get_current_revision()
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+                after = MigrationContext.configure(conn).get_current_revision()
+        except sa.exc.OperationalError as exc:
+            raise OrchestratorError(
+                f"cannot open the database {self.engine.url.render_as_string()}: "
+                f"{str(exc.orig).strip().splitlines()[0]}"
+            ) from None
+        return before, after
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """One atomic unit of writes; commits on exit, rolls back on an exception."""
+        with self.engine.begin() as conn:
+            yield Tx(conn)
+
+    # Convenience: a single compare-and-swap in its own transaction.
+    def update_task_stage_cas(self, task_id: int, expected: str, new: str) -> bool:
+        with self.transaction() as tx:
+            return tx.update_task_stage_cas(task_id, expected, new)
+
+    # --- reads -------------------------------------------------------------------------
+    def _all(self, query: sa.Select[Any]) -> list[sa.Row[Any]]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    def get_task(self, task_id: int) -> Task:
+        rows = self._all(sa.select(tasks).where(tasks.c.id == task_id))
+        if not rows:
+            raise NotFoundError(f"no task with id {task_id}; see `orch task list`")
+        return _task(rows[0])
+
+    def find_task(self, ref: str, repository: str | None = None) -> Task:
+        """A task by work item (e.g. DEMO-1) or numeric id."""
+        query = sa.select(tasks).where(tasks.c.work_item == ref)
+        if repository is not None:
+            query = query.where(tasks.c.repository == repository)
+        rows = self._all(query)
+        if len(rows) > 1:
+            raise UsageError(
+                f"work item {ref!r} exists in {len(rows)} repositories; add --repo PATH"
+            )
+        if rows:
+            return _task(rows[0])
+        if ref.isdigit() and len(ref) < 12:
+            return self.get_task(int(ref))
+        raise NotFoundError(f"no task {ref!r}; see `orch task list`")
+
+    def task_exists(self, repository: str, work_item: str) -> bool:
+        query = sa.select(tasks.c.id).where(
+            tasks.c.repository == repository, tasks.c.work_item == work_item
+        )
+        return bool(self._all(query))
+
+    def list_tasks(self, *, stage: str | None = None, limit: int = 200) -> list[Task]:
+        query = sa.select(tasks).order_by(tasks.c.id.desc()).limit(limit)
+        if stage is not None:
+            query = query.where(tasks.c.stage == stage)
+        return [_task(row) for row in self._all(query)]
+
+    def count_tasks(self, repository: str) -> int:
+        query = sa.select(sa.func.count()).select_from(tasks)
+        query = query.where(tasks.c.repository == repository)
+        return int(self._all(query)[0][0])
+
+    def get_job(self, job_id: int) -> Job:
+        rows = self._all(sa.select(jobs).where(jobs.c.id == job_id))
+        if not rows:
+            raise NotFoundError(f"no job with id {job_id}")
+        return _job(rows[0])
+
+    def task_jobs(self, task_id: int) -> list[Job]:
+        query = sa.select(jobs).where(jobs.c.task_id == task_id).order_by(jobs.c.id)
+        return [_job(row) for row in self._all(query)]
+
+    def ready_jobs(self, now: float, limit: int = 50) -> list[tuple[Job, str]]:
+        """Queued jobs whose time has come, oldest first, with their repository."""
+        query = (
+            sa.select(jobs, tasks.c.repository)
+            .join(tasks, tasks.c.id == jobs.c.task_id)
+            .where(jobs.c.status == "queued", jobs.c.not_before <= now)
+            .order_by(jobs.c.not_before, jobs.c.id)
+            .limit(limit)
+        )
+        result = []
+        for row in self._all(query):
+            mapping = dict(row._mapping)
+            repository = str(mapping.pop("repository"))
+            result.append((Job(**mapping), repository))
+        return result
+
+    def jobs_by_status(self, statuses: Sequence[str]) -> list[tuple[Job, Task]]:
+        """Jobs in the given statuses, each with its task."""
+        job_cols = [c.label(f"job_{c.name}") for c in jobs.c]
+        query = (
+            sa.select(*job_cols, tasks)
+            .join(tasks, tasks.c.id == jobs.c.task_id)
+            .where(jobs.c.status.in_(list(statuses)))
+            .order_by(jobs.c.id)
+        )
+        result = []
+        for row in self._all(query):
+            mapping = dict(row._mapping)
+            job = Job(**{c.name: mapping.pop(f"job_{c.name}") for c in jobs.c})
+            result.append((job, Task(**mapping)))
+        return result
+
+    def active_job_counts(self) -> dict[str, int]:
+        """Running or finalizing jobs per repository."""
+        query = (
+            sa.select(tasks.c.repository, sa.func.count())
+            .join(jobs, jobs.c.task_id == tasks.c.id)
+            .where(jobs.c.status.in_(ACTIVE_JOB_STATUSES))
+            .group_by(tasks.c.repository)
+        )
+        return {str(repo): int(count) for repo, count in self._all(query)}
+
+    def task_runs(self, task_id: int) -> list[AgentRun]:
+        query = sa.select(agent_runs).where(agent_runs.c.task_id == task_id)
+        return [AgentRun(**row._mapping) for row in self._all(query.order_by(agent_runs.c.id))]
+
+    def job_run(self, job_id: int) -> AgentRun | None:
+        query = sa.select(agent_runs).where(agent_runs.c.job_id == job_id)
+        rows = self._all(query.order_by(agent_runs.c.id.desc()).limit(1))
+        return AgentRun(**rows[0]._mapping) if rows else None
+
+    def task_events(self, task_id: int) -> list[Event]:
+        query = sa.select(events).where(events.c.task_id == task_id).order_by(events.c.id)
+        return [Event(**row._mapping) for row in self._all(query)]
+
+    def counts_by_stage(self) -> dict[str, int]:
+        query = sa.select(tasks.c.stage, sa.func.count()).group_by(tasks.c.stage)
+        return {str(stage): int(count) for stage, count in self._all(query)}
+
+    def count_failed_tasks(self) -> int:
+        query = sa.select(sa.func.count()).select_from(tasks)
+        return int(self._all(query.where(tasks.c.failed_reason.is_not(None)))[0][0])
