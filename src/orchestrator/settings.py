@@ -24,13 +24,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from orchestrator.errors import ConfigError
 from orchestrator.kernel.decisions import Limits
 from orchestrator.kernel.gates import GATES
-from orchestrator.kernel.stages import JOB_STAGES, SKIPPABLE_STAGES, Pipeline
+from orchestrator.kernel.stages import JOB_STAGES, Pipeline
 
 __all__ = [
     "AgentConfig",
     "RepoConfig",
-    "Settings",
     "SettingSource",
+    "Settings",
     "StageConfig",
     "describe_settings",
     "find_config_file",
@@ -261,7 +261,10 @@ class Settings(BaseSettings):
     def _test_runner_applies(self, repo_path: Path, stage: Mapping[str, Any]) -> bool:
         explicitly_chosen = any(
             layer is not None and "agent" in layer.model_fields_set
-            for layer in (self.stages.get("testing"), self.repo_config(repo_path).stages.get("testing"))
+            for layer in (
+                self.stages.get("testing"),
+                self.repo_config(repo_path).stages.get("testing"),
+            )
         )
         return (
             self.test_runner_enabled

@@ -98,6 +98,13 @@ class Tx:
         self.conn = conn
 
     # --- tasks -------------------------------------------------------------------------
+    def get_task(self, task_id: int) -> Task:
+        """Read a task inside this transaction (sees this transaction's writes)."""
+        row = self.conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one_or_none()
+        if row is None:
+            raise NotFoundError(f"no task with id {task_id}")
+        return _task(row)
+
     def insert_task(
         self,
         *,
@@ -157,9 +164,7 @@ class Tx:
         if clear_failure:
             values["failed_reason"] = None
         result = self.conn.execute(
-            tasks.update()
-            .where(tasks.c.id == task_id, tasks.c.stage == expected)
-            .values(**values)
+            tasks.update().where(tasks.c.id == task_id, tasks.c.stage == expected).values(**values)
         )
         return result.rowcount == 1
 
@@ -499,7 +504,7 @@ class Store:
             .where(jobs.c.status.in_(ACTIVE_JOB_STATUSES))
             .group_by(tasks.c.repository)
         )
-        return {str(repo): int(count) for repo, count in self._all(query)}
+        return {str(key): int(count) for key, count in map(tuple, self._all(query))}
 
     def task_runs(self, task_id: int) -> list[AgentRun]:
         query = sa.select(agent_runs).where(agent_runs.c.task_id == task_id)
@@ -516,7 +521,7 @@ class Store:
 
     def counts_by_stage(self) -> dict[str, int]:
         query = sa.select(tasks.c.stage, sa.func.count()).group_by(tasks.c.stage)
-        return {str(stage): int(count) for stage, count in self._all(query)}
+        return {str(key): int(count) for key, count in map(tuple, self._all(query))}
 
     def count_failed_tasks(self) -> int:
         query = sa.select(sa.func.count()).select_from(tasks)

@@ -1,0 +1,35 @@
+"""Per-stage prompts: Jinja2 templates that tell the agent the task, stage and artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from orchestrator.errors import AgentError
+
+__all__ = ["render_prompt"]
+
+_BUILTIN = jinja2.Environment(
+    loader=jinja2.PackageLoader("orchestrator.agents", "prompts"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,  # noqa: S701 - prompts are plain text for a CLI, not HTML
+)
+
+
+def render_prompt(stage: str, context: dict[str, Any], template_file: Path | None = None) -> str:
+    """Render the stage's prompt from ``template_file`` or the built-in template."""
+    try:
+        if template_file is not None:
+            source = template_file.read_text(encoding="utf-8")
+            template = _BUILTIN.from_string(source)
+        else:
+            template = _BUILTIN.get_template(f"{stage}.md.j2")
+        return template.render(**context)
+    except OSError as exc:
+        raise AgentError(f"prompt template {template_file}: {exc.strerror}") from None
+    except jinja2.TemplateError as exc:
+        where = template_file or f"built-in {stage} prompt"
+        raise AgentError(f"prompt template {where}: {exc}") from None

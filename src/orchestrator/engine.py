@@ -1,0 +1,564 @@
+"""The engine: dispatch queued jobs, watch them run, finalize them through the gates.
+
+Theory of operation
+-------------------
+One engine per process, driven by :meth:`Engine.tick` (the ``serve`` loop, ``orch run``
+and the demo all call it). A tick
+
+1. collects jobs whose process exited (or kills those past their timeout, or whose
+   task moved on under them, e.g. cancelled) and **finalizes** them: commit the stage's
+   artifacts, collect the facts, run the stage's gates, ask the kernel what next
+   (:func:`decide_after_job`) and apply that decision in ONE transaction (stage CAS +
+   next job + events);
+2. **dispatches** queued jobs whose time has come, within the global and per-repository
+   limits: claim (CAS ``queued -> running``), render prompt and command, spawn in the
+   task's worktree in a new process group, record pid and run.
+
+Notifications go out only after the transaction that caused them committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from orchestrator.agents import (
+    AgentSpec,
+    RunContext,
+    parse_usage,
+    render_command,
+    render_prompt,
+    resolve_agent,
+)
+from orchestrator.errors import OrchestratorError
+from orchestrator.git import Repo, commit_all, git
+from orchestrator.kernel.decisions import Advance, Decision, Fail, Retry, Rollback, decide_after_job
+from orchestrator.kernel.gates import GATES, QG_CHECKS, Gate, StageFacts, Verdict, run_gates
+from orchestrator.kernel.stages import JOB_STAGES
+from orchestrator.notifier import Notifier, NullNotifier, notify_safely
+from orchestrator.proc_group import RunningProcess, spawn
+from orchestrator.runners.context import RESULT_PREFIX
+from orchestrator.settings import Settings
+from orchestrator.store import Job, Store, Task
+from orchestrator.transitions import EventKind, advance_stage, artifact_dir, enqueue_stage_job
+
+__all__ = ["ENGINE_TICK_S", "Engine"]
+
+log = logging.getLogger("orchestrator.engine")
+
+ENGINE_TICK_S: Final = 0.05
+# How often running jobs are checked against their task's stage (cancel, rollback).
+STAGE_CHECK_INTERVAL_S: Final = 0.5
+MAX_ARTIFACT_BYTES: Final = 1_000_000
+MAX_ARTIFACT_FILES: Final = 200
+ACTOR: Final = "engine"
+
+
+@dataclass
+class _Live:
+    job: Job
+    task: Task
+    run_id: int
+    process: RunningProcess | None
+    timeout_s: float
+    start_error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _tail_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("{", RESULT_PREFIX))]
+    return lines[-1][:300] if lines else ""
+
+
+def _runner_facts(output: str) -> dict[str, Any]:
+    facts: dict[str, Any] = {}
+    for line in output.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            try:
+                parsed = json.loads(line.removeprefix(RESULT_PREFIX))
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                facts.update(parsed)
+    return facts
+
+
+class Engine:
+    """Runs the jobs of one store under one set of settings."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        notifier: Notifier | None = None,
+        *,
+        boot_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.notifier: Notifier = notifier or NullNotifier()
+        # A random id per process start: rows it owns are recognisably this boot's.
+        self.boot_id = boot_id or uuid.uuid4().hex
+        self._live: dict[int, _Live] = {}
+        self._last_stage_check = 0.0
+        self.started_at = time.time()
+
+    # --- loop --------------------------------------------------------------------------
+    def tick(self) -> bool:
+        """One pass: finalize what finished, start what is due. Returns whether it did."""
+        finished = self._collect()
+        started = self._dispatch()
+        return finished or started
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        until: Callable[[], bool] | None = None,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        """Tick until ``stop`` is set or ``until()`` holds."""
+        while not stop.is_set():
+            busy = self.tick()
+            if on_tick is not None:
+                on_tick()
+            if until is not None and until():
+                return
+            if not busy:
+                stop.wait(ENGINE_TICK_S)
+
+    def idle(self) -> bool:
+        """No job queued, deferred, running or finalizing anywhere."""
+        pending = self.store.jobs_by_status(("queued", "deferred", "running", "finalizing"))
+        return not pending and not self._live
+
+    def running_jobs(self) -> list[Job]:
+        return [live.job for live in self._live.values()]
+
+    def shutdown(self, *, kill: bool = False) -> None:
+        """Stop watching. Running agents are left running (and stay recorded) unless
+        ``kill``; the reliability layer adopts or reaps them on the next start."""
+        for live in list(self._live.values()):
+            if kill and live.process is not None:
+                live.process.kill("engine shutdown")
+        if kill:
+            self._collect(final=True)
+        self._live.clear()
+
+    # --- dispatch ----------------------------------------------------------------------
+    def _dispatch(self) -> bool:
+        ready = self.store.ready_jobs(time.time())
+        if not ready:
+            return False
+        counts = self.store.active_job_counts()
+        total = sum(counts.values())
+        busy_tasks = {live.task.id for live in self._live.values()}
+        started = False
+        for job, repository in ready:
+            if total >= self.settings.max_running_jobs:
+                break
+            if counts.get(repository, 0) >= self.settings.max_running_jobs_per_repo:
+                continue
+            if job.task_id in busy_tasks:
+                continue
+            if self.launch_job(job):
+                total += 1
+                counts[repository] = counts.get(repository, 0) + 1
+                busy_tasks.add(job.task_id)
+                started = True
+        return started
+
+    def launch_job(self, job: Job) -> bool:
+        """Claim ``job`` and start its process; False if another actor claimed it first."""
+        task = self.store.get_task(job.task_id)
+        with self.store.transaction() as tx:
+            if task.stage != job.stage or task.failed:
+                tx.set_job_status_cas(
+                    job.id, "queued", "failed", error=f"task is in {task.stage}; job is stale"
+                )
+                return False
+            if not tx.set_job_status_cas(job.id, "queued", "running", owner_boot_id=self.boot_id):
+                return False
+        job = self.store.get_job(job.id)
+        worktree = Path(task.worktree)
+        log_dir = self.settings.data_dir / "logs" / task.work_item
+        log_path = (log_dir / f"{job.id:06d}-{job.stage}-a{job.attempt}.log").resolve()
+        spec: AgentSpec | None = None
+        try:
+            spec = resolve_agent(self.settings, job.agent)
+            argv, env, prompt = self._command(spec, job, task, log_dir)
+            timeout_s = spec.config.timeout_s or self.settings.agent_timeout_s
+        except OrchestratorError as exc:
+            return self._start_failed(job, task, log_path, spec, str(exc))
+        try:
+            start_sha = git(worktree, "rev-parse", "HEAD").stdout.strip()
+            process = spawn(
+                argv,
+                cwd=worktree,
+                env=env,
+                log_path=log_path,
+                max_log_bytes=self.settings.log_max_bytes,
+                stdin_text=prompt,
+            )
+        except (OSError, OrchestratorError) as exc:
+            reason = f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
+            return self._start_failed(job, task, log_path, spec, reason)
+        with self.store.transaction() as tx:
+            tx.set_job_process(job.id, pid=process.pid, start_sha=start_sha)
+            run_id = tx.insert_agent_run(
+                job_id=job.id,
+                task_id=task.id,
+                agent=spec.name,
+                model=spec.config.model,
+                effort=spec.config.effort,
+                attempt=job.attempt,
+                log_path=str(log_path),
+            )
+            tx.add_event(
+                EventKind.JOB_STARTED,
+                actor=ACTOR,
+                task_id=task.id,
+                job_id=job.id,
+                to_stage=job.stage,
+                reason=f"{spec.kind} {spec.name} pid {process.pid}, attempt {job.attempt}",
+            )
+        job = self.store.get_job(job.id)
+        self._live[job.id] = _Live(job, task, run_id, process, timeout_s)
+        notify_safely(lambda: self.notifier.on_task_changed(task, f"{job.stage} started"))
+        return True
+
+    def _start_failed(
+        self, job: Job, task: Task, log_path: Path, spec: AgentSpec | None, reason: str
+    ) -> bool:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(f"[orch: {reason}]\n", encoding="utf-8")
+        with self.store.transaction() as tx:
+            run_id = tx.insert_agent_run(
+                job_id=job.id,
+                task_id=task.id,
+                agent=job.agent,
+                model=spec.config.model if spec else "",
+                effort=spec.config.effort if spec else "",
+                attempt=job.attempt,
+                log_path=str(log_path),
+            )
+        self._live[job.id] = _Live(job, task, run_id, None, 0.0, start_error=reason)
+        return True
+
+    def _command(
+        self, spec: AgentSpec, job: Job, task: Task, log_dir: Path
+    ) -> tuple[list[str], dict[str, str], str]:
+        worktree = Path(task.worktree)
+        stage_config = self.settings.stage_config(Path(task.repository), job.stage)
+        docs = artifact_dir(task.work_item)
+        template = None
+        if stage_config.prompt:
+            template = Path(task.repository) / stage_config.prompt
+        prompt = render_prompt(
+            job.stage,
+            {
+                "role": {"analysis": "analyst", "architecture": "architect"}.get(
+                    job.stage, "developer" if job.stage == "development" else "engineer"
+                ),
+                "work_item": task.work_item,
+                "title": task.title,
+                "description": task.description,
+                "stage": job.stage,
+                "attempt": job.attempt,
+                "artifact_dir": docs,
+                "worktree": str(worktree),
+                "feedback": job.feedback or "",
+            },
+            template,
+        )
+        log_dir.mkdir(parents=True, exist_ok=True)
+        prompt_file = (log_dir / f"{job.id:06d}-{job.stage}-prompt.md").resolve()
+        prompt_file.write_text(prompt, encoding="utf-8")
+        argv = render_command(
+            spec,
+            RunContext(job.stage, task.work_item, worktree, prompt, prompt_file),
+        )
+        repo_config = self.settings.repo_config(Path(task.repository))
+        test_command = repo_config.test_command
+        if isinstance(test_command, str):
+            import shlex  # noqa: PLC0415 - only when configured as one string
+
+            test_command = shlex.split(test_command)
+        env = {
+            **os.environ,
+            **spec.config.env,
+            "ORCH_WORK_ITEM": task.work_item,
+            "ORCH_STAGE": job.stage,
+            "ORCH_ATTEMPT": str(job.attempt),
+            "ORCH_ROLLBACK_COUNT": str(task.rollback_count),
+            "ORCH_ARTIFACT_DIR": docs,
+            "ORCH_TASK_TITLE": task.title,
+            "ORCH_TASK_DESCRIPTION": task.description,
+            "ORCH_PROMPT_FILE": str(prompt_file),
+            "ORCH_FEEDBACK": job.feedback or "",
+            "ORCH_REPOSITORY": task.repository,
+            "ORCH_BRANCH": task.branch,
+            "ORCH_BASE_BRANCH": task.base_branch,
+        }
+        if test_command:
+            env["ORCH_TEST_COMMAND"] = json.dumps(test_command)
+        # Agents must not talk to our database or read our config by accident.
+        for key in ("ORCH_DATABASE_URL", "ORCH_CONFIG"):
+            env.pop(key, None)
+        # Claude Code reads the prompt from argv ({prompt}); others may read stdin.
+        return argv, env, prompt
+
+    # --- monitor -----------------------------------------------------------------------
+    def _collect(self, *, final: bool = False) -> bool:
+        if not self._live:
+            return False
+        moved = self._stage_moved_tasks() if not final else set()
+        progressed = False
+        for job_id, live in list(self._live.items()):
+            exit_code: int | None
+            if live.process is None:
+                exit_code = None
+            else:
+                if live.task.id in moved and live.process.killed_reason is None:
+                    live.process.kill("the task moved to another stage")
+                elif (
+                    live.process.killed_reason is None and live.process.elapsed_s() > live.timeout_s
+                ):
+                    live.process.kill(f"timed out after {live.timeout_s:.0f}s")
+                exit_code = live.process.poll()
+                if exit_code is None:
+                    continue
+            del self._live[job_id]
+            self._finish(live, exit_code)
+            progressed = True
+        return progressed
+
+    def _stage_moved_tasks(self) -> set[int]:
+        now = time.monotonic()
+        if now - self._last_stage_check < STAGE_CHECK_INTERVAL_S:
+            return set()
+        self._last_stage_check = now
+        moved = set()
+        for live in self._live.values():
+            current = self.store.get_task(live.task.id)
+            if current.stage != live.job.stage or current.failed:
+                moved.add(live.task.id)
+        return moved
+
+    def _finish(self, live: _Live, exit_code: int | None) -> None:
+        job, task = live.job, live.task
+        output = live.process.tail_text() if live.process else ""
+        usage = parse_usage(output)
+        runner_facts = _runner_facts(output)
+        killed = live.process.killed_reason if live.process else None
+        with self.store.transaction() as tx:
+            tx.record_exit(
+                live.run_id,
+                exit_code=exit_code if exit_code is not None else -1,
+                model=usage.model if usage else None,
+                input_tokens=usage.input_tokens if usage else 0,
+                output_tokens=usage.output_tokens if usage else 0,
+                cost_usd=usage.cost_usd if usage else 0.0,
+                num_turns=usage.num_turns if usage else None,
+            )
+            tx.set_job_status_cas(job.id, "running", "finalizing")
+            tx.add_event(
+                EventKind.JOB_KILLED if killed else EventKind.JOB_EXITED,
+                actor=ACTOR,
+                task_id=task.id,
+                job_id=job.id,
+                to_stage=job.stage,
+                reason=killed or live.start_error or f"exit code {exit_code}",
+                data={
+                    "exit_code": exit_code,
+                    **({"cost_usd": usage.cost_usd, "model": usage.model} if usage else {}),
+                    **runner_facts,
+                },
+            )
+        try:
+            self.finalize(job, exit_code, killed or live.start_error, output)
+        except Exception as exc:  # finalization must not kill the loop
+            log.exception("finalizing job %s failed", job.id)
+            with self.store.transaction() as tx:
+                tx.set_job_status_cas(
+                    job.id, "finalizing", "failed", error=f"finalize failed: {exc}"
+                )
+                tx.add_event(
+                    EventKind.FAILED,
+                    actor=ACTOR,
+                    task_id=task.id,
+                    job_id=job.id,
+                    reason=f"finalizing {job.stage} failed: {type(exc).__name__}: {exc}",
+                )
+
+    def finalize(self, job: Job, exit_code: int | None, error: str | None, output: str) -> None:
+        """Commit the stage's artifacts, judge them, and apply the decision."""
+        task = self.store.get_task(job.task_id)
+        worktree = Path(task.worktree)
+        if task.stage != job.stage or task.failed:
+            self._lost(job, task, f"task moved to {task.stage} while the job ran")
+            return
+        job_error = error
+        if job_error is None and exit_code != 0:
+            detail = _tail_line(output)
+            job_error = f"{job.agent} exited with code {exit_code}" + (
+                f": {detail}" if detail else ""
+            )
+        if worktree.is_dir():
+            commit_all(worktree, f"{task.work_item}: {job.stage} (attempt {job.attempt})")
+        verdict: Verdict | None = None
+        if job_error is None:
+            verdict = run_gates(self._gates(task, job.stage), self.collect_facts(task, job))
+        decision = decide_after_job(
+            stage=job.stage,
+            pipeline=self.settings.pipeline_for(Path(task.repository)),
+            job_error=job_error,
+            verdict=verdict,
+            attempt=task.attempt,
+            rollback_count=task.rollback_count,
+            limits=self.settings.limits,
+        )
+        self.apply_decision(task, job, verdict, job_error, decision)
+
+    def _gates(self, task: Task, stage: str) -> tuple[Gate, ...]:
+        names = self.settings.stage_config(Path(task.repository), stage).gates
+        if names is None:
+            return QG_CHECKS.get(stage, ())
+        return tuple(GATES[name] for name in names)
+
+    def collect_facts(self, task: Task, job: Job) -> StageFacts:
+        """Read what the gates may look at; a snapshot, so gates stay pure."""
+        worktree = Path(task.worktree)
+        root = worktree / artifact_dir(task.work_item)
+        artifacts: dict[str, str] = {}
+        if root.is_dir():
+            for path in sorted(root.rglob("*"))[:MAX_ARTIFACT_FILES]:
+                if path.is_file() and path.stat().st_size <= MAX_ARTIFACT_BYTES:
+                    relative = path.relative_to(root).as_posix()
+                    artifacts[relative] = path.read_text(encoding="utf-8", errors="replace")
+        repo = Repo(Path(task.repository))
+        changed = repo.changed_paths(worktree, job.start_sha or task.base_sha)
+        merged = repo.is_ancestor(task.branch, task.base_branch)
+        return StageFacts(task.work_item, job.stage, artifacts, changed, merged)
+
+    def _lost(self, job: Job, task: Task, why: str) -> None:
+        with self.store.transaction() as tx:
+            tx.set_job_status_cas(job.id, ("finalizing", "running"), "failed", error=why)
+            tx.add_event(
+                EventKind.JOB_LOST_RACE, actor=ACTOR, task_id=task.id, job_id=job.id, reason=why
+            )
+
+    def apply_decision(
+        self,
+        task: Task,
+        job: Job,
+        verdict: Verdict | None,
+        job_error: str | None,
+        decision: Decision,
+    ) -> None:
+        """Apply the kernel's decision in one transaction, then notify."""
+        stage = job.stage
+        alert: str | None = None
+        with self.store.transaction() as tx:
+            if verdict is not None:
+                tx.add_event(
+                    EventKind.GATE_VERDICT,
+                    actor=ACTOR,
+                    task_id=task.id,
+                    job_id=job.id,
+                    to_stage=stage,
+                    reason=verdict.reason,
+                    data={"outcome": str(verdict.outcome), "gate": verdict.gate},
+                )
+            passed = verdict is not None and verdict.passed
+            won = True
+            if isinstance(decision, Advance):
+                won = advance_stage(
+                    tx,
+                    self.settings,
+                    task,
+                    stage,
+                    decision.to_stage,
+                    actor=ACTOR,
+                    reason=decision.reason,
+                )
+            elif isinstance(decision, Rollback):
+                won = advance_stage(
+                    tx,
+                    self.settings,
+                    task,
+                    stage,
+                    decision.to_stage,
+                    actor=ACTOR,
+                    reason=f"rollback: {decision.reason}",
+                    rollback_count=task.rollback_count + 1,
+                    feedback=f"{stage} failed: {decision.reason}",
+                    event_kind=EventKind.ROLLBACK,
+                )
+                alert = f"rolled back from {stage} to {decision.to_stage}: {decision.reason}"
+            elif isinstance(decision, Retry):
+                won = tx.update_task_counters(
+                    task.id, expected_stage=stage, attempt=decision.attempt
+                )
+                if won:
+                    tx.add_event(
+                        EventKind.RETRY,
+                        actor=ACTOR,
+                        task_id=task.id,
+                        job_id=job.id,
+                        to_stage=stage,
+                        reason=f"attempt {decision.attempt}: {decision.reason}",
+                    )
+                    enqueue_stage_job(
+                        tx,
+                        self.settings,
+                        task,
+                        stage,
+                        attempt=decision.attempt,
+                        actor=ACTOR,
+                        feedback=decision.reason,
+                        delay_s=decision.delay_s,
+                    )
+            elif isinstance(decision, Fail):
+                won = tx.update_task_counters(
+                    task.id, expected_stage=stage, failed_reason=decision.reason
+                )
+                if won:
+                    tx.add_event(
+                        EventKind.FAILED,
+                        actor=ACTOR,
+                        task_id=task.id,
+                        job_id=job.id,
+                        to_stage=stage,
+                        reason=decision.reason,
+                    )
+                alert = f"task failed: {decision.reason}"
+            if won:
+                tx.set_job_status_cas(
+                    job.id,
+                    "finalizing",
+                    "done" if passed else "failed",
+                    error=None if passed else (job_error or (verdict.reason if verdict else None)),
+                )
+        if not won:
+            self._lost(job, task, "another actor moved the task first")
+            return
+        current = self.store.get_task(task.id)
+        summary = f"{stage}: {type(decision).__name__.lower()}"
+        notify_safely(lambda: self.notifier.on_task_changed(current, summary))
+        if alert is not None:
+            message = alert
+            notify_safely(lambda: self.notifier.alert(current, message))
+
+
+# Keep the stage list honest: every job stage has gates.
+assert set(QG_CHECKS) == set(JOB_STAGES)

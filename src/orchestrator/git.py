@@ -1,0 +1,186 @@
+"""Git, driven as a subprocess: the repository, the task worktrees, merges.
+
+Every task works in its own worktree on branch ``orch/<work-item>``, created from the
+repository's default branch. A failed git command becomes a :class:`RepositoryError`
+carrying git's own first line of complaint.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from orchestrator.errors import RepositoryError
+
+__all__ = [
+    "GIT_ENV",
+    "MergeResult",
+    "Repo",
+    "commit_all",
+    "git",
+]
+
+GIT_TIMEOUT_S: Final = 120
+# Deterministic identity and no prompts: the orchestrator commits on the agents' behalf.
+GIT_ENV: Final = {
+    "GIT_AUTHOR_NAME": "orchestrator",
+    "GIT_AUTHOR_EMAIL": "orchestrator@localhost",
+    "GIT_COMMITTER_NAME": "orchestrator",
+    "GIT_COMMITTER_EMAIL": "orchestrator@localhost",
+    "GIT_TERMINAL_PROMPT": "0",
+}
+
+
+def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``git args`` in ``cwd``; raise :class:`RepositoryError` on failure if ``check``."""
+    try:
+        result = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
+            env={**os.environ, **GIT_ENV},
+            check=False,
+        )
+    except FileNotFoundError:
+        raise RepositoryError("git is not installed or not on PATH; install git") from None
+    except subprocess.TimeoutExpired:
+        raise RepositoryError(f"git {args[0]} timed out after {GIT_TIMEOUT_S}s in {cwd}") from None
+    if check and result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        first = detail[0] if detail else f"exit code {result.returncode}"
+        raise RepositoryError(f"git {' '.join(args[:2])} failed in {cwd}: {first}")
+    return result
+
+
+def commit_all(worktree: Path, message: str) -> str | None:
+    """Commit every change in ``worktree``; returns the new commit, or None if clean."""
+    git(worktree, "add", "--all")
+    if git(worktree, "diff", "--cached", "--quiet", check=False).returncode == 0:
+        return None
+    git(worktree, "commit", "--quiet", "--no-verify", "-m", message)
+    return git(worktree, "rev-parse", "HEAD").stdout.strip()
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    merge_sha: str
+    already_merged: bool
+
+
+@dataclass(frozen=True)
+class Repo:
+    """A repository on disk: the local forge."""
+
+    path: Path
+
+    @classmethod
+    def at(cls, path: Path) -> Repo:
+        """Open the repository at ``path``, or raise one clear :class:`RepositoryError`."""
+        if not path.is_dir():
+            raise RepositoryError(f"{path}: no such directory; give --repo the repository path")
+        result = git(path, "rev-parse", "--show-toplevel", check=False)
+        if result.returncode != 0:
+            raise RepositoryError(
+                f"{path} is not a git repository; run `git init` there or pass another --repo"
+            )
+        top = Path(result.stdout.strip()).resolve()
+        if git(top, "rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode != 0:
+            raise RepositoryError(f"{top} has no commits yet; commit something first")
+        return cls(top)
+
+    def default_branch(self, configured: str | None = None) -> str:
+        """The configured default branch, else the branch HEAD points at."""
+        if configured:
+            if not self.has_branch(configured):
+                raise RepositoryError(f"{self.path}: default branch '{configured}' does not exist")
+            return configured
+        result = git(self.path, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)
+        if result.returncode != 0:
+            raise RepositoryError(
+                f"{self.path}: HEAD is detached; set default_branch for this repository"
+            )
+        return result.stdout.strip()
+
+    def has_branch(self, branch: str) -> bool:
+        ref = f"refs/heads/{branch}"
+        return git(self.path, "show-ref", "--verify", "--quiet", ref, check=False).returncode == 0
+
+    def rev(self, ref: str) -> str:
+        return git(self.path, "rev-parse", "--verify", f"{ref}^{{commit}}").stdout.strip()
+
+    def add_worktree(self, worktree: Path, branch: str, base: str) -> None:
+        """Create ``worktree`` on a new ``branch`` from ``base``; reuse it if it exists."""
+        if worktree.is_dir() and (worktree / ".git").exists():
+            return
+        worktree.parent.mkdir(parents=True, exist_ok=True)
+        if self.has_branch(branch):
+            git(self.path, "worktree", "add", "--quiet", str(worktree), branch)
+        else:
+            git(self.path, "worktree", "add", "--quiet", "-b", branch, str(worktree), base)
+
+    def remove_worktree(self, worktree: Path) -> None:
+        if worktree.exists():
+            git(self.path, "worktree", "remove", "--force", str(worktree), check=False)
+        git(self.path, "worktree", "prune", check=False)
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        result = git(self.path, "merge-base", "--is-ancestor", ancestor, descendant, check=False)
+        return result.returncode == 0
+
+    def changed_paths(self, worktree: Path, since: str) -> tuple[str, ...]:
+        """Paths changed by commits in ``worktree`` after ``since``."""
+        result = git(worktree, "diff", "--name-only", f"{since}..HEAD")
+        return tuple(line for line in result.stdout.splitlines() if line)
+
+    def checked_out_in(self, branch: str) -> Path | None:
+        """The worktree that has ``branch`` checked out, if any."""
+        listing = git(self.path, "worktree", "list", "--porcelain").stdout
+        current: Path | None = None
+        for line in listing.splitlines():
+            if line.startswith("worktree "):
+                current = Path(line.removeprefix("worktree "))
+            elif line == f"branch refs/heads/{branch}":
+                return current
+        return None
+
+    def merge(self, branch: str, into: str, message: str, scratch: Path) -> MergeResult:
+        """Merge ``branch`` into ``into`` with a merge commit; idempotent.
+
+        The world is checked first: a branch already merged is not merged again. The
+        merge is made in a scratch worktree, then ``into`` moves to it by a
+        compare-and-swap on the ref (or a fast-forward of the worktree that has ``into``
+        checked out, so a user's checkout stays consistent).
+        """
+        head = self.rev(branch)
+        target_before = self.rev(into)
+        if self.is_ancestor(head, target_before):
+            return MergeResult(target_before, already_merged=True)
+        if scratch.exists():
+            self.remove_worktree(scratch)
+        git(self.path, "worktree", "add", "--quiet", "--detach", str(scratch), target_before)
+        try:
+            result = git(scratch, "merge", "--no-ff", "--no-edit", "-m", message, head, check=False)
+            if result.returncode != 0:
+                git(scratch, "merge", "--abort", check=False)
+                raise RepositoryError(
+                    f"cannot merge {branch} into {into}: conflicts; rebase the task branch"
+                )
+            merge_sha = git(scratch, "rev-parse", "HEAD").stdout.strip()
+        finally:
+            self.remove_worktree(scratch)
+        holder = self.checked_out_in(into)
+        if holder is None:
+            git(self.path, "update-ref", f"refs/heads/{into}", merge_sha, target_before)
+        else:
+            if git(holder, "status", "--porcelain", "--untracked-files=no").stdout.strip():
+                raise RepositoryError(
+                    f"{holder} has {into} checked out with uncommitted changes; "
+                    "commit or stash them, then retry the task"
+                )
+            git(holder, "merge", "--ff-only", "--quiet", merge_sha)
+        return MergeResult(merge_sha, already_merged=False)

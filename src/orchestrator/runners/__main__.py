@@ -1,0 +1,35 @@
+"""``python -m orchestrator.runners <name>``: run one deterministic runner."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from orchestrator.runners import deploy, staging, tests
+from orchestrator.runners.context import TOOL_ERROR_EXIT, RunnerContext
+
+RUNNERS: dict[str, Callable[[RunnerContext], int]] = {
+    "tests": tests.run,
+    "staging": staging.run,
+    "deploy": deploy.run,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in RUNNERS:
+        print(f"usage: python -m orchestrator.runners {{{','.join(RUNNERS)}}}", file=sys.stderr)
+        return 2
+    try:
+        context = RunnerContext.from_env()
+        return RUNNERS[args[0]](context)
+    except KeyError as exc:
+        print(f"runner {args[0]}: missing environment variable {exc}", file=sys.stderr)
+        return TOOL_ERROR_EXIT
+    except Exception as exc:  # a runner never raises into the engine
+        print(f"runner {args[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return TOOL_ERROR_EXIT
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,297 @@
+"""What a person (CLI, HTTP API) can do to tasks: create, approve, cancel, roll back, retry.
+
+Every operation validates first and writes nothing when the input is bad; every stage
+change goes through :func:`advance_stage` (a compare-and-swap) in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import sqlalchemy as sa
+
+from orchestrator.agents import check_available, resolve_agent
+from orchestrator.errors import ConflictError, UsageError
+from orchestrator.git import Repo, git
+from orchestrator.kernel.stages import (
+    CANCELLED,
+    CREATED,
+    HUMAN_GATE_STAGES,
+    JOB_STAGES,
+    ROLLBACK_TARGET,
+    TERMINAL_STAGES,
+)
+from orchestrator.notifier import Notifier, NullNotifier, notify_safely
+from orchestrator.settings import Settings
+from orchestrator.store import Store, Task
+from orchestrator.transitions import EventKind, advance_stage, enqueue_stage_job, plan_job
+
+__all__ = [
+    "MAX_DESCRIPTION_CHARS",
+    "MAX_TITLE_CHARS",
+    "TaskService",
+    "validate_title",
+    "validate_work_item",
+]
+
+MAX_TITLE_CHARS: Final = 200
+MAX_DESCRIPTION_CHARS: Final = 20_000
+# Letters, digits, dot, dash, underscore; starts with a letter or digit; no "..".
+_WORK_ITEM: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def validate_work_item(work_item: str) -> str:
+    """A work item id safe as a branch name, a path segment and a shell word."""
+    if not _WORK_ITEM.match(work_item) or ".." in work_item or work_item.endswith((".", ".lock")):
+        raise UsageError(
+            f"work item {work_item[:80]!r} is not valid: use 1-64 letters, digits, '.', '-' "
+            "or '_', starting with a letter or digit (e.g. PROJ-42)"
+        )
+    return work_item
+
+
+def validate_title(title: str) -> str:
+    cleaned = title.strip()
+    if not cleaned:
+        raise UsageError("the title is empty; say in a few words what the task is")
+    if len(cleaned) > MAX_TITLE_CHARS:
+        raise UsageError(
+            f"the title is {len(cleaned)} characters; keep it under {MAX_TITLE_CHARS} and put "
+            "details in --description"
+        )
+    if any(unicodedata.category(ch).startswith("C") for ch in cleaned):
+        raise UsageError("the title contains control characters or newlines; use one line")
+    return cleaned
+
+
+def validate_description(description: str) -> str:
+    if len(description) > MAX_DESCRIPTION_CHARS:
+        raise UsageError(
+            f"the description is {len(description)} characters; the limit is "
+            f"{MAX_DESCRIPTION_CHARS}: link to a document instead"
+        )
+    return description
+
+
+@dataclass
+class TaskService:
+    store: Store
+    settings: Settings
+    notifier: Notifier = NullNotifier()  # noqa: RUF009 - a stateless default
+
+    # --- create ------------------------------------------------------------------------
+    def create_task(
+        self,
+        *,
+        repo_path: Path,
+        title: str,
+        work_item: str | None = None,
+        description: str = "",
+        actor: str = "cli",
+    ) -> Task:
+        """Validate everything, make the worktree, then write the task in one transaction."""
+        title = validate_title(title)
+        description = validate_description(description)
+        if work_item is not None:
+            validate_work_item(work_item)
+        repo = Repo.at(repo_path.expanduser())
+        repository = str(repo.path)
+        self._check_agents(repository)
+        repo_config = self.settings.repo_config(repo.path)
+        base_branch = repo.default_branch(repo_config.default_branch)
+        base_sha = repo.rev(base_branch)
+        work_item = work_item or self._next_work_item(repository)
+        if self.store.task_exists(repository, work_item):
+            raise ConflictError(f"task {work_item} already exists in {repository}")
+        branch = f"orch/{work_item}"
+        if repo.has_branch(branch):
+            raise ConflictError(
+                f"branch {branch} already exists in {repository}; delete it "
+                f"(git branch -D {branch}) or choose another --work-item"
+            )
+        worktree = self._worktree_path(repository, work_item)
+        if worktree.exists():
+            raise ConflictError(f"{worktree} already exists; remove it or choose another id")
+        repo.add_worktree(worktree, branch, base_sha)
+        try:
+            with self.store.transaction() as tx:
+                task_id = tx.insert_task(
+                    work_item=work_item,
+                    repository=repository,
+                    title=title,
+                    description=description,
+                    stage=CREATED,
+                    branch=branch,
+                    base_branch=base_branch,
+                    base_sha=base_sha,
+                    worktree=str(worktree),
+                )
+                tx.add_event(
+                    EventKind.TASK_CREATED,
+                    actor=actor,
+                    task_id=task_id,
+                    to_stage=CREATED,
+                    reason=f"{title} (from {base_branch} at {base_sha[:10]})",
+                )
+                task = tx.get_task(task_id)
+                first = self.settings.pipeline_for(repo.path).next_stage(CREATED)
+                advance_stage(
+                    tx, self.settings, task, CREATED, first, actor=actor, reason="task created"
+                )
+        except sa.exc.IntegrityError:
+            repo.remove_worktree(worktree)
+            git_branch_delete(repo, branch)
+            raise ConflictError(f"task {work_item} already exists in {repository}") from None
+        except BaseException:
+            # Nothing half-written: the worktree goes with the transaction.
+            repo.remove_worktree(worktree)
+            git_branch_delete(repo, branch)
+            raise
+        created = self.store.get_task(task_id)
+        notify_safely(lambda: self.notifier.on_task_changed(created, "created"))
+        return created
+
+    def _check_agents(self, repository: str) -> None:
+        """Every job stage of the pipeline has an agent that can start."""
+        pipeline = self.settings.pipeline_for(Path(repository))
+        for stage in pipeline.stages():
+            if stage in JOB_STAGES:
+                plan = plan_job(self.settings, repository, stage)
+                check_available(resolve_agent(self.settings, plan.agent))
+
+    def _next_work_item(self, repository: str) -> str:
+        number = self.store.count_tasks(repository) + 1
+        while self.store.task_exists(repository, f"TASK-{number}"):
+            number += 1
+        return f"TASK-{number}"
+
+    def _worktree_path(self, repository: str, work_item: str) -> Path:
+        digest = hashlib.sha256(repository.encode()).hexdigest()[:8]
+        base = self.settings.data_dir.resolve() / "worktrees"
+        return base / f"{Path(repository).name}-{digest}" / work_item
+
+    # --- human actions -----------------------------------------------------------------
+    def approve(self, task: Task, *, actor: str = "cli") -> Task:
+        """Pass the human gate (BRD approval)."""
+        if task.stage not in HUMAN_GATE_STAGES:
+            raise ConflictError(
+                f"task {task.work_item} is in {task.stage}; approve applies at brd-approval"
+            )
+        target = self.settings.pipeline_for(Path(task.repository)).next_stage(task.stage)
+        return self._move(
+            task,
+            target,
+            actor=actor,
+            reason=f"approved by {actor}",
+            event_kind=EventKind.APPROVED,
+        )
+
+    def cancel(self, task: Task, *, actor: str = "cli", reason: str = "") -> Task:
+        if task.stage in TERMINAL_STAGES:
+            raise ConflictError(f"task {task.work_item} is already {task.stage}")
+        why = reason or f"cancelled by {actor}"
+        with self.store.transaction() as tx:
+            if not advance_stage(
+                tx,
+                self.settings,
+                task,
+                task.stage,
+                CANCELLED,
+                actor=actor,
+                reason=why,
+                event_kind=EventKind.CANCELLED,
+            ):
+                raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
+            tx.cancel_waiting_jobs(task.id, why)
+        return self._changed(task, "cancelled")
+
+    def rollback(self, task: Task, *, actor: str = "cli", reason: str = "") -> Task:
+        """Send the task back to development from testing, staging or deploy."""
+        target = ROLLBACK_TARGET.get(task.stage)
+        if target is None:
+            stages = ", ".join(ROLLBACK_TARGET)
+            raise ConflictError(
+                f"task {task.work_item} is in {task.stage}; rollback applies from {stages}"
+            )
+        why = reason or f"rolled back by {actor}"
+        with self.store.transaction() as tx:
+            tx.cancel_waiting_jobs(task.id, why)
+            if not advance_stage(
+                tx,
+                self.settings,
+                task,
+                task.stage,
+                target,
+                actor=actor,
+                reason=why,
+                rollback_count=task.rollback_count + 1,
+                feedback=why,
+                event_kind=EventKind.ROLLBACK,
+                clear_failure=True,
+            ):
+                raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
+        return self._changed(task, f"rolled back to {target}")
+
+    def retry(self, task: Task, *, actor: str = "cli") -> Task:
+        """Resume a failed task at its stage with fresh budgets."""
+        if not task.failed:
+            raise ConflictError(f"task {task.work_item} has not failed; nothing to retry")
+        if task.stage not in JOB_STAGES:
+            raise ConflictError(f"task {task.work_item} is in {task.stage}; nothing to retry")
+        with self.store.transaction() as tx:
+            if not tx.update_task_counters(
+                task.id,
+                expected_stage=task.stage,
+                attempt=1,
+                rollback_count=0,
+                clear_failure=True,
+            ):
+                raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
+            tx.add_event(
+                EventKind.RETRIED,
+                actor=actor,
+                task_id=task.id,
+                to_stage=task.stage,
+                reason=f"retried by {actor} after: {task.failed_reason}",
+            )
+            enqueue_stage_job(
+                tx,
+                self.settings,
+                task,
+                task.stage,
+                attempt=1,
+                actor=actor,
+                feedback=f"previous failure: {task.failed_reason}",
+            )
+        return self._changed(task, "retried")
+
+    def _move(self, task: Task, target: str, *, actor: str, reason: str, event_kind: str) -> Task:
+        if task.failed:
+            raise ConflictError(f"task {task.work_item} has failed; use retry first")
+        with self.store.transaction() as tx:
+            if not advance_stage(
+                tx,
+                self.settings,
+                task,
+                task.stage,
+                target,
+                actor=actor,
+                reason=reason,
+                event_kind=event_kind,
+            ):
+                raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
+        return self._changed(task, reason)
+
+    def _changed(self, task: Task, summary: str) -> Task:
+        current = self.store.get_task(task.id)
+        notify_safely(lambda: self.notifier.on_task_changed(current, summary))
+        return current
+
+
+def git_branch_delete(repo: Repo, branch: str) -> None:
+    git(repo.path, "branch", "-D", branch, check=False)
