@@ -12,8 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The demo project, its database and worktrees stay in .demo/ for you to inspect.
+DEMO_DIR := .demo
+
 demo: $(STAMP)
-	$(BIN)/orch demo
+	rm -rf $(DEMO_DIR)
+	$(BIN)/orch demo --keep $(DEMO_DIR)
+	$(BIN)/orch --config $(DEMO_DIR)/orch.toml task show DEMO-1
 
 test: check
 	$(BIN)/python -m pytest -q
@@ -44,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline_throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(DEMO_DIR)

@@ -34,7 +34,9 @@ from orchestrator.transitions import EventKind, advance_stage, enqueue_stage_job
 __all__ = [
     "MAX_DESCRIPTION_CHARS",
     "MAX_TITLE_CHARS",
+    "CreateRequest",
     "TaskService",
+    "prepare_create",
     "validate_title",
     "validate_work_item",
 ]
@@ -78,6 +80,41 @@ def validate_description(description: str) -> str:
     return description
 
 
+@dataclass(frozen=True)
+class CreateRequest:
+    """A validated request to create a task; nothing is written yet."""
+
+    repo: Repo
+    title: str
+    description: str
+    work_item: str | None
+    base_branch: str
+    base_sha: str
+
+
+def prepare_create(
+    settings: Settings,
+    *,
+    repo_path: Path,
+    title: str,
+    work_item: str | None = None,
+    description: str = "",
+) -> CreateRequest:
+    """Check a create request without writing anything: input, repository, agents."""
+    title = validate_title(title)
+    description = validate_description(description)
+    if work_item is not None:
+        validate_work_item(work_item)
+    repo = Repo.at(repo_path.expanduser())
+    pipeline = settings.pipeline_for(repo.path)
+    for stage in pipeline.stages():
+        if stage in JOB_STAGES:
+            plan = plan_job(settings, str(repo.path), stage)
+            check_available(resolve_agent(settings, plan.agent))
+    base_branch = repo.default_branch(settings.repo_config(repo.path).default_branch)
+    return CreateRequest(repo, title, description, work_item, base_branch, repo.rev(base_branch))
+
+
 @dataclass
 class TaskService:
     store: Store
@@ -95,17 +132,17 @@ class TaskService:
         actor: str = "cli",
     ) -> Task:
         """Validate everything, make the worktree, then write the task in one transaction."""
-        title = validate_title(title)
-        description = validate_description(description)
-        if work_item is not None:
-            validate_work_item(work_item)
-        repo = Repo.at(repo_path.expanduser())
-        repository = str(repo.path)
-        self._check_agents(repository)
-        repo_config = self.settings.repo_config(repo.path)
-        base_branch = repo.default_branch(repo_config.default_branch)
-        base_sha = repo.rev(base_branch)
-        work_item = work_item or self._next_work_item(repository)
+        request = prepare_create(
+            self.settings,
+            repo_path=repo_path,
+            title=title,
+            work_item=work_item,
+            description=description,
+        )
+        repo, repository = request.repo, str(request.repo.path)
+        title, description = request.title, request.description
+        base_branch, base_sha = request.base_branch, request.base_sha
+        work_item = request.work_item or self._next_work_item(repository)
         if self.store.task_exists(repository, work_item):
             raise ConflictError(f"task {work_item} already exists in {repository}")
         branch = f"orch/{work_item}"
@@ -155,14 +192,6 @@ class TaskService:
         created = self.store.get_task(task_id)
         notify_safely(lambda: self.notifier.on_task_changed(created, "created"))
         return created
-
-    def _check_agents(self, repository: str) -> None:
-        """Every job stage of the pipeline has an agent that can start."""
-        pipeline = self.settings.pipeline_for(Path(repository))
-        for stage in pipeline.stages():
-            if stage in JOB_STAGES:
-                plan = plan_job(self.settings, repository, stage)
-                check_available(resolve_agent(self.settings, plan.agent))
 
     def _next_work_item(self, repository: str) -> str:
         number = self.store.count_tasks(repository) + 1

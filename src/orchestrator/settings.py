@@ -375,8 +375,10 @@ def load_settings(config: Path | None = None, cwd: Path | None = None) -> Settin
         raise _config_error(exc, path, lines) from None
     finally:
         _PENDING_TOML.pop("data", None)
-    if cwd is not None and not settings.data_dir.is_absolute():
-        settings = settings.model_copy(update={"data_dir": cwd / settings.data_dir})
+    if not settings.data_dir.is_absolute():
+        # A relative data_dir lives next to orch.toml (or in the working directory).
+        base = path.parent if path is not None else (cwd or Path.cwd())
+        settings = settings.model_copy(update={"data_dir": (base / settings.data_dir).resolve()})
     return settings
 
 

@@ -519,6 +519,11 @@ class Store:
         query = sa.select(events).where(events.c.task_id == task_id).order_by(events.c.id)
         return [Event(**row._mapping) for row in self._all(query)]
 
+    def events_after(self, last_id: int, limit: int = 500) -> list[Event]:
+        """Events newer than ``last_id``, oldest first (for live progress)."""
+        query = sa.select(events).where(events.c.id > last_id).order_by(events.c.id).limit(limit)
+        return [Event(**row._mapping) for row in self._all(query)]
+
     def counts_by_stage(self) -> dict[str, int]:
         query = sa.select(tasks.c.stage, sa.func.count()).group_by(tasks.c.stage)
         return {str(key): int(count) for key, count in map(tuple, self._all(query))}

@@ -1,0 +1,502 @@
+"""The ``orch`` command line.
+
+Human-first output (tables, live progress) with ``--json`` on every read command for
+scripts. Errors are one line on stderr: exit code 2 for usage errors, 1 for failures,
+and no traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import sqlalchemy as sa
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator import __version__
+from orchestrator.errors import ConfigError, NotFoundError, OrchestratorError
+from orchestrator.kernel.stages import TERMINAL_STAGES, stage_label
+from orchestrator.notifier import ConsoleNotifier
+from orchestrator.progress import EventPrinter, format_age, task_summary_rows
+from orchestrator.service import TaskService, prepare_create
+from orchestrator.settings import Settings, describe_settings, load_settings
+from orchestrator.store import Store, Task
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class Context:
+    config: Path | None
+    debug: bool
+    _settings: Settings | None = None
+    _store: Store | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config)
+        return self._settings
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.settings.effective_database_url)
+        return self._store
+
+    def has_database(self) -> bool:
+        """False when the SQLite file does not exist yet: reads must not create it."""
+        url = sa.make_url(self.settings.effective_database_url)
+        if url.get_backend_name() != "sqlite" or not url.database:
+            return True
+        return Path(url.database).exists()
+
+    def service(self) -> TaskService:
+        return TaskService(self.store, self.settings, ConsoleNotifier(self.settings.language))
+
+    def task(self, ref: str, repo: Path | None = None) -> Task:
+        if not self.has_database():
+            raise NotFoundError(f"no task {ref!r}: no tasks exist yet (no database)")
+        repository = str(repo.expanduser().resolve()) if repo else None
+        return self.store.find_task(ref, repository)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"error: {message}", markup=False)
+    sys.exit(code)
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _task_json(store: Store, task: Task, *, full: bool = False) -> dict[str, Any]:
+    data = task.to_dict()
+    data["failed"] = task.failed
+    if full:
+        runs = store.task_runs(task.id)
+        data["events"] = [event.to_dict() for event in store.task_events(task.id)]
+        data["jobs"] = [job.to_dict() for job in store.task_jobs(task.id)]
+        data["runs"] = [run.to_dict() for run in runs]
+        data["cost_usd"] = round(sum(run.cost_usd for run in runs), 6)
+    return data
+
+
+def _state(task: Task, language: str) -> str:
+    if task.failed:
+        return f"failed at {stage_label(task.stage, language)}"
+    return stage_label(task.stage, language)
+
+
+class _Group(click.Group):
+    """Turns our errors into one line and an exit code; tracebacks only with --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OrchestratorError as exc:
+            if _debug_requested():
+                raise
+            _fail(str(exc), exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as exc:
+            if _debug_requested():
+                raise
+            _fail(
+                f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+                1,
+            )
+
+
+def _debug_requested() -> bool:
+    return "--debug" in sys.argv
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Path of orch.toml (default: ./orch.toml, or $ORCH_CONFIG).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(__version__, prog_name="orch")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, debug: bool) -> None:
+    """orchestrator: a delivery pipeline for AI coding agents.
+
+    A task moves through analysis, BRD approval, architecture, development,
+    testing, staging and deploy; each stage is a job in the task's own git
+    worktree, judged by quality gates. Start with `orch demo`.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    context = Context(config, debug)
+    ctx.obj = context
+    ctx.call_on_close(context.close)
+
+
+# --- init / db / config -----------------------------------------------------------------
+INIT_TEMPLATE = """\
+# orchestrator settings. ORCH_* environment variables override these values.
+# Every key is documented in `orch config show` and docs/architecture.md.
+
+# data_dir = ".orch"                # database, worktrees and logs (next to this file)
+# database_url = "postgresql+psycopg://postgres@127.0.0.1:5432/orch"
+# max_attempts = 3                  # attempts of one stage before the task fails
+# max_rollbacks = 2                 # rollbacks to development before the task fails
+# agent_timeout_s = 3600
+# language = "en"                   # stage labels: en or ru
+
+# The agent that works on each stage. Built in: "claude" (Claude Code),
+# "scripted" (offline, deterministic), and the runners "runner:tests",
+# "runner:staging", "runner:deploy".
+[stages.analysis]
+agent = "claude"
+[stages.architecture]
+agent = "claude"
+[stages.development]
+agent = "claude"
+
+# [agents.claude]
+# command = ["claude", "-p", "{prompt}", "--output-format", "json",
+#            "--permission-mode", "acceptEdits", "--allowedTools", "Read,Write,Edit,Bash"]
+# model = "claude-sonnet-4-5"
+
+# Per-repository overrides, by directory name or with path = "...":
+# [repos.myservice]
+# skip = ["deploy-staging"]
+# test_command = "make test"
+"""
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing orch.toml.")
+@pass_context
+def init(context: Context, force: bool) -> None:
+    """Write a commented orch.toml here and create the database."""
+    target = context.config or Path("orch.toml")
+    if target.exists() and not force:
+        raise ConfigError(f"{target} already exists; use --force to overwrite it")
+    target.write_text(INIT_TEMPLATE, encoding="utf-8")
+    context.config = target
+    store = context.store
+    out.print(f"wrote {target}")
+    out.print(f"database ready: {store.engine.url.render_as_string()}")
+    out.print("next: orch task create --repo PATH --title TEXT, then orch run")
+
+
+@cli.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+@pass_context
+def db_upgrade(context: Context) -> None:
+    """Apply the database migrations (they also run at every start)."""
+    store = Store(context.settings.effective_database_url)
+    try:
+        before, after = store.upgrade()
+    finally:
+        store.close()
+    if before == after:
+        out.print(f"database is up to date (revision {after})")
+    else:
+        out.print(f"database upgraded: {before or 'empty'} -> {after}")
+
+
+@cli.group()
+def config() -> None:
+    """Inspect the effective settings."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def config_show(context: Context, as_json: bool) -> None:
+    """Print every setting, its value and where it came from."""
+    described = describe_settings(context.settings, context.config)
+    if as_json:
+        _print_json({d.name: {"value": d.value, "source": d.source} for d in described})
+        return
+    table = Table("setting", "value", "source", box=None)
+    for item in described:
+        value = item.value if isinstance(item.value, str) else json.dumps(item.value, default=str)
+        table.add_row(item.name, value, item.source)
+    out.print(table)
+
+
+# --- tasks ------------------------------------------------------------------------------
+@cli.group()
+def task() -> None:
+    """Create, inspect and steer tasks."""
+
+
+@task.command("create")
+@click.option(
+    "--repo", "repo", required=True, type=click.Path(path_type=Path), help="Repository path."
+)
+@click.option("--title", required=True, help="What the task is, in one line.")
+@click.option("--work-item", default=None, help="Work item id (default: TASK-<n>).")
+@click.option("--description", default="", help="Details for the agents.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def task_create(
+    context: Context,
+    repo: Path,
+    title: str,
+    work_item: str | None,
+    description: str,
+    as_json: bool,
+) -> None:
+    """Create a task; its first job is queued for `orch run` or `orch serve`."""
+    # Check everything before the database is even opened: bad input writes nothing.
+    prepare_create(
+        context.settings, repo_path=repo, title=title, work_item=work_item, description=description
+    )
+    created = context.service().create_task(
+        repo_path=repo, title=title, work_item=work_item, description=description
+    )
+    if as_json:
+        _print_json(_task_json(context.store, created))
+        return
+    out.print(
+        f"created {created.work_item} in {created.repository} "
+        f"(branch {created.branch}, stage {created.stage})"
+    )
+    out.print("run it: orch run   (or keep `orch serve` running)")
+
+
+@task.command("list")
+@click.option("--stage", default=None, help="Only tasks in this stage.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def task_list(context: Context, stage: str | None, as_json: bool) -> None:
+    """List tasks, newest first."""
+    tasks = context.store.list_tasks(stage=stage) if context.has_database() else []
+    if as_json:
+        _print_json([_task_json(context.store, t) for t in tasks])
+        return
+    if not tasks:
+        out.print("no tasks yet: orch task create --repo PATH --title TEXT")
+        return
+    language = context.settings.language
+    table = Table("work item", "stage", "attempt", "title", "repository", "updated", box=None)
+    for t in tasks:
+        table.add_row(
+            t.work_item,
+            _state(t, language),
+            str(t.attempt),
+            t.title,
+            Path(t.repository).name,
+            format_age(time.time() - t.updated_at) + " ago",
+        )
+    out.print(table)
+
+
+repo_option = click.option(
+    "--repo", type=click.Path(path_type=Path), default=None, help="Repository, if ids clash."
+)
+
+
+@task.command("show")
+@click.argument("ref")
+@repo_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def task_show(context: Context, ref: str, repo: Path | None, as_json: bool) -> None:
+    """Show a task: its stage, its runs and its events trail."""
+    found = context.task(ref, repo)
+    store = context.store
+    if as_json:
+        _print_json(_task_json(store, found, full=True))
+        return
+    language = context.settings.language
+    out.print(f"[bold]{found.work_item}[/bold]  {found.title}")
+    out.print(f"stage:      {_state(found, language)}")
+    if found.failed_reason:
+        out.print(f"failed:     {found.failed_reason}", markup=False)
+    out.print(f"repository: {found.repository}  (branch {found.branch} from {found.base_branch})")
+    out.print(f"worktree:   {found.worktree}")
+    runs = store.task_runs(found.id)
+    summary = Table("stage", "agent", "attempts", "duration", "cost", "result", box=None)
+    for row in task_summary_rows(store, found):
+        summary.add_row(*row)
+    out.print()
+    out.print(summary)
+    out.print(f"total cost: ${sum(r.cost_usd for r in runs):.4f}")
+    out.print()
+    out.print("[bold]events[/bold]")
+    for event in store.task_events(found.id):
+        stage = (
+            f"{event.from_stage} -> {event.to_stage}"
+            if event.from_stage
+            else (event.to_stage or "")
+        )
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.created_at))
+        out.print(
+            f"{when}  {event.kind:<14} {stage:<28} {event.actor:<10} {event.reason}",
+            markup=False,
+        )
+
+
+def _human_action(name: str, doc: str) -> None:
+    @task.command(name, help=doc)
+    @click.argument("ref")
+    @repo_option
+    @click.option("--reason", default="", help="Why (kept in the events trail).")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @pass_context
+    def command(context: Context, ref: str, repo: Path | None, reason: str, as_json: bool) -> None:
+        found = context.task(ref, repo)
+        service = context.service()
+        if name == "approve":
+            after = service.approve(found)
+        elif name == "cancel":
+            after = service.cancel(found, reason=reason)
+        elif name == "rollback":
+            after = service.rollback(found, reason=reason)
+        else:
+            after = service.retry(found)
+        if as_json:
+            _print_json(_task_json(context.store, after))
+        else:
+            state = _state(after, context.settings.language)
+            out.print(f"{after.work_item}: {name} done; now {state}")
+
+
+_human_action("approve", "Approve the BRD so the task moves on to architecture.")
+_human_action("cancel", "Cancel a task; a running job is stopped.")
+_human_action("rollback", "Send a task back to development (from testing, staging, deploy).")
+_human_action("retry", "Resume a failed task at its stage with fresh attempt budgets.")
+
+
+@task.command("logs")
+@click.argument("ref")
+@repo_option
+@click.option("--stage", default=None, help="Only runs of this stage.")
+@click.option("--all", "all_runs", is_flag=True, help="Every run, not just the last.")
+@pass_context
+def task_logs(
+    context: Context, ref: str, repo: Path | None, stage: str | None, all_runs: bool
+) -> None:
+    """Print the log of the task's last run (or of all runs)."""
+    found = context.task(ref, repo)
+    runs = [
+        run
+        for run in context.store.task_runs(found.id)
+        if stage is None or _run_stage(context.store, run.job_id) == stage
+    ]
+    if not runs:
+        out.print(f"{found.work_item} has no runs yet")
+        return
+    for run in runs if all_runs else runs[-1:]:
+        header = (
+            f"== {_run_stage(context.store, run.job_id)} · {run.agent} · attempt {run.attempt} "
+            f"· exit {run.exit_code} · {run.log_path}"
+        )
+        out.print(header, markup=False, style="bold")
+        path = Path(run.log_path)
+        text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        click.echo(text or "(empty log)")
+
+
+def _run_stage(store: Store, job_id: int) -> str:
+    return store.get_job(job_id).stage
+
+
+# --- running ----------------------------------------------------------------------------
+@contextmanager
+def _engine_running(context: Context) -> Iterator[tuple[Any, threading.Event]]:
+    from orchestrator.engine import Engine  # noqa: PLC0415 - keep `orch --help` fast
+
+    engine = Engine(context.store, context.settings)
+    stop = threading.Event()
+    try:
+        yield engine, stop
+    finally:
+        stop.set()
+        engine.shutdown(kill=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
+@pass_context
+def run(context: Context, as_json: bool) -> None:
+    """Run queued jobs in the foreground until nothing is left to do.
+
+    Tasks waiting for a human (BRD approval) or failed are left as they are;
+    `orch run` returns then. Use `orch serve` to keep the pipeline running.
+    """
+    printer = EventPrinter(context.store, out, context.settings.language, quiet=as_json)
+    printer.skip_existing()
+    with _engine_running(context) as (engine, stop):
+        engine.run(stop, until=engine.idle, on_tick=printer.poll)
+    printer.poll()
+    tasks = context.store.list_tasks()
+    if as_json:
+        _print_json([_task_json(context.store, t) for t in tasks])
+        return
+    waiting = [t for t in tasks if t.stage not in TERMINAL_STAGES and not t.failed]
+    failed = [t for t in tasks if t.failed]
+    done = [t for t in tasks if t.stage == "done"]
+    out.print(f"idle: {len(done)} done, {len(waiting)} waiting, {len(failed)} failed")
+    for t in waiting:
+        if t.stage == "brd-approval":
+            out.print(f"  {t.work_item} waits for approval: orch task approve {t.work_item}")
+
+
+@cli.command()
+@pass_context
+def serve(context: Context) -> None:
+    """Run the engine and the HTTP API (GET /health, /status, /queue, /tasks)."""
+    from orchestrator.serve import run_server  # noqa: PLC0415 - pulls in the web stack
+
+    code = run_server(context.settings, context.store)
+    sys.exit(code)
+
+
+@cli.command()
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Build the demo in this (new or empty) directory and keep it.",
+)
+@pass_context
+def demo(context: Context, keep: Path | None) -> None:
+    """Run DEMO-1 ("add a slugify() helper") through the whole pipeline, offline."""
+    from orchestrator.demo import run_demo  # noqa: PLC0415
+
+    sys.exit(run_demo(keep, out))
+
+
+def main() -> None:
+    cli(prog_name="orch")
