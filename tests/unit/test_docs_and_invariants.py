@@ -35,9 +35,12 @@ def _updates_tasks(function: ast.AST) -> bool:
             and node.value.id == "tasks"
         ):
             return True
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if "update tasks" in node.value.lower():
-                return True
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "update tasks" in node.value.lower()
+        ):
+            return True
     return False
 
 
