@@ -329,7 +329,9 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
         header = _TABLE_HEADER.match(line)
         if header:
             table = tuple(_split_dotted(header.group(1)))
-            lines.setdefault(table, number)
+            # [agents.claude] also defines `agents` (for errors and `config show`).
+            for end in range(1, len(table) + 1):
+                lines.setdefault(table[:end], number)
             continue
         key = _KEY_LINE.match(line)
         if key:

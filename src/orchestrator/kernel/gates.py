@@ -154,11 +154,12 @@ class TestsVerdict:
 _VERDICT_FIELD = re.compile(
     r"""^[\s>*_`|-]*            # list bullets, quotes, emphasis
         (result|status|exit_code)
-        [*_`]*\s*:\s*[*_`]*     # the colon, maybe inside emphasis
-        ([^\s*_`|]*)            # the value: one word
+        [*_`]*\s*:[\s*_`]*      # the colon, maybe inside emphasis
+        (\S*)                   # the value: the next word, whole (PASS_X is not PASS)
     """,
     re.IGNORECASE | re.VERBOSE,
 )
+_EMPHASIS = "*_`"
 _EXIT_CODE = re.compile(r"^[+-]?\d{1,6}$")
 
 
@@ -175,7 +176,7 @@ def _parse_tests_verdict(text: str) -> TestsVerdict:
         match = _VERDICT_FIELD.match(line)
         if not match:
             continue
-        key, value = match.group(1).lower(), match.group(2).strip()
+        key, value = match.group(1).lower(), match.group(2).strip(_EMPHASIS)
         if key in values and values[key] != value:
             problems.append(f"'{key}:' is given twice ({values[key]!r} and {value!r})")
             continue
@@ -216,7 +217,7 @@ def _report_result(text: str) -> str | None:
     for line in text.splitlines():
         match = _VERDICT_FIELD.match(line)
         if match and match.group(1).lower() == "result":
-            return match.group(2).upper()
+            return match.group(2).strip(_EMPHASIS).upper()
     return None
 
 
