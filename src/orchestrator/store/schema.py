@@ -120,7 +120,7 @@ events = Table(
     Column("from_stage", String(32), nullable=True),
     Column("to_stage", String(32), nullable=True),
     Column("reason", Text, nullable=False, server_default=""),
-    Column("data", JSON, nullable=True),
+    Column("data", JSON(none_as_null=True), nullable=True),
     Column("created_at", Float, nullable=False),
     Index(None, "task_id"),
 )

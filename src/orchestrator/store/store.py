@@ -12,6 +12,7 @@ keeps it that way.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ ACTIVE_JOB_STATUSES: Final = ("running", "finalizing")
 # Jobs still to be run.
 WAITING_JOB_STATUSES: Final = ("queued", "deferred")
 SQLITE_BUSY_TIMEOUT_S: Final = 30
+SQLITE_WAL_RETRY_S: Final = 0.05
 MIGRATIONS_DIR: Final = Path(__file__).parent / "migrations"
 # Arbitrary constant: the PostgreSQL advisory lock taken while migrating.
 PG_MIGRATION_LOCK_ID: Final = 7_114_065
@@ -64,8 +66,8 @@ def _create_engine(url: str) -> Engine:
             # Let SQLAlchemy, not the driver, decide when transactions begin.
             dbapi_conn.isolation_level = None
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+            _enable_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
@@ -81,6 +83,20 @@ def _create_engine(url: str) -> Engine:
     raise UsageError(
         f"database {parsed.get_backend_name()!r} is not supported; use SQLite or PostgreSQL"
     )
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch a SQLite file to WAL. On a brand-new file, SQLite answers "database is
+    locked" at once (ignoring busy_timeout) while another connection writes: retry."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(SQLITE_WAL_RETRY_S)
 
 
 def _task(row: sa.Row[Any]) -> Task:
@@ -347,7 +363,7 @@ class Tx:
                 from_stage=from_stage,
                 to_stage=to_stage,
                 reason=reason,
-                data=dict(data) if data else None,
+                data=dict(data) if data is not None else None,
                 created_at=_now(),
             )
         )
@@ -434,7 +450,9 @@ class Store:
         if rows:
             return _task(rows[0])
         if ref.isdigit() and len(ref) < 12:
-            return self.get_task(int(ref))
+            task = self.get_task(int(ref))
+            if repository is None or task.repository == repository:
+                return task
         raise NotFoundError(f"no task {ref!r}; see `orch task list`")
 
     def task_exists(self, repository: str, work_item: str) -> bool:
