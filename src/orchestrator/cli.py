@@ -479,7 +479,10 @@ def serve(context: Context) -> None:
     """Run the engine and the HTTP API (GET /health, /status, /queue, /tasks)."""
     from orchestrator.serve import run_server  # noqa: PLC0415 - pulls in the web stack
 
-    code = run_server(context.settings, context.store)
+    if not context.debug:
+        logging.getLogger("orchestrator").setLevel(logging.INFO)
+    notifier = ConsoleNotifier(context.settings.language)
+    code = run_server(context.settings, context.store, notifier=notifier)
     sys.exit(code)
 
 

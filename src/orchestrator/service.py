@@ -72,6 +72,8 @@ def validate_title(title: str) -> str:
 
 
 def validate_description(description: str) -> str:
+    if "\x00" in description:
+        raise UsageError("the description contains a NUL character; remove it")
     if len(description) > MAX_DESCRIPTION_CHARS:
         raise UsageError(
             f"the description is {len(description)} characters; the limit is "

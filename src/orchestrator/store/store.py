@@ -384,6 +384,11 @@ class Store:
             store.upgrade()
         return store
 
+    def ping(self) -> None:
+        """A cheap round trip; raises when the database is unreachable."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name

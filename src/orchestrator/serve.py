@@ -1,0 +1,152 @@
+"""``orch serve``: the engine loop and the HTTP API in one supervised process.
+
+Theory of operation
+-------------------
+The API (uvicorn) runs in the main thread, so uvicorn owns SIGTERM and SIGINT. The
+engine loop runs in a background thread named ``engine``, started only once the server
+listens (a port already in use must not leave jobs started behind it).
+
+* SIGTERM / SIGINT: uvicorn finishes its requests and returns; then the stop event is
+  set, the engine thread joined, and :meth:`Engine.shutdown` called. Running agents are
+  left running and stay recorded; the next start adopts or reaps them. Exit code 0.
+* The engine thread dies with an exception: the supervisor logs it and tells uvicorn to
+  exit; exit code 1, so a process manager restarts the service.
+* The server cannot start (port in use): exit code 1, the engine never started.
+
+uvicorn re-raises a signal it handled once it returns (so a default handler would end
+the process by that signal); :func:`run_server` holds its own handlers around the server
+for that reason, and restores the previous ones before it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Final
+
+import uvicorn
+
+from orchestrator.engine import Engine
+from orchestrator.notifier import Notifier, NullNotifier
+from orchestrator.server import create_app
+from orchestrator.service import TaskService
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+
+__all__ = ["ENGINE_JOIN_TIMEOUT_S", "EXIT_FAILURE", "EXIT_OK", "run_server"]
+
+log = logging.getLogger("orchestrator.serve")
+
+# How long shutdown waits for the engine's current tick to finish.
+ENGINE_JOIN_TIMEOUT_S: Final = 30.0
+EXIT_OK: Final = 0
+# The engine loop died or the server could not start (uvicorn's own code would be 3).
+EXIT_FAILURE: Final = 1
+ENGINE_THREAD_NAME: Final = "engine"
+SHUTDOWN_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that calls ``on_started`` once it listens."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            self._on_started()
+
+
+@contextmanager
+def _shutdown_signals(server: uvicorn.Server) -> Iterator[list[int]]:
+    """Hold SIGINT/SIGTERM handlers that ask ``server`` to exit; yields those received.
+
+    uvicorn installs its own while it serves; these catch a signal that comes before
+    it starts or that it re-raises when it returns.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # signals can only be handled in the main thread
+        return
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, handle) for sig in SHUTDOWN_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_server(
+    settings: Settings,
+    store: Store,
+    *,
+    notifier: Notifier | None = None,
+    engine: Engine | None = None,
+) -> int:
+    """Serve the API on ``settings.host:settings.port`` with the engine running beside it.
+
+    Blocks until SIGTERM/SIGINT (returns 0) or until the engine loop dies or the server
+    cannot start (returns 1). ``engine`` is for tests and embedding; by default one is
+    built from ``store``, ``settings`` and ``notifier``.
+    """
+    notifier = notifier or NullNotifier()
+    engine = engine or Engine(store, settings, notifier)
+    service = TaskService(store, settings, notifier)
+    app = create_app(store=store, settings=settings, service=service, engine=engine)
+    stop = threading.Event()
+    engine_failure: list[BaseException] = []
+    database = store.engine.url.set(password=None).render_as_string(hide_password=False)
+    address = f"http://{settings.host}:{settings.port}"
+
+    def engine_loop() -> None:
+        try:
+            engine.run(stop)
+        except BaseException as exc:
+            log.exception("the engine loop died; stopping the server")
+            engine_failure.append(exc)
+            server.should_exit = True
+
+    thread = threading.Thread(target=engine_loop, name=ENGINE_THREAD_NAME, daemon=True)
+
+    def on_started() -> None:
+        print(f"orch serve: listening on {address} (database: {database})", flush=True)
+        thread.start()
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
+    server = _Server(config, on_started)
+    exit_code = EXIT_OK
+    with _shutdown_signals(server) as received:
+        try:
+            server.run()
+        except SystemExit:
+            # uvicorn exits this way when it cannot bind or its startup fails.
+            print(f"orch serve: cannot serve on {address}; see the error above", file=sys.stderr)
+            exit_code = EXIT_FAILURE
+        finally:
+            stop.set()
+            if thread.is_alive():
+                thread.join(ENGINE_JOIN_TIMEOUT_S)
+            if thread.is_alive():
+                log.warning(
+                    "the engine thread did not stop within %ss; leaving it", ENGINE_JOIN_TIMEOUT_S
+                )
+            else:
+                engine.shutdown()
+    if received:
+        log.info("stopped by signal %s", ", ".join(signal.Signals(s).name for s in received))
+    if engine_failure:
+        return EXIT_FAILURE
+    return exit_code

@@ -1,0 +1,300 @@
+"""The HTTP API: read the pipeline's state, create tasks, and act on them.
+
+A thin edge over :class:`~orchestrator.store.Store` (reads) and
+:class:`~orchestrator.service.TaskService` (every write): the API validates nothing the
+service already validates, so the CLI and the API accept and refuse the same input.
+
+Errors are always one JSON line, ``{"error": "..."}``::
+
+    OrchestratorError          its http_status (404 not found, 409 conflict,
+                               422 usage/config, 400 repository/agent/other)
+    RequestValidationError     422, naming the first field that is wrong
+    HTTPException (routing)    its status (404 unknown path, 405 wrong method)
+    anything else              500 "internal error", logged with its traceback
+
+Endpoints act as actor ``api`` in the audit trail.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+import sqlalchemy as sa
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orchestrator import __version__
+from orchestrator.engine import Engine
+from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.kernel.stages import STAGE_TRANSITIONS
+from orchestrator.service import TaskService
+from orchestrator.settings import Settings
+from orchestrator.store import ACTIVE_JOB_STATUSES, Job, Store, Task
+
+__all__ = ["API_ACTOR", "MAX_ERROR_CHARS", "MAX_REASON_CHARS", "create_app"]
+
+log = logging.getLogger("orchestrator.server")
+
+API_ACTOR: Final = "api"
+# An error message echoes user input (a path, an id); keep the response bounded.
+MAX_ERROR_CHARS: Final = 500
+# The service does not bound a cancel/rollback reason; the audit trail should stay readable.
+MAX_REASON_CHARS: Final = 2_000
+# Jobs still to be started (the queue) and jobs holding a slot (running).
+WAITING_JOB_STATUSES: Final = ("queued", "deferred")
+
+
+class CreateTaskBody(BaseModel):
+    """A new task. Lengths and formats are checked by the service, as for the CLI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(description="Absolute path of the git repository on the server.")
+    title: str = Field(description="One line saying what the task is.")
+    work_item: str | None = Field(
+        default=None, description="Id such as PROJ-42; TASK-<n> when omitted."
+    )
+    description: str = Field(default="", description="What to build, in detail.")
+
+
+class ReasonBody(BaseModel):
+    """Why a task is cancelled or rolled back; goes into the audit trail."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=MAX_REASON_CHARS)
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = lines[0] if lines else "error"
+    if len(first) > MAX_ERROR_CHARS:
+        first = first[: MAX_ERROR_CHARS - 1] + "…"
+    return first
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": _one_line(message)}, status_code=status, headers=headers)
+
+
+def _validation_message(errors: Sequence[Any]) -> str:
+    """The first validation error as ``where: what`` (e.g. ``body.title: Field required``)."""
+    if not errors:
+        return "the request is not valid"
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "request"
+    message = f"{where}: {first.get('msg', 'not valid')}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem(s))"
+    return message
+
+
+class _InternalErrors:
+    """Turn an unexpected exception into a logged 500 with a one-line JSON body.
+
+    Starlette's own handler for ``Exception`` re-raises after responding, which logs the
+    traceback twice and breaks test clients; this middleware answers and stops there.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
+            if response_started:
+                raise  # too late for a JSON answer; let the server close the connection
+            await _error(500, "internal error")(scope, receive, send)
+
+
+def _task_dict(task: Task) -> dict[str, Any]:
+    return {**task.to_dict(), "failed": task.failed}
+
+
+def _queue_entry(job: Job, task: Task, age_s: float) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "task_id": task.id,
+        "work_item": task.work_item,
+        "stage": job.stage,
+        "agent": job.agent,
+        "kind": job.kind,
+        "attempt": job.attempt,
+        "status": job.status,
+        "age_s": round(max(age_s, 0.0), 3),
+        "not_before": job.not_before,
+        "pid": job.pid,
+    }
+
+
+def _repo_path(text: str) -> Path:
+    """A repository path from a request: absolute, no NUL (the OS would refuse it)."""
+    if "\x00" in text:
+        raise UsageError("repo contains a NUL character; give the repository's path")
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        raise UsageError(f"repo {text[:200]!r} is not an absolute path; give the full path")
+    return path
+
+
+def create_app(
+    *,
+    store: Store,
+    settings: Settings,
+    service: TaskService,
+    engine: Engine | None = None,
+) -> FastAPI:
+    """The API over ``store`` and ``service``; ``engine`` (if any) is only reported on."""
+    app = FastAPI(
+        title="orchestrator",
+        version=__version__,
+        description="A self-hostable delivery pipeline for AI coding agents.",
+    )
+    app.state.store = store
+    app.state.settings = settings
+    app.state.service = service
+    app.state.engine = engine
+    started_at = engine.started_at if engine is not None else time.time()
+
+    app.add_middleware(_InternalErrors)
+
+    @app.exception_handler(OrchestratorError)
+    async def _orchestrator_error(_request: Request, exc: OrchestratorError) -> JSONResponse:
+        return _error(exc.http_status, str(exc) or type(exc).__name__)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _validation_message(exc.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    def find(ref: str, repo: str | None) -> Task:
+        repository = str(_repo_path(repo).resolve()) if repo is not None else None
+        return store.find_task(ref, repository)
+
+    # --- health and status -------------------------------------------------------------
+    @app.get("/health", summary="Liveness, including a database round trip")
+    def health() -> JSONResponse:
+        try:
+            store.ping()
+        except sa.exc.SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            reason = _one_line(str(cause) or type(cause).__name__)
+            log.warning("health check: database unreachable: %s", reason)
+            return JSONResponse(
+                {"status": "error", "error": f"database unreachable: {reason}"},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/status", summary="Version, uptime and counts")
+    def status() -> dict[str, Any]:
+        counts = dict.fromkeys(STAGE_TRANSITIONS, 0)
+        counts.update(store.counts_by_stage())
+        return {
+            "version": __version__,
+            "uptime_s": round(time.time() - started_at, 3),
+            "tasks_by_stage": counts,
+            "failed_tasks": store.count_failed_tasks(),
+            "running_jobs": len(store.jobs_by_status(ACTIVE_JOB_STATUSES)),
+            "boot_id": engine.boot_id if engine is not None else None,
+        }
+
+    @app.get("/queue", summary="Jobs waiting to start and jobs running")
+    def queue() -> dict[str, list[dict[str, Any]]]:
+        now = time.time()
+        waiting = store.jobs_by_status(WAITING_JOB_STATUSES)
+        active = store.jobs_by_status(ACTIVE_JOB_STATUSES)
+        return {
+            "queued": [_queue_entry(job, task, now - job.enqueued_at) for job, task in waiting],
+            "running": [
+                _queue_entry(job, task, now - (job.started_at or job.enqueued_at))
+                for job, task in active
+            ],
+        }
+
+    # --- tasks -------------------------------------------------------------------------
+    @app.get("/tasks", summary="Tasks, newest first")
+    def list_tasks(stage: str | None = None) -> list[dict[str, Any]]:
+        if stage is not None and stage not in STAGE_TRANSITIONS:
+            raise UsageError(
+                f"unknown stage {stage[:40]!r}; stages: {', '.join(STAGE_TRANSITIONS)}"
+            )
+        return [_task_dict(task) for task in store.list_tasks(stage=stage)]
+
+    @app.get("/tasks/{ref}", summary="One task with its events, agent runs, jobs and cost")
+    def get_task(
+        ref: str,
+        repo: Annotated[str | None, Query(description="Repository path, if ids clash")] = None,
+    ) -> dict[str, Any]:
+        task = find(ref, repo)
+        runs = store.task_runs(task.id)
+        return {
+            **_task_dict(task),
+            "events": [event.to_dict() for event in store.task_events(task.id)],
+            "runs": [run.to_dict() for run in runs],
+            "jobs": [job.to_dict() for job in store.task_jobs(task.id)],
+            "cost_usd": round(sum(run.cost_usd for run in runs), 6),
+        }
+
+    @app.post("/tasks", status_code=201, summary="Create a task; it starts at analysis")
+    def create_task(body: CreateTaskBody) -> dict[str, Any]:
+        task = service.create_task(
+            repo_path=_repo_path(body.repo),
+            title=body.title,
+            work_item=body.work_item,
+            description=body.description,
+            actor=API_ACTOR,
+        )
+        return _task_dict(task)
+
+    @app.post("/tasks/{ref}/approve", summary="Pass the human gate (BRD approval)")
+    def approve_task(ref: str, repo: str | None = None) -> dict[str, Any]:
+        return _task_dict(service.approve(find(ref, repo), actor=API_ACTOR))
+
+    @app.post("/tasks/{ref}/cancel", summary="Cancel a task that is not finished")
+    def cancel_task(
+        ref: str,
+        body: Annotated[ReasonBody | None, Body()] = None,
+        repo: str | None = None,
+    ) -> dict[str, Any]:
+        reason = body.reason if body is not None else ""
+        return _task_dict(service.cancel(find(ref, repo), actor=API_ACTOR, reason=reason))
+
+    @app.post("/tasks/{ref}/rollback", summary="Send a task back to development")
+    def rollback_task(
+        ref: str,
+        body: Annotated[ReasonBody | None, Body()] = None,
+        repo: str | None = None,
+    ) -> dict[str, Any]:
+        reason = body.reason if body is not None else ""
+        return _task_dict(service.rollback(find(ref, repo), actor=API_ACTOR, reason=reason))
+
+    @app.post("/tasks/{ref}/retry", summary="Resume a failed task at its stage")
+    def retry_task(ref: str, repo: str | None = None) -> dict[str, Any]:
+        return _task_dict(service.retry(find(ref, repo), actor=API_ACTOR))
+
+    return app
