@@ -6,15 +6,20 @@ One engine per process, driven by :meth:`Engine.tick` (the ``serve`` loop, ``orc
 and the demo all call it). A tick
 
 1. collects jobs whose process exited (or kills those past their timeout, or whose
-   task moved on under them, e.g. cancelled) and **finalizes** them: commit the stage's
-   artifacts, collect the facts, run the stage's gates, ask the kernel what next
-   (:func:`decide_after_job`) and apply that decision in ONE transaction (stage CAS +
-   next job + events);
+   task moved on under them, e.g. cancelled), records the exit, and **finalizes** them:
+   evaluate the stage's gates read-only, ask the kernel what next
+   (:func:`decide_after_job`), **claim** the job's terminal status with a
+   compare-and-swap, and only if that claim won, commit the stage's artifacts and apply
+   the decision (stage CAS + next job + events in one transaction, or
+   :func:`enter_transition` when the move has side effects);
 2. **dispatches** queued jobs whose time has come, within the global and per-repository
-   limits: claim (CAS ``queued -> running``), render prompt and command, spawn in the
-   task's worktree in a new process group, record pid and run.
+   limits: claim (CAS ``queued -> running``), render prompt and command, spawn under
+   the launcher in the task's worktree in a new process group, record pid and run;
+3. every few seconds runs the **reaper** and the **reconciler** (``maintenance``).
 
-Notifications go out only after the transaction that caused them committed.
+Claim-before-act means any number of actors (this monitor, a reaper, a reconciler,
+another engine) may try to finalize the same job: exactly one wins, the others do
+nothing. Notifications go out only after the transaction that caused them committed.
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,20 +48,32 @@ from orchestrator.git import Repo, commit_all, git
 from orchestrator.kernel.decisions import Advance, Decision, Fail, Retry, Rollback, decide_after_job
 from orchestrator.kernel.gates import GATES, QG_CHECKS, Gate, StageFacts, Verdict, run_gates
 from orchestrator.kernel.stages import JOB_STAGES
-from orchestrator.notifier import Notifier, NullNotifier, notify_safely
+from orchestrator.leases import pid_alive, process_start_ticks
+from orchestrator.notifier import Notifier, notify_safely
 from orchestrator.proc_group import RunningProcess, spawn
 from orchestrator.runners.context import RESULT_PREFIX
 from orchestrator.settings import Settings
+from orchestrator.side_effects import TRANSITION_EFFECTS
 from orchestrator.store import Job, Store, Task
-from orchestrator.transitions import EventKind, advance_stage, artifact_dir, enqueue_stage_job
+from orchestrator.transitions import (
+    Crossing,
+    EventKind,
+    Runtime,
+    advance_stage,
+    artifact_dir,
+    enqueue_stage_job,
+    enter_transition,
+)
 
-__all__ = ["ENGINE_TICK_S", "Engine"]
+__all__ = ["ENGINE_TICK_S", "MAINTENANCE_INTERVAL_S", "Engine"]
 
 log = logging.getLogger("orchestrator.engine")
 
 ENGINE_TICK_S: Final = 0.05
 # How often running jobs are checked against their task's stage (cancel, rollback).
 STAGE_CHECK_INTERVAL_S: Final = 0.5
+# How often the reaper and the reconciler sweep.
+MAINTENANCE_INTERVAL_S: Final = 5.0
 MAX_ARTIFACT_BYTES: Final = 1_000_000
 MAX_ARTIFACT_FILES: Final = 200
 ACTOR: Final = "engine"
@@ -70,7 +87,6 @@ class _Live:
     process: RunningProcess | None
     timeout_s: float
     start_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _tail_line(text: str) -> str:
@@ -102,21 +118,28 @@ class Engine:
         notifier: Notifier | None = None,
         *,
         boot_id: str | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
-        self.store = store
-        self.settings = settings
-        self.notifier: Notifier = notifier or NullNotifier()
+        self.runtime = runtime or Runtime.create(store, settings, notifier, boot_id=boot_id)
+        self.store = self.runtime.store
+        self.settings = self.runtime.settings
+        self.notifier: Notifier = self.runtime.notifier
         # A random id per process start: rows it owns are recognisably this boot's.
-        self.boot_id = boot_id or uuid.uuid4().hex
+        self.boot_id = self.runtime.owner.boot_id
         self._live: dict[int, _Live] = {}
         self._last_stage_check = 0.0
+        self._last_maintenance = 0.0
+        self._recovered = False
         self.started_at = time.time()
 
     # --- loop --------------------------------------------------------------------------
     def tick(self) -> bool:
-        """One pass: finalize what finished, start what is due. Returns whether it did."""
+        """One pass: recover once, finalize what finished, start what is due."""
+        if not self._recovered:
+            self.recover_on_startup()
         finished = self._collect()
         started = self._dispatch()
+        self._maybe_maintain()
         return finished or started
 
     def run(
@@ -146,13 +169,100 @@ class Engine:
 
     def shutdown(self, *, kill: bool = False) -> None:
         """Stop watching. Running agents are left running (and stay recorded) unless
-        ``kill``; the reliability layer adopts or reaps them on the next start."""
+        ``kill``; the next engine adopts them (:meth:`requeue_running_jobs`)."""
         for live in list(self._live.values()):
             if kill and live.process is not None:
                 live.process.kill("engine shutdown")
         if kill:
             self._collect(final=True)
         self._live.clear()
+
+    def _maybe_maintain(self) -> None:
+        now = time.monotonic()
+        if now - self._last_maintenance < MAINTENANCE_INTERVAL_S:
+            return
+        self._last_maintenance = now
+        self.maintenance()
+
+    def maintenance(self) -> None:
+        """One sweep of the reaper and the reconciler; their errors never stop the loop."""
+        from orchestrator.reaper import Reaper  # noqa: PLC0415 - they import the engine
+        from orchestrator.reconciler import Reconciler  # noqa: PLC0415
+
+        for name, sweep in (("reaper", Reaper(self).sweep), ("reconciler", Reconciler(self).sweep)):
+            try:
+                sweep()
+            except Exception:
+                log.exception("%s sweep failed", name)
+
+    # --- restart recovery --------------------------------------------------------------
+    def recover_on_startup(self) -> None:
+        """Adopt or requeue the jobs of dead engines, then reclaim stale leases."""
+        self._recovered = True
+        self.requeue_running_jobs()
+        self.runtime.leases.reclaim_stale(actor="recovery")
+
+    def requeue_running_jobs(self) -> None:
+        """Running jobs of dead engines: adopt those still alive, finish the others.
+
+        A job is adopted when its pid is alive and started when recorded (not a reused
+        pid); the new engine watches it through the launcher's exit and tail files. A
+        job that is gone is finalized from its recorded exit, or failed and retried when
+        it left none. Finalizing jobs of dead engines are finalized now.
+        """
+        for job, task in self.store.jobs_by_status(("running", "finalizing")):
+            if job.id in self._live or job.owner_boot_id == self.boot_id:
+                continue
+            if self.runtime.leases.instance_alive(job.owner_boot_id):
+                continue  # another live engine watches it
+            run = self.store.job_run(job.id)
+            if job.status == "finalizing":
+                self._finalize_orphan(job, run.exit_code if run else None, "")
+                continue
+            log_path = Path(run.log_path) if run else None
+            alive = pid_alive(job.pid) and (
+                job.pid_start is None or process_start_ticks(job.pid or 0) == job.pid_start
+            )
+            if alive and run is not None and log_path is not None:
+                with self.store.transaction() as tx:
+                    adopted = tx.adopt_job(
+                        job.id, old_boot_id=job.owner_boot_id, new_boot_id=self.boot_id
+                    )
+                    if adopted:
+                        tx.add_event(
+                            "job.adopted",
+                            actor="recovery",
+                            task_id=task.id,
+                            job_id=job.id,
+                            to_stage=job.stage,
+                            reason=f"pid {job.pid} survived its engine; watching it again",
+                        )
+                if adopted:
+                    running_for = time.time() - (job.started_at or time.time())
+                    adopted_process = RunningProcess.adopt(job.pid or 0, log_path, running_for)
+                    timeout = self.settings.agent_timeout_s
+                    self._live[job.id] = _Live(job, task, run.id, adopted_process, timeout)
+                continue
+            process = RunningProcess.adopt(job.pid or 0, log_path, 0.0) if log_path else None
+            exit_code = process.recorded_exit() if process else -1
+            output = process.tail_text() if process else ""
+            if run is None:
+                self._finalize_orphan(job, None, "")
+                continue
+            live = _Live(job, task, run.id, process, 0.0)
+            if exit_code == -1:
+                live.start_error = "the job was lost with the previous orchestrator process"
+                if process is not None:
+                    process.killed_reason = live.start_error
+            self._finish(
+                live, None if exit_code == -1 else exit_code, claim_from="running", output=output
+            )
+
+    def _finalize_orphan(self, job: Job, exit_code: int | None, output: str) -> None:
+        error = None if exit_code is not None else "the job's engine died before it ended"
+        with self.store.transaction() as tx:
+            tx.set_job_status_cas(job.id, "running", "finalizing")
+        self.finalize(job, exit_code, error, output, actor="recovery")
 
     # --- dispatch ----------------------------------------------------------------------
     def _dispatch(self) -> bool:
@@ -213,7 +323,12 @@ class Engine:
             reason = f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
             return self._start_failed(job, task, log_path, spec, reason)
         with self.store.transaction() as tx:
-            tx.set_job_process(job.id, pid=process.pid, start_sha=start_sha)
+            tx.set_job_process(
+                job.id,
+                pid=process.pid,
+                start_sha=start_sha,
+                pid_start=process_start_ticks(process.pid),
+            )
             run_id = tx.insert_agent_run(
                 job_id=job.id,
                 task_id=task.id,
@@ -290,8 +405,6 @@ class Engine:
         repo_config = self.settings.repo_config(Path(task.repository))
         test_command = repo_config.test_command
         if isinstance(test_command, str):
-            import shlex  # noqa: PLC0415 - only when configured as one string
-
             test_command = shlex.split(test_command)
         env = {
             **os.environ,
@@ -342,6 +455,14 @@ class Engine:
             progressed = True
         return progressed
 
+    def kill_job(self, job_id: int, reason: str) -> bool:
+        """Tree-kill one of this engine's running jobs (the reaper's tier 3)."""
+        live = self._live.get(job_id)
+        if live is None or live.process is None:
+            return False
+        live.process.kill(reason)
+        return True
+
     def _stage_moved_tasks(self) -> set[int]:
         now = time.monotonic()
         if now - self._last_stage_check < STAGE_CHECK_INTERVAL_S:
@@ -354,13 +475,25 @@ class Engine:
                 moved.add(live.task.id)
         return moved
 
-    def _finish(self, live: _Live, exit_code: int | None) -> None:
+    def _finish(
+        self,
+        live: _Live,
+        exit_code: int | None,
+        *,
+        claim_from: str = "running",
+        output: str | None = None,
+    ) -> None:
         job, task = live.job, live.task
-        output = live.process.tail_text() if live.process else ""
+        if output is None:
+            output = live.process.tail_text() if live.process else ""
         usage = parse_usage(output)
         runner_facts = _runner_facts(output)
         killed = live.process.killed_reason if live.process else None
+        if exit_code == -1 and killed is None and live.start_error is None:
+            killed = "the job ended without recording an exit code (killed)"
         with self.store.transaction() as tx:
+            if not tx.set_job_status_cas(job.id, claim_from, "finalizing"):
+                return  # someone else (a reaper, another engine) already took it
             tx.record_exit(
                 live.run_id,
                 exit_code=exit_code if exit_code is not None else -1,
@@ -370,7 +503,6 @@ class Engine:
                 cost_usd=usage.cost_usd if usage else 0.0,
                 num_turns=usage.num_turns if usage else None,
             )
-            tx.set_job_status_cas(job.id, "running", "finalizing")
             tx.add_event(
                 EventKind.JOB_KILLED if killed else EventKind.JOB_EXITED,
                 actor=ACTOR,
@@ -384,41 +516,51 @@ class Engine:
                     **runner_facts,
                 },
             )
+        self.finalize(job, exit_code, killed or live.start_error, output)
+
+    def finalize(
+        self,
+        job: Job,
+        exit_code: int | None,
+        error: str | None,
+        output: str,
+        *,
+        actor: str = ACTOR,
+    ) -> bool:
+        """Judge a finished job and apply the decision; False if another actor won."""
         try:
-            self.finalize(job, exit_code, killed or live.start_error, output)
+            task = self.store.get_task(job.task_id)
+            if task.stage != job.stage or task.failed:
+                self._lost(job, task, f"task moved to {task.stage} while the job ran", actor)
+                return False
+            job_error = error
+            if job_error is None and exit_code != 0:
+                detail = _tail_line(output)
+                job_error = f"{job.agent} exited with code {exit_code}" + (
+                    f": {detail}" if detail else ""
+                )
+            verdict = None if job_error is not None else self.evaluate(task, job)
+            decision = self.decide(task, job, job_error, verdict)
+            return self.apply_decision(task, job, verdict, job_error, decision, actor=actor)
         except Exception as exc:  # finalization must not kill the loop
             log.exception("finalizing job %s failed", job.id)
             with self.store.transaction() as tx:
-                tx.set_job_status_cas(
+                if tx.set_job_status_cas(
                     job.id, "finalizing", "failed", error=f"finalize failed: {exc}"
-                )
-                tx.add_event(
-                    EventKind.FAILED,
-                    actor=ACTOR,
-                    task_id=task.id,
-                    job_id=job.id,
-                    reason=f"finalizing {job.stage} failed: {type(exc).__name__}: {exc}",
-                )
+                ):
+                    tx.add_event(
+                        EventKind.FAILED,
+                        actor=actor,
+                        task_id=job.task_id,
+                        job_id=job.id,
+                        reason=f"finalizing {job.stage} failed: {type(exc).__name__}: {exc}",
+                    )
+            return False
 
-    def finalize(self, job: Job, exit_code: int | None, error: str | None, output: str) -> None:
-        """Commit the stage's artifacts, judge them, and apply the decision."""
-        task = self.store.get_task(job.task_id)
-        worktree = Path(task.worktree)
-        if task.stage != job.stage or task.failed:
-            self._lost(job, task, f"task moved to {task.stage} while the job ran")
-            return
-        job_error = error
-        if job_error is None and exit_code != 0:
-            detail = _tail_line(output)
-            job_error = f"{job.agent} exited with code {exit_code}" + (
-                f": {detail}" if detail else ""
-            )
-        if worktree.is_dir():
-            commit_all(worktree, f"{task.work_item}: {job.stage} (attempt {job.attempt})")
-        verdict: Verdict | None = None
-        if job_error is None:
-            verdict = run_gates(self._gates(task, job.stage), self.collect_facts(task, job))
-        decision = decide_after_job(
+    def decide(
+        self, task: Task, job: Job, job_error: str | None, verdict: Verdict | None
+    ) -> Decision:
+        return decide_after_job(
             stage=job.stage,
             pipeline=self.settings.pipeline_for(Path(task.repository)),
             job_error=job_error,
@@ -427,7 +569,10 @@ class Engine:
             rollback_count=task.rollback_count,
             limits=self.settings.limits,
         )
-        self.apply_decision(task, job, verdict, job_error, decision)
+
+    def evaluate(self, task: Task, job: Job) -> Verdict:
+        """The stage's gates over the worktree as it is: read-only, nothing committed."""
+        return run_gates(self._gates(task, job.stage), self.collect_facts(task, job))
 
     def _gates(self, task: Task, stage: str) -> tuple[Gate, ...]:
         names = self.settings.stage_config(Path(task.repository), stage).gates
@@ -436,7 +581,11 @@ class Engine:
         return tuple(GATES[name] for name in names)
 
     def collect_facts(self, task: Task, job: Job) -> StageFacts:
-        """Read what the gates may look at; a snapshot, so gates stay pure."""
+        """Read what the gates may look at; a snapshot, so gates stay pure.
+
+        Uncommitted changes count: the gates may judge a job before (or without) the
+        commit, e.g. when a reaper evaluates read-only.
+        """
         worktree = Path(task.worktree)
         root = worktree / artifact_dir(task.work_item)
         artifacts: dict[str, str] = {}
@@ -446,16 +595,24 @@ class Engine:
                     relative = path.relative_to(root).as_posix()
                     artifacts[relative] = path.read_text(encoding="utf-8", errors="replace")
         repo = Repo(Path(task.repository))
-        changed = repo.changed_paths(worktree, job.start_sha or task.base_sha)
+        since = job.start_sha or task.base_sha
+        changed = set(git(worktree, "diff", "--name-only", since).stdout.split("\n"))
+        untracked = git(worktree, "ls-files", "--others", "--exclude-standard").stdout
+        changed |= set(untracked.split("\n"))
         merged = repo.is_ancestor(task.branch, task.base_branch)
-        return StageFacts(task.work_item, job.stage, artifacts, changed, merged)
+        paths = tuple(sorted(path for path in changed if path))
+        return StageFacts(task.work_item, job.stage, artifacts, paths, merged)
 
-    def _lost(self, job: Job, task: Task, why: str) -> None:
+    def _lost(self, job: Job, task: Task, why: str, actor: str) -> None:
         with self.store.transaction() as tx:
-            tx.set_job_status_cas(job.id, ("finalizing", "running"), "failed", error=why)
-            tx.add_event(
-                EventKind.JOB_LOST_RACE, actor=ACTOR, task_id=task.id, job_id=job.id, reason=why
-            )
+            if tx.set_job_status_cas(job.id, ("finalizing", "running"), "failed", error=why):
+                tx.add_event(
+                    EventKind.JOB_LOST_RACE,
+                    actor=actor,
+                    task_id=task.id,
+                    job_id=job.id,
+                    reason=why,
+                )
 
     def apply_decision(
         self,
@@ -464,22 +621,47 @@ class Engine:
         verdict: Verdict | None,
         job_error: str | None,
         decision: Decision,
-    ) -> None:
-        """Apply the kernel's decision in one transaction, then notify."""
+        *,
+        actor: str = ACTOR,
+        claim_from: str | None = "finalizing",
+    ) -> bool:
+        """Claim the job's terminal status, then (only if we won) act on the decision.
+
+        ``claim_from=None`` skips the claim: the reconciler repairing a job that is
+        already terminal.
+        """
+        passed = verdict is not None and verdict.passed
+        if claim_from is not None:
+            with self.store.transaction() as tx:
+                error = None if passed else (job_error or (verdict.reason if verdict else None))
+                if not tx.set_job_status_cas(
+                    job.id, claim_from, "done" if passed else "failed", error=error
+                ):
+                    return False  # a loser performs no side effect
+                if verdict is not None:
+                    tx.add_event(
+                        EventKind.GATE_VERDICT,
+                        actor=actor,
+                        task_id=task.id,
+                        job_id=job.id,
+                        to_stage=job.stage,
+                        reason=verdict.reason,
+                        data={"outcome": str(verdict.outcome), "gate": verdict.gate},
+                    )
+        worktree = Path(task.worktree)
+        if worktree.is_dir():
+            commit_all(worktree, f"{task.work_item}: {job.stage} (attempt {job.attempt})")
+        return self._act(task, job, decision, actor)
+
+    def _act(self, task: Task, job: Job, decision: Decision, actor: str) -> bool:
         stage = job.stage
+        if isinstance(decision, Advance) and (stage, decision.to_stage) in TRANSITION_EFFECTS:
+            crossing = enter_transition(
+                self.runtime, task, stage, decision.to_stage, actor=actor, reason=decision.reason
+            )
+            return crossing is Crossing.DONE
         alert: str | None = None
         with self.store.transaction() as tx:
-            if verdict is not None:
-                tx.add_event(
-                    EventKind.GATE_VERDICT,
-                    actor=ACTOR,
-                    task_id=task.id,
-                    job_id=job.id,
-                    to_stage=stage,
-                    reason=verdict.reason,
-                    data={"outcome": str(verdict.outcome), "gate": verdict.gate},
-                )
-            passed = verdict is not None and verdict.passed
             won = True
             if isinstance(decision, Advance):
                 won = advance_stage(
@@ -488,7 +670,7 @@ class Engine:
                     task,
                     stage,
                     decision.to_stage,
-                    actor=ACTOR,
+                    actor=actor,
                     reason=decision.reason,
                 )
             elif isinstance(decision, Rollback):
@@ -498,7 +680,7 @@ class Engine:
                     task,
                     stage,
                     decision.to_stage,
-                    actor=ACTOR,
+                    actor=actor,
                     reason=f"rollback: {decision.reason}",
                     rollback_count=task.rollback_count + 1,
                     feedback=f"{stage} failed: {decision.reason}",
@@ -512,7 +694,7 @@ class Engine:
                 if won:
                     tx.add_event(
                         EventKind.RETRY,
-                        actor=ACTOR,
+                        actor=actor,
                         task_id=task.id,
                         job_id=job.id,
                         to_stage=stage,
@@ -524,7 +706,7 @@ class Engine:
                         task,
                         stage,
                         attempt=decision.attempt,
-                        actor=ACTOR,
+                        actor=actor,
                         feedback=decision.reason,
                         delay_s=decision.delay_s,
                     )
@@ -535,29 +717,30 @@ class Engine:
                 if won:
                     tx.add_event(
                         EventKind.FAILED,
-                        actor=ACTOR,
+                        actor=actor,
                         task_id=task.id,
                         job_id=job.id,
                         to_stage=stage,
                         reason=decision.reason,
                     )
                 alert = f"task failed: {decision.reason}"
-            if won:
-                tx.set_job_status_cas(
-                    job.id,
-                    "finalizing",
-                    "done" if passed else "failed",
-                    error=None if passed else (job_error or (verdict.reason if verdict else None)),
-                )
         if not won:
-            self._lost(job, task, "another actor moved the task first")
-            return
+            with self.store.transaction() as tx:
+                tx.add_event(
+                    EventKind.LOST,
+                    actor=actor,
+                    task_id=task.id,
+                    job_id=job.id,
+                    reason="another actor moved the task first",
+                )
+            return False
         current = self.store.get_task(task.id)
         summary = f"{stage}: {type(decision).__name__.lower()}"
         notify_safely(lambda: self.notifier.on_task_changed(current, summary))
         if alert is not None:
             message = alert
             notify_safely(lambda: self.notifier.alert(current, message))
+        return True
 
 
 # Keep the stage list honest: every job stage has gates.

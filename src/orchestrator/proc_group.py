@@ -1,23 +1,25 @@
 """Child processes in their own process group, with a capped log and a tree-kill.
 
-Every job runs in a new session (``start_new_session=True``), so stopping it is
-SIGTERM to the whole group, a grace period, then SIGKILL to the group: no grandchild
-survives. Output (stdout and stderr merged) is copied by a reader thread into the run's
-log file up to a size cap; the last bytes are also kept in memory so the result line an
-agent prints at the end (Claude Code's JSON) is never lost to the cap.
+Every job runs in a new session (``start_new_session=True``) led by the launcher
+(:mod:`orchestrator.launcher`), so stopping it is SIGTERM to the whole group, a grace
+period, then SIGKILL to the group: no grandchild survives. The launcher copies the
+output (stdout and stderr merged) into the run's log up to a size cap and keeps the last
+bytes in a tail file, so the result line an agent prints at the end (Claude Code's JSON)
+is never lost to the cap, and records the exit code in a file: a job outlives an engine
+crash and the next engine can adopt it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Final
 
@@ -25,11 +27,16 @@ __all__ = ["KILL_GRACE_S", "RunningProcess", "kill_group", "spawn"]
 
 KILL_GRACE_S: Final = 5.0
 TAIL_BYTES: Final = 256 * 1024
-READ_CHUNK_BYTES: Final = 64 * 1024
 
 
-def kill_group(pid: int, grace_s: float = KILL_GRACE_S) -> None:
-    """SIGTERM the process group of ``pid``, wait ``grace_s``, then SIGKILL it."""
+def kill_group(
+    pid: int, grace_s: float = KILL_GRACE_S, reap: Callable[[], object] | None = None
+) -> None:
+    """SIGTERM the process group of ``pid``, wait ``grace_s``, then SIGKILL it.
+
+    ``reap`` collects our own exited child meanwhile: an unreaped zombie still belongs
+    to the group and would make the wait last the whole grace period.
+    """
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
@@ -38,6 +45,8 @@ def kill_group(pid: int, grace_s: float = KILL_GRACE_S) -> None:
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
+        if reap is not None:
+            reap()
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
@@ -48,62 +57,78 @@ def kill_group(pid: int, grace_s: float = KILL_GRACE_S) -> None:
 
 
 class RunningProcess:
-    """A spawned child: its pid, its log, and whether it has exited."""
+    """A job's process group, led by the launcher: its pid, its files, its exit."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], log_path: Path, max_log_bytes: int) -> None:
+    def __init__(
+        self,
+        pid: int,
+        log_path: Path,
+        popen: subprocess.Popen[bytes] | None = None,
+        started_monotonic: float | None = None,
+    ) -> None:
+        self.pid = pid
         self.popen = popen
-        self.pid = popen.pid
         self.log_path = log_path
-        self.started_monotonic = time.monotonic()
+        self.tail_path = log_path.with_suffix(".tail")
+        self.exit_path = log_path.with_suffix(".exit")
+        self.started_monotonic = started_monotonic or time.monotonic()
         self.killed_reason: str | None = None
-        self._max_log_bytes = max_log_bytes
-        self._tail: deque[bytes] = deque()
-        self._tail_size = 0
-        self._reader = threading.Thread(
-            target=self._copy_output, name=f"log-reader-{popen.pid}", daemon=True
-        )
-        self._reader.start()
 
-    def _copy_output(self) -> None:
-        stream = self.popen.stdout
-        assert isinstance(stream, io.BufferedReader)
-        written = 0
-        with self.log_path.open("ab") as log:
-            while chunk := stream.read1(READ_CHUNK_BYTES):
-                self._remember(chunk)
-                if written < self._max_log_bytes:
-                    room = self._max_log_bytes - written
-                    log.write(chunk[:room])
-                    written += min(room, len(chunk))
-                    if written >= self._max_log_bytes:
-                        log.write(f"\n[orch: log capped at {self._max_log_bytes} bytes]\n".encode())
-                    log.flush()
-        stream.close()
-
-    def _remember(self, chunk: bytes) -> None:
-        self._tail.append(chunk)
-        self._tail_size += len(chunk)
-        while self._tail_size - len(self._tail[0]) >= TAIL_BYTES:
-            self._tail_size -= len(self._tail.popleft())
+    @classmethod
+    def adopt(cls, pid: int, log_path: Path, running_for_s: float) -> RunningProcess:
+        """Watch a job started by an earlier engine (not our child: no wait status)."""
+        return cls(pid, log_path, None, time.monotonic() - running_for_s)
 
     def poll(self) -> int | None:
-        """The exit code once the child and its output are done, else None."""
-        code = self.popen.poll()
-        if code is None:
+        """The job's exit code once it ended; -1 if it ended without recording one."""
+        if self.popen is not None:
+            code = self.popen.poll()
+            if code is None:
+                return None
+        elif _alive(self.pid):
             return None
-        self._reader.join(timeout=5)
-        return code
+        return self.recorded_exit()
+
+    def recorded_exit(self) -> int:
+        try:
+            return int(self.exit_path.read_text().strip())
+        except (OSError, ValueError):
+            return -1  # killed hard (SIGKILL) before the launcher could record it
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.started_monotonic
 
     def tail_text(self) -> str:
-        return b"".join(self._tail).decode("utf-8", errors="replace")
+        """The last output of the job (the tail file, else the end of the log)."""
+        for path in (self.tail_path, self.log_path):
+            try:
+                with path.open("rb") as handle:
+                    handle.seek(0, os.SEEK_END)
+                    handle.seek(max(0, handle.tell() - TAIL_BYTES))
+                    return handle.read().decode("utf-8", errors="replace")
+            except OSError:
+                continue
+        return ""
 
     def kill(self, reason: str) -> None:
-        """Tree-kill the child's process group, remembering why."""
+        """Tree-kill the job's process group, remembering why."""
         self.killed_reason = reason
-        kill_group(self.pid)
+        kill_group(self.pid, reap=self.popen.poll if self.popen is not None else None)
+        if self.popen is not None:
+            self.popen.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return True
 
 
 def _feed(stream: IO[bytes], data: bytes) -> None:
@@ -121,21 +146,42 @@ def spawn(
     max_log_bytes: int,
     stdin_text: str | None = None,
 ) -> RunningProcess:
-    """Start ``argv`` in its own session; raises OSError if it cannot start."""
+    """Start ``argv`` under the launcher in a new session; OSError if it cannot start.
+
+    The launcher writes ``<log>.tail`` and ``<log>.exit`` next to the log, so the job's
+    outcome is known even to an engine that did not start it.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    stdin: int | IO[bytes] = subprocess.DEVNULL
-    if stdin_text is not None:
-        stdin = subprocess.PIPE
+    for stale in (log_path.with_suffix(".tail"), log_path.with_suffix(".exit")):
+        stale.unlink(missing_ok=True)
+    launcher = [
+        sys.executable,
+        "-m",
+        "orchestrator.launcher",
+        str(log_path),
+        str(log_path.with_suffix(".tail")),
+        str(log_path.with_suffix(".exit")),
+        str(max_log_bytes),
+        "--",
+        *argv,
+    ]
+    program = argv[0]
+    if os.sep in program:
+        found = (cwd / program).exists()  # an absolute path stays absolute
+    else:
+        found = shutil.which(program, path=env.get("PATH")) is not None
+    if not found:
+        raise FileNotFoundError(2, "No such file or directory", program)
     popen = subprocess.Popen(
-        list(argv),
+        launcher,
         cwd=cwd,
         env=dict(env),
-        stdin=stdin,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     if stdin_text is not None and popen.stdin is not None:
         # A thread, so a prompt larger than the pipe buffer never blocks the engine.
         threading.Thread(target=_feed, args=(popen.stdin, stdin_text.encode()), daemon=True).start()
-    return RunningProcess(popen, log_path, max_log_bytes)
+    return RunningProcess(popen.pid, log_path, popen)

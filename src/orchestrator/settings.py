@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -46,19 +53,52 @@ class _Strict(BaseModel):
 
 
 class AgentConfig(_Strict):
-    """An agent: a command template and what to tell it.
+    """An agent: which adapter drives it, its command, and what to tell it.
 
     ``command`` is an argument list (or one string, split like a shell would, never run
     by a shell). Placeholders: ``{prompt}``, ``{prompt_file}``, ``{stage}``,
-    ``{work_item}``, ``{worktree}``, ``{model}``, ``{effort}``, ``{python}``.
+    ``{work_item}``, ``{worktree}``, ``{model}``, ``{effort}``, ``{python}``,
+    ``{result_file}``. See docs/agents.md.
     """
 
-    command: list[str] | str
+    # How the agent is started and its output read: "command" (any CLI: exit code, cost
+    # from an optional result file), "claude-code" (stream-json events, result parsed),
+    # "codex" (`codex exec --json`, token usage).
+    adapter: Literal["command", "claude-code", "codex"] = "command"
+    # command: the whole argument list. claude-code / codex: the program and any leading
+    # arguments; empty = "claude" / "codex" from PATH.
+    command: list[str] | str = Field(default_factory=list)
     model: str = ""
     effort: str = ""
     # Seconds before the agent's process group is killed; 0 = use agent_timeout_s.
-    timeout_s: float = 0
+    timeout_s: float = Field(default=0, ge=0)
+    # Dollars one run may spend; 0 = no limit. Past it the run is tree-killed.
+    budget_usd: float = Field(default=0, ge=0)
+    # claude-code: --max-turns; 0 = the CLI's default.
+    max_turns: int = Field(default=0, ge=0)
+    # claude-code: --permission-mode (default acceptEdits); codex: --sandbox (default
+    # workspace-write).
+    permission_mode: str = ""
+    # claude-code: --allowedTools; empty = Read, Write, Edit, Bash.
+    allowed_tools: list[str] = Field(default_factory=list)
+    # claude-code / codex: how the prompt is passed: on stdin, as an argument, or as an
+    # argument naming the prompt file.
+    prompt_via: Literal["stdin", "arg", "file"] = "stdin"
+    # claude-code / codex: arguments appended to the command line.
+    args: list[str] = Field(default_factory=list)
+    # Prices, for agents that report tokens but no cost (codex): dollars per million.
+    usd_per_mtok_input: float = Field(default=0, ge=0)
+    usd_per_mtok_output: float = Field(default=0, ge=0)
     env: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _command_given(self) -> AgentConfig:
+        if self.adapter == "command" and not self.command:
+            raise ValueError(
+                "an agent with adapter 'command' needs command = [...]; or set adapter = "
+                "'claude-code' or 'codex'"
+            )
+        return self
 
 
 class StageConfig(_Strict):
@@ -69,6 +109,12 @@ class StageConfig(_Strict):
     prompt: str | None = None
     # Gate names from orchestrator.kernel.gates.GATES; None = the stage's defaults.
     gates: list[str] | None = None
+    # Override the agent's settings for this stage (None = the agent's own).
+    model: str | None = None
+    effort: str | None = None
+    timeout_s: float | None = Field(default=None, ge=0)
+    budget_usd: float | None = Field(default=None, ge=0)
+    max_turns: int | None = Field(default=None, ge=0)
 
     @field_validator("gates")
     @classmethod
@@ -99,6 +145,42 @@ class RepoConfig(_Strict):
     stages: dict[str, StageConfig] = Field(default_factory=dict)
     # Command the tests run with in the worktree (argument list or one string).
     test_command: list[str] | str | None = None
+    # Run first in the worktree by the test and staging runners, e.g. to create a venv
+    # (argument list or one string); its failure is a tool error (DEFER), not a verdict.
+    setup_command: list[str] | str | None = None
+    # Seconds the setup and test commands may take together; None = test_runner_timeout_s.
+    test_timeout_s: float | None = Field(default=None, gt=0)
+    # JUnit XML the test command writes, relative to the worktree, when it is not pytest
+    # (for pytest the runner asks for one itself): counts and failing tests in the report.
+    junit_xml: str | None = None
+    # Base URL of a running instance the test runner smoke-checks (read-only GETs) after
+    # the tests pass; None = no smoke.
+    smoke_base_url: str | None = None
+    # Paths the smoke (and the staging runner) GETs; each must answer 2xx.
+    smoke_endpoints: list[str] = Field(default_factory=lambda: ["/health", "/status", "/queue"])
+    # Named lock: test runs naming the same resource (a shared database, a port) run one
+    # at a time, across tasks and processes (a file lock under data_dir/locks).
+    serial_gate: str | None = None
+    # Coverage ratchet: measure line coverage (coverage.py, pytest commands only); below
+    # the repository's baseline the tests FAIL; a merged success raises the baseline.
+    coverage_ratchet: bool = False
+    # What coverage measures (coverage.py --source, relative to the worktree); empty = all.
+    coverage_source: list[str] = Field(default_factory=list)
+    # deploy-staging: command that starts the service from the task worktree; it gets a
+    # free local port as $PORT and in the {port} placeholder. None = the stage is skipped.
+    staging_command: list[str] | str | None = None
+    # deploy-staging: path polled until the started service answers 2xx.
+    staging_health_path: str = "/health"
+    # deploy-staging: seconds the service has to become healthy.
+    staging_ready_timeout_s: float = Field(default=60.0, gt=0)
+    # Run in the repository after the merge (env ORCH_DEPLOY_COMMIT); None = the merge
+    # itself is the deploy.
+    deploy_command: list[str] | str | None = None
+    # Prints the commit currently deployed; lets recovery tell whether a deploy that was
+    # interrupted actually happened. Without it such a deploy fails closed for a human.
+    deploy_check_command: list[str] | str | None = None
+    # This repository's task_budget_usd; None = the global one.
+    task_budget_usd: float | None = Field(default=None, ge=0)
 
     @field_validator("skip")
     @classmethod
@@ -159,6 +241,9 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(default=5.0, ge=0)
     # Wall-clock limit of one agent run; its process group is killed after it.
     agent_timeout_s: float = Field(default=3600.0, gt=0)
+    # Dollars a task may spend on agent runs since it was created or last retried by a
+    # person; past it no new agent job starts and the task fails for a human. 0 = no limit.
+    task_budget_usd: float = Field(default=0.0, ge=0)
     # Reaper tier 2: a job whose exit code is recorded this long but is not finalized.
     reaper_finalize_grace_s: float = Field(default=300.0, ge=0)
     # Reaper tier 3: a job running longer than this is killed whatever its lease says.
@@ -173,6 +258,16 @@ class Settings(BaseSettings):
     # Deterministic test runner on the testing stage instead of the tester agent.
     test_runner_enabled: bool = True
     test_runner_repos: list[str] = Field(default_factory=list)
+    # Wall-clock limit of the test runner's setup + test commands (a repo may set its own).
+    test_runner_timeout_s: float = Field(default=1800.0, gt=0)
+    # Times a DEFER of the test runner (a tool error, not a verdict) is retried, with
+    # backoff, before the hand-off below (or, without it, before max_attempts fails it).
+    test_runner_defer_retries: int = Field(default=2, ge=0)
+    # Hybrid mode: a DEFER that outlasts its retries is explained by an LLM tester agent,
+    # which never decides: the report keeps the runner's DEFER and the gate fails it.
+    test_runner_hybrid: bool = True
+    # The agent that explains a persistent DEFER in hybrid mode.
+    test_runner_hybrid_agent: str = "claude"
     # Durable transition lease + compare-and-swap stage writes.
     transition_lease_enabled: bool = True
     transition_lease_repos: list[str] = Field(default_factory=list)
@@ -182,6 +277,11 @@ class Settings(BaseSettings):
     tracker_mode: Literal["edit", "bump"] = "edit"
     # Stage labels on cards and in the CLI: en or ru.
     language: Literal["en", "ru"] = "en"
+
+    # Name of this orchestrator instance in leases and heartbeats; "" = the host name.
+    instance_name: str = ""
+    # Bearer token for admin endpoints (POST /transition-lease/release); "" = disabled.
+    admin_token: str = ""
 
     # --- server ----------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -244,6 +344,11 @@ class Settings(BaseSettings):
             elif name == resolved.name:
                 return config
         return RepoConfig()
+
+    def task_budget_for(self, repo_path: Path) -> float:
+        """Dollars a task in this repository may spend; 0 = no limit."""
+        override = self.repo_config(repo_path).task_budget_usd
+        return self.task_budget_usd if override is None else override
 
     def pipeline_for(self, repo_path: Path) -> Pipeline:
         return Pipeline(frozenset(self.skip) | frozenset(self.repo_config(repo_path).skip))

@@ -1,24 +1,44 @@
 """Applying stage changes: the compare-and-swap write plus what must go with it.
 
-:func:`advance_stage` is how every actor (engine, CLI, API) moves a task: inside the
-caller's transaction it performs :meth:`Tx.update_task_stage_cas`, enqueues the new
-stage's job and appends the event, so either all of it happens or none does. A lost
-race returns False and the caller performs no side effect.
+:func:`advance_stage` is how every actor (engine, CLI, API, reaper, reconciler) moves a
+task: inside the caller's transaction it performs :meth:`Tx.update_task_stage_cas`,
+enqueues the new stage's job and appends the event, so either all of it happens or none
+does. A lost race returns False and the caller performs no side effect.
+
+:func:`enter_transition` is the side-effectful variant (``deploy -> done`` merges and
+deploys): it takes the task's transition lease, runs each effect through the journal,
+then writes the stage fenced by the lease epoch. A second actor that finds a live owner
+defers without starting anything.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from orchestrator.agents import resolve_agent
+from orchestrator.journal import EffectFailedError, Journal
 from orchestrator.kernel.gates import ARTIFACT_ROOT
 from orchestrator.kernel.stages import JOB_STAGES, check_transition
-from orchestrator.settings import Settings
-from orchestrator.store import Task, Tx
+from orchestrator.leases import LeaseLostError, LeaseManager, Owner
+from orchestrator.notifier import Notifier, NullNotifier, notify_safely
+from orchestrator.settings import Settings, in_scope
+from orchestrator.side_effects import effects_for
+from orchestrator.store import Store, Task, Tx
 
-__all__ = ["EventKind", "JobPlan", "advance_stage", "artifact_dir", "plan_job"]
+__all__ = [
+    "Crossing",
+    "EventKind",
+    "JobPlan",
+    "Runtime",
+    "advance_stage",
+    "artifact_dir",
+    "enter_transition",
+    "lease_enabled",
+    "plan_job",
+]
 
 
 class EventKind:
@@ -39,6 +59,8 @@ class EventKind:
     CANCELLED: Final = "task.cancelled"
     RETRIED: Final = "task.retried"
     EFFECT: Final = "effect"
+    DEFERRED: Final = "transition.deferred"
+    LOST: Final = "transition.lost"
 
 
 @dataclass(frozen=True)
@@ -50,6 +72,13 @@ class JobPlan:
 def artifact_dir(work_item: str) -> str:
     """Where a work item's documents live, relative to the worktree."""
     return f"{ARTIFACT_ROOT}/{work_item}"
+
+
+def lease_enabled(settings: Settings, repository: str) -> bool:
+    """The transition-lease kill-switch and its repository scope."""
+    return settings.transition_lease_enabled and in_scope(
+        settings.transition_lease_repos, Path(repository)
+    )
 
 
 def plan_job(settings: Settings, repository: str, stage: str) -> JobPlan:
@@ -85,6 +114,8 @@ def advance_stage(
         attempt=attempt,
         rollback_count=rollback_count,
         clear_failure=clear_failure,
+        # Kill-switch off: the CAS degenerates to the old unconditional write.
+        unconditional=not lease_enabled(settings, task.repository),
     ):
         return False
     tx.add_event(
@@ -141,3 +172,121 @@ def enqueue_stage_job(
         + (f", in {delay_s:.0f}s" if delay_s >= 1 else ""),
     )
     return job_id
+
+
+@dataclass
+class Runtime:
+    """What every actor of one process shares: store, settings, notifier, lease owner."""
+
+    store: Store
+    settings: Settings
+    notifier: Notifier
+    owner: Owner
+    leases: LeaseManager
+    journal: Journal
+
+    @classmethod
+    def create(
+        cls,
+        store: Store,
+        settings: Settings,
+        notifier: Notifier | None = None,
+        *,
+        boot_id: str | None = None,
+    ) -> Runtime:
+        owner = Owner.current(settings.instance_name or None, boot_id)
+        owner.register(store)
+        chosen: Notifier = notifier or NullNotifier()
+        leases = LeaseManager(store, settings, owner, chosen)
+        return cls(store, settings, chosen, owner, leases, Journal(store, leases))
+
+
+class Crossing(enum.Enum):
+    """How an attempt to enter a transition ended."""
+
+    DONE = "done"  # effects ran (or were found done) and the stage moved
+    DEFERRED = "deferred"  # a live owner holds the lease: nothing started
+    LOST = "lost"  # the task had moved on, or our lease was reclaimed: nothing written
+    FAILED = "failed"  # an effect failed: the task failed closed with the reason
+
+
+class _LostRace(Exception):
+    """Raised inside a transaction to roll it back after a lost compare-and-swap."""
+
+
+def enter_transition(
+    runtime: Runtime,
+    task: Task,
+    expected: str,
+    new: str,
+    *,
+    actor: str,
+    reason: str,
+    event_kind: str = EventKind.STAGE_CHANGED,
+) -> Crossing:
+    """Move ``task`` from ``expected`` to ``new`` with the transition's side effects.
+
+    Exactly one actor performs the effects: the lease excludes the others while its
+    owner lives, the journal checks the world before each effect, and every write is
+    fenced by the lease epoch.
+    """
+    store, settings = runtime.store, runtime.settings
+    transition = f"{expected}->{new}"
+    lease = runtime.leases.acquire(task, transition, actor)
+    if lease is None:
+        with store.transaction() as tx:
+            tx.add_event(
+                EventKind.DEFERRED,
+                actor=actor,
+                task_id=task.id,
+                from_stage=expected,
+                to_stage=new,
+                reason="another actor holds the transition lease",
+            )
+        return Crossing.DEFERRED
+    try:
+        current = store.get_task(task.id)
+        if current.stage != expected or current.failed:
+            return Crossing.LOST
+        try:
+            for effect in effects_for(settings, current, expected, new):
+                runtime.journal.run(lease, current.id, transition, effect, actor=actor)
+        except EffectFailedError as exc:
+            with store.transaction() as tx:
+                runtime.leases.check(tx, lease)
+                tx.update_task_counters(current.id, expected_stage=expected, failed_reason=str(exc))
+                tx.add_event(
+                    EventKind.FAILED,
+                    actor=actor,
+                    task_id=current.id,
+                    to_stage=expected,
+                    reason=str(exc),
+                )
+            failed, message = store.get_task(current.id), f"task failed: {exc}"
+            notify_safely(lambda: runtime.notifier.alert(failed, message))
+            return Crossing.FAILED
+        try:
+            with store.transaction() as tx:
+                runtime.leases.check(tx, lease)
+                if not advance_stage(
+                    tx,
+                    settings,
+                    current,
+                    expected,
+                    new,
+                    actor=actor,
+                    reason=reason,
+                    event_kind=event_kind,
+                ):
+                    raise _LostRace
+        except _LostRace:
+            return Crossing.LOST
+        moved = store.get_task(current.id)
+        notify_safely(lambda: runtime.notifier.on_task_changed(moved, f"{transition} by {actor}"))
+        return Crossing.DONE
+    except LeaseLostError as exc:
+        with store.transaction() as tx:
+            tx.add_event(EventKind.LOST, actor=actor, task_id=task.id, reason=str(exc))
+        return Crossing.LOST
+    finally:
+        runtime.leases.release(lease)

@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from orchestrator.store import Store
 from orchestrator.store.schema import metadata
 
-HEAD = "0001"
+HEAD = "0002"  # bump with every new migration
 
 
 def _unquote(default: str) -> str:
@@ -65,7 +65,15 @@ def test_migrated_database_matches_schema(empty_db_url: str) -> None:
         store.close()
 
     assert diff == []
-    assert set(metadata.tables) == {"tasks", "jobs", "agent_runs", "events"}
+    assert set(metadata.tables) == {
+        "tasks",
+        "jobs",
+        "agent_runs",
+        "events",
+        "instances",
+        "transition_lease",
+        "effects",
+    }
 
 
 def test_schema_comparison_sees_drift(db_url: str) -> None:

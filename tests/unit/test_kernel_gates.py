@@ -18,7 +18,8 @@ from orchestrator.kernel.gates import (
     check_adr_present,
     check_brd_present,
     check_code_committed,
-    check_deployed,
+    check_deploy_ready,
+    check_merged,
     check_staging_passed,
     check_tests_passed,
     run_gates,
@@ -151,25 +152,26 @@ def test_staging_reason_says_what_was_found() -> None:
 
 
 @pytest.mark.parametrize(
-    ("merged", "text", "passed"),
+    ("text", "passed"),
     [
-        (False, "result: PASS\n", False),
-        (True, None, False),
-        (True, "result: FAIL\n", False),
-        (True, "deployed\n", False),
-        (True, "result: PASS\n", True),
+        (None, False),
+        ("result: FAIL\n", False),
+        ("ready\n", False),
+        ("result: PASS\n", True),
     ],
 )
-def test_deployed(merged: bool, text: str | None, passed: bool) -> None:
+def test_deploy_ready(text: str | None, passed: bool) -> None:
     artifacts = {} if text is None else {"15-deploy-report.md": text}
-    verdict = check_deployed(facts("deploy", merged=merged, artifacts=artifacts))
+    verdict = check_deploy_ready(facts("deploy", artifacts=artifacts))
     assert verdict.passed is passed
-    assert verdict.gate == "deployed"
+    assert verdict.gate == "deploy_ready"
 
 
-def test_unmerged_branch_is_the_reason_even_with_a_passing_report() -> None:
-    verdict = check_deployed(facts("deploy", artifacts={"15-deploy-report.md": "result: PASS"}))
-    assert "not merged" in verdict.reason
+@pytest.mark.parametrize("merged", [False, True])
+def test_merged_gate_reads_the_merged_fact(merged: bool) -> None:
+    verdict = check_merged(facts("deploy", merged=merged))
+    assert verdict.passed is merged
+    assert ("not merged" in verdict.reason) is not merged
 
 
 def test_every_named_gate_reports_its_own_name() -> None:

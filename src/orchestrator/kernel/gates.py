@@ -14,7 +14,8 @@ development     commits on the task branch that change code outside ``docs/work-
 testing         ``13-test-report.md`` with ``result:``, ``status:`` and ``exit_code:``
                 agreeing on PASS (``check_tests_passed``)
 deploy-staging  ``14-staging-report.md`` with ``result: PASS`` or ``result: SKIPPED``
-deploy          the task branch merged into the default branch, ``15-deploy-report.md``
+deploy          ``15-deploy-report.md`` with ``result: PASS`` (the branch merges cleanly);
+                the merge and deploy are then side effects of ``deploy -> done``
 =============== =====================================================================
 """
 
@@ -28,7 +29,10 @@ from typing import Final
 
 __all__ = [
     "ARTIFACT_ROOT",
+    "DEPLOY_REPORT_FILE",
     "GATES",
+    "STAGING_REPORT_FILE",
+    "TEST_REPORT_FILE",
     "QG_CHECKS",
     "Gate",
     "Outcome",
@@ -39,7 +43,8 @@ __all__ = [
     "check_adr_present",
     "check_brd_present",
     "check_code_committed",
-    "check_deployed",
+    "check_deploy_ready",
+    "check_merged",
     "check_staging_passed",
     "check_tests_passed",
     "run_gates",
@@ -232,17 +237,22 @@ def check_staging_passed(facts: StageFacts) -> Verdict:
     return _fail("staging_passed", f"{STAGING_REPORT_FILE}: result {result or 'missing'}")
 
 
-def check_deployed(facts: StageFacts) -> Verdict:
-    """Deploy merged the task branch and wrote a passing deploy report."""
-    if not facts.merged:
-        return _fail("deployed", "the task branch is not merged into the default branch")
+def check_deploy_ready(facts: StageFacts) -> Verdict:
+    """The deploy preflight found the branch mergeable and wrote a passing report."""
     text = facts.artifacts.get(DEPLOY_REPORT_FILE)
     if text is None:
-        return _fail("deployed", f"{DEPLOY_REPORT_FILE} is missing")
+        return _fail("deploy_ready", f"{DEPLOY_REPORT_FILE} is missing")
     result = _report_result(text)
     if result != "PASS":
-        return _fail("deployed", f"{DEPLOY_REPORT_FILE}: result {result or 'missing'}")
-    return _pass("deployed", "merged into the default branch and deployed")
+        return _fail("deploy_ready", f"{DEPLOY_REPORT_FILE}: result {result or 'missing'}")
+    return _pass("deploy_ready", "ready to merge and deploy")
+
+
+def check_merged(facts: StageFacts) -> Verdict:
+    """The task branch is merged into the default branch (for custom gate lists)."""
+    if not facts.merged:
+        return _fail("merged", "the task branch is not merged into the default branch")
+    return _pass("merged", "merged into the default branch")
 
 
 # Gates by name, for repositories that choose their own gates in orch.toml.
@@ -252,7 +262,8 @@ GATES: Final[Mapping[str, Gate]] = {
     "code_committed": check_code_committed,
     "tests_passed": check_tests_passed,
     "staging_passed": check_staging_passed,
-    "deployed": check_deployed,
+    "deploy_ready": check_deploy_ready,
+    "merged": check_merged,
 }
 
 QG_CHECKS: Final[Mapping[str, tuple[Gate, ...]]] = {
@@ -261,7 +272,7 @@ QG_CHECKS: Final[Mapping[str, tuple[Gate, ...]]] = {
     "development": (check_code_committed,),
     "testing": (check_tests_passed,),
     "deploy-staging": (check_staging_passed,),
-    "deploy": (check_deployed,),
+    "deploy": (check_deploy_ready,),
 }
 
 

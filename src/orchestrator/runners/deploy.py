@@ -1,8 +1,11 @@
-"""The deploy finalizer: merge the task branch into the default branch, exactly once.
+"""The deploy finalizer's preflight: can the task branch be merged and deployed?
 
-The report is committed on the task branch before the merge, so the merged history
-carries it. The merge checks the world first: a branch already merged is not merged
-again, so a re-run after a crash is harmless.
+The deploy stage's job checks, without touching the default branch, that the task
+branch merges cleanly (``git merge-tree``) and writes ``15-deploy-report.md``,
+committed on the task branch so the merged history carries it. The merge and the deploy
+command themselves are side effects of the ``deploy -> done`` transition: they run
+under the task's transition lease, through the effect journal, exactly once
+(:mod:`orchestrator.side_effects`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from orchestrator.errors import RepositoryError
-from orchestrator.git import Repo, commit_all
+from orchestrator.git import Repo, commit_all, git
 from orchestrator.kernel.gates import DEPLOY_REPORT_FILE
 from orchestrator.runners.context import TOOL_ERROR_EXIT, RunnerContext, emit_result
 
@@ -20,32 +23,34 @@ __all__ = ["run"]
 def run(context: RunnerContext) -> int:
     repo = Repo(context.repository)
     context.artifact_dir.mkdir(parents=True, exist_ok=True)
-    report = context.artifact_dir / DEPLOY_REPORT_FILE
     try:
         head = repo.rev(context.branch)
-        if not report.exists() or "result: PASS" not in report.read_text(encoding="utf-8"):
-            report.write_text(
-                f"# Deploy report: {context.work_item}\n\n"
-                "result: PASS\n\n"
-                f"- merged: `{context.branch}` into `{context.base_branch}`\n"
-                "- deploy command: none configured (the merge is the deploy)\n",
-                encoding="utf-8",
-            )
-            commit_all(context.worktree, f"{context.work_item}: deploy report")
-            head = repo.rev(context.branch)
-        scratch = context.repository / ".git" / "orch-merge" / context.work_item
-        merged = repo.merge(
-            context.branch,
-            context.base_branch,
-            f"Merge {context.branch}: {context.work_item}",
-            scratch,
-        )
+        base = repo.rev(context.base_branch)
+        check = git(context.repository, "merge-tree", "--write-tree", base, head, check=False)
     except RepositoryError as exc:
         print(f"deploy finalizer: {exc}", file=sys.stderr)
         return TOOL_ERROR_EXIT
-    print(
-        f"{'already merged' if merged.already_merged else 'merged'} {context.branch} "
-        f"({head[:10]}) into {context.base_branch} at {merged.merge_sha[:10]}"
+    if check.returncode not in (0, 1):
+        print(f"deploy finalizer: git merge-tree failed: {check.stderr.strip()}", file=sys.stderr)
+        return TOOL_ERROR_EXIT
+    clean = check.returncode == 0
+    conflicts = "" if clean else check.stdout.strip()
+    report = (
+        f"# Deploy report: {context.work_item}\n\n"
+        f"result: {'PASS' if clean else 'FAIL'}\n\n"
+        f"- merge: `{context.branch}` ({head[:10]}) into `{context.base_branch}` "
+        f"({base[:10]}): {'merges cleanly' if clean else 'CONFLICTS'}\n"
+        "- the merge and the deploy command run once, under the transition lease, when "
+        "the task moves to done\n"
     )
-    emit_result(merge_sha=merged.merge_sha, already_merged=merged.already_merged)
+    if conflicts:
+        report += f"\n## Conflicts\n\n```\n{conflicts[-4000:]}\n```\n"
+    (context.artifact_dir / DEPLOY_REPORT_FILE).write_text(report, encoding="utf-8")
+    try:
+        commit_all(context.worktree, f"{context.work_item}: deploy preflight")
+    except RepositoryError as exc:
+        print(f"deploy finalizer: {exc}", file=sys.stderr)
+        return TOOL_ERROR_EXIT
+    print(f"preflight: {context.branch} {'merges cleanly' if clean else 'has conflicts'}")
+    emit_result(mergeable=clean)
     return 0

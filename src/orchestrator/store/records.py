@@ -50,6 +50,7 @@ class Job(_Record):
     error: str | None
     pid: int | None
     owner_boot_id: str | None
+    pid_start: int | None
     start_sha: str | None
     not_before: float
     enqueued_at: float

@@ -22,7 +22,16 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["agent_runs", "events", "jobs", "metadata", "tasks"]
+__all__ = [
+    "agent_runs",
+    "effects",
+    "events",
+    "instances",
+    "jobs",
+    "metadata",
+    "tasks",
+    "transition_lease",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -75,6 +84,8 @@ jobs = Table(
     Column("error", Text, nullable=True),
     Column("pid", Integer, nullable=True),
     Column("owner_boot_id", String(64), nullable=True),
+    # Start time of `pid` (clock ticks since boot): adoption after a restart checks it.
+    Column("pid_start", BigInteger, nullable=True),
     # HEAD of the worktree when the job started: the gates judge what it added.
     Column("start_sha", String(64), nullable=True),
     Column("not_before", Float, nullable=False),
@@ -123,4 +134,58 @@ events = Table(
     Column("data", JSON(none_as_null=True), nullable=True),
     Column("created_at", Float, nullable=False),
     Index(None, "task_id"),
+)
+
+# One row per orchestrator process start (boot): who it is and that it is alive.
+instances = Table(
+    "instances",
+    metadata,
+    Column("boot_id", String(64), primary_key=True),
+    Column("instance", String(200), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    # The process's start time in clock ticks since boot (/proc/<pid>/stat): a reused
+    # pid has a different one.
+    Column("pid_start", BigInteger, nullable=True),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("stopped_at", Float, nullable=True),
+)
+
+# The durable transition lease: at most one row per task (the primary key says so).
+# A released lease keeps its row (owner columns NULL) so the epoch only ever grows.
+transition_lease = Table(
+    "transition_lease",
+    metadata,
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    # Fencing token: incremented by every acquisition; writes under the lease check it.
+    Column("lease_epoch", Integer, nullable=False),
+    Column("transition", String(100), nullable=True),
+    Column("actor", String(100), nullable=True),
+    Column("owner_instance", String(200), nullable=True),
+    Column("owner_host", String(255), nullable=True),
+    Column("owner_pid", Integer, nullable=True),
+    Column("owner_boot_id", String(64), nullable=True),
+    Column("acquired_at", Float, nullable=True),
+    Column("released_at", Float, nullable=True),
+)
+
+# The effect journal: an intent before every side effect, its completion after.
+effects = Table(
+    "effects",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("transition", String(100), nullable=False),
+    Column("effect", String(100), nullable=False),
+    Column("lease_epoch", Integer, nullable=False),
+    # task:transition:effect:epoch — the same effect is never journaled twice per epoch.
+    Column("idempotency_key", String(300), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),  # intent | done | failed
+    Column("actor", String(100), nullable=False),
+    Column("result", JSON(none_as_null=True), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("completed_at", Float, nullable=True),
+    Index(None, "task_id", "transition", "effect"),
 )

@@ -163,10 +163,13 @@ class Tx:
         attempt: int | None = None,
         rollback_count: int | None = None,
         clear_failure: bool = False,
+        unconditional: bool = False,
     ) -> bool:
         """Move a task from ``expected`` to ``new`` if it is still in ``expected``.
 
         Returns whether this caller won. A loser must perform no side effect.
+        ``unconditional`` (the transition-lease kill-switch) drops the compare: the old
+        blind write, kept for operators who switch the lease off.
         """
         values: dict[str, Any] = {
             "stage": new,
@@ -179,9 +182,10 @@ class Tx:
             values["rollback_count"] = rollback_count
         if clear_failure:
             values["failed_reason"] = None
-        result = self.conn.execute(
-            tasks.update().where(tasks.c.id == task_id, tasks.c.stage == expected).values(**values)
-        )
+        condition = tasks.c.id == task_id
+        if not unconditional:
+            condition = sa.and_(condition, tasks.c.stage == expected)
+        result = self.conn.execute(tasks.update().where(condition).values(**values))
         return result.rowcount == 1
 
     def update_task_counters(
@@ -269,12 +273,29 @@ class Tx:
         )
         return result.rowcount == 1
 
-    def set_job_process(self, job_id: int, *, pid: int | None, start_sha: str | None) -> None:
+    def set_job_process(
+        self, job_id: int, *, pid: int | None, start_sha: str | None, pid_start: int | None = None
+    ) -> None:
         self.conn.execute(
             jobs.update()
             .where(jobs.c.id == job_id)
-            .values(pid=pid, start_sha=start_sha, updated_at=_now())
+            .values(pid=pid, pid_start=pid_start, start_sha=start_sha, updated_at=_now())
         )
+
+    def adopt_job(self, job_id: int, *, old_boot_id: str | None, new_boot_id: str) -> bool:
+        """Take over a running job from a dead engine; False if someone else did."""
+        result = self.conn.execute(
+            jobs.update()
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.status == "running",
+                jobs.c.owner_boot_id.is_(None)
+                if old_boot_id is None
+                else jobs.c.owner_boot_id == old_boot_id,
+            )
+            .values(owner_boot_id=new_boot_id, updated_at=_now())
+        )
+        return result.rowcount == 1
 
     def cancel_waiting_jobs(self, task_id: int, reason: str) -> list[int]:
         """Fail every queued or deferred job of a task; returns their ids."""
@@ -528,6 +549,32 @@ class Store:
             .group_by(tasks.c.repository)
         )
         return {str(key): int(count) for key, count in map(tuple, self._all(query))}
+
+    def latest_job(self, task_id: int) -> Job | None:
+        query = sa.select(jobs).where(jobs.c.task_id == task_id).order_by(jobs.c.id.desc())
+        rows = self._all(query.limit(1))
+        return _job(rows[0]) if rows else None
+
+    def overdue_finalizing(self, grace_s: float) -> list[tuple[Job, float]]:
+        """Finalizing jobs whose exit was recorded at least ``grace_s`` ago, with that
+        age (``finished_age_s``, computed here so every caller agrees)."""
+        now = _now()
+        query = (
+            sa.select(jobs, agent_runs.c.exit_recorded_at)
+            .join(agent_runs, agent_runs.c.job_id == jobs.c.id)
+            .where(
+                jobs.c.status == "finalizing",
+                agent_runs.c.exit_recorded_at.is_not(None),
+                agent_runs.c.exit_recorded_at <= now - grace_s,
+            )
+            .order_by(jobs.c.id)
+        )
+        found = []
+        for row in self._all(query):
+            mapping = dict(row._mapping)
+            recorded = float(mapping.pop("exit_recorded_at"))
+            found.append((Job(**mapping), now - recorded))
+        return found
 
     def task_runs(self, task_id: int) -> list[AgentRun]:
         query = sa.select(agent_runs).where(agent_runs.c.task_id == task_id)

@@ -1,0 +1,203 @@
+"""The effect journal: every side effect is an intent before it runs and a completion after.
+
+Theory of operation
+-------------------
+:meth:`Journal.run` performs one effect under a held lease:
+
+1. **World first.** ``effect.observe()`` asks the world whether the effect already
+   happened (is the branch merged? is the target commit deployed?). If so, the journal
+   records it as done (``reconciled``) and nothing runs.
+2. **Never blindly re-run.** If an earlier epoch left an intent without a completion and
+   the world cannot tell (``UNKNOWN``), the effect fails closed with a reason for a human.
+3. **Intent, perform, completion.** The intent row (idempotency key
+   ``task:transition:effect:epoch``) is written, fenced by the lease epoch, before the
+   effect runs; the completion after it, fenced again. A zombie owner whose lease was
+   reclaimed fails the fence and neither runs nor completes anything.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.leases import Lease, LeaseManager
+from orchestrator.store import Store
+from orchestrator.store.schema import effects
+
+__all__ = [
+    "Effect",
+    "EffectFailedError",
+    "Journal",
+    "Observation",
+    "Seen",
+]
+
+
+class Seen(enum.Enum):
+    DONE = "done"
+    NOT_DONE = "not_done"
+    UNKNOWN = "unknown"  # the world cannot tell (e.g. a deploy without a check command)
+
+
+@dataclass(frozen=True)
+class Observation:
+    seen: Seen
+    result: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Effect(Protocol):
+    """A side effect the product performs at most once per transition."""
+
+    name: str
+
+    def observe(self) -> Observation:
+        """Look at the world: has this effect already happened?"""
+        ...
+
+    def perform(self) -> Mapping[str, Any]:
+        """Do it; return facts for the journal (e.g. the merge commit)."""
+        ...
+
+
+class EffectFailedError(OrchestratorError):
+    """An effect failed or cannot safely be resumed; a human must look."""
+
+
+class Journal:
+    """Runs effects under a lease and records them."""
+
+    def __init__(self, store: Store, leases: LeaseManager) -> None:
+        self.store = store
+        self.leases = leases
+
+    def run(
+        self, lease: Lease, task_id: int, transition: str, effect: Effect, *, actor: str
+    ) -> Mapping[str, Any]:
+        observed = effect.observe()
+        key = f"{task_id}:{transition}:{effect.name}:{lease.epoch}"
+        if observed.seen is Seen.DONE:
+            with self.store.transaction() as tx:
+                self.leases.check(tx, lease)
+                self._supersede(tx.conn, task_id, transition, effect.name, "done in the world")
+                tx.conn.execute(
+                    effects.insert().values(
+                        task_id=task_id,
+                        transition=transition,
+                        effect=effect.name,
+                        lease_epoch=lease.epoch,
+                        idempotency_key=key,
+                        status="done",
+                        actor=actor,
+                        result={**observed.result, "reconciled": True},
+                        created_at=time.time(),
+                        completed_at=time.time(),
+                    )
+                )
+            return observed.result
+        with self.store.transaction() as tx:
+            self.leases.check(tx, lease)
+            unfinished = self._unfinished(tx.conn, task_id, transition, effect.name)
+            if unfinished and observed.seen is Seen.UNKNOWN:
+                reason = (
+                    f"{effect.name} may or may not have run (interrupted at epoch "
+                    f"{unfinished[-1]}); check it by hand, then `orch task retry`"
+                )
+                self._supersede(tx.conn, task_id, transition, effect.name, reason)
+                tx.add_event(
+                    "effect.uncertain",
+                    actor=actor,
+                    task_id=task_id,
+                    reason=reason,
+                    data={"effect": effect.name, "transition": transition},
+                )
+                uncertain = EffectFailedError(reason)
+            else:
+                uncertain = None
+                self._supersede(tx.conn, task_id, transition, effect.name, "resumed")
+                tx.conn.execute(
+                    effects.insert().values(
+                        task_id=task_id,
+                        transition=transition,
+                        effect=effect.name,
+                        lease_epoch=lease.epoch,
+                        idempotency_key=key,
+                        status="intent",
+                        actor=actor,
+                        created_at=time.time(),
+                    )
+                )
+        if uncertain is not None:
+            raise uncertain
+        try:
+            result = dict(effect.perform())
+        except Exception as exc:
+            with self.store.transaction() as tx:
+                tx.conn.execute(
+                    effects.update()
+                    .where(effects.c.idempotency_key == key, effects.c.status == "intent")
+                    .values(status="failed", error=str(exc)[:2000], completed_at=time.time())
+                )
+            raise EffectFailedError(f"{effect.name} failed: {exc}") from exc
+        with self.store.transaction() as tx:
+            self.leases.check(tx, lease)
+            tx.conn.execute(
+                effects.update()
+                .where(effects.c.idempotency_key == key, effects.c.status == "intent")
+                .values(status="done", result=result, completed_at=time.time())
+            )
+            tx.add_event(
+                "effect.done",
+                actor=actor,
+                task_id=task_id,
+                reason=f"{effect.name} done",
+                data={"effect": effect.name, "transition": transition, **result},
+            )
+        return result
+
+    @staticmethod
+    def _unfinished(conn: sa.Connection, task_id: int, transition: str, name: str) -> list[int]:
+        rows = conn.execute(
+            sa.select(effects.c.lease_epoch).where(
+                effects.c.task_id == task_id,
+                effects.c.transition == transition,
+                effects.c.effect == name,
+                effects.c.status == "intent",
+            )
+        ).scalars()
+        return sorted(int(epoch) for epoch in rows)
+
+    @staticmethod
+    def _supersede(conn: sa.Connection, task_id: int, transition: str, name: str, why: str) -> None:
+        """Close intents of earlier epochs: they were interrupted, this run decides."""
+        conn.execute(
+            effects.update()
+            .where(
+                effects.c.task_id == task_id,
+                effects.c.transition == transition,
+                effects.c.effect == name,
+                effects.c.status == "intent",
+            )
+            .values(status="interrupted", error=why, completed_at=time.time())
+        )
+
+    def history(self, task_id: int) -> list[dict[str, Any]]:
+        """Every journal row of a task, oldest first."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(effects).where(effects.c.task_id == task_id).order_by(effects.c.id)
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Intents without a completion, over all tasks."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(effects).where(effects.c.status == "intent").order_by(effects.c.id)
+            ).all()
+        return [dict(row._mapping) for row in rows]

@@ -1,0 +1,107 @@
+"""The reconciler: repairs tasks whose stage and jobs disagree.
+
+It looks at every live task (not done, cancelled or failed) with no job pending, and
+repairs through the same paths as everyone else (claim, CAS, lease), deferring on a
+live transition lease:
+
+* the task is in a job stage but its latest job belongs to another stage (the stage
+  advanced but the next job was never enqueued) or it has no job at all: enqueue it;
+* the latest job of this stage is ``done`` but the stage did not advance (the actor
+  died between its claim and its transition): re-evaluate the gates read-only, then
+  advance — for ``deploy -> done`` through the lease and the effect journal, so an
+  interrupted merge or deploy is completed exactly once;
+* the latest job of this stage ``failed`` and no retry was queued: apply the decision
+  (retry, rollback or fail) that was never applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+from orchestrator.kernel.stages import JOB_STAGES, TERMINAL_STAGES
+from orchestrator.transitions import enqueue_stage_job
+
+if TYPE_CHECKING:
+    from orchestrator.engine import Engine
+    from orchestrator.kernel.gates import Verdict
+    from orchestrator.store import Task
+
+__all__ = ["ACTOR", "Reconciler"]
+
+log = logging.getLogger("orchestrator.reconciler")
+ACTOR: Final = "reconciler"
+PENDING: Final = ("queued", "deferred", "running", "finalizing")
+# Errors of jobs that failed because the task moved on: nothing to repair.
+STALE_PREFIXES: Final = ("task moved", "another actor", "task is in")
+
+
+class Reconciler:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.store = engine.store
+
+    def sweep(self) -> int:
+        """Repair every task that needs it; returns how many were repaired."""
+        pending_tasks = {job.task_id for job, _ in self.store.jobs_by_status(PENDING)}
+        live_leases = {info.task_id for info in self.engine.runtime.leases.held() if info.live}
+        repaired = 0
+        for task in self.store.list_tasks(limit=10_000):
+            if task.stage in TERMINAL_STAGES or task.failed or task.stage not in JOB_STAGES:
+                continue
+            if task.id in pending_tasks:
+                continue
+            if task.id in live_leases:
+                self._event(task, "reconciler.deferred", "a live owner holds the lease")
+                continue
+            if self.repair(task):
+                repaired += 1
+        return repaired
+
+    def repair(self, task: Task) -> bool:
+        job = self.store.latest_job(task.id)
+        if job is None or job.stage != task.stage:
+            with self.store.transaction() as tx:
+                current = tx.get_task(task.id)
+                if current.stage != task.stage or current.failed:
+                    return False
+                tx.add_event(
+                    "reconciler.enqueued",
+                    actor=ACTOR,
+                    task_id=task.id,
+                    to_stage=task.stage,
+                    reason=f"task in {task.stage} had no job for it",
+                )
+                enqueue_stage_job(
+                    tx, self.engine.settings, task, task.stage, attempt=task.attempt, actor=ACTOR
+                )
+            return True
+        if job.status == "done":
+            judged = self.engine.evaluate(task, job)
+            decision = self.engine.decide(task, job, None, judged)
+            self._event(task, "reconciler.advance", f"job {job.id} is done, stage did not move")
+            return self.engine.apply_decision(
+                task, job, judged, None, decision, actor=ACTOR, claim_from=None
+            )
+        if job.status == "failed":
+            if (job.error or "").startswith(STALE_PREFIXES):
+                return False  # a stale job: the task went elsewhere on purpose
+            run = self.store.job_run(job.id)
+            job_error: str | None = job.error or "the job failed"
+            verdict: Verdict | None = None
+            if run is not None and run.exit_code == 0:
+                # The agent succeeded: the failure was the gates' verdict; judge again.
+                verdict = self.engine.evaluate(task, job)
+                job_error = None
+            decision = self.engine.decide(task, job, job_error, verdict)
+            self._event(
+                task, "reconciler.decide", f"job {job.id} failed and no decision was applied"
+            )
+            return self.engine.apply_decision(
+                task, job, verdict, job_error, decision, actor=ACTOR, claim_from=None
+            )
+        return False
+
+    def _event(self, task: Task, kind: str, reason: str) -> None:
+        with self.store.transaction() as tx:
+            tx.add_event(kind, actor=ACTOR, task_id=task.id, reason=reason)
