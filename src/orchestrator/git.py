@@ -7,8 +7,11 @@ carrying git's own first line of complaint.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -148,7 +151,28 @@ class Repo:
                 return current
         return None
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the repository's merge lock (a file lock: all processes on this host).
+
+        Tasks are leased one by one, but they all merge into the same default branch:
+        two merges at once would race on the branch ref and on the checked-out tree.
+        """
+        common = Path(git(self.path, "rev-parse", "--git-common-dir").stdout.strip())
+        lock_path = (self.path / common if not common.is_absolute() else common) / "orch.lock"
+        with lock_path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def merge(self, branch: str, into: str, message: str, scratch: Path) -> MergeResult:
+        """Merge ``branch`` into ``into`` (see :meth:`_merge`), under the repository lock."""
+        with self.locked():
+            return self._merge(branch, into, message, scratch)
+
+    def _merge(self, branch: str, into: str, message: str, scratch: Path) -> MergeResult:
         """Merge ``branch`` into ``into`` with a merge commit; idempotent.
 
         The world is checked first: a branch already merged is not merged again. The

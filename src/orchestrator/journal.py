@@ -19,20 +19,22 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.leases import Lease, LeaseManager
+from orchestrator.leases import Lease, LeaseManager, pid_alive, process_start_ticks
 from orchestrator.store import Store
 from orchestrator.store.schema import effects
 
 __all__ = [
     "Effect",
     "EffectFailedError",
+    "EffectInFlightError",
     "Journal",
     "Observation",
     "Seen",
@@ -60,13 +62,21 @@ class Effect(Protocol):
         """Look at the world: has this effect already happened?"""
         ...
 
-    def perform(self) -> Mapping[str, Any]:
-        """Do it; return facts for the journal (e.g. the merge commit)."""
+    def perform(self, on_spawn: Callable[[int], None]) -> Mapping[str, Any]:
+        """Do it; return facts for the journal (e.g. the merge commit).
+
+        An effect that runs a process calls ``on_spawn(pid)`` once it started, so that
+        recovery after a crash waits for that process instead of starting another.
+        """
         ...
 
 
 class EffectFailedError(OrchestratorError):
     """An effect failed or cannot safely be resumed; a human must look."""
+
+
+class EffectInFlightError(OrchestratorError):
+    """An earlier attempt's process is still running the effect: wait, do not re-run."""
 
 
 class Journal:
@@ -79,8 +89,11 @@ class Journal:
     def run(
         self, lease: Lease, task_id: int, transition: str, effect: Effect, *, actor: str
     ) -> Mapping[str, Any]:
+        self._wait_for_in_flight(task_id, transition, effect.name)
         observed = effect.observe()
-        key = f"{task_id}:{transition}:{effect.name}:{lease.epoch}"
+        # An inert lease (kill-switch off) fences nothing; its rows never collide.
+        epoch = f"inert-{uuid.uuid4().hex}" if lease.inert else str(lease.epoch)
+        key = f"{task_id}:{transition}:{effect.name}:{epoch}"
         if observed.seen is Seen.DONE:
             with self.store.transaction() as tx:
                 self.leases.check(tx, lease)
@@ -134,8 +147,11 @@ class Journal:
                 )
         if uncertain is not None:
             raise uncertain
+        # Fence once more right before acting: a zombie resumed here must not act.
+        with self.store.transaction() as tx:
+            self.leases.check(tx, lease)
         try:
-            result = dict(effect.perform())
+            result = dict(effect.perform(lambda pid: self._record_process(key, pid)))
         except Exception as exc:
             with self.store.transaction() as tx:
                 tx.conn.execute(
@@ -159,6 +175,38 @@ class Journal:
                 data={"effect": effect.name, "transition": transition, **result},
             )
         return result
+
+    def _record_process(self, key: str, pid: int) -> None:
+        """Remember which process performs the effect, so recovery can wait for it."""
+        with self.store.transaction() as tx:
+            tx.conn.execute(
+                effects.update()
+                .where(effects.c.idempotency_key == key, effects.c.status == "intent")
+                .values(result={"pid": pid, "pid_start": process_start_ticks(pid)})
+            )
+
+    def _wait_for_in_flight(self, task_id: int, transition: str, name: str) -> None:
+        """An interrupted intent whose process still runs: the effect may yet complete."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(effects.c.result, effects.c.lease_epoch).where(
+                    effects.c.task_id == task_id,
+                    effects.c.transition == transition,
+                    effects.c.effect == name,
+                    effects.c.status == "intent",
+                )
+            ).all()
+        for row in rows:
+            process = row.result or {}
+            pid = process.get("pid")
+            if (
+                pid
+                and pid_alive(pid)
+                and process_start_ticks(pid) in (None, process.get("pid_start"))
+            ):
+                raise EffectInFlightError(
+                    f"{name} of epoch {row.lease_epoch} is still running (pid {pid}); waiting"
+                )
 
     @staticmethod
     def _unfinished(conn: sa.Connection, task_id: int, transition: str, name: str) -> list[int]:

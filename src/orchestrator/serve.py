@@ -33,6 +33,7 @@ from typing import Final
 import uvicorn
 
 from orchestrator.engine import Engine
+from orchestrator.leases import Heartbeat
 from orchestrator.notifier import Notifier, NullNotifier
 from orchestrator.server import create_app
 from orchestrator.service import TaskService
@@ -111,8 +112,12 @@ def run_server(
     database = store.engine.url.set(password=None).render_as_string(hide_password=False)
     address = f"http://{settings.host}:{settings.port}"
 
+    heartbeat = Heartbeat(store, engine.runtime.owner)
+
     def engine_loop() -> None:
         try:
+            # Adopt or requeue the jobs of an earlier run, reclaim its stale leases.
+            engine.recover_on_startup()
             engine.run(stop)
         except BaseException as exc:
             log.exception("the engine loop died; stopping the server")
@@ -123,6 +128,7 @@ def run_server(
 
     def on_started() -> None:
         print(f"orch serve: listening on {address} (database: {database})", flush=True)
+        heartbeat.start()
         thread.start()
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
@@ -145,6 +151,7 @@ def run_server(
                 )
             else:
                 engine.shutdown()
+            heartbeat.stop()
     if received:
         log.info("stopped by signal %s", ", ".join(signal.Signals(s).name for s in received))
     if engine_failure:

@@ -17,6 +17,7 @@ Endpoints act as actor ``api`` in the audit trail.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final
 
 import sqlalchemy as sa
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +36,7 @@ from orchestrator import __version__
 from orchestrator.engine import Engine
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.kernel.stages import STAGE_TRANSITIONS
+from orchestrator.leases import LeaseManager, Owner
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import ACTIVE_JOB_STATUSES, Job, Store, Task
@@ -223,8 +225,8 @@ def create_app(
             "boot_id": engine.boot_id if engine is not None else None,
         }
 
-    @app.get("/queue", summary="Jobs waiting to start and jobs running")
-    def queue() -> dict[str, list[dict[str, Any]]]:
+    @app.get("/queue", summary="Jobs waiting and running, and held transition leases")
+    def queue() -> dict[str, Any]:
         now = time.time()
         waiting = store.jobs_by_status(WAITING_JOB_STATUSES)
         active = store.jobs_by_status(ACTIVE_JOB_STATUSES)
@@ -234,7 +236,36 @@ def create_app(
                 _queue_entry(job, task, now - (job.started_at or job.enqueued_at))
                 for job, task in active
             ],
+            # Read-only: who holds which task's transition lease, and whether it lives.
+            "transition_lease": {
+                "enabled": settings.transition_lease_enabled,
+                "held": [info.to_dict() for info in leases().held()],
+            },
         }
+
+    def leases() -> LeaseManager:
+        if engine is not None:
+            return engine.runtime.leases
+        return LeaseManager(store, settings, Owner.current(settings.instance_name or None))
+
+    @app.post(
+        "/transition-lease/release",
+        summary="Force-release a task's transition lease (admin token; logged and alerted)",
+    )
+    def release_lease(
+        work_item: str,
+        repo: str | None = None,
+        authorization: str | None = Header(default=None),
+    ) -> dict[str, Any]:
+        token = settings.admin_token
+        if not token:
+            raise HTTPException(403, "set admin_token (ORCH_ADMIN_TOKEN) to use this endpoint")
+        expected = f"Bearer {token}"
+        if authorization is None or not hmac.compare_digest(authorization, expected):
+            raise HTTPException(401, "missing or wrong admin token (Authorization: Bearer ...)")
+        task = find(work_item, repo)
+        released = leases().force_release(task, actor="api", reason="released through the API")
+        return {"work_item": task.work_item, "released": released}
 
     # --- tasks -------------------------------------------------------------------------
     @app.get("/tasks", summary="Tasks, newest first")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -50,7 +50,7 @@ class MergeEffect:
             )
         return Observation(Seen.NOT_DONE)
 
-    def perform(self) -> Mapping[str, Any]:
+    def perform(self, on_spawn: Callable[[int], None]) -> Mapping[str, Any]:
         scratch = self.repo.path / ".git" / "orch-merge" / self.task.work_item
         result = self.repo.merge(
             self.task.branch,
@@ -91,12 +91,14 @@ class DeployEffect:
             return Observation(Seen.DONE, {"deployed_commit": target})
         return Observation(Seen.NOT_DONE)
 
-    def perform(self) -> Mapping[str, Any]:
+    def perform(self, on_spawn: Callable[[int], None]) -> Mapping[str, Any]:
         target = self._target()
-        output = self._run(self.command, target)
+        output = self._run(self.command, target, on_spawn)
         return {"deployed_commit": target, "output_tail": output[-500:]}
 
-    def _run(self, argv: list[str], target: str) -> str:
+    def _run(
+        self, argv: list[str], target: str, on_spawn: Callable[[int], None] | None = None
+    ) -> str:
         process = subprocess.Popen(
             argv,
             cwd=self.repo.path,
@@ -106,6 +108,8 @@ class DeployEffect:
             text=True,
             start_new_session=True,
         )
+        if on_spawn is not None:
+            on_spawn(process.pid)
         try:
             output, _ = process.communicate(timeout=DEPLOY_TIMEOUT_S)
         except subprocess.TimeoutExpired:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Final
 
 from orchestrator.agents import resolve_agent
-from orchestrator.journal import EffectFailedError, Journal
+from orchestrator.journal import EffectFailedError, EffectInFlightError, Journal
 from orchestrator.kernel.gates import ARTIFACT_ROOT
 from orchestrator.kernel.stages import JOB_STAGES, check_transition
 from orchestrator.leases import LeaseLostError, LeaseManager, Owner
@@ -251,6 +251,10 @@ def enter_transition(
         try:
             for effect in effects_for(settings, current, expected, new):
                 runtime.journal.run(lease, current.id, transition, effect, actor=actor)
+        except EffectInFlightError as exc:
+            with store.transaction() as tx:
+                tx.add_event(EventKind.DEFERRED, actor=actor, task_id=current.id, reason=str(exc))
+            return Crossing.DEFERRED
         except EffectFailedError as exc:
             with store.transaction() as tx:
                 runtime.leases.check(tx, lease)

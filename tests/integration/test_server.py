@@ -242,7 +242,11 @@ def test_status_reports_version_counts_and_boot_id(
 def test_queue_lists_queued_then_running_jobs(
     client: httpx.Client, engine: Engine, repo: Path
 ) -> None:
-    assert client.get("/queue").json() == {"queued": [], "running": []}
+    assert client.get("/queue").json() == {
+        "queued": [],
+        "running": [],
+        "transition_lease": {"enabled": True, "held": []},
+    }
     assert create(client, repo, work_item="DEMO-1").status_code == 201
 
     queued = client.get("/queue").json()
@@ -336,7 +340,11 @@ def test_a_task_created_through_the_api_runs_to_done(
         "DEMO-1"
     ]
     assert client.get("/tasks", params={"stage": "analysis"}).json() == []
-    assert client.get("/queue").json() == {"queued": [], "running": []}
+    assert client.get("/queue").json() == {
+        "queued": [],
+        "running": [],
+        "transition_lease": {"enabled": True, "held": []},
+    }
 
 
 def test_tasks_lists_newest_first_with_the_failed_flag(client: httpx.Client, repo: Path) -> None:

@@ -35,6 +35,8 @@ ACTIVE_JOB_STATUSES: Final = ("running", "finalizing")
 WAITING_JOB_STATUSES: Final = ("queued", "deferred")
 SQLITE_BUSY_TIMEOUT_S: Final = 30
 SQLITE_WAL_RETRY_S: Final = 0.05
+# Execution option marking a connection that writes (SQLite: BEGIN IMMEDIATE).
+WRITE_OPTION: Final = "orch_write"
 MIGRATIONS_DIR: Final = Path(__file__).parent / "migrations"
 # Arbitrary constant: the PostgreSQL advisory lock taken while migrating.
 PG_MIGRATION_LOCK_ID: Final = 7_114_065
@@ -74,8 +76,12 @@ def _create_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            # Take the write lock up front: a compare-and-swap must not be upgraded later.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the write lock up front: a compare-and-swap must not be upgraded
+            # from a read lock later. Readers begin deferred: in WAL they never wait.
+            if conn.get_execution_options().get(WRITE_OPTION):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql("BEGIN")
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -426,7 +432,10 @@ class Store:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         try:
-            with self.engine.begin() as conn:
+            with (
+                self.engine.connect().execution_options(**{WRITE_OPTION: True}) as conn,
+                conn.begin(),
+            ):
                 if self.dialect == "postgresql":
                     # Two processes starting at once must not both create the tables.
                     conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK_ID})"))
@@ -444,8 +453,10 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """One atomic unit of writes; commits on exit, rolls back on an exception."""
-        with self.engine.begin() as conn:
-            yield Tx(conn)
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                yield Tx(conn)
 
     # Convenience: a single compare-and-swap in its own transaction.
     def update_task_stage_cas(self, task_id: int, expected: str, new: str) -> bool:
