@@ -52,6 +52,7 @@ from orchestrator.leases import pid_alive, process_start_ticks
 from orchestrator.notifier import Notifier, notify_safely
 from orchestrator.proc_group import RunningProcess, spawn
 from orchestrator.runners.context import RESULT_PREFIX
+from orchestrator.runners.environment import runner_environment
 from orchestrator.settings import Settings
 from orchestrator.side_effects import TRANSITION_EFFECTS
 from orchestrator.store import Job, Store, Task
@@ -424,6 +425,9 @@ class Engine:
         }
         if test_command:
             env["ORCH_TEST_COMMAND"] = json.dumps(test_command)
+        if spec.kind == "runner":
+            # A runner gets its repository's runner settings as one JSON variable.
+            env.update(runner_environment(self.settings, task, job, log_dir))
         # Agents must not talk to our database or read our config by accident.
         for key in ("ORCH_DATABASE_URL", "ORCH_CONFIG"):
             env.pop(key, None)

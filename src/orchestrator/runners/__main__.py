@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from orchestrator.runners import deploy, staging, tests
 from orchestrator.runners.context import TOOL_ERROR_EXIT, RunnerContext
+from orchestrator.runners.process import install_termination_handler
 
 RUNNERS: dict[str, Callable[[RunnerContext], int]] = {
     "tests": tests.run,
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0] not in RUNNERS:
         print(f"usage: python -m orchestrator.runners {{{','.join(RUNNERS)}}}", file=sys.stderr)
         return 2
+    # Killed by the engine (timeout, cancel): take the commands we started with us.
+    install_termination_handler()
     try:
         context = RunnerContext.from_env()
         return RUNNERS[args[0]](context)

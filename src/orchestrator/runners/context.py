@@ -1,13 +1,19 @@
-"""What a runner knows about its job: read from the environment the engine sets."""
+"""What a runner knows about its job: read from the environment the engine sets.
+
+The ``ORCH_*`` variables name the task and its worktree; ``ORCH_RUNNER_CONFIG`` carries
+the repository's runner settings (:class:`~orchestrator.runners.config.RunnerConfig`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+from orchestrator.runners.config import RUNNER_CONFIG_ENV, RunnerConfig
 
 __all__ = ["RESULT_PREFIX", "TOOL_ERROR_EXIT", "RunnerContext", "emit_result"]
 
@@ -26,15 +32,19 @@ class RunnerContext:
     repository: Path
     branch: str
     base_branch: str
-    test_command: list[str] | None
+    attempt: int = 1
+    config: RunnerConfig = field(default_factory=RunnerConfig)
+    # The runner's own environment, handed on (without ORCH_*) to the commands it runs.
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(
         cls, env: Mapping[str, str] | None = None, cwd: Path | None = None
     ) -> RunnerContext:
+        """Read the context; raises ``KeyError`` for a missing variable and
+        ``ValueError`` for a malformed one (the runner turns both into a DEFER)."""
         env = os.environ if env is None else env
         worktree = cwd or Path.cwd()
-        raw_command = env.get("ORCH_TEST_COMMAND")
         return cls(
             work_item=env["ORCH_WORK_ITEM"],
             stage=env["ORCH_STAGE"],
@@ -43,8 +53,17 @@ class RunnerContext:
             repository=Path(env["ORCH_REPOSITORY"]),
             branch=env["ORCH_BRANCH"],
             base_branch=env["ORCH_BASE_BRANCH"],
-            test_command=json.loads(raw_command) if raw_command else None,
+            attempt=int(env.get("ORCH_ATTEMPT") or 1),
+            config=RunnerConfig.from_json(env.get(RUNNER_CONFIG_ENV)),
+            env=dict(env),
         )
+
+    def child_env(self, **extra: str) -> dict[str, str]:
+        """The environment of a command the runner starts: the runner's own, less the
+        orchestrator's ``ORCH_*`` variables (a test suite must not see them)."""
+        env = {k: v for k, v in self.env.items() if not k.startswith("ORCH_")}
+        env.update(extra)
+        return env
 
 
 def emit_result(**facts: Any) -> None:
