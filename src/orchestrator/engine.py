@@ -37,12 +37,15 @@ from typing import Any, Final
 
 from orchestrator.agents import (
     AgentSpec,
+    RunBudgetWatch,
     RunContext,
-    parse_usage,
-    render_command,
+    build_invocation,
+    job_outcome,
     render_prompt,
     resolve_agent,
+    result_file_for,
 )
+from orchestrator.budget import stop_if_over_budget
 from orchestrator.errors import OrchestratorError
 from orchestrator.git import Repo, commit_all, git
 from orchestrator.kernel.decisions import Advance, Decision, Fail, Retry, Rollback, decide_after_job
@@ -88,6 +91,7 @@ class _Live:
     process: RunningProcess | None
     timeout_s: float
     start_error: str | None = None
+    budget: RunBudgetWatch | None = None
 
 
 def _tail_line(text: str) -> str:
@@ -281,6 +285,10 @@ class Engine:
                 continue
             if job.task_id in busy_tasks:
                 continue
+            if job.kind == "agent" and stop_if_over_budget(
+                self.store, self.settings, self.notifier, job
+            ):
+                continue  # the task's cost budget is spent: a person decides
             if self.launch_job(job):
                 total += 1
                 counts[repository] = counts.get(repository, 0) + 1
@@ -305,8 +313,8 @@ class Engine:
         log_path = (log_dir / f"{job.id:06d}-{job.stage}-a{job.attempt}.log").resolve()
         spec: AgentSpec | None = None
         try:
-            spec = resolve_agent(self.settings, job.agent)
-            argv, env, prompt = self._command(spec, job, task, log_dir)
+            spec = resolve_agent(self.settings, job.agent, Path(task.repository), job.stage)
+            argv, env, prompt = self._command(spec, job, task, log_path)
             timeout_s = spec.config.timeout_s or self.settings.agent_timeout_s
         except OrchestratorError as exc:
             return self._start_failed(job, task, log_path, spec, str(exc))
@@ -348,7 +356,8 @@ class Engine:
                 reason=f"{spec.kind} {spec.name} pid {process.pid}, attempt {job.attempt}",
             )
         job = self.store.get_job(job.id)
-        self._live[job.id] = _Live(job, task, run_id, process, timeout_s)
+        budget = RunBudgetWatch(spec, result_file_for(log_path))
+        self._live[job.id] = _Live(job, task, run_id, process, timeout_s, budget=budget)
         notify_safely(lambda: self.notifier.on_task_changed(task, f"{job.stage} started"))
         return True
 
@@ -371,8 +380,9 @@ class Engine:
         return True
 
     def _command(
-        self, spec: AgentSpec, job: Job, task: Task, log_dir: Path
-    ) -> tuple[list[str], dict[str, str], str]:
+        self, spec: AgentSpec, job: Job, task: Task, log_path: Path
+    ) -> tuple[list[str], dict[str, str], str | None]:
+        log_dir = log_path.parent
         worktree = Path(task.worktree)
         stage_config = self.settings.stage_config(Path(task.repository), job.stage)
         docs = artifact_dir(task.work_item)
@@ -399,9 +409,11 @@ class Engine:
         log_dir.mkdir(parents=True, exist_ok=True)
         prompt_file = (log_dir / f"{job.id:06d}-{job.stage}-prompt.md").resolve()
         prompt_file.write_text(prompt, encoding="utf-8")
-        argv = render_command(
+        result_file = result_file_for(log_path)
+        result_file.unlink(missing_ok=True)
+        invocation = build_invocation(
             spec,
-            RunContext(job.stage, task.work_item, worktree, prompt, prompt_file),
+            RunContext(job.stage, task.work_item, worktree, prompt, prompt_file, result_file),
         )
         repo_config = self.settings.repo_config(Path(task.repository))
         test_command = repo_config.test_command
@@ -409,6 +421,7 @@ class Engine:
             test_command = shlex.split(test_command)
         env = {
             **os.environ,
+            **invocation.env,
             **spec.config.env,
             "ORCH_WORK_ITEM": task.work_item,
             "ORCH_STAGE": job.stage,
@@ -431,8 +444,8 @@ class Engine:
         # Agents must not talk to our database or read our config by accident.
         for key in ("ORCH_DATABASE_URL", "ORCH_CONFIG"):
             env.pop(key, None)
-        # Claude Code reads the prompt from argv ({prompt}); others may read stdin.
-        return argv, env, prompt
+        # The adapter decides how the prompt travels: stdin (None = none) or argv.
+        return invocation.argv, env, invocation.stdin
 
     # --- monitor -----------------------------------------------------------------------
     def _collect(self, *, final: bool = False) -> bool:
@@ -451,6 +464,10 @@ class Engine:
                     live.process.killed_reason is None and live.process.elapsed_s() > live.timeout_s
                 ):
                     live.process.kill(f"timed out after {live.timeout_s:.0f}s")
+                elif live.process.killed_reason is None and live.budget is not None:
+                    over = live.budget.over_budget(live.process.tail_text)
+                    if over is not None:
+                        live.process.kill(f"{live.job.agent} went {over}")
                 exit_code = live.process.poll()
                 if exit_code is None:
                     continue
@@ -490,7 +507,11 @@ class Engine:
         job, task = live.job, live.task
         if output is None:
             output = live.process.tail_text() if live.process else ""
-        usage = parse_usage(output)
+        log_path = live.process.log_path if live.process else None
+        outcome = job_outcome(
+            self.settings, job.agent, task.repository, job.stage, output, exit_code, log_path
+        )
+        usage = outcome.usage
         runner_facts = _runner_facts(output)
         killed = live.process.killed_reason if live.process else None
         if exit_code == -1 and killed is None and live.start_error is None:
@@ -513,14 +534,14 @@ class Engine:
                 task_id=task.id,
                 job_id=job.id,
                 to_stage=job.stage,
-                reason=killed or live.start_error or f"exit code {exit_code}",
+                reason=killed or live.start_error or outcome.error or f"exit code {exit_code}",
                 data={
                     "exit_code": exit_code,
-                    **({"cost_usd": usage.cost_usd, "model": usage.model} if usage else {}),
+                    **outcome.event_data(),
                     **runner_facts,
                 },
             )
-        self.finalize(job, exit_code, killed or live.start_error, output)
+        self.finalize(job, exit_code, killed or live.start_error or outcome.error, output)
 
     def finalize(
         self,

@@ -46,7 +46,7 @@ def _now() -> float:
     return time.time()
 
 
-def _create_engine(url: str) -> Engine:
+def _create_engine(url: str, synchronous: str = "FULL") -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     try:
@@ -71,7 +71,10 @@ def _create_engine(url: str) -> Engine:
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
             _enable_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a committed transition (and its effect journal row) survives a power
+            # loss, not only a crash; measured in bench/sqlite_synchronous.py, see
+            # docs/decisions/0002.
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.close()
 
         @sa.event.listens_for(engine, "begin")
@@ -399,14 +402,18 @@ class Tx:
 class Store:
     """The database of one orchestrator: open it, migrate it, read and write it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
+        if sqlite_synchronous not in ("NORMAL", "FULL"):
+            raise UsageError(
+                f"sqlite_synchronous must be NORMAL or FULL, not {sqlite_synchronous!r}"
+            )
         self.url = url
-        self.engine = _create_engine(url)
+        self.engine = _create_engine(url, sqlite_synchronous)
 
     @classmethod
-    def open(cls, url: str, *, migrate: bool = True) -> Store:
+    def open(cls, url: str, *, migrate: bool = True, sqlite_synchronous: str = "FULL") -> Store:
         """Connect and bring the schema up to date (migrations run at start)."""
-        store = cls(url)
+        store = cls(url, sqlite_synchronous=sqlite_synchronous)
         if migrate:
             store.upgrade()
         return store
@@ -453,8 +460,8 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """One atomic unit of writes; commits on exit, rolls back on an exception."""
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(**{WRITE_OPTION: True})
+        with self.engine.connect() as plain:
+            conn = plain.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 yield Tx(conn)
 
