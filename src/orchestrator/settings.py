@@ -22,8 +22,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -67,7 +67,7 @@ class AgentConfig(_Strict):
     adapter: Literal["command", "claude-code", "codex"] = "command"
     # command: the whole argument list. claude-code / codex: the program and any leading
     # arguments; empty = "claude" / "codex" from PATH.
-    command: list[str] | str = Field(default_factory=list)
+    command: list[str] | str = Field(default_factory=list, validate_default=True)
     model: str = ""
     effort: str = ""
     # Seconds before the agent's process group is killed; 0 = use agent_timeout_s.
@@ -91,14 +91,15 @@ class AgentConfig(_Strict):
     usd_per_mtok_output: float = Field(default=0, ge=0)
     env: dict[str, str] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _command_given(self) -> AgentConfig:
-        if self.adapter == "command" and not self.command:
+    @field_validator("command")
+    @classmethod
+    def _command_given(cls, value: list[str] | str, info: ValidationInfo) -> list[str] | str:
+        if info.data.get("adapter", "command") == "command" and not value:
             raise ValueError(
-                "an agent with adapter 'command' needs command = [...]; or set adapter = "
-                "'claude-code' or 'codex'"
+                "required for adapter 'command' (any CLI); or set adapter = 'claude-code' "
+                "or 'codex'"
             )
-        return self
+        return value
 
 
 class StageConfig(_Strict):

@@ -229,7 +229,7 @@ def test_unknown_key_in_a_later_table_gets_its_own_line(tmp_path: Path) -> None:
         ("port = 70000\n", ":1: port: Input should be less than or equal to 65535"),
         ('language = "de"\n', ":1: language: Input should be 'en' or 'ru'"),
         ('test_runner_repos = "demo"\n', ":1: test_runner_repos: Input should be a valid list"),
-        ("host = 'x'\n[agents.x]\nmodel = 'm'\n", ":2: agents.x.command: Field required"),
+        ("host = 'x'\n[agents.x]\nmodel = 'm'\n", ":2: agents.x.command: Value error, required"),
         ('[repos.demo]\nskip = ["done"]\n', ":2: repos.demo.skip: Value error, cannot skip"),
         ('[stages.testing]\ngates = ["nope"]\n', ":2: stages.testing.gates: Value error, unknown"),
     ],

@@ -1,39 +1,36 @@
-"""Agent specs and their command lines."""
+"""Agent specs, their stage overrides and their command templates."""
 
 from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from orchestrator.errors import AgentError
-from orchestrator.settings import AgentConfig, Settings
+from orchestrator.settings import AgentConfig, Settings, StageConfig
 
-__all__ = ["AgentSpec", "RunContext", "check_available", "render_command", "resolve_agent"]
+__all__ = [
+    "BUILTIN_AGENTS",
+    "AgentSpec",
+    "RunContext",
+    "command_template",
+    "fill_template",
+    "render_command",
+    "resolve_agent",
+]
 
 RUNNER_PREFIX: Final = "runner:"
 RUNNERS: Final = frozenset({"tests", "staging", "deploy"})
+# Stage settings that override the agent's own (timeout_s applies to runners too).
+STAGE_OVERRIDES: Final = ("model", "effort", "timeout_s", "budget_usd", "max_turns")
 
 BUILTIN_AGENTS: Final[Mapping[str, AgentConfig]] = {
-    # Claude Code in print mode; it prints one JSON result with cost and usage.
-    "claude": AgentConfig(
-        command=[
-            "claude",
-            "-p",
-            "{prompt}",
-            "--output-format",
-            "json",
-            "--permission-mode",
-            "acceptEdits",
-            "--allowedTools",
-            "Read,Write,Edit,Bash",
-        ]
-    ),
+    # Claude Code in print mode, streaming its events; `claude` from PATH.
+    "claude": AgentConfig(adapter="claude-code"),
     # Deterministic, offline: writes plausible artifacts and a real code change.
     "scripted": AgentConfig(
         command=["{python}", "-m", "orchestrator.agents.scripted", "--stage", "{stage}"]
@@ -59,11 +56,26 @@ class RunContext:
     worktree: Path
     prompt: str
     prompt_file: Path
+    # Where a ``command`` agent may write its cost as JSON ({result_file}, ORCH_RESULT_FILE).
+    result_file: Path | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
-def resolve_agent(settings: Settings, name: str) -> AgentSpec:
-    """The agent called ``name``: configured, built in, or a runner."""
+def resolve_agent(
+    settings: Settings, name: str, repository: Path | None = None, stage: str | None = None
+) -> AgentSpec:
+    """The agent called ``name``: configured, built in, or a runner.
+
+    Given the ``repository`` and ``stage`` it works on, the stage's settings (model,
+    effort, timeout, budget, turns) override the agent's own.
+    """
+    spec = _lookup(settings, name)
+    if repository is None or stage is None:
+        return spec
+    return with_stage_overrides(spec, settings.stage_config(repository, stage))
+
+
+def _lookup(settings: Settings, name: str) -> AgentSpec:
     if name.startswith(RUNNER_PREFIX):
         runner = name.removeprefix(RUNNER_PREFIX)
         if runner not in RUNNERS:
@@ -81,7 +93,19 @@ def resolve_agent(settings: Settings, name: str) -> AgentSpec:
     )
 
 
-def _template(config: AgentConfig) -> list[str]:
+def with_stage_overrides(spec: AgentSpec, stage: StageConfig) -> AgentSpec:
+    """``spec`` with the stage's own model, effort, timeout, budget and turns."""
+    keys = STAGE_OVERRIDES if spec.kind == "agent" else ("timeout_s",)
+    update: dict[str, Any] = {
+        key: getattr(stage, key) for key in keys if getattr(stage, key) is not None
+    }
+    if not update:
+        return spec
+    return AgentSpec(spec.name, spec.kind, spec.config.model_copy(update=update))
+
+
+def command_template(config: AgentConfig) -> list[str]:
+    """The agent's ``command`` as an argument list, placeholders still in it."""
     if isinstance(config.command, str):
         try:
             return shlex.split(config.command)
@@ -106,8 +130,8 @@ def _fill(part: str, values: Mapping[str, str], agent: str) -> str:
     return _PLACEHOLDER.sub(replace, part)
 
 
-def render_command(spec: AgentSpec, context: RunContext) -> list[str]:
-    """The argument list to run: placeholders filled in, never passed through a shell."""
+def fill_template(spec: AgentSpec, context: RunContext, parts: Sequence[str]) -> list[str]:
+    """``parts`` with their ``{placeholders}`` filled in from the run's context."""
     values = {
         "python": sys.executable,
         "stage": context.stage,
@@ -115,26 +139,17 @@ def render_command(spec: AgentSpec, context: RunContext) -> list[str]:
         "worktree": str(context.worktree),
         "prompt": context.prompt,
         "prompt_file": str(context.prompt_file),
+        "result_file": str(context.result_file or ""),
         "model": spec.config.model,
         "effort": spec.config.effort,
         **context.extra,
     }
-    argv = [_fill(part, values, spec.name) for part in _template(spec.config)]
+    return [_fill(part, values, spec.name) for part in parts]
+
+
+def render_command(spec: AgentSpec, context: RunContext) -> list[str]:
+    """The argument list to run: placeholders filled in, never passed through a shell."""
+    argv = fill_template(spec, context, command_template(spec.config))
     if not argv:
         raise AgentError(f"agent '{spec.name}' has an empty command; set [agents.{spec.name}]")
     return argv
-
-
-def check_available(spec: AgentSpec) -> None:
-    """Raise :class:`AgentError` unless the agent's program can be found."""
-    template = _template(spec.config)
-    if not template:
-        raise AgentError(f"agent '{spec.name}' has an empty command; set [agents.{spec.name}]")
-    program = template[0].replace("{python}", sys.executable)
-    if "{" in program:
-        return  # decided at run time
-    if shutil.which(program) is None:
-        raise AgentError(
-            f"agent '{spec.name}': program '{program}' not found on PATH; install it or "
-            f"set [agents.{spec.name}] command in orch.toml"
-        )

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["Usage", "parse_usage"]
+__all__ = ["Usage", "parse_usage", "priced_usd", "usage_from_result"]
+
+TOKENS_PER_MTOK: Final = 1_000_000
 
 
 @dataclass(frozen=True)
 class Usage:
+    """What one run consumed, as its agent reported it."""
+
     cost_usd: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -23,7 +27,8 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _from_result(obj: dict[str, Any]) -> Usage:
+def usage_from_result(obj: dict[str, Any]) -> Usage:
+    """Usage from one Claude Code result object (``type: result``)."""
     raw_usage = obj.get("usage")
     usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
     input_tokens = sum(
@@ -67,5 +72,10 @@ def parse_usage(output: str) -> Usage | None:
         except ValueError:
             continue
         if isinstance(obj, dict) and "total_cost_usd" in obj:
-            return _from_result(obj)
+            return usage_from_result(obj)
     return None
+
+
+def priced_usd(input_tokens: int, output_tokens: int, usd_in: float, usd_out: float) -> float:
+    """Cost of tokens at prices in dollars per million tokens."""
+    return round((input_tokens * usd_in + output_tokens * usd_out) / TOKENS_PER_MTOK, 6)
