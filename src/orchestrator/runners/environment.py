@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Final
 
-from orchestrator.agents import RunContext, render_command, resolve_agent
+from orchestrator.agents import RunContext, build_invocation, resolve_agent
 from orchestrator.errors import OrchestratorError
 from orchestrator.runners.config import RUNNER_CONFIG_ENV, RunnerConfig
 from orchestrator.runners.coverage_ratchet import baseline_file
@@ -49,22 +49,23 @@ def _explainer(settings: Settings, task: Task, prompt_dir: Path, job_id: int) ->
     docs = f"docs/work-items/{task.work_item}"
     prompt = explain_prompt(task.work_item, docs)
     try:
-        spec = resolve_agent(settings, name)
+        spec = resolve_agent(settings, name, Path(task.repository), "testing")
         if spec.kind != "agent":
             raise OrchestratorError(f"test_runner_hybrid_agent '{name}' is not an agent")
         prompt_dir.mkdir(parents=True, exist_ok=True)
         prompt_file = (prompt_dir / f"{job_id:06d}-testing-explain-prompt.md").resolve()
         prompt_file.write_text(prompt, encoding="utf-8")
-        argv = render_command(
+        # The agent's own adapter builds the command (claude-code, codex, command).
+        invocation = build_invocation(
             spec, RunContext("testing", task.work_item, Path(task.worktree), prompt, prompt_file)
         )
     except (OrchestratorError, OSError) as exc:
         return {"explainer_name": name, "explainer_error": str(exc)}
     return {
         "explainer_name": name,
-        "explainer_argv": tuple(argv),
-        "explainer_env": dict(spec.config.env),
-        "explainer_stdin": prompt,
+        "explainer_argv": tuple(invocation.argv),
+        "explainer_env": {**invocation.env, **spec.config.env},
+        "explainer_stdin": invocation.stdin,
         "explainer_timeout_s": spec.config.timeout_s or settings.agent_timeout_s,
     }
 
