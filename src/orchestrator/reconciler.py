@@ -1,8 +1,9 @@
 """The reconciler: repairs tasks whose stage and jobs disagree.
 
-It looks at every live task (not done, cancelled or failed) with no job pending, and
-repairs through the same paths as everyone else (claim, CAS, lease), deferring on a
-live transition lease:
+It looks at every live task (not done, cancelled or failed) with no job pending and no
+change within ``reaper_finalize_grace_s`` (its own actor may be between its claim and
+its act), and repairs through the same paths as everyone else (claim, CAS, lease),
+deferring on a live transition lease:
 
 * the task is in a job stage but its latest job belongs to another stage (the stage
   advanced but the next job was never enqueued) or it has no job at all: enqueue it;
@@ -17,6 +18,7 @@ live transition lease:
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Final
 
 from orchestrator.kernel.stages import JOB_STAGES, TERMINAL_STAGES
@@ -54,9 +56,17 @@ class Reconciler:
             if task.id in live_leases:
                 self._event(task, "reconciler.deferred", "a live owner holds the lease")
                 continue
+            if self._recently_moved(task):
+                continue  # its own actor may still be between claim and act
             if self.repair(task):
                 repaired += 1
         return repaired
+
+    def _recently_moved(self, task: Task) -> bool:
+        """Within ``reaper_finalize_grace_s`` of the task's last change or job."""
+        job = self.store.latest_job(task.id)
+        last = max(task.updated_at, job.updated_at if job else 0.0)
+        return time.time() - last < self.engine.settings.reaper_finalize_grace_s
 
     def repair(self, task: Task) -> bool:
         job = self.store.latest_job(task.id)
