@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import __version__
+from orchestrator.cli_dev import dev
 from orchestrator.errors import ConfigError, NotFoundError, OrchestratorError
 from orchestrator.kernel.stages import TERMINAL_STAGES, stage_label
 from orchestrator.notifier import ConsoleNotifier
@@ -499,6 +500,9 @@ def demo(context: Context, keep: Path | None) -> None:
     from orchestrator.demo import run_demo  # noqa: PLC0415
 
     sys.exit(run_demo(keep, out))
+
+
+cli.add_command(dev)
 
 
 def main() -> None:
