@@ -47,9 +47,7 @@ def kill_group(
     while time.monotonic() < deadline:
         if reap is not None:
             reap()
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        if not _group_has_live_members(pgid):
             return
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
@@ -118,6 +116,28 @@ class RunningProcess:
             self.popen.wait()
 
 
+def _group_has_live_members(pgid: int) -> bool:
+    """Whether any process of the group is still running (zombies do not count: an
+    orphaned grandchild waits for PID 1 to reap it, which may take seconds or never)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -132,9 +152,13 @@ def _alive(pid: int) -> bool:
 
 
 def _feed(stream: IO[bytes], data: bytes) -> None:
-    with contextlib.suppress(BrokenPipeError, OSError):
+    try:
         stream.write(data)
-        stream.close()
+    except OSError:
+        pass  # the job stopped reading (exited, or does not want a prompt on stdin)
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()
 
 
 def spawn(

@@ -1,0 +1,244 @@
+"""Process groups against real children: tree-kill, SIGKILL after the grace, big pipes.
+
+No database. ``spawn`` starts the launcher (``orchestrator.launcher``) as the leader of a
+new session, and the launcher starts the command (``sh -c``) in the same group. Scripts
+start grandchildren and write their pids (``$!``) to a file so the test can prove they
+are gone. Teardown SIGKILLs and reaps whatever a failed test left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from orchestrator.proc_group import TAIL_BYTES, RunningProcess, kill_group, spawn
+
+WAIT_TIMEOUT_S: Final = 10.0
+POLL_INTERVAL_S: Final = 0.02
+BIG_STDIN_BYTES: Final = 2_000_000
+BIG_OUTPUT_BYTES: Final = 4_000_000
+LOG_CAP_BYTES: Final = 4096
+# The tail is kept in chunks of at most this many bytes (a pipe read).
+MAX_CHUNK_BYTES: Final = 64 * 1024
+# How a job killed by a signal is recorded: the shell's convention.
+KILLED_BY_SIGTERM: Final = 128 + signal.SIGTERM
+# No exit recorded: the launcher itself was SIGKILLed.
+NO_RECORDED_EXIT: Final = -1
+
+Start = Callable[..., RunningProcess]
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not true after {timeout_s}s")
+        time.sleep(POLL_INTERVAL_S)
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Start]:
+    """Spawn ``sh -c script`` in ``tmp_path``; everything is killed and reaped after."""
+    started: list[RunningProcess] = []
+
+    def _start(
+        script: str, *, stdin_text: str | None = None, max_log_bytes: int = 1_000_000
+    ) -> RunningProcess:
+        process = spawn(
+            ["sh", "-c", script],
+            cwd=tmp_path,
+            env={**os.environ, "OUT": str(tmp_path)},
+            log_path=tmp_path / "logs" / f"{len(started)}.log",
+            max_log_bytes=max_log_bytes,
+            stdin_text=stdin_text,
+        )
+        started.append(process)
+        return process
+
+    yield _start
+    for process in started:
+        popen = process.popen
+        assert popen is not None
+        if popen.poll() is None:
+            kill_group(process.pid, grace_s=0)
+        popen.wait(timeout=WAIT_TIMEOUT_S)
+        if popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                popen.stdin.close()
+
+
+def wait_exit(process: RunningProcess) -> int:
+    """The recorded exit code, once the job ended."""
+    wait_for(lambda: process.poll() is not None, "the job ends")
+    code = process.poll()
+    assert code is not None
+    return code
+
+
+def grandchildren(pid_file: Path, count: int) -> list[int]:
+    wait_for(
+        lambda: pid_file.is_file() and len(pid_file.read_text().split()) == count,
+        f"{count} grandchild pids in {pid_file.name}",
+    )
+    return [int(pid) for pid in pid_file.read_text().split()]
+
+
+def test_a_job_leads_its_own_session_and_group(start: Start) -> None:
+    process = start("sleep 300")
+
+    assert os.getsid(process.pid) == process.pid
+    assert os.getpgid(process.pid) == process.pid
+    assert os.getpgid(process.pid) != os.getpgid(0)
+
+
+def test_kill_group_leaves_no_grandchild(start: Start, tmp_path: Path) -> None:
+    process = start('sleep 300 & echo $! >> "$OUT/pids"; sleep 300 & echo $! >> "$OUT/pids"; wait')
+    pids = grandchildren(tmp_path / "pids", 2)
+    assert all(os.getpgid(pid) == process.pid for pid in pids)
+    assert process.popen is not None
+
+    kill_group(process.pid, reap=process.popen.poll)
+
+    assert wait_exit(process) == KILLED_BY_SIGTERM
+    # Orphaned grandchildren are reaped by init, a moment after they die.
+    wait_for(lambda: group_gone(process.pid), "the process group is gone")
+    for pid in pids:
+        wait_for(lambda pid=pid: pid_gone(pid), f"grandchild {pid} is gone")
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)
+
+
+def test_a_kill_returns_once_the_group_is_dead_not_after_the_whole_grace(start: Start) -> None:
+    # Every member dies of SIGTERM at once; only the leader's zombie (not yet reaped by
+    # its parent, us) would be left. Waiting out KILL_GRACE_S would block the engine.
+    # (No grandchild here: an orphan is reaped by init, which may take its time.)
+    process = start("echo started; exec sleep 300")
+    log = process.log_path
+    wait_for(lambda: log.is_file() and log.read_text() == "started\n", "the job started")
+
+    started = time.monotonic()
+    process.kill("timed out after 1s")
+    elapsed = time.monotonic() - started
+
+    assert process.killed_reason == "timed out after 1s"
+    assert elapsed < 1.0, f"the kill waited {elapsed:.1f}s for a group that died at SIGTERM"
+    assert wait_exit(process) == KILLED_BY_SIGTERM
+    assert group_gone(process.pid)
+
+
+def test_a_job_that_ignores_sigterm_is_sigkilled_after_the_grace(
+    start: Start, tmp_path: Path
+) -> None:
+    # The ignored disposition is inherited by the grandchild too.
+    process = start('trap "" TERM; sleep 300 & echo $! >> "$OUT/pids"; wait')
+    [grandchild] = grandchildren(tmp_path / "pids", 1)
+    assert process.popen is not None
+    grace_s = 0.5
+
+    started = time.monotonic()
+    kill_group(process.pid, grace_s=grace_s, reap=process.popen.poll)
+    elapsed = time.monotonic() - started
+
+    assert elapsed >= grace_s
+    assert process.popen.wait(timeout=WAIT_TIMEOUT_S) == -signal.SIGKILL
+    assert wait_exit(process) == NO_RECORDED_EXIT
+    wait_for(lambda: group_gone(process.pid), "the process group is gone")
+    wait_for(lambda: pid_gone(grandchild), "the grandchild is gone")
+
+
+def test_kill_group_of_a_reaped_process_does_nothing(start: Start) -> None:
+    process = start("exit 0")
+    assert wait_exit(process) == 0
+
+    started = time.monotonic()
+    kill_group(process.pid)
+
+    assert time.monotonic() - started < 1.0
+
+
+def test_output_larger_than_the_pipe_buffer_does_not_block_and_the_log_is_capped(
+    start: Start,
+) -> None:
+    process = start(
+        f"head -c {BIG_OUTPUT_BYTES} /dev/zero | tr '\\0' x; echo; echo the-last-line",
+        max_log_bytes=LOG_CAP_BYTES,
+    )
+
+    assert wait_exit(process) == 0
+    marker = f"\n[orch: log capped at {LOG_CAP_BYTES} bytes]\n".encode()
+    logged = process.log_path.read_bytes()
+    assert logged.endswith(marker)
+    assert len(logged) == LOG_CAP_BYTES + len(marker)
+    assert logged[:LOG_CAP_BYTES] == b"x" * LOG_CAP_BYTES
+    # The tail keeps the end (where an agent prints its result), bounded.
+    tail = process.tail_text()
+    assert tail.endswith("x\nthe-last-line\n")
+    assert TAIL_BYTES <= len(tail) <= TAIL_BYTES + MAX_CHUNK_BYTES
+
+
+def test_a_small_output_is_logged_whole_with_its_exit_code(start: Start) -> None:
+    process = start("echo out; echo err >&2; exit 3")
+
+    assert wait_exit(process) == 3
+    assert process.log_path.read_text() == "out\nerr\n"
+    assert process.tail_text() == "out\nerr\n"
+
+
+def test_stdin_larger_than_1_mb_does_not_block_spawn(start: Start) -> None:
+    text = "p" * BIG_STDIN_BYTES
+
+    started = time.monotonic()
+    ignoring = start("exec sleep 300", stdin_text=text)
+    reading = start("wc -c", stdin_text=text)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1.0
+    assert ignoring.poll() is None
+    assert wait_exit(reading) == 0
+    assert reading.tail_text().split() == [str(BIG_STDIN_BYTES)]
+
+
+def test_the_stdin_pipe_is_closed_when_the_job_stops_reading(start: Start) -> None:
+    # The job exits without reading a prompt larger than the pipe buffer: the feeder
+    # gets EPIPE, and must still close its end (else the fd leaks: ResourceWarning).
+    process = start("exit 0", stdin_text="p" * BIG_STDIN_BYTES)
+    assert wait_exit(process) == 0
+    assert process.popen is not None
+    stdin = process.popen.stdin
+    assert stdin is not None
+
+    wait_for(lambda: stdin.closed, "our end of the job's stdin pipe is closed", timeout_s=3)
+
+
+def test_a_missing_program_raises_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        spawn(
+            ["/nonexistent/bin/agent"],
+            cwd=tmp_path,
+            env=dict(os.environ),
+            log_path=tmp_path / "missing.log",
+            max_log_bytes=LOG_CAP_BYTES,
+        )
