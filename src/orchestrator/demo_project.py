@@ -5,7 +5,9 @@ of string helpers with passing tests; work item ``DEMO-1`` ("add a slugify helpe
 comes with a recipe for the scripted agent whose development change adds a real
 ``textkit.slugify`` and tests for it. :func:`write_failing_recipe` commits a recipe whose
 change adds a buggy ``textkit.wordcount`` and a test that catches the bug, so testing
-fails every time.
+fails every time. :func:`write_red_green_recipe` commits a recipe in two rounds: the
+first development run writes that bug (testing is red), the second, after reading the
+failure report, the fix (testing is green).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "create_demo_repository",
     "recipe_path",
     "write_failing_recipe",
+    "write_red_green_recipe",
 ]
 
 DEMO_WORK_ITEM: Final = "DEMO-1"
@@ -271,6 +274,49 @@ def test_empty_text_has_no_words() -> None:
 '''
 """
 
+_WORDCOUNT_TESTS: Final = FAILING_RECIPE[FAILING_RECIPE.index('[[files]]\npath = "tests/') :]
+# Red on the first development run, green on the second: the second round expects the
+# failure report to name the failing test, so it proves the agent read the feedback.
+RED_GREEN_RECIPE: Final = (
+    """\
+# Recipe of the scripted agent: textkit.wordcount, buggy first, fixed after feedback.
+
+"""
+    + _WORDCOUNT_TESTS
+    + """
+[[rounds]]
+run = 1
+[[rounds.files]]
+path = "textkit/wordcount.py"
+content = '''
+\"\"\"Counting words.\"\"\"
+
+__all__ = ["word_count"]
+
+
+def word_count(text: str) -> int:
+    \"\"\"Number of words in text.\"\"\"
+    return len(text.split(" "))
+'''
+
+[[rounds]]
+run = 2
+expect_feedback = ["test_ignores_repeated_spaces"]
+[[rounds.files]]
+path = "textkit/wordcount.py"
+content = '''
+\"\"\"Counting words.\"\"\"
+
+__all__ = ["word_count"]
+
+
+def word_count(text: str) -> int:
+    \"\"\"Number of words in text: runs of whitespace separate words.\"\"\"
+    return len(text.split())
+'''
+"""
+)
+
 INITIAL_FILES: Final = {
     "README.md": README,
     "pyproject.toml": PYPROJECT,
@@ -336,6 +382,15 @@ def create_demo_repository(path: Path) -> Path:
         f"Plan {DEMO_WORK_ITEM}: recipe for the scripted agent",
     )
     return path
+
+
+def write_red_green_recipe(repo: Path, work_item: str) -> None:
+    """Commit a recipe whose tests are red on the first development run, green on the next."""
+    _commit(
+        repo,
+        {recipe_path(work_item): RED_GREEN_RECIPE},
+        f"Plan {work_item}: red on the first development run, green after feedback",
+    )
 
 
 def write_failing_recipe(repo: Path, work_item: str) -> None:

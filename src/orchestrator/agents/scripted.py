@@ -9,10 +9,12 @@ to do at that stage, from a recipe instead of a model:
 =============== ======================================================================
 analysis        writes ``01-brd.md`` built from the task's title and description
 architecture    writes ``06-adr/ADR-001-<slug-of-title>.md``
-development     applies the recipe's ``[[files]]`` (a real code change) and writes
-                ``10-dev-notes.md``; when that changes nothing against ``HEAD`` (a re-run
-                after a rollback) it appends a revision comment to the first ``.py``
-                file of the recipe, so the stage always changes code
+development     applies the recipe's ``[[files]]``, then the files of the recipe's
+                round for this development run (``[[rounds]]``), a real code change,
+                and writes ``10-dev-notes.md`` (with the failing tests of the last test
+                report after a rollback); when that changes nothing against ``HEAD`` it
+                appends a revision comment to the first ``.py`` file of the recipe, so
+                the stage always changes code
 testing         runs the tests (``python -m pytest -q``) and writes ``13-test-report.md``
                 whose ``result:``, ``status:`` and ``exit_code:`` follow the exit code
 deploy-staging  writes ``14-staging-notes.md`` (it stages nothing, so it claims no verdict)
@@ -34,6 +36,18 @@ Found at ``--recipe PATH``, else ``$ORCH_SCRIPTED_RECIPE``, else
     content = '''...'''
     mode = "write"                  # or "append" (skipped if the file already ends so)
 
+    [[rounds]]                      # per development run: 1 + the rollbacks so far
+    run = 1                         # this round's files are applied on run 1 ...
+    [[rounds.files]]                # ... and on later runs until a round with a
+    path = "src/pkg/mod.py"         #     higher `run` takes over
+    content = '''...'''
+    [[rounds]]
+    run = 2
+    expect_feedback = ["test_x"]    # fail on purpose unless $ORCH_FEEDBACK or the last
+    [[rounds.files]]                # test report mentions each of these
+    path = "src/pkg/mod.py"
+    content = '''...'''
+
     [behaviour]
     fail_stages = ["analysis"]      # exit 1 on these stages...
     fail_attempts = 1               # ...for attempts <= this (default: every attempt)
@@ -41,8 +55,9 @@ Found at ``--recipe PATH``, else ``$ORCH_SCRIPTED_RECIPE``, else
     [testing]
     command = ["{python}", "-m", "pytest", "-q"]   # {python}: this interpreter
 
-Exit codes: 0 done, 1 failed on purpose (``fail_stages``), 2 bad input (unknown stage,
-bad recipe, missing ``ORCH_WORK_ITEM``), always with one line on stderr.
+Exit codes: 0 done, 1 failed on purpose (``fail_stages``, ``expect_feedback``), 2 bad
+input (unknown stage, bad recipe, missing ``ORCH_WORK_ITEM``), always with one line on
+stderr.
 """
 
 from __future__ import annotations
@@ -69,6 +84,7 @@ __all__ = [
     "AgentContext",
     "Recipe",
     "RecipeFile",
+    "Round",
     "default_recipe",
     "load_recipe",
     "main",
@@ -154,6 +170,15 @@ class RecipeFile:
 
 
 @dataclass(frozen=True)
+class Round:
+    """Files for one development run, and what its feedback must mention."""
+
+    run: int
+    files: tuple[RecipeFile, ...] = ()
+    expect_feedback: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Recipe:
     """What the scripted agent changes and when it fails on purpose."""
 
@@ -162,6 +187,16 @@ class Recipe:
     fail_attempts: int | None = None  # None: every attempt
     test_command: tuple[str, ...] = DEFAULT_TEST_COMMAND
     source: str = "built-in default recipe"
+    rounds: tuple[Round, ...] = ()
+
+    def round_for(self, run: int) -> Round | None:
+        """The round of development run ``run``: the last one whose ``run`` <= it."""
+        eligible = [r for r in self.rounds if r.run <= run]
+        return max(eligible, key=lambda r: r.run) if eligible else None
+
+    def all_files(self) -> tuple[RecipeFile, ...]:
+        """Every file the recipe may write, rounds included (for the ADR's plan)."""
+        return self.files + tuple(f for r in self.rounds for f in r.files)
 
     def fails(self, stage: str, attempt: int) -> bool:
         """Whether this recipe makes ``stage`` fail on ``attempt``."""
@@ -208,7 +243,8 @@ def _slug(text: str, separator: str = "-") -> str:
 
 # --- recipes ---------------------------------------------------------------------------
 
-_RECIPE_KEYS: Final = {"files", "behaviour", "testing"}
+_RECIPE_KEYS: Final = {"files", "behaviour", "testing", "rounds"}
+_ROUND_KEYS: Final = {"run", "files", "expect_feedback"}
 _FILE_KEYS: Final = {"path", "content", "mode"}
 _BEHAVIOUR_KEYS: Final = {"fail_stages", "fail_attempts"}
 _TESTING_KEYS: Final = {"command"}
@@ -235,19 +271,22 @@ def parse_recipe(text: str, source: str) -> Recipe:
         data = _table(tomllib.loads(text), f"recipe {source}", _RECIPE_KEYS)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"recipe {source} is not valid TOML: {exc}") from None
-    raw_files = data.get("files", [])
-    if not isinstance(raw_files, list):
-        raise UsageError(f"recipe {source}: 'files' must be an array of tables ([[files]])")
-    files = []
-    for index, raw in enumerate(raw_files, start=1):
-        where = f"recipe {source}: [[files]] #{index}"
-        entry = _table(raw, where, _FILE_KEYS)
-        path, content, mode = entry.get("path"), entry.get("content"), entry.get("mode", "write")
-        if not isinstance(path, str) or not isinstance(content, str):
-            raise UsageError(f"{where} needs 'path' and 'content' strings")
-        if mode not in FILE_MODES:
-            raise UsageError(f"{where}: mode {mode!r} is not one of {sorted(FILE_MODES)}")
-        files.append(RecipeFile(_relative_path(path, f"{where}: path"), content, mode))
+    files = _parse_files(data.get("files", []), f"recipe {source}: [[files]]")
+    raw_rounds = data.get("rounds", [])
+    if not isinstance(raw_rounds, list):
+        raise UsageError(f"recipe {source}: 'rounds' must be an array of tables ([[rounds]])")
+    rounds: list[Round] = []
+    for index, raw in enumerate(raw_rounds, start=1):
+        where = f"recipe {source}: [[rounds]] #{index}"
+        entry = _table(raw, where, _ROUND_KEYS)
+        run = entry.get("run")
+        if not isinstance(run, int) or isinstance(run, bool) or run < 1:
+            raise UsageError(f"{where}: 'run' must be an integer >= 1 (a development run)")
+        if any(existing.run == run for existing in rounds):
+            raise UsageError(f"{where}: run {run} has two rounds")
+        expected = _string_list(entry.get("expect_feedback", []), f"{where}: expect_feedback")
+        round_files = _parse_files(entry.get("files", []), f"{where} [[rounds.files]]")
+        rounds.append(Round(run, tuple(round_files), tuple(expected)))
     behaviour = _table(data.get("behaviour", {}), f"recipe {source}: [behaviour]", _BEHAVIOUR_KEYS)
     fail_stages = _string_list(behaviour.get("fail_stages", []), f"recipe {source}: fail_stages")
     fail_attempts = behaviour.get("fail_attempts")
@@ -267,7 +306,24 @@ def parse_recipe(text: str, source: str) -> Recipe:
         fail_attempts=fail_attempts,
         test_command=tuple(command),
         source=source,
+        rounds=tuple(sorted(rounds, key=lambda r: r.run)),
     )
+
+
+def _parse_files(raw_files: Any, where_list: str) -> list[RecipeFile]:
+    if not isinstance(raw_files, list):
+        raise UsageError(f"{where_list} must be an array of tables")
+    files = []
+    for index, raw in enumerate(raw_files, start=1):
+        where = f"{where_list} #{index}"
+        entry = _table(raw, where, _FILE_KEYS)
+        path, content, mode = entry.get("path"), entry.get("content"), entry.get("mode", "write")
+        if not isinstance(path, str) or not isinstance(content, str):
+            raise UsageError(f"{where} needs 'path' and 'content' strings")
+        if mode not in FILE_MODES:
+            raise UsageError(f"{where}: mode {mode!r} is not one of {sorted(FILE_MODES)}")
+        files.append(RecipeFile(_relative_path(path, f"{where}: path"), content, mode))
+    return files
 
 
 def default_recipe(context: AgentContext) -> Recipe:
@@ -421,7 +477,7 @@ def render_brd(context: AgentContext) -> str:
 
 def render_adr(context: AgentContext, recipe: Recipe) -> str:
     """The first architecture decision record for the task."""
-    planned = [f"- `{f.path}` ({f.mode})" for f in recipe.files] or ["- no file changes"]
+    planned = [f"- `{f.path}` ({f.mode})" for f in recipe.all_files()] or ["- no file changes"]
     return "\n".join(
         [
             f"# ADR-001: {context.title}",
@@ -486,8 +542,39 @@ def _code_changed(context: AgentContext) -> bool | None:
     return False
 
 
+def _last_test_report(context: AgentContext) -> str:
+    """The testing stage's last report in the worktree ("" if none): the failure report."""
+    path = context.worktree / context.artifact(TEST_REPORT_FILE)
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _failing_tests(report: str) -> list[str]:
+    """The failing-test lines of a test runner's report."""
+    return [line for line in report.splitlines() if line.startswith(("- failure in", "- error in"))]
+
+
+class _FeedbackMissingError(Exception):
+    """A round expected feedback that the agent was not given."""
+
+
 def _development(context: AgentContext, recipe: Recipe, tally: Tally) -> None:
-    for change in recipe.files:
+    run = context.rollback_count + 1
+    current = recipe.round_for(run)
+    report = _last_test_report(context) if context.rollback_count else ""
+    tally.chars_read += len(report)
+    if current is not None:
+        heard = context.feedback + "\n" + report
+        missing = [text for text in current.expect_feedback if text not in heard]
+        if missing:
+            raise _FeedbackMissingError(
+                f"development run {run} (round {current.run}) expected feedback mentioning "
+                f"{', '.join(repr(m) for m in missing)}; got none"
+            )
+        _say(f"development run {run}: round {current.run} ({len(current.files)} file(s))")
+    for change in recipe.files + (current.files if current else ()):
         target = context.worktree / change.path
         # Appending is idempotent, so that a re-run converges on the same tree.
         if (
@@ -499,10 +586,11 @@ def _development(context: AgentContext, recipe: Recipe, tally: Tally) -> None:
             continue
         _write(context, tally, change.path, change.content, append=change.mode == "append")
     changed = _code_changed(context)
+    all_files = recipe.files + (current.files if current else ())
     if changed is None:
         _say("warning: git status failed; cannot tell whether code changed")
     elif not changed:
-        revised = next((f.path for f in recipe.files if f.path.endswith(".py")), None)
+        revised = next((f.path for f in all_files if f.path.endswith(".py")), None)
         if revised is None:
             _say("warning: nothing changed and the recipe has no .py file to revise")
         else:
@@ -516,13 +604,16 @@ def _development(context: AgentContext, recipe: Recipe, tally: Tally) -> None:
         "",
         f"Work item: {context.work_item}",
         f"Attempt: {context.attempt} (rollback {context.rollback_count})",
-        f"Recipe: {recipe.source}",
+        f"Recipe: {recipe.source}" + (f", round {current.run}" if current else ""),
         "",
         "## Files changed",
         "",
         *(f"- `{path}`" for path in tally.written),
         "",
     ]
+    failing = _failing_tests(report)
+    if failing:
+        notes += ["## Failing tests reported by the last test run", "", *failing, ""]
     if context.feedback:
         notes += [
             "## Feedback addressed",
@@ -667,7 +758,12 @@ def _run(argv: list[str] | None, env: Mapping[str, str], worktree: Path) -> int:
         )
         print(result_line(tally, stage=stage, is_error=True), flush=True)
         return 1
-    STAGE_ACTIONS[stage](context, recipe, tally)
+    try:
+        STAGE_ACTIONS[stage](context, recipe, tally)
+    except _FeedbackMissingError as exc:
+        print(f"scripted: failing {stage} on purpose: {exc}", file=sys.stderr)
+        print(result_line(tally, stage=stage, is_error=True), flush=True)
+        return 1
     print(result_line(tally, stage=stage), flush=True)
     return 0
 
