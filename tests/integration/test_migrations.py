@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from orchestrator.store import Store
 from orchestrator.store.schema import metadata
 
-HEAD = "0002"  # bump with every new migration
+HEAD = "0003"  # bump with every new migration
 
 
 def _unquote(default: str) -> str:
@@ -73,6 +73,9 @@ def test_migrated_database_matches_schema(empty_db_url: str) -> None:
         "instances",
         "transition_lease",
         "effects",
+        "outbox",
+        "task_cards",
+        "webhook_deliveries",
     }
 
 

@@ -29,8 +29,11 @@ __all__ = [
     "instances",
     "jobs",
     "metadata",
+    "outbox",
+    "task_cards",
     "tasks",
     "transition_lease",
+    "webhook_deliveries",
 ]
 
 metadata = MetaData(
@@ -188,4 +191,50 @@ effects = Table(
     Column("created_at", Float, nullable=False),
     Column("completed_at", Float, nullable=True),
     Index(None, "task_id", "transition", "effect"),
+)
+
+# The durable outbox: every outbound call (card update, alert, tracker comment, forge
+# status) is a row written in the same transaction as the change that caused it, and
+# delivered by a supervised loop with retries and backoff.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=True),
+    Column("channel", String(32), nullable=False),  # telegram | tracker | forge
+    Column("kind", String(32), nullable=False),  # card | alert | comment | status | ...
+    # Delivered at most once per key (a card edit is idempotent by design).
+    Column("idempotency_key", String(300), nullable=False, unique=True),
+    Column("payload", JSON(none_as_null=True), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | sent | failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("sent_at", Float, nullable=True),
+    Index(None, "status", "next_attempt_at"),
+)
+
+# One live card per task and chat: where it is, and what it last said.
+task_cards = Table(
+    "task_cards",
+    metadata,
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("chat_id", String(64), primary_key=True),
+    Column("message_id", BigInteger, nullable=True),
+    Column("text_hash", String(64), nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Inbound webhooks seen, so a replayed delivery is ignored.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(32), nullable=False),  # gitea | github | plane | telegram
+    Column("delivery_id", String(200), nullable=False),
+    Column("task_id", Integer, nullable=True),
+    Column("outcome", String(200), nullable=False, server_default=""),
+    Column("received_at", Float, nullable=False),
+    UniqueConstraint("source", "delivery_id"),
 )
