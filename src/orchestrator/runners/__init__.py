@@ -27,6 +27,6 @@ code mapping), ``report``, ``junit``, ``smoke``, ``serial_gate``, ``coverage_rat
 """
 
 from orchestrator.runners.context import TOOL_ERROR_EXIT, RunnerContext
-from orchestrator.runners.tests import map_exit_code_to_status
+from orchestrator.runners.verdict import map_exit_code_to_status
 
 __all__ = ["TOOL_ERROR_EXIT", "RunnerContext", "map_exit_code_to_status"]

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
+from typing import Final
 
-from orchestrator.runners import deploy, staging, tests
 from orchestrator.runners.context import TOOL_ERROR_EXIT, RunnerContext
 from orchestrator.runners.process import install_termination_handler
 
-RUNNERS: dict[str, Callable[[RunnerContext], int]] = {
-    "tests": tests.run,
-    "staging": staging.run,
-    "deploy": deploy.run,
+# Runner name -> module with a run(context) function; only the one asked for is
+# imported, so a runner starts fast and one runner's imports cannot break another.
+RUNNERS: Final = {
+    "tests": "orchestrator.runners.tests",
+    "staging": "orchestrator.runners.staging",
+    "deploy": "orchestrator.runners.deploy",
 }
 
 
@@ -25,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     install_termination_handler()
     try:
         context = RunnerContext.from_env()
-        return RUNNERS[args[0]](context)
+        run: Callable[[RunnerContext], int] = importlib.import_module(RUNNERS[args[0]]).run
+        return run(context)
     except KeyError as exc:
         print(f"runner {args[0]}: missing environment variable {exc}", file=sys.stderr)
         return TOOL_ERROR_EXIT
