@@ -4,13 +4,36 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint format typecheck unit integration e2e bench clean
+.PHONY: demo test check lint format typecheck unit integration e2e bench clean agents
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The real Claude Code CLI for the real-agent tests (tests/e2e/test_claude_code.py),
+# installed once into .cache/agents/ (about 370 MB). Without npm the install is skipped
+# with one line and those tests skip; under CI that is an error.
+AGENTS_DIR := .cache/agents
+CLAUDE_CODE_VERSION ?= 2.1.332
+CLAUDE_STAMP := $(AGENTS_DIR)/.claude-code-$(CLAUDE_CODE_VERSION)
+
+agents: $(CLAUDE_STAMP)
+
+$(CLAUDE_STAMP):
+	@if command -v npm >/dev/null 2>&1; then \
+		mkdir -p $(AGENTS_DIR) && \
+		npm install --prefix $(AGENTS_DIR) --no-audit --no-fund --loglevel=error \
+			@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) && \
+		$(AGENTS_DIR)/node_modules/.bin/claude --version && \
+		touch $@; \
+	else \
+		case "$$(printf '%s' "$$CI" | tr 'A-Z' 'a-z')" in \
+		""|0|false|no) echo "skipping the Claude Code install: npm not found; the real-agent tests will skip";; \
+		*) echo "error: npm not found and CI is set: the real-agent tests need Claude Code" >&2; exit 1;; \
+		esac; \
+	fi
 
 # The demo project, its database and worktrees stay in .demo/ for you to inspect.
 DEMO_DIR := .demo
@@ -20,7 +43,7 @@ demo: $(STAMP)
 	$(BIN)/orch demo --keep $(DEMO_DIR)
 	$(BIN)/orch --config $(DEMO_DIR)/orch.toml task show DEMO-1
 
-test: check
+test: check agents
 	$(BIN)/python -m pytest -q
 
 check: lint typecheck
@@ -42,7 +65,7 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
 
-e2e: $(STAMP)
+e2e: $(STAMP) agents
 	$(BIN)/python -m pytest -q tests/e2e
 
 bench: $(STAMP)
