@@ -1,9 +1,12 @@
-"""A synchronous httpx client over an ASGI app, without the deprecated TestClient."""
+"""Shared test helpers: a real git repository, and a sync httpx client over an ASGI app."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -36,3 +39,22 @@ def api_client(app: FastAPI) -> Iterator[httpx.Client]:
         ) as client,
     ):
         yield client
+
+
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+}
+
+
+def make_repo(path: Path) -> Path:
+    """A real git repository on branch main with one commit (a README)."""
+    path.mkdir()
+    env = {**os.environ, **GIT_IDENTITY}
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=path, check=True)
+    (path / "README.md").write_text("repo\n")
+    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=path, check=True, env=env)
+    return path

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
+from support import make_repo
 
 from orchestrator.engine import Engine
 from orchestrator.settings import load_settings
@@ -46,22 +47,6 @@ tail -n 1 {tmp}/deploys.log 2>/dev/null | cut -d' ' -f2
 """
 
 
-def _make_repo(path: Path) -> Path:
-    path.mkdir()
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=path, check=True)
-    (path / "README.md").write_text("repo\n")
-    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
-    subprocess.run(["git", "commit", "-qm", "init"], cwd=path, check=True, env=env)
-    return path
-
-
 def _wait_for(path: Path) -> None:
     deadline = time.monotonic() + WAIT_S
     while not path.exists():
@@ -70,7 +55,7 @@ def _wait_for(path: Path) -> None:
 
 
 def test_a_resumed_zombie_owner_is_fenced(tmp_path: Path, db_url: str) -> None:
-    repo = _make_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo")
     config = tmp_path / "orch.toml"
     config.write_text(CONFIG.format(db_url=db_url, tmp=tmp_path))
     (tmp_path / "check.sh").write_text(CHECK_SCRIPT.format(tmp=tmp_path))

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from api_support import api_client
+from support import api_client
 
 from orchestrator.leases import Heartbeat, LeaseManager, Owner
 from orchestrator.server import create_app

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from support import make_repo
 
 from orchestrator.engine import Engine
 from orchestrator.settings import Settings, load_settings
@@ -41,22 +42,6 @@ transition_lease_enabled = {lease}
 deploy_command = ["sh", "-c", "echo \\"$ORCH_WORK_ITEM $ORCH_DEPLOY_COMMIT\\" >> {deploys}"]
 deploy_check_command = ["sh", "-c", "tail -n 1 {deploys} 2>/dev/null | cut -d' ' -f2"]
 """
-
-
-def make_repo(path: Path) -> Path:
-    path.mkdir()
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=path, check=True)
-    (path / "README.md").write_text("repo\n")
-    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
-    subprocess.run(["git", "commit", "-qm", "init"], cwd=path, check=True, env=env)
-    return path
 
 
 def write_config(tmp_path: Path, db_url: str, *, lease: bool = True) -> tuple[Path, Settings]:
@@ -195,7 +180,7 @@ def test_tc01_five_actor_processes_merge_and_deploy_exactly_once(
         ]
         go.touch()
         for process in processes:
-            out, err = process.communicate(timeout=ACTOR_TIMEOUT_S)
+            _out, err = process.communicate(timeout=ACTOR_TIMEOUT_S)
             assert process.returncode == 0, err
             assert "Traceback" not in err, err
         engine = Engine(store, settings)
@@ -220,7 +205,8 @@ def test_kill_switch_off_makes_the_stage_write_unconditional(
     try:
         task = prepare_deploy_task(store, repo, tmp_path / "wt", "K-1")
         lease_held = engine.runtime.leases.acquire(task, "deploy->done", "test")
-        assert lease_held is not None and lease_held.inert
+        assert lease_held is not None
+        assert lease_held.inert
         # A second actor is not excluded: the lease is inert.
         assert engine.runtime.leases.acquire(task, "deploy->done", "other") is not None
         with store.engine.connect() as conn:
