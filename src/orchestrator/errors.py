@@ -12,7 +12,8 @@ was wrong and what to do. The CLI prints it as one line; the HTTP API maps it to
     ├── ConflictError                 exit 1, HTTP 409  (illegal transition, lost race)
     │   └── IllegalTransitionError
     ├── RepositoryError               exit 1, HTTP 400  (not a git repository, git failed)
-    └── AgentError                    exit 1, HTTP 400  (agent binary missing, bad template)
+    ├── AgentError                    exit 1, HTTP 400  (agent binary missing, bad template)
+    └── IntegrationError              exit 1, HTTP 502  (a forge or tracker API refused or failed)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "IllegalTransitionError",
+    "IntegrationError",
     "NotFoundError",
     "OrchestratorError",
     "RepositoryError",
@@ -79,3 +81,12 @@ class RepositoryError(OrchestratorError):
 
 class AgentError(OrchestratorError):
     """An agent cannot be started: unknown agent, missing binary, bad template."""
+
+
+class IntegrationError(OrchestratorError):
+    """A forge (Gitea, GitHub) or tracker (Plane, GitHub issues) call failed.
+
+    The message names the service, the call and the service's own complaint.
+    """
+
+    http_status = 502
