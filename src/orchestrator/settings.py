@@ -46,6 +46,8 @@ __all__ = [
 
 CONFIG_FILE_NAME = "orch.toml"
 ENV_PREFIX = "ORCH_"
+# Settings whose values `orch config show` masks.
+SECRET_SETTINGS = frozenset({"admin_token", "telegram_bot_token", "telegram_webhook_secret"})
 
 
 class _Strict(BaseModel):
@@ -284,6 +286,22 @@ class Settings(BaseSettings):
     # Bearer token for admin endpoints (POST /transition-lease/release); "" = disabled.
     admin_token: str = ""
 
+    # --- integrations: the Telegram live card and the outbox (docs/integrations.md) ----
+    # Bot token from @BotFather; with telegram_chat_id set, cards and alerts go to Telegram.
+    telegram_bot_token: str = ""
+    # Chat the cards and alerts go to: a numeric id (-100... for groups) or @channelname.
+    telegram_chat_id: str = ""
+    # Bot API base URL; point it at a local server (orch dev fake-telegram) for dry runs.
+    telegram_api_base_url: str = "https://api.telegram.org"
+    # secret_token given to setWebhook; POST /webhooks/telegram checks it in the
+    # X-Telegram-Bot-Api-Secret-Token header. "" = the webhook endpoint is disabled.
+    telegram_webhook_secret: str = ""
+    # Base delay before an outbox message is retried; doubles with each attempt (capped).
+    # 0 in tests. A 429's retry_after always wins.
+    outbox_backoff_s: float = Field(default=2.0, ge=0)
+    # Attempts of one outbox message before it is marked failed (429s do not count).
+    outbox_max_attempts: int = Field(default=10, ge=1)
+
     # --- server ----------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=1, le=65535)
@@ -350,6 +368,11 @@ class Settings(BaseSettings):
         """Dollars a task in this repository may spend; 0 = no limit."""
         override = self.repo_config(repo_path).task_budget_usd
         return self.task_budget_usd if override is None else override
+
+    @property
+    def telegram_enabled(self) -> bool:
+        """Whether cards and alerts go to Telegram (a bot token and a chat are set)."""
+        return bool(self.telegram_bot_token and self.telegram_chat_id)
 
     def pipeline_for(self, repo_path: Path) -> Pipeline:
         return Pipeline(frozenset(self.skip) | frozenset(self.repo_config(repo_path).skip))
@@ -530,6 +553,8 @@ def describe_settings(settings: Settings, config: Path | None = None) -> list[Se
             }
         elif isinstance(value, Path):
             value = str(value)
+        if name in SECRET_SETTINGS and value:
+            value = "***"  # `orch config show` must not print a secret
         if _env_name(name) in os.environ:
             source = f"env {_env_name(name)}"
         elif name in data and path is not None:
