@@ -206,12 +206,15 @@ outbox = Table(
     # Delivered at most once per key (a card edit is idempotent by design).
     Column("idempotency_key", String(300), nullable=False, unique=True),
     Column("payload", JSON(none_as_null=True), nullable=False),
-    Column("status", String(16), nullable=False),  # pending | sent | failed
+    Column("status", String(16), nullable=False),  # pending | sending | sent | failed
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", Float, nullable=False),
     Column("last_error", Text, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("sent_at", Float, nullable=True),
+    # The boot id of the process delivering it (status 'sending'), and since when.
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_at", Float, nullable=True),
     Index(None, "status", "next_attempt_at"),
 )
 
