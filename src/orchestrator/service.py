@@ -26,6 +26,7 @@ from orchestrator.kernel.stages import (
     ROLLBACK_TARGET,
     TERMINAL_STAGES,
 )
+from orchestrator.leases import LeaseManager, Owner
 from orchestrator.notifier import Notifier, NullNotifier, notify_safely
 from orchestrator.settings import Settings
 from orchestrator.store import Store, Task
@@ -222,9 +223,20 @@ class TaskService:
             event_kind=EventKind.APPROVED,
         )
 
+    def _refuse_during_side_effects(self, task: Task, action: str) -> None:
+        """A live transition lease means a merge or deploy is under way: wait for it."""
+        leases = LeaseManager(self.store, self.settings, Owner.current())
+        for info in leases.held():
+            if info.task_id == task.id and info.live:
+                raise ConflictError(
+                    f"task {task.work_item} is in {info.transition} (held by {info.actor}); "
+                    f"{action} it when that finishes"
+                )
+
     def cancel(self, task: Task, *, actor: str = "cli", reason: str = "") -> Task:
         if task.stage in TERMINAL_STAGES:
             raise ConflictError(f"task {task.work_item} is already {task.stage}")
+        self._refuse_during_side_effects(task, "cancel")
         why = reason or f"cancelled by {actor}"
         with self.store.transaction() as tx:
             if not advance_stage(
@@ -249,6 +261,7 @@ class TaskService:
             raise ConflictError(
                 f"task {task.work_item} is in {task.stage}; rollback applies from {stages}"
             )
+        self._refuse_during_side_effects(task, "roll back")
         why = reason or f"rolled back by {actor}"
         with self.store.transaction() as tx:
             tx.cancel_waiting_jobs(task.id, why)

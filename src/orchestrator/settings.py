@@ -31,10 +31,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from orchestrator.errors import ConfigError
 from orchestrator.kernel.decisions import Limits
 from orchestrator.kernel.gates import GATES
-from orchestrator.kernel.stages import JOB_STAGES, Pipeline
+from orchestrator.kernel.stages import JOB_STAGES, STAGE_TRANSITIONS, Pipeline
 
 __all__ = [
     "AgentConfig",
+    "PlaneProjectConfig",
     "RepoConfig",
     "SettingSource",
     "Settings",
@@ -136,6 +137,15 @@ def _check_stage_keys(value: dict[str, StageConfig]) -> dict[str, StageConfig]:
     return value
 
 
+_FORGE_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+
+
+def _check_forge_repo(value: str | None) -> str | None:
+    if value and not _FORGE_REPO.match(value):
+        raise ValueError(f"'{value}' is not 'owner/name' (e.g. acme/webshop)")
+    return value
+
+
 class RepoConfig(_Strict):
     """Per-repository overrides, under ``[repos.<name>]``."""
 
@@ -184,6 +194,13 @@ class RepoConfig(_Strict):
     deploy_check_command: list[str] | str | None = None
     # This repository's task_budget_usd; None = the global one.
     task_budget_usd: float | None = Field(default=None, ge=0)
+    # This repository's forge ("local", "gitea", "github"); None = the global `forge`.
+    forge: Literal["local", "gitea", "github"] | None = None
+    # "owner/name" of this repository on its forge; None = the global `forge_repo`. Also
+    # how a webhook's repository is matched to this one.
+    forge_repo: str | None = None
+    # How this repository's task branches are merged; None = the global `merge_method`.
+    merge_method: Literal["merge", "squash", "rebase"] | None = None
 
     @field_validator("skip")
     @classmethod
@@ -192,6 +209,16 @@ class RepoConfig(_Strict):
         return value
 
     _stages_known = field_validator("stages")(_check_stage_keys)
+    _forge_repo_shape = field_validator("forge_repo")(_check_forge_repo)
+
+
+class PlaneProjectConfig(_Strict):
+    """A Plane project whose work items become tasks, under ``[plane_projects.<project id>]``."""
+
+    # Path of the repository the project's tasks work in.
+    repo: str
+    # The project's identifier, the "PROJ" of PROJ-42; "" = read from Plane's API.
+    identifier: str = ""
 
 
 DEFAULT_STAGES: Mapping[str, StageConfig] = {
@@ -306,6 +333,50 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=1, le=65535)
 
+    # --- integrations: forges, trackers, webhooks in (docs/integrations.md) ----------------
+    # Where pull requests live and how task branches merge: "local" (the repository on
+    # disk, merged with git), "gitea" or "github". A repository may choose its own.
+    forge: Literal["local", "gitea", "github"] = "local"
+    # The forge's API root: Gitea "https://gitea.example.com/api/v1"; GitHub "" (=
+    # https://api.github.com) or "https://HOST/api/v3" for GitHub Enterprise.
+    forge_base_url: str = ""
+    # The forge's API token (Gitea: an access token; GitHub: a PAT or app token). Prefer
+    # the ORCH_FORGE_TOKEN variable to writing it in orch.toml.
+    forge_token: str = ""
+    # "owner/name" of the repository on the forge; a repository may set its own.
+    forge_repo: str = ""
+    # The git remote task branches are pushed to before a pull request is opened on a
+    # remote forge; "" = do not push (something else pushes them).
+    forge_remote: str = "origin"
+    # How task branches are merged: a merge commit, one squashed commit, or rebased
+    # commits. A repository may choose its own.
+    merge_method: Literal["merge", "squash", "rebase"] = "merge"
+    # HMAC-SHA256 secrets of the webhook endpoints (POST /webhooks/gitea, /github,
+    # /plane), as entered in each service's webhook form. "" = that endpoint refuses all.
+    gitea_webhook_secret: str = ""
+    github_webhook_secret: str = ""
+    plane_webhook_secret: str = ""
+    # Largest webhook body accepted, in bytes; a larger one gets 413.
+    webhook_max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    # Where work items come from and where stage outcomes are written back: "local" (CLI
+    # and API only), "plane" or "github" (issues).
+    tracker: Literal["local", "plane", "github"] = "local"
+    # Tracker state per stage, e.g. {development = "In Progress", done = "Done"} (Plane
+    # state names; GitHub "open" / "closed"). Stages left out use the adapter's defaults.
+    tracker_states: dict[str, str] = Field(default_factory=dict)
+    # Plane: API root (self-hosted: "https://plane.example.com"), API key (X-API-Key),
+    # workspace slug, and the projects whose work items become tasks.
+    plane_base_url: str = "https://api.plane.so"
+    plane_api_key: str = ""
+    plane_workspace: str = ""
+    plane_projects: dict[str, PlaneProjectConfig] = Field(default_factory=dict)
+    # GitHub issues as tracker: API root and token ("" = forge_token); an issue labeled
+    # with github_intake_label becomes task <github_work_item_prefix>-<number>.
+    github_api_url: str = "https://api.github.com"
+    github_token: str = ""
+    github_intake_label: str = "orch"
+    github_work_item_prefix: str = "GH"
+
     # --- pipeline --------------------------------------------------------------------------
     # Agents by name; built-ins: claude, scripted, and runner:<name> for runners.
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
@@ -329,6 +400,17 @@ class Settings(BaseSettings):
         return value
 
     _stages_known = field_validator("stages")(_check_stage_keys)
+    _forge_repo_shape = field_validator("forge_repo")(_check_forge_repo)
+
+    @field_validator("tracker_states")
+    @classmethod
+    def _tracker_state_stages(cls, value: dict[str, str]) -> dict[str, str]:
+        for stage in value:
+            if stage not in STAGE_TRANSITIONS:
+                raise ValueError(
+                    f"'{stage}' is not a stage; stages: {', '.join(STAGE_TRANSITIONS)}"
+                )
+        return value
 
     @classmethod
     def settings_customise_sources(

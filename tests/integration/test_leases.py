@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from support import api_client
 
+from orchestrator.errors import ConflictError
 from orchestrator.leases import Heartbeat, LeaseManager, Owner
 from orchestrator.server import create_app
 from orchestrator.service import TaskService
@@ -221,3 +222,20 @@ def test_force_release_api_is_off_without_a_token(
         response = client.post("/transition-lease/release?work_item=L-1")
     assert response.status_code == 403
     assert "admin_token" in response.json()["error"]
+
+
+def test_cancel_and_rollback_wait_for_a_transition_under_way(
+    tmp_path: Path, db_url: str, store: Store
+) -> None:
+    settings = settings_for(tmp_path, db_url)
+    leases = manager(store, settings)
+    task = new_task(store)
+    lease = leases.acquire(task, "deploy->done", "engine")
+    assert lease is not None
+    service = TaskService(store, settings)
+    for action in (service.cancel, service.rollback):
+        with pytest.raises(ConflictError, match=r"deploy->done .*when that finishes"):
+            action(task)
+    assert store.get_task(task.id).stage == "deploy"
+    leases.release(lease)
+    assert service.cancel(task).stage == "cancelled"
