@@ -173,6 +173,7 @@ INIT_TEMPLATE = """\
 # max_attempts = 3                  # attempts of one stage before the task fails
 # max_rollbacks = 2                 # rollbacks to development before the task fails
 # agent_timeout_s = 3600
+# task_budget_usd = 20.0            # per task, until a person retries it; 0 = no limit
 # language = "en"                   # stage labels: en or ru
 
 # The agent that works on each stage. Built in: "claude" (Claude Code),
@@ -185,10 +186,11 @@ agent = "claude"
 [stages.development]
 agent = "claude"
 
-# [agents.claude]
-# command = ["claude", "-p", "{prompt}", "--output-format", "json",
-#            "--permission-mode", "acceptEdits", "--allowedTools", "Read,Write,Edit,Bash"]
+# [agents.claude]                  # Claude Code; see docs/agents.md
+# adapter = "claude-code"
 # model = "claude-sonnet-4-5"
+# max_turns = 60
+# budget_usd = 5.0                 # per run
 
 # Per-repository overrides, by directory name or with path = "...":
 # [repos.myservice]
