@@ -48,7 +48,19 @@ __all__ = [
 CONFIG_FILE_NAME = "orch.toml"
 ENV_PREFIX = "ORCH_"
 # Settings whose values `orch config show` masks.
-SECRET_SETTINGS = frozenset({"admin_token", "telegram_bot_token", "telegram_webhook_secret"})
+SECRET_SETTINGS = frozenset(
+    {
+        "admin_token",
+        "telegram_bot_token",
+        "telegram_webhook_secret",
+        "forge_token",
+        "gitea_webhook_secret",
+        "github_webhook_secret",
+        "plane_webhook_secret",
+        "plane_api_key",
+        "github_token",
+    }
+)
 
 
 class _Strict(BaseModel):
