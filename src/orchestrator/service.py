@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 
@@ -133,8 +134,13 @@ class TaskService:
         work_item: str | None = None,
         description: str = "",
         actor: str = "cli",
+        origin: Mapping[str, Any] | None = None,
     ) -> Task:
-        """Validate everything, make the worktree, then write the task in one transaction."""
+        """Validate everything, make the worktree, then write the task in one transaction.
+
+        ``origin`` says where the work item came from (a tracker's issue); it is kept on
+        the ``task.created`` event, where write-back finds it.
+        """
         request = prepare_create(
             self.settings,
             repo_path=repo_path,
@@ -177,6 +183,7 @@ class TaskService:
                     task_id=task_id,
                     to_stage=CREATED,
                     reason=f"{title} (from {base_branch} at {base_sha[:10]})",
+                    data={"origin": dict(origin)} if origin else None,
                 )
                 task = tx.get_task(task_id)
                 first = self.settings.pipeline_for(repo.path).next_stage(CREATED)
