@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from orchestrator.kernel.stages import stage_label
 from orchestrator.store import Task
 
-__all__ = ["ConsoleNotifier", "Notifier", "NullNotifier", "notify_safely"]
+__all__ = ["ConsoleNotifier", "FanOutNotifier", "Notifier", "NullNotifier", "notify_safely"]
 
 log = logging.getLogger("orchestrator.notifier")
 
@@ -46,6 +47,22 @@ class ConsoleNotifier:
 
     def alert(self, task: Task | None, message: str) -> None:
         log.warning("ALERT %s: %s", task.work_item if task else "-", message)
+
+
+class FanOutNotifier:
+    """Tells every one of several notifiers (e.g. the console and the Telegram outbox);
+    one failing does not keep the others from hearing."""
+
+    def __init__(self, *notifiers: Notifier) -> None:
+        self.notifiers = notifiers
+
+    def on_task_changed(self, task: Task, summary: str) -> None:
+        for notifier in self.notifiers:
+            notify_safely(partial(notifier.on_task_changed, task, summary))
+
+    def alert(self, task: Task | None, message: str) -> None:
+        for notifier in self.notifiers:
+            notify_safely(partial(notifier.alert, task, message))
 
 
 def notify_safely(call: Callable[[], None]) -> None:
