@@ -184,8 +184,18 @@ def test_tc06b_an_unwritable_report_is_a_defer(tmp_path: Path) -> None:
         (PASSING, RunnerConfig(setup_command=("false",)), ("DEFER", "DEFER", -1)),
         (PASSING, RunnerConfig(test_command=("sh", "-c", "exit 0")), ("PASS", "PASS", 0)),
         (PASSING, RunnerConfig(test_command=("sh", "-c", "exit 2")), ("DEFER", "DEFER", 2)),
+        (PASSING, RunnerConfig(config_error="ValueError: unusable"), ("DEFER", "DEFER", -1)),
     ],
-    ids=["pass", "fail", "no-tests", "cannot-start", "setup-fails", "plain-pass", "plain-2"],
+    ids=[
+        "pass",
+        "fail",
+        "no-tests",
+        "cannot-start",
+        "setup-fails",
+        "plain-pass",
+        "plain-2",
+        "bad-config",
+    ],
 )
 def test_tc10_report_round_trips_through_check_tests_passed(
     tmp_path: Path,

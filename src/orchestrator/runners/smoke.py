@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import httpx
@@ -43,6 +44,12 @@ class SmokeResult:
         return f"GET {self.url} -> {answer}"
 
 
+def _local(url: str) -> bool:
+    """Loopback URLs never go through a proxy from the environment (HTTP_PROXY & co)."""
+    host = urlsplit(url).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
 def _url(base_url: str, endpoint: str) -> str:
     return base_url.rstrip("/") + "/" + endpoint.lstrip("/")
 
@@ -71,7 +78,12 @@ def smoke(
     """GET every endpoint of ``base_url`` once, in order; never raises."""
     import httpx  # noqa: PLC0415 - imported on first use, see the module docstring
 
-    with httpx.Client(timeout=timeout_s, transport=transport, follow_redirects=False) as client:
+    with httpx.Client(
+        timeout=timeout_s,
+        transport=transport,
+        follow_redirects=False,
+        trust_env=not _local(base_url),
+    ) as client:
         return [_get(client, base_url, endpoint) for endpoint in endpoints]
 
 
@@ -90,7 +102,9 @@ def wait_healthy(
 
     deadline = time.monotonic() + timeout_s
     last = SmokeResult(url, url, None, 0.0, "not polled yet")
-    with httpx.Client(timeout=min(5.0, timeout_s), transport=transport) as client:
+    with httpx.Client(
+        timeout=min(5.0, timeout_s), transport=transport, trust_env=not _local(url)
+    ) as client:
         while True:
             last = _get(client, url, "")
             last = SmokeResult(url, url, last.status_code, last.elapsed_ms, last.error)

@@ -383,6 +383,8 @@ def run(context: RunnerContext) -> int:
             coverage=result.coverage.measured if result.coverage else None,
             smoke_failed=[r.endpoint for r in result.smoke if not r.ok],
             handed_to=result.explainer or None,
+            tests_duration_s=round(result.tests.duration_s, 3) if result.tests else None,
+            runner_duration_s=round(time.monotonic() - started, 3),
         )
         if status == "DEFER" and not handoff:
             print(f"test runner: DEFER: {result.reason}", file=sys.stderr, flush=True)
