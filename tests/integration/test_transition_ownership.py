@@ -31,6 +31,10 @@ THREAD_ROUNDS = int(os.environ.get("ORCH_STRESS_ROUNDS", "40"))
 PROCESS_ROUNDS = max(THREAD_ROUNDS // 2, 10)
 ACTOR_TIMEOUT_S = 600
 
+# The check prints the commit THIS task's deploy shipped. A check that printed the last
+# deployed commit of the repository would, with tasks crossing concurrently (the process
+# test), let a task find its change already live in a later task's deploy and rightly
+# skip its own: correct, but no longer "one deploy line per task".
 CONFIG = """\
 database_url = "{db_url}"
 data_dir = ".orch"
@@ -40,7 +44,9 @@ transition_lease_enabled = {lease}
 
 [repos.repo]
 deploy_command = ["sh", "-c", "echo \\"$ORCH_WORK_ITEM $ORCH_DEPLOY_COMMIT\\" >> {deploys}"]
-deploy_check_command = ["sh", "-c", "tail -n 1 {deploys} 2>/dev/null | cut -d' ' -f2"]
+deploy_check_command = [
+    "sh", "-c", "grep \\"^$ORCH_WORK_ITEM \\" {deploys} 2>/dev/null | tail -n 1 | cut -d' ' -f2",
+]
 """
 
 
