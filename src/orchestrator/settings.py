@@ -204,6 +204,17 @@ class RepoConfig(_Strict):
     # Prints the commit currently deployed; lets recovery tell whether a deploy that was
     # interrupted actually happened. Without it such a deploy fails closed for a human.
     deploy_check_command: list[str] | str | None = None
+    # Post-deploy monitor: after the deploy, this URL is polled (GET, 2xx = healthy) for
+    # post_deploy_window_s; post_deploy_failures failed checks in a row roll the deploy
+    # back once (revert on the default branch, redeploy, back to development). None = no
+    # monitor: the task is done when the deploy command succeeds.
+    post_deploy_health_url: str | None = None
+    # Seconds the monitor watches a deploy before the task is done.
+    post_deploy_window_s: float = Field(default=30.0, gt=0)
+    # Seconds between two health checks (each check times out after as long).
+    post_deploy_interval_s: float = Field(default=2.0, gt=0)
+    # Failed checks in a row that make a deploy unhealthy (one blip is not a rollback).
+    post_deploy_failures: int = Field(default=3, ge=1)
     # This repository's task_budget_usd; None = the global one.
     task_budget_usd: float | None = Field(default=None, ge=0)
     # This repository's forge ("local", "gitea", "github"); None = the global `forge`.
