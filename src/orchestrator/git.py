@@ -20,6 +20,8 @@ from orchestrator.errors import RepositoryError
 
 __all__ = [
     "GIT_ENV",
+    "MERGED_HEAD_TRAILER",
+    "MERGE_METHODS",
     "MergeResult",
     "Repo",
     "commit_all",
@@ -35,6 +37,10 @@ GIT_ENV: Final = {
     "GIT_COMMITTER_EMAIL": "orchestrator@localhost",
     "GIT_TERMINAL_PROMPT": "0",
 }
+# A squash or rebase merge leaves the branch head outside the target's history; the
+# commit that lands it carries this trailer, so "is merged" stays answerable.
+MERGED_HEAD_TRAILER: Final = "Orch-Merged-Head"
+MERGE_METHODS: Final = ("merge", "squash", "rebase")
 
 
 def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -167,34 +173,57 @@ class Repo:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def merge(self, branch: str, into: str, message: str, scratch: Path) -> MergeResult:
+    def is_merged(self, branch: str, into: str) -> bool:
+        """Whether ``branch``'s head has landed on ``into``: by ancestry (a merge commit
+        or a fast-forward), or by a squash / rebase commit carrying its trailer."""
+        head = self.rev(branch)
+        if self.is_ancestor(head, into):
+            return True
+        found = git(
+            self.path,
+            "log",
+            "-1",
+            "--format=%H",
+            "--fixed-strings",
+            f"--grep={MERGED_HEAD_TRAILER}: {head}",
+            into,
+            check=False,
+        )
+        return found.returncode == 0 and bool(found.stdout.strip())
+
+    def merge(
+        self, branch: str, into: str, message: str, scratch: Path, method: str = "merge"
+    ) -> MergeResult:
         """Merge ``branch`` into ``into`` (see :meth:`_merge`), under the repository lock."""
+        if method not in MERGE_METHODS:
+            raise RepositoryError(f"unknown merge method {method!r}; use merge, squash or rebase")
         with self.locked():
-            return self._merge(branch, into, message, scratch)
+            return self._merge(branch, into, message, scratch, method)
 
-    def _merge(self, branch: str, into: str, message: str, scratch: Path) -> MergeResult:
-        """Merge ``branch`` into ``into`` with a merge commit; idempotent.
+    def _merge(
+        self, branch: str, into: str, message: str, scratch: Path, method: str
+    ) -> MergeResult:
+        """Land ``branch`` on ``into``; idempotent.
 
-        The world is checked first: a branch already merged is not merged again. The
-        merge is made in a scratch worktree, then ``into`` moves to it by a
-        compare-and-swap on the ref (or a fast-forward of the worktree that has ``into``
-        checked out, so a user's checkout stays consistent).
+        ``merge`` makes a merge commit; ``squash`` one commit with the branch's changes;
+        ``rebase`` replays the branch's commits on ``into``. The world is checked first:
+        a branch already merged is not merged again. The commits are made in a scratch
+        worktree, then ``into`` moves to them by a compare-and-swap on the ref (or a
+        fast-forward of the worktree that has ``into`` checked out, so a user's checkout
+        stays consistent).
         """
         head = self.rev(branch)
         target_before = self.rev(into)
-        if self.is_ancestor(head, target_before):
+        if self.is_merged(branch, target_before):
             return MergeResult(target_before, already_merged=True)
         if scratch.exists():
             self.remove_worktree(scratch)
-        git(self.path, "worktree", "add", "--quiet", "--detach", str(scratch), target_before)
+        start = head if method == "rebase" else target_before
+        git(self.path, "worktree", "add", "--quiet", "--detach", str(scratch), start)
         try:
-            result = git(scratch, "merge", "--no-ff", "--no-edit", "-m", message, head, check=False)
-            if result.returncode != 0:
-                git(scratch, "merge", "--abort", check=False)
-                raise RepositoryError(
-                    f"cannot merge {branch} into {into}: conflicts; rebase the task branch"
-                )
-            merge_sha = git(scratch, "rev-parse", "HEAD").stdout.strip()
+            merge_sha = _land(
+                scratch, method, head, target_before, message, f"{branch} into {into}"
+            )
         finally:
             self.remove_worktree(scratch)
         holder = self.checked_out_in(into)
@@ -208,3 +237,30 @@ class Repo:
                 )
             git(holder, "merge", "--ff-only", "--quiet", merge_sha)
         return MergeResult(merge_sha, already_merged=False)
+
+
+def _land(scratch: Path, method: str, head: str, target: str, message: str, what: str) -> str:
+    """Make the commits that land ``head`` on ``target`` in ``scratch``; their tip."""
+    commit = ("commit", "--quiet", "--no-verify", "--trailer", f"{MERGED_HEAD_TRAILER}: {head}")
+    if method == "merge":
+        result = git(scratch, "merge", "--no-ff", "--no-edit", "-m", message, head, check=False)
+        if result.returncode != 0:
+            git(scratch, "merge", "--abort", check=False)
+            raise RepositoryError(f"cannot merge {what}: conflicts; rebase the task branch")
+    elif method == "squash":
+        result = git(scratch, "merge", "--squash", head, check=False)
+        if result.returncode != 0:
+            git(scratch, "reset", "--hard", "--quiet", target, check=False)
+            raise RepositoryError(f"cannot squash {what}: conflicts; rebase the task branch")
+        git(scratch, *commit, "--allow-empty", "-m", message)
+    else:
+        result = git(scratch, "rebase", "--quiet", target, check=False)
+        if result.returncode != 0:
+            git(scratch, "rebase", "--abort", check=False)
+            raise RepositoryError(f"cannot rebase {what}: conflicts; rebase the task branch")
+        if git(scratch, "rev-parse", "HEAD").stdout.strip() == target:
+            # Every commit was already upstream: record the landing all the same.
+            git(scratch, *commit, "--allow-empty", "-m", message)
+        else:
+            git(scratch, *commit, "--amend", "--no-edit")
+    return git(scratch, "rev-parse", "HEAD").stdout.strip()

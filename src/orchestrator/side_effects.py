@@ -2,8 +2,9 @@
 
 ``deploy -> done`` performs, under the task's lease and through the journal:
 
-* ``merge``: the task branch into the default branch (observed: is the branch head
-  already an ancestor of the default branch?);
+* ``merge``: the task branch onto the default branch through the repository's forge
+  (``local`` by default: git on disk; ``gitea``, ``github``: their merge API), with the
+  configured ``merge_method`` (observed: the forge's "is merged");
 * ``deploy``: the repository's ``deploy_command`` with ``ORCH_DEPLOY_COMMIT`` (observed
   through ``deploy_check_command``, which prints the deployed commit; without one an
   interrupted deploy cannot be judged and fails closed).
@@ -15,10 +16,13 @@ import os
 import shlex
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from orchestrator.errors import OrchestratorError
+from orchestrator.forges.base import Forge
 from orchestrator.git import Repo
 from orchestrator.journal import Effect, Observation, Seen
 from orchestrator.proc_group import kill_group
@@ -36,29 +40,32 @@ def _argv(command: Sequence[str] | str) -> list[str]:
 
 @dataclass
 class MergeEffect:
-    """Merge the task branch into the default branch, once."""
+    """Land the task branch on the default branch through the repository's forge, once.
 
-    repo: Repo
+    ``open_forge`` gives the forge for one use (its HTTP client closed after).
+    """
+
     task: Task
+    open_forge: Callable[[], AbstractContextManager[Forge]]
     name: str = "merge"
 
     def observe(self) -> Observation:
-        head = self.repo.rev(self.task.branch)
-        if self.repo.is_ancestor(head, self.task.base_branch):
-            return Observation(
-                Seen.DONE, {"merged_head": head, "target": self.repo.rev(self.task.base_branch)}
-            )
+        try:
+            with self.open_forge() as forge:
+                merged, where = forge.is_merged(self.task), forge.name
+        except OrchestratorError as exc:
+            # The forge cannot tell now; with an intent left by an earlier epoch the
+            # journal fails closed, otherwise the merge itself will say what is wrong.
+            return Observation(Seen.UNKNOWN, {"error": str(exc)})
+        if merged:
+            return Observation(Seen.DONE, {"forge": where, "already_merged": True})
         return Observation(Seen.NOT_DONE)
 
     def perform(self, on_spawn: Callable[[int], None]) -> Mapping[str, Any]:
-        scratch = self.repo.path / ".git" / "orch-merge" / self.task.work_item
-        result = self.repo.merge(
-            self.task.branch,
-            self.task.base_branch,
-            f"Merge {self.task.branch}: {self.task.work_item} {self.task.title}",
-            scratch,
-        )
-        return {"merge_sha": result.merge_sha, "already_merged": result.already_merged}
+        with self.open_forge() as forge:
+            outcome = forge.merge(self.task)
+            where = forge.name
+        return {"forge": where, "merge_sha": outcome.sha, "already_merged": outcome.already_merged}
 
 
 @dataclass
@@ -133,12 +140,16 @@ def effects_for(settings: Settings, task: Task, expected: str, new: str) -> list
     names = TRANSITION_EFFECTS.get((expected, new), ())
     if not names:
         return []
+    # The wiring imports the concrete forges; imported here, not at the top, because it
+    # depends on modules that depend on this one.
+    from orchestrator.wiring import open_forge  # noqa: PLC0415
+
     repo = Repo(Path(task.repository))
     config = settings.repo_config(Path(task.repository))
     built: list[Effect] = []
     for name in names:
         if name == "merge":
-            built.append(MergeEffect(repo, task))
+            built.append(MergeEffect(task, lambda: open_forge(settings, task)))
         elif name == "deploy" and config.deploy_command:
             check = _argv(config.deploy_check_command) if config.deploy_check_command else None
             built.append(DeployEffect(repo, task, _argv(config.deploy_command), check))
