@@ -27,7 +27,7 @@ from orchestrator import __version__
 from orchestrator.cli_dev import dev
 from orchestrator.errors import ConfigError, NotFoundError, OrchestratorError
 from orchestrator.kernel.stages import TERMINAL_STAGES, stage_label
-from orchestrator.notifier import ConsoleNotifier
+from orchestrator.notifier import Notifier
 from orchestrator.progress import EventPrinter, format_age, task_summary_rows
 from orchestrator.service import TaskService, prepare_create
 from orchestrator.settings import Settings, describe_settings, load_settings
@@ -67,7 +67,13 @@ class Context:
         return Path(url.database).exists()
 
     def service(self) -> TaskService:
-        return TaskService(self.store, self.settings, ConsoleNotifier(self.settings.language))
+        return TaskService(self.store, self.settings, self.notifier())
+
+    def notifier(self) -> Notifier:
+        """The console, plus the Telegram outbox when a bot token and chat are set."""
+        from orchestrator.integrations import build_notifier  # noqa: PLC0415 - keep --help fast
+
+        return build_notifier(self.settings, self.store)
 
     def task(self, ref: str, repo: Path | None = None) -> Task:
         if not self.has_database():
@@ -440,13 +446,36 @@ def _run_stage(store: Store, job_id: int) -> str:
 def _engine_running(context: Context) -> Iterator[tuple[Any, threading.Event]]:
     from orchestrator.engine import Engine  # noqa: PLC0415 - keep `orch --help` fast
 
-    engine = Engine(context.store, context.settings)
+    notifier: Notifier | None = None
+    if context.settings.telegram_enabled:
+        from orchestrator.outbox import OutboxNotifier  # noqa: PLC0415
+
+        notifier = OutboxNotifier(context.store, context.settings)
+    engine = Engine(context.store, context.settings, notifier)
     stop = threading.Event()
     try:
         yield engine, stop
     finally:
         stop.set()
         engine.shutdown(kill=True)
+
+
+def _deliver_outbox(context: Context, engine: Any) -> None:
+    """One delivery sweep of the outbox (the live cards) before `orch run` returns;
+    what fails stays queued for the next `orch run` or `orch serve`."""
+    from orchestrator.integrations import build_delivery  # noqa: PLC0415
+
+    delivery = build_delivery(
+        context.settings,
+        context.store,
+        owner=engine.boot_id,
+        is_alive=engine.runtime.leases.instance_alive,
+    )
+    if delivery is not None:
+        try:
+            delivery.deliver_due()
+        finally:
+            delivery.close()
 
 
 @cli.command()
@@ -462,6 +491,7 @@ def run(context: Context, as_json: bool) -> None:
     printer.skip_existing()
     with _engine_running(context) as (engine, stop):
         engine.run(stop, until=engine.idle, on_tick=printer.poll)
+        _deliver_outbox(context, engine)
     printer.poll()
     tasks = context.store.list_tasks()
     if as_json:
@@ -484,8 +514,21 @@ def serve(context: Context) -> None:
 
     if not context.debug:
         logging.getLogger("orchestrator").setLevel(logging.INFO)
-    notifier = ConsoleNotifier(context.settings.language)
-    code = run_server(context.settings, context.store, notifier=notifier)
+    from orchestrator.engine import Engine  # noqa: PLC0415
+    from orchestrator.integrations import build_delivery  # noqa: PLC0415
+
+    notifier = context.notifier()
+    engine = Engine(context.store, context.settings, notifier)
+    # Telegram configured: the outbox is delivered by a supervised thread of the server.
+    delivery = build_delivery(
+        context.settings,
+        context.store,
+        owner=engine.boot_id,
+        is_alive=engine.runtime.leases.instance_alive,
+    )
+    code = run_server(
+        context.settings, context.store, notifier=notifier, engine=engine, delivery=delivery
+    )
     sys.exit(code)
 
 

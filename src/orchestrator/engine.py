@@ -53,6 +53,7 @@ from orchestrator.kernel.gates import GATES, QG_CHECKS, Gate, StageFacts, Verdic
 from orchestrator.kernel.stages import JOB_STAGES
 from orchestrator.leases import pid_alive, process_start_ticks
 from orchestrator.notifier import Notifier, notify_safely
+from orchestrator.outbox import enqueue_card_updates
 from orchestrator.proc_group import RunningProcess, spawn
 from orchestrator.runners.context import RESULT_PREFIX
 from orchestrator.runners.environment import runner_environment
@@ -624,7 +625,7 @@ class Engine:
         changed = set(git(worktree, "diff", "--name-only", since).stdout.split("\n"))
         untracked = git(worktree, "ls-files", "--others", "--exclude-standard").stdout
         changed |= set(untracked.split("\n"))
-        merged = repo.is_ancestor(task.branch, task.base_branch)
+        merged = repo.is_merged(task.branch, task.base_branch)
         paths = tuple(sorted(path for path in changed if path))
         return StageFacts(task.work_item, job.stage, artifacts, paths, merged)
 
@@ -748,6 +749,7 @@ class Engine:
                         to_stage=stage,
                         reason=decision.reason,
                     )
+                    enqueue_card_updates(tx, self.settings, task.id, f"failed: {decision.reason}")
                 alert = f"task failed: {decision.reason}"
         if not won:
             with self.store.transaction() as tx:

@@ -12,6 +12,9 @@ listens (a port already in use must not leave jobs started behind it).
 * The engine thread dies with an exception: the supervisor logs it and tells uvicorn to
   exit; exit code 1, so a process manager restarts the service.
 * The server cannot start (port in use): exit code 1, the engine never started.
+* The outbox delivery loop (thread ``outbox``, when a channel such as Telegram is
+  configured) is supervised the same way: if it dies, the server stops with exit code 1;
+  what it had not delivered stays in the outbox for the next start.
 
 uvicorn re-raises a signal it handled once it returns (so a default handler would end
 the process by that signal); :func:`run_server` holds its own handlers around the server
@@ -35,6 +38,7 @@ import uvicorn
 from orchestrator.engine import Engine
 from orchestrator.leases import Heartbeat
 from orchestrator.notifier import Notifier, NullNotifier
+from orchestrator.outbox import OutboxDelivery
 from orchestrator.server import create_app
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings
@@ -50,6 +54,7 @@ EXIT_OK: Final = 0
 # The engine loop died or the server could not start (uvicorn's own code would be 3).
 EXIT_FAILURE: Final = 1
 ENGINE_THREAD_NAME: Final = "engine"
+OUTBOX_THREAD_NAME: Final = "outbox"
 SHUTDOWN_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -96,12 +101,14 @@ def run_server(
     *,
     notifier: Notifier | None = None,
     engine: Engine | None = None,
+    delivery: OutboxDelivery | None = None,
 ) -> int:
     """Serve the API on ``settings.host:settings.port`` with the engine running beside it.
 
     Blocks until SIGTERM/SIGINT (returns 0) or until the engine loop dies or the server
     cannot start (returns 1). ``engine`` is for tests and embedding; by default one is
-    built from ``store``, ``settings`` and ``notifier``.
+    built from ``store``, ``settings`` and ``notifier``. ``delivery`` (if any) delivers
+    the outbox in its own supervised thread.
     """
     notifier = notifier or NullNotifier()
     engine = engine or Engine(store, settings, notifier)
@@ -126,10 +133,23 @@ def run_server(
 
     thread = threading.Thread(target=engine_loop, name=ENGINE_THREAD_NAME, daemon=True)
 
+    def outbox_loop() -> None:
+        assert delivery is not None
+        try:
+            delivery.run(stop)
+        except BaseException as exc:
+            log.exception("the outbox delivery loop died; stopping the server")
+            engine_failure.append(exc)
+            server.should_exit = True
+
+    outbox_thread = threading.Thread(target=outbox_loop, name=OUTBOX_THREAD_NAME, daemon=True)
+
     def on_started() -> None:
         print(f"orch serve: listening on {address} (database: {database})", flush=True)
         heartbeat.start()
         thread.start()
+        if delivery is not None:
+            outbox_thread.start()
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
     server = _Server(config, on_started)
@@ -151,6 +171,10 @@ def run_server(
                 )
             else:
                 engine.shutdown()
+            if outbox_thread.is_alive():
+                outbox_thread.join(ENGINE_JOIN_TIMEOUT_S)
+            if delivery is not None:
+                delivery.close()
             heartbeat.stop()
     if received:
         log.info("stopped by signal %s", ", ".join(signal.Signals(s).name for s in received))

@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator import __version__
 from orchestrator.engine import Engine
 from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.integrations.telegram_webhook import telegram_webhook_router
 from orchestrator.kernel.stages import STAGE_TRANSITIONS
 from orchestrator.leases import LeaseManager, Owner
 from orchestrator.service import TaskService
@@ -327,5 +328,8 @@ def create_app(
     @app.post("/tasks/{ref}/retry", summary="Resume a failed task at its stage")
     def retry_task(ref: str, repo: str | None = None) -> dict[str, Any]:
         return _task_dict(service.retry(find(ref, repo), actor=API_ACTOR))
+
+    # --- inbound webhooks ----------------------------------------------------------------
+    app.include_router(telegram_webhook_router(store, settings, service))
 
     return app

@@ -24,6 +24,7 @@ from orchestrator.kernel.gates import ARTIFACT_ROOT
 from orchestrator.kernel.stages import JOB_STAGES, check_transition
 from orchestrator.leases import LeaseLostError, LeaseManager, Owner
 from orchestrator.notifier import Notifier, NullNotifier, notify_safely
+from orchestrator.outbox import enqueue_card_updates
 from orchestrator.settings import Settings, in_scope
 from orchestrator.side_effects import effects_for
 from orchestrator.store import Store, Task, Tx
@@ -126,6 +127,8 @@ def advance_stage(
         to_stage=new,
         reason=reason,
     )
+    # The live card's outbox row commits with the move, or not at all.
+    enqueue_card_updates(tx, settings, task.id, f"{expected} -> {new}: {reason}")
     if new in JOB_STAGES:
         enqueue_stage_job(
             tx,
@@ -136,6 +139,7 @@ def advance_stage(
             actor=actor,
             feedback=feedback,
             delay_s=delay_s,
+            card=False,
         )
     return True
 
@@ -150,8 +154,10 @@ def enqueue_stage_job(
     actor: str,
     feedback: str | None = None,
     delay_s: float = 0.0,
+    card: bool = True,
 ) -> int:
-    """Queue the job of ``stage`` for ``task`` and record it."""
+    """Queue the job of ``stage`` for ``task`` and record it (and, unless ``card`` is
+    False because the caller wrote it already, the live card's outbox row)."""
     plan = plan_job(settings, task.repository, stage)
     job_id = tx.enqueue_job(
         task_id=task.id,
@@ -171,6 +177,8 @@ def enqueue_stage_job(
         reason=f"{plan.kind} {plan.agent}, attempt {attempt}"
         + (f", in {delay_s:.0f}s" if delay_s >= 1 else ""),
     )
+    if card:
+        enqueue_card_updates(tx, settings, task.id, f"{stage}: attempt {attempt}")
     return job_id
 
 
@@ -266,6 +274,7 @@ def enter_transition(
                     to_stage=expected,
                     reason=str(exc),
                 )
+                enqueue_card_updates(tx, settings, current.id, f"failed: {exc}")
             failed, message = store.get_task(current.id), f"task failed: {exc}"
             notify_safely(lambda: runtime.notifier.alert(failed, message))
             return Crossing.FAILED
