@@ -12,13 +12,16 @@ Errors are always one JSON line, ``{"error": "..."}``::
     HTTPException (routing)    its status (404 unknown path, 405 wrong method)
     anything else              500 "internal error", logged with its traceback
 
-Endpoints act as actor ``api`` in the audit trail.
+Endpoints act as actor ``api`` in the audit trail. The signed webhooks of Telegram,
+Gitea, GitHub and Plane (``POST /webhooks/...``) answer 4xx with one clear line for
+anything a sender controls; see :mod:`orchestrator.webhooks`.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,6 +44,8 @@ from orchestrator.leases import LeaseManager, Owner
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import ACTIVE_JOB_STATUSES, Job, Store, Task
+from orchestrator.transitions import Runtime
+from orchestrator.webhook_routes import webhook_router
 
 __all__ = ["API_ACTOR", "MAX_ERROR_CHARS", "MAX_REASON_CHARS", "create_app"]
 
@@ -330,6 +335,19 @@ def create_app(
         return _task_dict(service.retry(find(ref, repo), actor=API_ACTOR))
 
     # --- inbound webhooks ----------------------------------------------------------------
+    runtimes: list[Runtime] = []
+    runtime_lock = threading.Lock()
+
+    def runtime() -> Runtime:
+        """The engine's runtime; without an engine (tests, embedding) one of our own."""
+        if engine is not None:
+            return engine.runtime
+        with runtime_lock:
+            if not runtimes:
+                runtimes.append(Runtime.create(store, settings, service.notifier))
+            return runtimes[0]
+
     app.include_router(telegram_webhook_router(store, settings, service))
+    app.include_router(webhook_router(store, settings, service, runtime))
 
     return app

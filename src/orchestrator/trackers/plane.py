@@ -103,11 +103,13 @@ class PlaneTracker:
         if cached is not None:
             return cached
         listed = _results(self.api.json("GET", f"{self._project(project_id)}/states/"))
-        for item in listed:
+        for item in listed:  # one listing caches every state of the project
             state = as_dict(item)
-            if str(state.get("name", "")).lower() == name.lower() and state.get("id"):
-                self._state_ids[(project_id, name.lower())] = str(state["id"])
-                return str(state["id"])
+            if state.get("name") and state.get("id"):
+                self._state_ids[(project_id, str(state["name"]).lower())] = str(state["id"])
+        cached = self._state_ids.get((project_id, name.lower()))
+        if cached is not None:
+            return cached
         known = ", ".join(str(as_dict(item).get("name")) for item in listed) or "none"
         raise IntegrationError(
             f"plane: project {project_id} has no state {name!r} (states: {known}); "

@@ -1,0 +1,476 @@
+"""Webhooks in: signed deliveries from Gitea, GitHub and Plane move tasks, safely.
+
+Theory of operation
+-------------------
+:meth:`WebhookReceiver.receive` takes one delivery (its source, headers and raw body)
+and answers ``(http_status, json_body)``. In order, nothing written before step 5:
+
+1. **Signature.** The source's secret must be set, and its signature header must equal
+   the HMAC-SHA256 of the raw body under that secret (``hmac.compare_digest``): Gitea
+   ``X-Gitea-Signature: <hex>``, GitHub ``X-Hub-Signature-256: sha256=<hex>``, Plane
+   ``X-Plane-Signature: <hex>``. Missing or wrong: 401, and nothing else is looked at.
+2. **Delivery id** (``X-Gitea-Delivery``, ``X-GitHub-Delivery``, ``X-Plane-Delivery``):
+   missing, 400.
+3. **Body.** Not JSON, or not an object: 400. (Size is capped before: 413.)
+4. **Meaning.** :mod:`orchestrator.webhook_events` turns it into a value; an unknown
+   event or a payload of the wrong shape: 400.
+5. **Replay.** The delivery id is claimed by a unique row in ``webhook_deliveries``
+   (source, delivery id); a replay finds it and gets 200 ``{"status": "duplicate"}``
+   with no change.
+6. **Act**, only through the existing paths: ``deploy -> done`` through
+   :func:`~orchestrator.transitions.enter_transition` (it defers on a live transition
+   lease: ``"deferred"``); cancel and rollback through
+   :class:`~orchestrator.service.TaskService`, deferred while a live lease shows side
+   effects under way; a new work item through ``TaskService.create_task``.
+
+Answers: 200 with ``{"status": ..., "task": ..., "reason": ...}``, status one of
+``done``, ``deferred``, ``lost``, ``failed`` (the crossing of ``deploy -> done``),
+``cancelled``, ``rolled_back``, ``created``, ``exists``, ``recorded`` (noted in the
+task's events only), ``ignored``, ``rejected`` (the service refused; the reason says
+why) or ``duplicate``. A deferred delivery is not remembered, so a redelivery retries
+it. A tracker that cannot be reached during intake gives 502 (not remembered either).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from orchestrator.errors import ConflictError, IntegrationError, OrchestratorError
+from orchestrator.kernel.stages import ROLLBACK_TARGET, TERMINAL_STAGES
+from orchestrator.service import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, TaskService
+from orchestrator.settings import Settings
+from orchestrator.store import Store, Task
+from orchestrator.store.schema import events, tasks, webhook_deliveries
+from orchestrator.trackers.base import Origin
+from orchestrator.transitions import EventKind, Runtime, enter_transition
+from orchestrator.webhook_events import (
+    BranchPushed,
+    ChangesRequested,
+    Ignored,
+    IssueCancelled,
+    IssueOpened,
+    IssueRef,
+    IssueReopened,
+    MalformedPayloadError,
+    PullRequestClosed,
+    PullRequestMerged,
+    UnknownEventError,
+    WebhookEvent,
+    parse_gitea,
+    parse_github,
+    parse_plane,
+)
+from orchestrator.wiring import (
+    Integrations,
+    forge_choice,
+    repository_for_forge_repo,
+    tracker_state,
+)
+
+__all__ = [
+    "SOURCES",
+    "WEBHOOK_EVENT",
+    "WebhookReceiver",
+    "WebhookSource",
+    "sign",
+    "verify_signature",
+]
+
+log = logging.getLogger("orchestrator.webhooks")
+
+# The event kind of a delivery noted in a task's trail without moving it.
+WEBHOOK_EVENT: Final = "webhook"
+MAX_DELIVERY_ID_CHARS: Final = 200
+MAX_OUTCOME_CHARS: Final = 200
+MAX_REVIEW_CHARS: Final = 1000
+
+
+@dataclass(frozen=True)
+class WebhookSource:
+    """How one service signs and names its deliveries."""
+
+    name: str
+    signature_header: str
+    signature_prefix: str
+    delivery_header: str
+    event_headers: tuple[str, ...]  # the first present wins; () = named in the body
+    secret_setting: str
+
+
+SOURCES: Final[Mapping[str, WebhookSource]] = {
+    "gitea": WebhookSource(
+        "gitea",
+        "X-Gitea-Signature",
+        "",
+        "X-Gitea-Delivery",
+        ("X-Gitea-Event-Type", "X-Gitea-Event"),
+        "gitea_webhook_secret",
+    ),
+    "github": WebhookSource(
+        "github",
+        "X-Hub-Signature-256",
+        "sha256=",
+        "X-GitHub-Delivery",
+        ("X-GitHub-Event",),
+        "github_webhook_secret",
+    ),
+    "plane": WebhookSource(
+        "plane", "X-Plane-Signature", "", "X-Plane-Delivery", (), "plane_webhook_secret"
+    ),
+}
+
+
+def sign(secret: str, body: bytes, prefix: str = "") -> str:
+    """The signature header value a sender computes for ``body``."""
+    return prefix + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str, body: bytes, sent: str | None, prefix: str = "") -> bool:
+    """Constant-time check of a signature header against the body's HMAC-SHA256."""
+    if not secret or not sent:
+        return False
+    expected = sign(secret, body, prefix).encode()
+    return hmac.compare_digest(expected, sent.strip().encode("utf-8", "replace"))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    reason: str = ""
+    task: Task | None = None
+    remember: bool = True  # False: the delivery may be retried (deferred, tracker down)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": self.status}
+        if self.task is not None:
+            body["task"] = self.task.work_item
+            body["stage"] = self.task.stage
+        if self.reason:
+            body["reason"] = self.reason[:500]
+        return body | dict(self.extra)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    """A header's value; the mapping may or may not fold case."""
+    value = headers.get(name)
+    if value is None:
+        value = headers.get(name.lower())
+    return (value or "").strip()
+
+
+class WebhookReceiver:
+    """Verifies, deduplicates and applies deliveries (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        service: TaskService,
+        runtime: Callable[[], Runtime],
+        integrations: Integrations | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.service = service
+        self._runtime = runtime
+        self.integrations = integrations or Integrations(store, settings)
+
+    # --- the pipeline of one delivery -----------------------------------------------
+    def receive(
+        self, source_name: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        source = SOURCES[source_name]
+        secret = str(getattr(self.settings, source.secret_setting))
+        if not secret:
+            return 401, {
+                "error": f"{source.name} webhooks are not accepted: set "
+                f"{source.secret_setting} (ORCH_{source.secret_setting.upper()})"
+            }
+        signature = _header(headers, source.signature_header)
+        if not verify_signature(secret, body, signature, source.signature_prefix):
+            what = "missing" if not signature else "wrong"
+            return 401, {"error": f"{what} {source.signature_header} signature"}
+        delivery = _header(headers, source.delivery_header)
+        if not delivery or len(delivery) > MAX_DELIVERY_ID_CHARS:
+            return 400, {"error": f"missing or overlong {source.delivery_header} header"}
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return 400, {"error": f"the body is not JSON: {str(exc)[:200]}"}
+        if not isinstance(payload, dict):
+            return 400, {"error": "the body is JSON but not an object"}
+        try:
+            event = self._parse(source, headers, payload)
+        except (UnknownEventError, MalformedPayloadError) as exc:
+            return 400, {"error": str(exc)}
+        if not self._claim(source.name, delivery):
+            return 200, {"status": "duplicate", "delivery": delivery}
+        try:
+            outcome = self._act(source.name, event)
+        except IntegrationError as exc:
+            self._release(source.name, delivery)
+            return 502, {"error": str(exc)}
+        except BaseException:
+            self._release(source.name, delivery)
+            raise
+        if outcome.remember:
+            self._record(source.name, delivery, outcome)
+        else:
+            self._release(source.name, delivery)
+        log.info("%s delivery %s: %s %s", source.name, delivery, outcome.status, outcome.reason)
+        return 200, outcome.body()
+
+    def _parse(
+        self, source: WebhookSource, headers: Mapping[str, str], payload: dict[str, Any]
+    ) -> WebhookEvent:
+        if source.name == "plane":
+            return parse_plane(payload)
+        event = next((_header(headers, h) for h in source.event_headers if _header(headers, h)), "")
+        if not event:
+            raise UnknownEventError(f"missing {source.event_headers[-1]} header")
+        if source.name == "gitea":
+            return parse_gitea(event, payload)
+        return parse_github(event, payload, intake_label=self.settings.github_intake_label)
+
+    # --- replay protection -------------------------------------------------------------
+    def _claim(self, source: str, delivery: str) -> bool:
+        try:
+            with self.store.transaction() as tx:
+                tx.conn.execute(
+                    webhook_deliveries.insert().values(
+                        source=source,
+                        delivery_id=delivery,
+                        outcome="received",
+                        received_at=time.time(),
+                    )
+                )
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def _where(self, source: str, delivery: str) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            webhook_deliveries.c.source == source,
+            webhook_deliveries.c.delivery_id == delivery,
+        )
+
+    def _record(self, source: str, delivery: str, outcome: Outcome) -> None:
+        text = f"{outcome.status}: {outcome.reason}" if outcome.reason else outcome.status
+        with self.store.transaction() as tx:
+            tx.conn.execute(
+                webhook_deliveries.update()
+                .where(self._where(source, delivery))
+                .values(
+                    outcome=text[:MAX_OUTCOME_CHARS],
+                    task_id=outcome.task.id if outcome.task is not None else None,
+                )
+            )
+
+    def _release(self, source: str, delivery: str) -> None:
+        with self.store.transaction() as tx:
+            tx.conn.execute(webhook_deliveries.delete().where(self._where(source, delivery)))
+
+    # --- acting ------------------------------------------------------------------------
+    def _act(self, source: str, event: WebhookEvent) -> Outcome:
+        actor = f"webhook:{source}"
+        try:
+            if isinstance(event, Ignored):
+                return Outcome("ignored", event.reason)
+            if isinstance(event, PullRequestMerged):
+                return self._merged(actor, source, event)
+            if isinstance(event, PullRequestClosed):
+                task = self._task_on_branch(event.repo, event.branch)
+                why = f"pull request #{event.number} closed without merging on {source}"
+                return self._cancel(actor, task, why, event.branch)
+            if isinstance(event, ChangesRequested):
+                task = self._task_on_branch(event.repo, event.branch)
+                who = f" by {event.reviewer}" if event.reviewer else ""
+                why = f"changes requested{who} on pull request #{event.number}"
+                if event.body.strip():
+                    why += f": {event.body.strip()[:MAX_REVIEW_CHARS]}"
+                return self._rollback(actor, task, why, event.branch)
+            if isinstance(event, BranchPushed):
+                task = self._task_on_branch(event.repo, event.branch)
+                if task is None:
+                    return Outcome("ignored", f"no task works on branch {event.branch}")
+                return self._note(actor, task, f"push to {event.branch} ({event.after[:12]})")
+            if isinstance(event, IssueOpened):
+                return self._intake(actor, event)
+            if isinstance(event, IssueCancelled):
+                task = self._task_of_issue(event.ref)
+                return self._cancel(actor, task, event.reason, _describe(event.ref))
+            if isinstance(event, IssueReopened):
+                task = self._task_of_issue(event.ref)
+                if task is not None and event.state and self._own_state(task, event.state):
+                    return Outcome("ignored", f"{event.state} is the state we set", task)
+                return self._rollback(actor, task, event.reason, _describe(event.ref))
+        except IntegrationError:
+            raise
+        except OrchestratorError as exc:  # the service refused: conflict, bad input, git
+            return Outcome("rejected", str(exc))
+        raise AssertionError(f"unhandled webhook event {event!r}")
+
+    def _merged(self, actor: str, source: str, event: PullRequestMerged) -> Outcome:
+        task = self._task_on_branch(event.repo, event.branch)
+        if task is None:
+            return Outcome("ignored", f"no task works on branch {event.branch}")
+        reason = f"pull request #{event.number} merged on {source}"
+        if task.stage != "deploy" or task.failed:
+            state = "failed" if task.failed else task.stage
+            return self._note(actor, task, f"{reason} (task {state}: not moved)")
+        crossing = enter_transition(
+            self._runtime(), task, "deploy", "done", actor=actor, reason=reason
+        )
+        current = self.store.get_task(task.id)
+        return Outcome(crossing.value, reason, current, remember=crossing.value != "deferred")
+
+    def _deferred(self, actor: str, task: Task, what: str) -> Outcome | None:
+        """``deferred`` while a live transition lease shows side effects under way."""
+        runtime = self._runtime()
+        live = [info for info in runtime.leases.held() if info.task_id == task.id and info.live]
+        if not live:
+            return None
+        reason = f"{what} deferred: {live[0].transition} is under way ({live[0].actor})"
+        with self.store.transaction() as tx:
+            tx.add_event(EventKind.DEFERRED, actor=actor, task_id=task.id, reason=reason)
+        return Outcome("deferred", reason, task, remember=False)
+
+    def _cancel(self, actor: str, task: Task | None, why: str, what: str) -> Outcome:
+        if task is None:
+            return Outcome("ignored", f"no task for {what}")
+        if task.stage in TERMINAL_STAGES:
+            return Outcome("ignored", f"task is already {task.stage}", task)
+        deferred = self._deferred(actor, task, "cancel")
+        if deferred is not None:
+            return deferred
+        return Outcome("cancelled", why, self.service.cancel(task, actor=actor, reason=why))
+
+    def _rollback(self, actor: str, task: Task | None, why: str, what: str) -> Outcome:
+        if task is None:
+            return Outcome("ignored", f"no task for {what}")
+        if task.stage not in ROLLBACK_TARGET:
+            allowed = ", ".join(ROLLBACK_TARGET)
+            return Outcome("ignored", f"task is in {task.stage}; rollback applies from {allowed}")
+        deferred = self._deferred(actor, task, "rollback")
+        if deferred is not None:
+            return deferred
+        moved = self.service.rollback(task, actor=actor, reason=why)
+        return Outcome("rolled_back", why, moved)
+
+    def _note(self, actor: str, task: Task, reason: str) -> Outcome:
+        with self.store.transaction() as tx:
+            tx.add_event(WEBHOOK_EVENT, actor=actor, task_id=task.id, reason=reason)
+        return Outcome("recorded", reason, task)
+
+    def _own_state(self, task: Task, state: str) -> bool:
+        """Whether ``state`` is the one write-back sets for the task's stage (our echo)."""
+        ours = tracker_state(self.settings, "plane", task.stage)
+        return ours is not None and ours.lower() == state.lower()
+
+    # --- intake ------------------------------------------------------------------------
+    def _intake(self, actor: str, event: IssueOpened) -> Outcome:
+        ref = event.ref
+        origin: dict[str, Any]
+        if ref.tracker == "plane":
+            project = self.settings.plane_projects.get(ref.project)
+            if project is None:
+                return Outcome("ignored", f"Plane project {ref.project} is not in plane_projects")
+            identifier = (
+                project.identifier
+                or ref.identifier
+                or self.integrations.plane().project_identifier(ref.project)
+            )
+            repo_path = Path(project.repo).expanduser()
+            work_item = f"{identifier}-{ref.number}"
+            origin = {
+                "tracker": "plane",
+                "workspace": self.settings.plane_workspace,
+                "project_id": ref.project,
+                "issue_id": ref.issue_id,
+                "sequence_id": ref.number,
+            }
+        else:
+            found = repository_for_forge_repo(self.settings, ref.project)
+            if found is None:
+                return Outcome(
+                    "ignored",
+                    f"no repository is configured for {ref.project} "
+                    "([repos.<name>] path and forge_repo)",
+                )
+            repo_path = found
+            work_item = f"{self.settings.github_work_item_prefix}-{ref.number}"
+            origin = {"tracker": "github", "repo": ref.project, "number": ref.number}
+        title = " ".join(event.title.split())[:MAX_TITLE_CHARS] or work_item
+        description = event.description.replace("\x00", "")[:MAX_DESCRIPTION_CHARS]
+        try:
+            task = self.service.create_task(
+                repo_path=repo_path,
+                title=title,
+                work_item=work_item,
+                description=description,
+                actor=actor,
+                origin=origin,
+            )
+        except ConflictError as exc:
+            return Outcome("exists", str(exc))
+        return Outcome("created", f"{_describe(ref)} became task {task.work_item}", task)
+
+    # --- finding the task ------------------------------------------------------------------
+    def _task_on_branch(self, repo: str, branch: str) -> Task | None:
+        """The task working on ``branch`` in the forge repository ``repo``, if exactly one."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(tasks).where(tasks.c.branch == branch)).all()
+        candidates = [Task(**row._mapping) for row in rows]
+        matching = [
+            task
+            for task in candidates
+            if (forge_choice(self.settings, Path(task.repository)).repo or repo).lower()
+            == repo.lower()
+        ]
+        if len(matching) > 1:
+            matching = [task for task in matching if task.stage not in TERMINAL_STAGES]
+        return matching[0] if len(matching) == 1 else None
+
+    def _task_of_issue(self, ref: IssueRef) -> Task | None:
+        """The task created from the tracker issue ``ref`` (by the origin it recorded)."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(events.c.task_id, events.c.data).where(
+                    events.c.kind == EventKind.TASK_CREATED, events.c.data.is_not(None)
+                )
+            ).all()
+        for task_id, data in rows:
+            origin = (data or {}).get("origin") if isinstance(data, dict) else None
+            if isinstance(origin, dict) and _origin_matches(origin, ref):
+                return self.store.get_task(int(task_id))
+        return None
+
+
+def _origin_matches(origin: Origin, ref: IssueRef) -> bool:
+    if origin.get("tracker") != ref.tracker:
+        return False
+    if ref.tracker == "plane":
+        return bool(ref.issue_id) and origin.get("issue_id") == ref.issue_id
+    return (
+        str(origin.get("repo", "")).lower() == ref.project.lower()
+        and origin.get("number") == ref.number
+    )
+
+
+def _describe(ref: IssueRef) -> str:
+    if ref.tracker == "plane":
+        if not ref.number:
+            return f"Plane work item {ref.issue_id}"
+        return f"Plane work item {ref.identifier or ref.project}-{ref.number}"
+    return f"GitHub issue {ref.project}#{ref.number}"

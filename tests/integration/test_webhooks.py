@@ -1,0 +1,337 @@
+"""Signed webhooks in: Gitea, GitHub and Plane deliveries through ``POST /webhooks/...``.
+
+Deliveries are built and signed by the fakes exactly as each service builds them
+(``orchestrator.testing.fake_forge``, ``fake_plane``) and posted to the real app; the
+merge goes to a fake Gitea over HTTP. Safety: 401 for a missing or wrong signature (and
+nothing written), replays ignored, 413 over the cap, 400 with one clear line for
+malformed JSON, an unknown event or a wrong shape.
+
+Seen failing: with ``verify_signature`` answering True (the unsigned-delivery test got
+200, not 401) and with a deferred delivery remembered (the redelivery after the lease
+was released was answered "duplicate" and the task stayed in deploy).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from tests.integration.support import api_client, make_repo
+
+from orchestrator.leases import LeaseManager, Owner
+from orchestrator.server import create_app
+from orchestrator.service import TaskService
+from orchestrator.settings import Settings, load_settings
+from orchestrator.store import Store, Task
+from orchestrator.store.schema import webhook_deliveries
+from orchestrator.testing.fake_forge import DEFAULT_TOKEN, FakeGitea, FakeGitHub
+from orchestrator.testing.fake_http import hmac_sha256
+from orchestrator.testing.fake_plane import FakePlane
+from orchestrator.transitions import EventKind, advance_stage
+
+GITEA_SECRET = "gitea-hook-secret"
+GITHUB_SECRET = "github-hook-secret"
+PLANE_SECRET = "plane-hook-secret"
+REPO = "acme/shop"
+PATH_TO_DEPLOY = (
+    "analysis",
+    "brd-approval",
+    "architecture",
+    "development",
+    "testing",
+    "deploy-staging",
+    "deploy",
+)
+
+
+@dataclass
+class Hub:
+    store: Store
+    settings: Settings
+    service: TaskService
+    client: httpx.Client
+    gitea: FakeGitea
+    github: FakeGitHub
+    plane: FakePlane
+    project: str
+    repo: Path
+
+    def create(self, work_item: str = "SHOP-1", stage: str = "analysis") -> Task:
+        task = self.service.create_task(
+            repo_path=self.repo, title="Add a cart", work_item=work_item, actor="t"
+        )
+        return self.move(task, stage)
+
+    def move(self, task: Task, stage: str) -> Task:
+        """Walk ``task`` forward along the pipeline to ``stage``, as the engine would."""
+        current = self.store.get_task(task.id)
+        path = PATH_TO_DEPLOY[PATH_TO_DEPLOY.index(current.stage) + 1 :]
+        for step in path[: path.index(stage) + 1] if stage != current.stage else ():
+            current = self.store.get_task(task.id)
+            with self.store.transaction() as tx:
+                assert advance_stage(
+                    tx, self.settings, current, current.stage, step, actor="t", reason="walk"
+                )
+        return self.store.get_task(task.id)
+
+    def post(self, source: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        return self.client.post(f"/webhooks/{source}", content=body, headers=headers)
+
+    def gitea_merged(self, task: Task, delivery: str | None = None) -> httpx.Response:
+        pull = next((p for p in self.gitea.pulls if p.head == task.branch), None)
+        if pull is None:
+            pull = self.gitea.add_pull(REPO, task.branch)
+        if not pull.merged:
+            self.gitea.merge_outside(pull.number)
+        payload = self.gitea.pull_request_event(pull, "closed")
+        return self.post(
+            "gitea", *self.gitea.webhook("pull_request", payload, GITEA_SECRET, delivery)
+        )
+
+    def deliveries(self) -> list[Any]:
+        with self.store.engine.connect() as conn:
+            return list(conn.execute(sa.select(webhook_deliveries)).all())
+
+
+def hub_settings(
+    tmp_path: Path, db_url: str, repo: Path, gitea: FakeGitea, project: str
+) -> Settings:
+    config = tmp_path / "orch.toml"
+    config.write_text(
+        f"database_url = {json.dumps(db_url)}\n"
+        'data_dir = ".orch"\n'
+        'forge = "gitea"\n'
+        f"forge_base_url = {json.dumps(gitea.api_url)}\n"
+        f'forge_token = "{DEFAULT_TOKEN}"\n'
+        'forge_remote = ""\n'
+        f'gitea_webhook_secret = "{GITEA_SECRET}"\n'
+        f'github_webhook_secret = "{GITHUB_SECRET}"\n'
+        f'plane_webhook_secret = "{PLANE_SECRET}"\n'
+        'plane_workspace = "acme"\n'
+        "webhook_max_body_bytes = 4096\n"
+        + "".join(
+            f'[stages.{stage}]\nagent = "scripted"\n'
+            for stage in ("analysis", "architecture", "development")
+        )
+        + f'[repos.shop]\npath = {json.dumps(str(repo))}\nforge_repo = "{REPO}"\n'
+        f'[plane_projects."{project}"]\nrepo = {json.dumps(str(repo))}\nidentifier = "SHOP"\n'
+    )
+    return load_settings(config)
+
+
+def make_hub(tmp_path: Path, db_url: str, store: Store) -> Iterator[Hub]:
+    repo = make_repo(tmp_path / "shop")
+    with FakeGitea() as gitea, FakeGitHub() as github, FakePlane() as plane:
+        project = plane.add_project("SHOP")
+        settings = hub_settings(tmp_path, db_url, repo, gitea, project)
+        service = TaskService(store, settings)
+        app = create_app(store=store, settings=settings, service=service)
+        with api_client(app) as client:
+            yield Hub(store, settings, service, client, gitea, github, plane, project, repo)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, db_url: str, store: Store) -> Iterator[Hub]:
+    yield from make_hub(tmp_path, db_url, store)
+
+
+# --- forges: a merged pull request -------------------------------------------------------------
+def test_gitea_merged_moves_deploy_to_done_without_a_second_merge(hub: Hub) -> None:
+    task = hub.create(stage="deploy")
+    response = hub.gitea_merged(task)
+    assert response.status_code == 200
+    assert response.json()["status"] == "done"
+    assert hub.store.get_task(task.id).stage == "done"
+    assert len(hub.gitea.merges) == 1  # the web UI's merge; the effect saw it and did not repeat
+
+
+def test_merged_while_the_lease_is_held_is_deferred_then_redelivered(hub: Hub) -> None:
+    task = hub.create(stage="deploy")
+    other = Owner.current("finalizer", "boot-finalizer")  # this pid: a live owner
+    other.register(hub.store)
+    leases = LeaseManager(hub.store, hub.settings, other, hub.service.notifier)
+    lease = leases.acquire(task, "deploy->done", "engine")
+    assert lease is not None
+
+    deferred = hub.gitea_merged(task, delivery="d-1")
+    assert deferred.json()["status"] == "deferred"
+    assert hub.store.get_task(task.id).stage == "deploy"
+    assert any(e.kind == EventKind.DEFERRED for e in hub.store.task_events(task.id))
+    assert hub.deliveries() == []  # not remembered: a redelivery gets another chance
+
+    assert leases.release(lease)
+    redelivered = hub.gitea_merged(task, delivery="d-1")
+    assert redelivered.json()["status"] == "done"
+    assert hub.store.get_task(task.id).stage == "done"
+    again = hub.gitea_merged(task, delivery="d-1")
+    assert again.json() == {"status": "duplicate", "delivery": "d-1"}
+
+
+def test_github_closed_unmerged_cancels_and_review_rolls_back(hub: Hub) -> None:
+    testing = hub.create("SHOP-1", stage="testing")
+    pull = hub.github.add_pull(REPO, testing.branch)
+    review = hub.github.pull_request_event(pull, "submitted")
+    review["review"] = {"state": "changes_requested", "body": "no tests", "user": {"login": "eve"}}
+    body, headers = hub.github.webhook("pull_request_review", review, GITHUB_SECRET)
+    answer = hub.post("github", body, headers).json()
+    assert answer["status"] == "rolled_back"
+    assert answer["stage"] == "development"
+    assert "changes requested by eve on pull request #1: no tests" in answer["reason"]
+
+    other = hub.create("SHOP-2", stage="development")
+    closed = hub.github.add_pull(REPO, other.branch)
+    body, headers = hub.github.webhook(
+        "pull_request", hub.github.pull_request_event(closed, "closed"), GITHUB_SECRET
+    )
+    assert hub.post("github", body, headers).json()["status"] == "cancelled"
+    assert hub.store.get_task(other.id).stage == "cancelled"
+
+
+def test_a_push_to_the_task_branch_is_noted_in_the_trail(hub: Hub) -> None:
+    task = hub.create(stage="development")
+    payload = {
+        "ref": f"refs/heads/{task.branch}",
+        "after": "cd" * 20,
+        "repository": {"full_name": REPO},
+    }
+    body, headers = hub.gitea.webhook("push", payload, GITEA_SECRET)
+    assert hub.post("gitea", body, headers).json()["status"] == "recorded"
+    [note] = [e for e in hub.store.task_events(task.id) if e.kind == "webhook"]
+    assert note.reason == f"push to {task.branch} (cdcdcdcdcdcd)"
+    assert hub.store.get_task(task.id).version == task.version
+
+
+# --- trackers: intake and inbound changes -------------------------------------------------------
+def test_plane_intake_cancel_and_reopen(hub: Hub) -> None:
+    item = hub.plane.add_item(hub.project, "Add a cart", "A cart <b>for</b> the shop")
+    created = hub.post("plane", *hub.plane.webhook(item, "created", PLANE_SECRET))
+    assert created.status_code == 200
+    assert created.json()["status"] == "created"
+    task = hub.store.find_task(f"SHOP-{item.sequence_id}", None)
+    assert (task.title, task.stage) == ("Add a cart", "analysis")
+    assert task.description == "A cart for the shop"
+    [event] = [e for e in hub.store.task_events(task.id) if e.kind == EventKind.TASK_CREATED]
+    assert event.data["origin"]["issue_id"] == item.id
+
+    # The same work item announced again (a second webhook, another delivery): no twin.
+    twin = hub.post("plane", *hub.plane.webhook(item, "created", PLANE_SECRET))
+    assert twin.json()["status"] == "exists"
+
+    hub.move(task, "testing")
+    item.state = hub.plane.state_id(hub.project, "Todo")
+    reopened = hub.post("plane", *hub.plane.webhook(item, "updated", PLANE_SECRET))
+    assert reopened.json()["status"] == "rolled_back"
+    item.state = hub.plane.state_id(hub.project, "Cancelled")
+    cancelled = hub.post("plane", *hub.plane.webhook(item, "updated", PLANE_SECRET))
+    assert cancelled.json()["status"] == "cancelled"
+    assert hub.store.get_task(task.id).stage == "cancelled"
+
+
+def test_github_issue_labeled_for_intake(hub: Hub) -> None:
+    issue = hub.github.add_issue(REPO, "Fix the checkout", "It breaks", labels=("orch",))
+    payload = hub.github.issues_event(issue, "labeled", label="orch")
+    body, headers = hub.github.webhook("issues", payload, GITHUB_SECRET)
+    answer = hub.post("github", body, headers).json()
+    assert answer["status"] == "created"
+    assert answer["task"] == f"GH-{issue.number}"
+    other = hub.github.issues_event(issue, "labeled", label="bug")
+    body, headers = hub.github.webhook("issues", other, GITHUB_SECRET)
+    assert hub.post("github", body, headers).json()["status"] == "ignored"
+
+
+# --- safety ---------------------------------------------------------------------------------------
+def test_missing_or_wrong_signature_is_401_and_changes_nothing(hub: Hub) -> None:
+    task = hub.create(stage="deploy")
+    pull = hub.gitea.add_pull(REPO, task.branch)
+    hub.gitea.merge_outside(pull.number)
+    body, headers = hub.gitea.webhook(
+        "pull_request", hub.gitea.pull_request_event(pull), GITEA_SECRET
+    )
+    unsigned = {k: v for k, v in headers.items() if k != "X-Gitea-Signature"}
+    missing = hub.post("gitea", body, unsigned)
+    assert (missing.status_code, missing.json()) == (
+        401,
+        {"error": "missing X-Gitea-Signature signature"},
+    )
+    wrong = hub.post("gitea", body, {**headers, "X-Gitea-Signature": hmac_sha256("guess", body)})
+    assert (wrong.status_code, wrong.json()["error"]) == (401, "wrong X-Gitea-Signature signature")
+    # Signed for another body: the HMAC covers every byte.
+    tampered = hub.post("gitea", body.replace(b'"closed"', b'"closed" '), headers)
+    assert tampered.status_code == 401
+    # GitHub's header carries a prefix; the bare hex is wrong.
+    body, headers = hub.github.webhook("ping", {"zen": "x"}, GITHUB_SECRET)
+    bare = {**headers, "X-Hub-Signature-256": headers["X-Hub-Signature-256"][7:]}
+    assert hub.post("github", body, bare).status_code == 401
+    assert hub.store.get_task(task.id).version == task.version
+    assert hub.deliveries() == []
+
+
+def test_an_unconfigured_secret_refuses_everything(tmp_path: Path, hub: Hub) -> None:
+    settings = hub.settings.model_copy(update={"plane_webhook_secret": ""})
+    app = create_app(store=hub.store, settings=settings, service=hub.service)
+    item = hub.plane.add_item(hub.project, "x")
+    with api_client(app) as client:
+        body, headers = hub.plane.webhook(item, "created", PLANE_SECRET)
+        refused = client.post("/webhooks/plane", content=body, headers=headers)
+    assert refused.status_code == 401
+    assert "set plane_webhook_secret (ORCH_PLANE_WEBHOOK_SECRET)" in refused.json()["error"]
+
+
+def test_bad_deliveries_are_4xx_with_one_clear_line(hub: Hub) -> None:
+    def signed(source: str, body: bytes, **extra: str) -> dict[str, str]:
+        if source == "github":
+            return {
+                "X-GitHub-Event": "pull_request",
+                "X-GitHub-Delivery": "x1",
+                "X-Hub-Signature-256": "sha256=" + hmac_sha256(GITHUB_SECRET, body),
+                **extra,
+            }
+        return {
+            "X-Gitea-Event": "pull_request",
+            "X-Gitea-Delivery": "x1",
+            "X-Gitea-Signature": hmac_sha256(GITEA_SECRET, body),
+            **extra,
+        }
+
+    not_json = b"{not json"
+    answer = hub.post("gitea", not_json, signed("gitea", not_json))
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("the body is not JSON")
+    array = b"[1, 2]"
+    assert hub.post("github", array, signed("github", array)).json() == {
+        "error": "the body is JSON but not an object"
+    }
+    body = b'{"action": "closed"}'
+    unknown = hub.post("gitea", body, signed("gitea", body, **{"X-Gitea-Event": "nonsense"}))
+    assert (unknown.status_code, unknown.json()) == (
+        400,
+        {"error": "unknown Gitea event 'nonsense'"},
+    )
+    shapeless = hub.post("github", body, signed("github", body))
+    assert (shapeless.status_code, shapeless.json()) == (
+        400,
+        {"error": "pull_request is missing or not an object"},
+    )
+    no_id = hub.post("github", body, signed("github", body, **{"X-GitHub-Delivery": ""}))
+    assert no_id.json() == {"error": "missing or overlong X-GitHub-Delivery header"}
+    plane_body = b'{"event": "sprint", "data": {}}'
+    plane = hub.post(
+        "plane",
+        plane_body,
+        {"X-Plane-Signature": hmac_sha256(PLANE_SECRET, plane_body), "X-Plane-Delivery": "p1"},
+    )
+    assert (plane.status_code, plane.json()) == (400, {"error": "unknown Plane event 'sprint'"})
+    assert hub.deliveries() == []
+
+
+def test_the_body_cap(hub: Hub) -> None:
+    big = b"{" + b" " * 5000 + b"}"
+    declared = hub.post("gitea", big, {"X-Gitea-Signature": hmac_sha256(GITEA_SECRET, big)})
+    assert declared.status_code == 413
+    assert "webhook_max_body_bytes" in declared.json()["error"]
