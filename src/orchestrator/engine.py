@@ -685,7 +685,7 @@ class Engine:
             crossing = enter_transition(
                 self.runtime, task, stage, decision.to_stage, actor=actor, reason=decision.reason
             )
-            return crossing is Crossing.DONE
+            return crossing in (Crossing.DONE, Crossing.ROLLED_BACK)
         alert: str | None = None
         with self.store.transaction() as tx:
             won = True

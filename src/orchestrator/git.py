@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from orchestrator.errors import RepositoryError
 
 __all__ = [
     "GIT_ENV",
+    "LANDED_ON_TRAILER",
     "MERGED_HEAD_TRAILER",
     "MERGE_METHODS",
     "MergeResult",
@@ -40,6 +41,9 @@ GIT_ENV: Final = {
 # A squash or rebase merge leaves the branch head outside the target's history; the
 # commit that lands it carries this trailer, so "is merged" stays answerable.
 MERGED_HEAD_TRAILER: Final = "Orch-Merged-Head"
+# On the same commit: the default branch's head the landing started from, so a rollback
+# knows which commits the landing made (a rebase makes one per branch commit).
+LANDED_ON_TRAILER: Final = "Orch-Landed-On"
 MERGE_METHODS: Final = ("merge", "squash", "rebase")
 
 
@@ -216,32 +220,56 @@ class Repo:
         target_before = self.rev(into)
         if self.is_merged(branch, target_before):
             return MergeResult(target_before, already_merged=True)
+        start = head if method == "rebase" else target_before
+        merge_sha = self.commit_in_scratch(
+            scratch,
+            start,
+            lambda tree: _land(tree, method, head, target_before, message, f"{branch} into {into}"),
+        )
+        self.move_branch(into, merge_sha, target_before)
+        return MergeResult(merge_sha, already_merged=False)
+
+    def commit_in_scratch(self, scratch: Path, start: str, make: Callable[[Path], str]) -> str:
+        """Run ``make`` in a throwaway detached worktree at ``start``; the commit it made.
+
+        Commits meant for a branch others may have checked out are made here, never in
+        the user's checkout. ``make`` returns the tip it committed.
+        """
         if scratch.exists():
             self.remove_worktree(scratch)
-        start = head if method == "rebase" else target_before
         git(self.path, "worktree", "add", "--quiet", "--detach", str(scratch), start)
         try:
-            merge_sha = _land(
-                scratch, method, head, target_before, message, f"{branch} into {into}"
-            )
+            return make(scratch)
         finally:
             self.remove_worktree(scratch)
-        holder = self.checked_out_in(into)
+
+    def move_branch(self, branch: str, new: str, expected: str) -> None:
+        """Move ``branch`` from ``expected`` to its descendant ``new`` (a compare-and-swap
+        on the ref, or a fast-forward of the worktree that has it checked out, so a
+        user's checkout stays consistent). Call under :meth:`locked`."""
+        holder = self.checked_out_in(branch)
         if holder is None:
-            git(self.path, "update-ref", f"refs/heads/{into}", merge_sha, target_before)
-        else:
-            if git(holder, "status", "--porcelain", "--untracked-files=no").stdout.strip():
-                raise RepositoryError(
-                    f"{holder} has {into} checked out with uncommitted changes; "
-                    "commit or stash them, then retry the task"
-                )
-            git(holder, "merge", "--ff-only", "--quiet", merge_sha)
-        return MergeResult(merge_sha, already_merged=False)
+            git(self.path, "update-ref", f"refs/heads/{branch}", new, expected)
+            return
+        if git(holder, "status", "--porcelain", "--untracked-files=no").stdout.strip():
+            raise RepositoryError(
+                f"{holder} has {branch} checked out with uncommitted changes; "
+                "commit or stash them, then retry the task"
+            )
+        git(holder, "merge", "--ff-only", "--quiet", new)
 
 
 def _land(scratch: Path, method: str, head: str, target: str, message: str, what: str) -> str:
     """Make the commits that land ``head`` on ``target`` in ``scratch``; their tip."""
-    commit = ("commit", "--quiet", "--no-verify", "--trailer", f"{MERGED_HEAD_TRAILER}: {head}")
+    commit = (
+        "commit",
+        "--quiet",
+        "--no-verify",
+        "--trailer",
+        f"{MERGED_HEAD_TRAILER}: {head}",
+        "--trailer",
+        f"{LANDED_ON_TRAILER}: {target}",
+    )
     if method == "merge":
         result = git(scratch, "merge", "--no-ff", "--no-edit", "-m", message, head, check=False)
         if result.returncode != 0:

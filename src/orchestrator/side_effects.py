@@ -29,7 +29,7 @@ from orchestrator.proc_group import kill_group
 from orchestrator.settings import Settings
 from orchestrator.store import Task
 
-__all__ = ["TRANSITION_EFFECTS", "DeployEffect", "MergeEffect", "effects_for"]
+__all__ = ["TRANSITION_EFFECTS", "DeployEffect", "MergeEffect", "deploy_effect", "effects_for"]
 
 DEPLOY_TIMEOUT_S: Final = 1800.0
 
@@ -93,7 +93,12 @@ class DeployEffect:
         if self.check_command is None:
             return Observation(Seen.UNKNOWN)
         target = self._target()
-        deployed = self._run(self.check_command, target).strip()
+        try:
+            deployed = self._run(self.check_command, target).strip()
+        except RuntimeError as exc:
+            # The check itself failed: the world cannot tell. With an interrupted intent
+            # the journal fails closed; otherwise the deploy runs as it would have.
+            return Observation(Seen.UNKNOWN, {"check_error": str(exc)})
         if deployed and deployed.splitlines()[-1].strip() == target:
             return Observation(Seen.DONE, {"deployed_commit": target})
         return Observation(Seen.NOT_DONE)
@@ -144,13 +149,22 @@ def effects_for(settings: Settings, task: Task, expected: str, new: str) -> list
     # depends on modules that depend on this one.
     from orchestrator.wiring import open_forge  # noqa: PLC0415
 
-    repo = Repo(Path(task.repository))
-    config = settings.repo_config(Path(task.repository))
     built: list[Effect] = []
     for name in names:
         if name == "merge":
             built.append(MergeEffect(task, lambda: open_forge(settings, task)))
-        elif name == "deploy" and config.deploy_command:
-            check = _argv(config.deploy_check_command) if config.deploy_check_command else None
-            built.append(DeployEffect(repo, task, _argv(config.deploy_command), check))
+        elif name == "deploy" and (deploy := deploy_effect(settings, task)) is not None:
+            built.append(deploy)
     return built
+
+
+def deploy_effect(settings: Settings, task: Task, name: str = "deploy") -> DeployEffect | None:
+    """The repository's deploy of its default branch's head as an effect named ``name``
+    (the post-deploy rollback redeploys under its own name); None without a command."""
+    config = settings.repo_config(Path(task.repository))
+    if not config.deploy_command:
+        return None
+    check = _argv(config.deploy_check_command) if config.deploy_check_command else None
+    return DeployEffect(
+        Repo(Path(task.repository)), task, _argv(config.deploy_command), check, name
+    )

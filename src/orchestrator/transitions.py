@@ -21,12 +21,13 @@ from typing import Final
 from orchestrator.agents import resolve_agent
 from orchestrator.journal import EffectFailedError, EffectInFlightError, Journal
 from orchestrator.kernel.gates import ARTIFACT_ROOT
-from orchestrator.kernel.stages import JOB_STAGES, check_transition
-from orchestrator.leases import LeaseLostError, LeaseManager, Owner
+from orchestrator.kernel.stages import JOB_STAGES, ROLLBACK_TARGET, check_transition
+from orchestrator.leases import Lease, LeaseLostError, LeaseManager, Owner
+from orchestrator.monitor import last_report, rollback_effects, rollback_started, watch_deploy
 from orchestrator.notifier import Notifier, NullNotifier, notify_safely
 from orchestrator.outbox import enqueue_card_updates
 from orchestrator.settings import Settings, in_scope
-from orchestrator.side_effects import effects_for
+from orchestrator.side_effects import deploy_effect, effects_for
 from orchestrator.store import Store, Task, Tx
 
 __all__ = [
@@ -213,6 +214,7 @@ class Crossing(enum.Enum):
     """How an attempt to enter a transition ended."""
 
     DONE = "done"  # effects ran (or were found done) and the stage moved
+    ROLLED_BACK = "rolled-back"  # the deploy was unhealthy: undone, back to development
     DEFERRED = "deferred"  # a live owner holds the lease: nothing started
     LOST = "lost"  # the task had moved on, or our lease was reclaimed: nothing written
     FAILED = "failed"  # an effect failed: the task failed closed with the reason
@@ -220,6 +222,42 @@ class Crossing(enum.Enum):
 
 class _LostRace(Exception):
     """Raised inside a transaction to roll it back after a lost compare-and-swap."""
+
+
+def _roll_back_deploy(
+    runtime: Runtime, lease: Lease, task: Task, transition: str, *, actor: str
+) -> Crossing:
+    """Undo an unhealthy deploy (revert, redeploy, reapply: journaled effects), then move
+    the task back to development with the monitor's report, and alert once."""
+    store, settings = runtime.store, runtime.settings
+    undo = rollback_effects(settings, task, lambda name: deploy_effect(settings, task, name))
+    for effect in undo:
+        runtime.journal.run(lease, task.id, transition, effect, actor=actor)
+    target = ROLLBACK_TARGET[task.stage]
+    reason = "rollback: the post-deploy health check failed"
+    try:
+        with store.transaction() as tx:
+            runtime.leases.check(tx, lease)
+            if not advance_stage(
+                tx,
+                settings,
+                task,
+                task.stage,
+                target,
+                actor=actor,
+                reason=reason,
+                rollback_count=task.rollback_count + 1,
+                feedback=last_report(store, task),
+                event_kind=EventKind.ROLLBACK,
+            ):
+                raise _LostRace
+    except _LostRace:
+        return Crossing.LOST
+    moved = store.get_task(task.id)
+    message = f"deploy rolled back, back to {target}: the post-deploy health check failed"
+    notify_safely(lambda: runtime.notifier.alert(moved, message))
+    notify_safely(lambda: runtime.notifier.on_task_changed(moved, f"{reason} by {actor}"))
+    return Crossing.ROLLED_BACK
 
 
 def enter_transition(
@@ -257,8 +295,18 @@ def enter_transition(
         if current.stage != expected or current.failed:
             return Crossing.LOST
         try:
-            for effect in effects_for(settings, current, expected, new):
-                runtime.journal.run(lease, current.id, transition, effect, actor=actor)
+            # A crossing that began rolling back finishes its rollback (see monitor.py).
+            rolling_back = rollback_started(store, current, transition)
+            if not rolling_back:
+                for effect in effects_for(settings, current, expected, new):
+                    runtime.journal.run(lease, current.id, transition, effect, actor=actor)
+                if (expected, new) == ("deploy", "done"):
+                    unhealthy = watch_deploy(
+                        store, settings, runtime.leases, lease, current, actor=actor
+                    )
+                    rolling_back = unhealthy is not None
+            if rolling_back:
+                return _roll_back_deploy(runtime, lease, current, transition, actor=actor)
         except EffectInFlightError as exc:
             with store.transaction() as tx:
                 tx.add_event(EventKind.DEFERRED, actor=actor, task_id=current.id, reason=str(exc))

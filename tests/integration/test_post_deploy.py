@@ -1,0 +1,302 @@
+"""The post-deploy monitor (issue 4, TC-13): an unhealthy deploy is rolled back exactly once.
+
+A real HTTP health endpoint answers 500 while the deployed commit's tree holds a file
+named ``broken``; the deploy command records what it deployed. The task's change adds
+``broken``, so its deploy is unhealthy: the monitor must revert it on ``main``, redeploy
+the reverted head, put the change back on the task branch and send the task back to
+development, once, however many actors enter the transition and whatever crashes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from support import make_repo
+
+from orchestrator.engine import Engine
+from orchestrator.forges.local import LocalForge
+from orchestrator.git import Repo, git
+from orchestrator.settings import Settings, load_settings
+from orchestrator.store import Store, Task
+from orchestrator.testing.actors import ROLES, act, prepare_deploy_task
+
+CONFIG = """\
+database_url = "{db_url}"
+data_dir = ".orch"
+retry_backoff_s = 0
+reaper_finalize_grace_s = 0
+merge_method = "{method}"
+
+[repos.repo]
+deploy_command = ["sh", "{deploy}"]
+deploy_check_command = ["sh", "-c", "cat {root}/deployed 2>/dev/null"]
+post_deploy_health_url = "{health}"
+post_deploy_window_s = 0.3
+post_deploy_interval_s = 0.05
+post_deploy_failures = 2
+"""
+
+# Records the deploy; while the marker file exists, a deploy of a rollback commit first
+# announces itself and lingers, so a test can kill its actor mid-rollback.
+DEPLOY = """\
+set -e
+if [ -e {root}/slow-rollback ] && \\
+   git -C {repo} log -1 --format=%B "$ORCH_DEPLOY_COMMIT" | grep -q '^Orch-Rollback:'; then
+    touch {root}/redeploying
+    sleep 2
+fi
+echo "$ORCH_WORK_ITEM $ORCH_DEPLOY_COMMIT" >> {root}/deploys.log
+echo "$ORCH_DEPLOY_COMMIT" > {root}/deployed
+"""
+
+
+class Health(BaseHTTPRequestHandler):
+    """500 while the deployed tree has a ``broken`` file, 200 otherwise."""
+
+    root: Path
+    repo: Path
+
+    def do_GET(self) -> None:
+        deployed = self.root / "deployed"
+        commit = deployed.read_text().strip() if deployed.exists() else ""
+        listed = git(self.repo, "ls-tree", "--name-only", commit, "broken", check=False)
+        broken = not commit or bool(listed.stdout.strip())
+        self.send_response(500 if broken else 200)
+        self.end_headers()
+        self.wfile.write(b"broken\n" if broken else b"ok\n")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@dataclass
+class Recorder:
+    """A notifier that keeps what it was told (our own Notifier interface)."""
+
+    alerts: list[str] = field(default_factory=list)
+
+    def on_task_changed(self, task: Task, summary: str) -> None:
+        pass
+
+    def alert(self, task: Task | None, message: str) -> None:
+        self.alerts.append(message)
+
+
+@dataclass
+class World:
+    root: Path
+    repo: Path
+    config: Path
+    settings: Settings
+    store: Store
+
+    def task(self, work_item: str, *, broken: bool) -> Task:
+        task = prepare_deploy_task(self.store, self.repo, self.root / "wt", work_item)
+        if broken:
+            worktree = Path(task.worktree)
+            (worktree / "broken").write_text("this change breaks the service\n")
+            git(worktree, "add", "broken")
+            git(worktree, "commit", "--quiet", "-m", f"{work_item}: break it")
+        return task
+
+    def deploys(self) -> list[str]:
+        log = self.root / "deploys.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    def main_log(self) -> list[str]:
+        return git(self.repo, "log", "--format=%s", "main").stdout.splitlines()
+
+    def main_files(self) -> set[str]:
+        return set(git(self.repo, "ls-tree", "--name-only", "main").stdout.split())
+
+
+@pytest.fixture
+def merge_method() -> str:
+    return "merge"
+
+
+@pytest.fixture
+def world(tmp_path: Path, db_url: str, merge_method: str) -> Iterator[World]:
+    repo = make_repo(tmp_path / "repo")
+    Health.root, Health.repo = tmp_path, repo
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    deploy = tmp_path / "deploy.sh"
+    deploy.write_text(DEPLOY.format(root=tmp_path, repo=repo))
+    config = tmp_path / "orch.toml"
+    config.write_text(
+        CONFIG.format(
+            db_url=db_url,
+            method=merge_method,
+            deploy=deploy,
+            root=tmp_path,
+            health=f"http://127.0.0.1:{server.server_port}/health",
+        )
+    )
+    settings = load_settings(config)
+    store = Store.open(settings.effective_database_url)
+    try:
+        yield World(tmp_path, repo, config, settings, store)
+    finally:
+        store.close()
+        server.shutdown()
+        server.server_close()
+
+
+def assert_rolled_back_once(world: World, task: Task) -> None:
+    after = world.store.get_task(task.id)
+    assert after.stage == "development", after
+    assert after.rollback_count == 1
+    assert after.failed_reason is None
+    subjects = world.main_log()
+    assert sum(s.startswith(f"Roll back {task.work_item}") for s in subjects) == 1, subjects
+    assert "broken" not in world.main_files()
+    # The broken deploy, then the rolled-back head: nothing deployed twice.
+    deploys = world.deploys()
+    assert len(deploys) == 2, deploys
+    assert deploys[1].split()[1] == git(world.repo, "rev-parse", "main").stdout.strip()
+    # The change is back on the task branch, on top of main, for the developer's fix.
+    branch = git(world.repo, "log", "--format=%s", task.branch).stdout.splitlines()
+    assert sum(s.startswith(f"Reapply {task.work_item}") for s in branch) == 1, branch
+    tree = git(world.repo, "ls-tree", "--name-only", task.branch).stdout.split()
+    assert "broken" in tree
+    assert f"{task.work_item.lower()}.txt" in tree
+    events = [e.kind for e in world.store.task_events(task.id)]
+    assert events.count("task.rollback") == 1, events
+    assert "stage.changed" not in events  # never "done", not even for a moment
+    job = world.store.latest_job(task.id)
+    assert job is not None
+    assert (job.stage, job.status) == ("development", "queued")
+    assert job.feedback is not None
+    assert "result: UNHEALTHY" in job.feedback
+
+
+def test_a_healthy_deploy_is_watched_and_done(world: World) -> None:
+    task = world.task("OK-1", broken=False)
+    engine = Engine(world.store, world.settings, Recorder())
+    assert act("monitor", engine, task.id) == "won"
+    assert world.store.get_task(task.id).stage == "done"
+    assert len(world.deploys()) == 1
+    assert not any(s.startswith("Roll back") for s in world.main_log())
+
+
+def test_an_unhealthy_deploy_is_rolled_back_exactly_once_by_five_racing_actors(
+    world: World,
+) -> None:
+    """Seen failing with the monitor's hook removed from ``enter_transition``: the task
+    went to done with the broken change deployed. With the lease's exclusion off
+    (kill-switch), two actors reverted."""
+    task = world.task("BAD-1", broken=True)
+    recorder = Recorder()
+    engine = Engine(world.store, world.settings, recorder)
+    barrier = threading.Barrier(len(ROLES))
+    errors: list[BaseException] = []
+
+    def run(role: str) -> None:
+        try:
+            barrier.wait()
+            act(role, engine, task.id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(role,)) for role in ROLES]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    if world.store.get_task(task.id).stage == "deploy":
+        act("reconciler", engine, task.id)
+    assert_rolled_back_once(world, task)
+    assert len(recorder.alerts) == 1, recorder.alerts
+    assert "rolled back" in recorder.alerts[0]
+
+    # The developer's fix on the task branch lands the whole change again, not only the
+    # fix (without the reapply, main would keep the revert of the first commits).
+    worktree = Path(task.worktree)
+    git(worktree, "rm", "--quiet", "broken")
+    git(worktree, "commit", "--quiet", "-m", "BAD-1: fix it")
+    LocalForge(Repo(world.repo)).merge(world.store.get_task(task.id))
+    assert "bad-1.txt" in world.main_files()
+    assert "broken" not in world.main_files()
+
+
+@pytest.mark.parametrize("merge_method", ["squash", "rebase"])
+def test_a_squashed_or_rebased_landing_is_rolled_back_whole(world: World) -> None:
+    """The revert undoes every commit the landing made: one squash commit, or each
+    rebased commit (the branch has two). Seen failing with the base counted from the
+    branch's commits (a rebase onto an unmoved main keeps the branch's first commit):
+    ``bad-3.txt`` stayed on main."""
+    task = world.task("BAD-3", broken=True)
+    engine = Engine(world.store, world.settings, Recorder())
+    assert act("monitor", engine, task.id) == "won"
+    assert_rolled_back_once(world, task)
+    assert world.main_files() == {"README.md"}
+
+
+def wait_for(condition: object, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_a_crash_mid_rollback_is_finished_not_called_done(world: World) -> None:
+    """The actor is SIGKILLed while the rollback's redeploy runs; the next actor must
+    finish the rollback, not watch the rolled-back (healthy) deploy and call it done.
+
+    Seen failing with ``rollback_started`` answering False: the second actor found the
+    merge and the deploy done in the world, watched the reverted head, found it healthy
+    and moved the task to done."""
+    task = world.task("BAD-2", broken=True)
+    (world.root / "slow-rollback").touch()
+    go = world.root / "go"
+    go.touch()
+    actor = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.testing.actors",
+            "monitor",
+            str(world.config),
+            str(go),
+            str(task.id),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for((world.root / "redeploying").exists, "the rollback's redeploy")
+    finally:
+        os.kill(actor.pid, signal.SIGKILL)
+        actor.wait()
+    recorder = Recorder()
+    engine = Engine(world.store, world.settings, recorder)
+
+    # The redeploy (its own session) outlives its actor: the next actor waits for it,
+    # then resumes after it.
+    # The killed actor may have died before or after its claim: the reaper or the
+    # reconciler picks the crossing up.
+    def resumed() -> bool:
+        for role in ("reaper", "reconciler"):
+            act(role, engine, task.id)
+        return world.store.get_task(task.id).stage != "deploy"
+
+    wait_for(resumed, "the rollback to be finished")
+    assert_rolled_back_once(world, task)
+    rollbacks = [alert for alert in recorder.alerts if "rolled back" in alert]
+    assert len(rollbacks) == 1, recorder.alerts
+    # The other alert says the dead actor's lease was taken over.
+    assert any("stale transition lease reclaimed" in alert for alert in recorder.alerts)
