@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from support import make_repo
@@ -26,6 +28,7 @@ from support import make_repo
 from orchestrator.engine import Engine
 from orchestrator.forges.local import LocalForge
 from orchestrator.git import Repo, git
+from orchestrator.monitor import watch_health
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.testing.actors import ROLES, act, prepare_deploy_task
@@ -300,3 +303,82 @@ def test_a_crash_mid_rollback_is_finished_not_called_done(world: World) -> None:
     assert len(rollbacks) == 1, recorder.alerts
     # The other alert says the dead actor's lease was taken over.
     assert any("stale transition lease reclaimed" in alert for alert in recorder.alerts)
+
+
+class Scripted(BaseHTTPRequestHandler):
+    """Answers the statuses of ``script`` in turn, then 200."""
+
+    script: ClassVar[list[int]] = []
+
+    def do_GET(self) -> None:
+        status = self.script.pop(0) if self.script else 200
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/health"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class Clock:
+    """Time that moves only when the monitor sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.parametrize(
+    ("script", "healthy", "checks"),
+    [
+        ([], True, 11),  # 0, 1, ..., 10 s
+        ([500, 200, 503], True, 11),  # blips, never two in a row
+        ([200, 500, 500], False, 3),  # two in a row: unhealthy at once
+        ([200] * 10 + [500], True, 12),  # failing at the window's end: watched on
+        ([200] * 10 + [500, 500], False, 12),
+    ],
+)
+def test_the_health_window_tolerates_blips_but_not_failures_in_a_row(
+    scripted: str, script: list[int], healthy: bool, checks: int
+) -> None:
+    Scripted.script = list(script)
+    clock = Clock()
+    report = watch_health(
+        scripted, window_s=10, interval_s=1, failures=2, sleep=clock.sleep, clock=clock
+    )
+    assert (report.healthy, report.checks) == (healthy, checks)
+    assert ("result: healthy" in report.render()) is healthy
+
+
+def test_a_refused_connection_is_a_failed_check() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    clock = Clock()
+    report = watch_health(
+        f"http://127.0.0.1:{port}/health",
+        window_s=10,
+        interval_s=1,
+        failures=3,
+        sleep=clock.sleep,
+        clock=clock,
+    )
+    assert not report.healthy
+    assert report.failed_in_a_row == 3
+    assert "ConnectError" in report.last_error
