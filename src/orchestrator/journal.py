@@ -4,12 +4,16 @@ Theory of operation
 -------------------
 :meth:`Journal.run` performs one effect under a held lease:
 
-1. **World first.** ``effect.observe()`` asks the world whether the effect already
+1. **Wait for what still runs.** While the process of an unfinished intent still runs
+   in the task's repository (left by a killed server, or another task's deploy), the
+   effect waits (:class:`EffectInFlightError`, the transition defers): it may yet
+   complete, and deploys of one repository must not overlap.
+2. **World first.** ``effect.observe()`` asks the world whether the effect already
    happened (is the branch merged? is the target commit deployed?). If so, the journal
    records it as done (``reconciled``) and nothing runs.
-2. **Never blindly re-run.** If an earlier epoch left an intent without a completion and
+3. **Never blindly re-run.** If an earlier epoch left an intent without a completion and
    the world cannot tell (``UNKNOWN``), the effect fails closed with a reason for a human.
-3. **Intent, perform, completion.** The intent row (idempotency key
+4. **Intent, perform, completion.** The intent row (idempotency key
    ``task:transition:effect:epoch``) is written, fenced by the lease epoch, before the
    effect runs; the completion after it, fenced again. A zombie owner whose lease was
    reclaimed fails the fence and neither runs nor completes anything.
@@ -29,7 +33,7 @@ import sqlalchemy as sa
 from orchestrator.errors import OrchestratorError
 from orchestrator.leases import Lease, LeaseManager, pid_alive, process_start_ticks
 from orchestrator.store import Store
-from orchestrator.store.schema import effects
+from orchestrator.store.schema import effects, tasks
 
 __all__ = [
     "Effect",
@@ -186,15 +190,25 @@ class Journal:
             )
 
     def _wait_for_in_flight(self, task_id: int, transition: str, name: str) -> None:
-        """An interrupted intent whose process still runs: the effect may yet complete."""
+        """An interrupted intent whose process still runs: the effect may yet complete.
+
+        Any effect process still running in the task's repository counts, not only this
+        task's own: a deploy left running by a killed server must end before another
+        task's deploy starts, or the older commit could land last.
+        """
+        repository = sa.select(tasks.c.repository).where(tasks.c.id == task_id).scalar_subquery()
         with self.store.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(effects.c.result, effects.c.lease_epoch).where(
-                    effects.c.task_id == task_id,
-                    effects.c.transition == transition,
-                    effects.c.effect == name,
-                    effects.c.status == "intent",
+                sa.select(
+                    effects.c.result,
+                    effects.c.lease_epoch,
+                    effects.c.effect,
+                    effects.c.transition,
+                    tasks.c.id,
+                    tasks.c.work_item,
                 )
+                .select_from(effects.join(tasks, tasks.c.id == effects.c.task_id))
+                .where(effects.c.status == "intent", tasks.c.repository == repository)
             ).all()
         for row in rows:
             process = row.result or {}
@@ -204,9 +218,13 @@ class Journal:
                 and pid_alive(pid)
                 and process_start_ticks(pid) in (None, process.get("pid_start"))
             ):
-                raise EffectInFlightError(
-                    f"{name} of epoch {row.lease_epoch} is still running (pid {pid}); waiting"
+                own = (row.id, row.transition, row.effect) == (task_id, transition, name)
+                what = f"{row.effect} of " + (
+                    f"epoch {row.lease_epoch}"
+                    if own
+                    else f"{row.work_item} (epoch {row.lease_epoch})"
                 )
+                raise EffectInFlightError(f"{name} waits: {what} is still running (pid {pid})")
 
     @staticmethod
     def _unfinished(conn: sa.Connection, task_id: int, transition: str, name: str) -> list[int]:

@@ -531,3 +531,87 @@ def test_an_effect_in_flight_at_sigkill_completes_exactly_once_after_restart(
     deploy_rows = [row for row in journal if row["effect"] == "deploy"]
     assert [row["status"] for row in deploy_rows] == ["interrupted", "done"]
     assert (deploy_rows[-1]["result"] or {}).get("reconciled") is True
+
+
+# --- two tasks, one repository: a deploy left running holds back the next -------------------
+
+ACTOR_DEPLOY: Final = """\
+echo "$ORCH_WORK_ITEM" >> "$OUT/deploy-starts"
+if [ "$ORCH_WORK_ITEM" = D-1 ]; then
+{await_release}
+fi
+echo "$ORCH_WORK_ITEM $ORCH_DEPLOY_COMMIT" >> "$OUT/deploys.log"
+"""
+
+
+def test_a_deploy_left_running_by_a_killed_owner_holds_back_the_next_deploy_of_its_repo(
+    world: World,
+) -> None:
+    """D-1's owner (an actor process entering ``deploy -> done``) is SIGKILLed while
+    D-1's deploy runs; the deploy lives on. D-2, in the same repository, must not
+    deploy before it ends, or D-2's newer commit would be deployed first and D-1's
+    older one last: the service would run without D-2's change. D-2 defers while D-1's
+    deploy runs, deploys after it; D-1's restarted transition finds its change deployed.
+
+    Seen failing with the journal's in-flight wait limited to the task's own intents
+    (the journal before this test, run from a copy of ``src/`` on ``PYTHONPATH``):
+    recovery's finalization of D-2's job crossed at once, deploying D-2 while D-1's
+    deploy still ran (the explicit entry then ``LOST``, not ``DEFERRED``)."""
+    from orchestrator.testing.actors import prepare_deploy_task
+    from orchestrator.transitions import Crossing, enter_transition
+
+    deploy = world.tmp_path / "deploy.sh"
+    deploy.write_text(f"OUT={world.out}\n" + ACTOR_DEPLOY.format(await_release=AWAIT_RELEASE))
+    deploys = world.out / "deploys.log"
+    check = f"tail -n 1 {deploys} 2>/dev/null | cut -d' ' -f2"
+    world.configure(
+        f"\n[repos.{world.repo.name}]\n"
+        f"deploy_command = {json.dumps(['sh', str(deploy)])}\n"
+        f"deploy_check_command = {json.dumps(['sh', '-c', check])}\n"
+    )
+    first, second = (
+        prepare_deploy_task(world.store, world.repo, world.tmp_path / "wt", item)
+        for item in ("D-1", "D-2")
+    )
+    go = world.tmp_path / "go"
+    go.touch()
+    owner = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "orchestrator.testing.actors"),
+            *("cli", str(world.config), str(go), str(first.id)),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    world.processes.append(owner)
+    wait_for(lambda: deploy_intent_pid(world.store, first) is not None, "D-1's deploy running")
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    orphan = deploy_intent_pid(world.store, first)
+    assert orphan is not None
+    assert alive(orphan)
+
+    engine = world.engine()
+    engine.recover_on_startup()  # D-1's lease: its owner is gone
+    crossing = enter_transition(engine.runtime, second, "deploy", "done", actor="cli", reason="x")
+    assert crossing is Crossing.DEFERRED
+    # Recovery's finalization of D-2's job deferred already; the explicit entry again.
+    deferred = kinds(world.events(second), "transition.deferred")
+    assert deferred
+    assert all("merge waits: deploy of D-1 (epoch 1)" in e.reason for e in deferred)
+    assert lines(world.out / "deploy-starts") == ["D-1"]
+
+    (world.out / "release").touch()
+    wait_for(lambda: not alive(orphan), "D-1's deploy ended")
+    crossing = enter_transition(engine.runtime, second, "deploy", "done", actor="cli", reason="x")
+    assert crossing is Crossing.DONE
+    crossing = enter_transition(engine.runtime, first, "deploy", "done", actor="cli", reason="x")
+    assert crossing is Crossing.DONE
+
+    deployed = [line.split() for line in deploys.read_text().splitlines()]
+    assert [item for item, _ in deployed] == ["D-1", "D-2"]
+    # D-2's deploy is the newer commit: it contains D-1's.
+    run_git(world.repo, "merge-base", "--is-ancestor", deployed[0][1], deployed[1][1])
+    assert lines(world.out / "deploy-starts") == ["D-1", "D-2"]
+    for task in (first, second):
+        assert world.task(task).stage == "done"
+        assert merges_of(world.repo, task.work_item) == 1
