@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from orchestrator.agents import resolve_agent
 from orchestrator.journal import EffectFailedError, EffectInFlightError, Journal
@@ -224,6 +224,25 @@ class _LostRace(Exception):
     """Raised inside a transaction to roll it back after a lost compare-and-swap."""
 
 
+def _advance_fenced(
+    runtime: Runtime,
+    lease: Lease,
+    task: Task,
+    expected: str,
+    new: str,
+    **how: Any,
+) -> bool:
+    """``advance_stage`` in a transaction fenced by the lease epoch; False if lost."""
+    try:
+        with runtime.store.transaction() as tx:
+            runtime.leases.check(tx, lease)
+            if not advance_stage(tx, runtime.settings, task, expected, new, **how):
+                raise _LostRace
+    except _LostRace:
+        return False
+    return True
+
+
 def _roll_back_deploy(
     runtime: Runtime, lease: Lease, task: Task, transition: str, *, actor: str
 ) -> Crossing:
@@ -235,23 +254,18 @@ def _roll_back_deploy(
         runtime.journal.run(lease, task.id, transition, effect, actor=actor)
     target = ROLLBACK_TARGET[task.stage]
     reason = "rollback: the post-deploy health check failed"
-    try:
-        with store.transaction() as tx:
-            runtime.leases.check(tx, lease)
-            if not advance_stage(
-                tx,
-                settings,
-                task,
-                task.stage,
-                target,
-                actor=actor,
-                reason=reason,
-                rollback_count=task.rollback_count + 1,
-                feedback=last_report(store, task),
-                event_kind=EventKind.ROLLBACK,
-            ):
-                raise _LostRace
-    except _LostRace:
+    if not _advance_fenced(
+        runtime,
+        lease,
+        task,
+        task.stage,
+        target,
+        actor=actor,
+        reason=reason,
+        rollback_count=task.rollback_count + 1,
+        feedback=last_report(store, task),
+        event_kind=EventKind.ROLLBACK,
+    ):
         return Crossing.LOST
     moved = store.get_task(task.id)
     message = f"deploy rolled back, back to {target}: the post-deploy health check failed"
@@ -326,21 +340,16 @@ def enter_transition(
             failed, message = store.get_task(current.id), f"task failed: {exc}"
             notify_safely(lambda: runtime.notifier.alert(failed, message))
             return Crossing.FAILED
-        try:
-            with store.transaction() as tx:
-                runtime.leases.check(tx, lease)
-                if not advance_stage(
-                    tx,
-                    settings,
-                    current,
-                    expected,
-                    new,
-                    actor=actor,
-                    reason=reason,
-                    event_kind=event_kind,
-                ):
-                    raise _LostRace
-        except _LostRace:
+        if not _advance_fenced(
+            runtime,
+            lease,
+            current,
+            expected,
+            new,
+            actor=actor,
+            reason=reason,
+            event_kind=event_kind,
+        ):
             return Crossing.LOST
         moved = store.get_task(current.id)
         notify_safely(lambda: runtime.notifier.on_task_changed(moved, f"{transition} by {actor}"))
