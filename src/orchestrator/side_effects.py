@@ -6,8 +6,10 @@
   (``local`` by default: git on disk; ``gitea``, ``github``: their merge API), with the
   configured ``merge_method`` (observed: the forge's "is merged");
 * ``deploy``: the repository's ``deploy_command`` with ``ORCH_DEPLOY_COMMIT`` (observed
-  through ``deploy_check_command``, which prints the deployed commit; without one an
-  interrupted deploy cannot be judged and fails closed).
+  through ``deploy_check_command``, which prints the deployed commit: done when it is
+  the target, or already carries the task's change — the default branch may have moved
+  on since an interrupted deploy started; without a check command an interrupted
+  deploy cannot be judged and fails closed).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import shlex
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -77,6 +79,9 @@ class DeployEffect:
     command: list[str]
     check_command: list[str] | None
     name: str = "deploy"
+    # The task branch whose change this deploy delivers: a deployed commit that already
+    # carries it counts as done (None: only the target itself does).
+    delivers: str | None = None
 
     def _target(self) -> str:
         return self.repo.rev(self.task.base_branch)
@@ -99,9 +104,19 @@ class DeployEffect:
             # The check itself failed: the world cannot tell. With an interrupted intent
             # the journal fails closed; otherwise the deploy runs as it would have.
             return Observation(Seen.UNKNOWN, {"check_error": str(exc)})
-        if deployed and deployed.splitlines()[-1].strip() == target:
+        last = deployed.splitlines()[-1].strip() if deployed else ""
+        if last and last == target:
             return Observation(Seen.DONE, {"deployed_commit": target})
+        if last and self.delivers is not None and self._carries(last, self.delivers):
+            # E.g. a killed server's deploy finished unrecorded, and main has moved on.
+            return Observation(Seen.DONE, {"deployed_commit": last, "target": target})
         return Observation(Seen.NOT_DONE)
+
+    def _carries(self, deployed: str, branch: str) -> bool:
+        try:
+            return self.repo.is_merged(branch, deployed)
+        except OrchestratorError:  # an unknown commit or a deleted branch: cannot tell
+            return False
 
     def perform(self, on_spawn: Callable[[int], None]) -> Mapping[str, Any]:
         target = self._target()
@@ -154,7 +169,7 @@ def effects_for(settings: Settings, task: Task, expected: str, new: str) -> list
         if name == "merge":
             built.append(MergeEffect(task, lambda: open_forge(settings, task)))
         elif name == "deploy" and (deploy := deploy_effect(settings, task)) is not None:
-            built.append(deploy)
+            built.append(replace(deploy, delivers=task.branch))
     return built
 
 

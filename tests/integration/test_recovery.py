@@ -615,3 +615,66 @@ def test_a_deploy_left_running_by_a_killed_owner_holds_back_the_next_deploy_of_i
     for task in (first, second):
         assert world.task(task).stage == "done"
         assert merges_of(world.repo, task.work_item) == 1
+
+
+def test_a_deploy_finished_unrecorded_is_not_rerun_after_the_default_branch_moved(
+    world: World,
+) -> None:
+    """D-1's owner is SIGKILLed while D-1's deploy runs; the deploy finishes with no
+    owner to record it. Meanwhile another change lands on ``main``. The restarted
+    transition must see D-1's change deployed (the deployed commit carries it), though
+    the deployed commit is no longer ``main``'s head: one deploy, not two.
+
+    Found by ``bench/chaos.py`` (``CHAOS-3 deployed 2 times``). Seen failing with
+    ``DeployEffect.observe`` comparing the deployed commit with ``main``'s head only
+    (as before this test): D-1 was deployed a second time (two lines in deploys.log)."""
+    from orchestrator.testing.actors import prepare_deploy_task
+    from orchestrator.transitions import Crossing, enter_transition
+
+    deploy = world.tmp_path / "deploy.sh"
+    deploy.write_text(f"OUT={world.out}\n" + ACTOR_DEPLOY.format(await_release=AWAIT_RELEASE))
+    deploys = world.out / "deploys.log"
+    check = f"tail -n 1 {deploys} 2>/dev/null | cut -d' ' -f2"
+    world.configure(
+        f"\n[repos.{world.repo.name}]\n"
+        f"deploy_command = {json.dumps(['sh', str(deploy)])}\n"
+        f"deploy_check_command = {json.dumps(['sh', '-c', check])}\n"
+    )
+    task = prepare_deploy_task(world.store, world.repo, world.tmp_path / "wt", "D-1")
+    go = world.tmp_path / "go"
+    go.touch()
+    owner = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "orchestrator.testing.actors"),
+            *("cli", str(world.config), str(go), str(task.id)),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    world.processes.append(owner)
+    wait_for(lambda: deploy_intent_pid(world.store, task) is not None, "D-1's deploy running")
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    orphan = deploy_intent_pid(world.store, task)
+    assert orphan is not None
+    (world.out / "release").touch()
+    wait_for(lambda: not alive(orphan), "D-1's deploy ended, unrecorded")
+    [(_, deployed)] = [line.split() for line in deploys.read_text().splitlines()]
+    # Someone else's change lands on main.
+    (world.repo / "other.txt").write_text("another change\n")
+    run_git(world.repo, "add", "other.txt")
+    run_git(world.repo, "commit", "--quiet", "-m", "another change")
+    assert run_git(world.repo, "rev-parse", "main").strip() != deployed
+
+    engine = world.engine()
+    engine.recover_on_startup()  # reclaims the lease, and finalizes D-1's job
+    if world.task(task).stage != "done":
+        crossing = enter_transition(engine.runtime, task, "deploy", "done", actor="cli", reason="x")
+        assert crossing is Crossing.DONE
+
+    assert world.task(task).stage == "done"
+    assert lines(world.out / "deploy-starts") == ["D-1"]
+    assert [line.split()[0] for line in deploys.read_text().splitlines()] == ["D-1"]
+    deploy_rows = [r for r in engine.runtime.journal.history(task.id) if r["effect"] == "deploy"]
+    assert [r["status"] for r in deploy_rows] == ["interrupted", "done"]
+    assert (deploy_rows[-1]["result"] or {}).get("reconciled") is True
+    assert (deploy_rows[-1]["result"] or {}).get("deployed_commit") == deployed
