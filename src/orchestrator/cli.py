@@ -70,7 +70,7 @@ class Context:
         return TaskService(self.store, self.settings, self.notifier())
 
     def notifier(self) -> Notifier:
-        """The console, plus the Telegram outbox when a bot token and chat are set."""
+        """The console, plus the outbox: the Telegram card, tracker write-back."""
         from orchestrator.integrations import build_notifier  # noqa: PLC0415 - keep --help fast
 
         return build_notifier(self.settings, self.store)
@@ -445,12 +445,10 @@ def _run_stage(store: Store, job_id: int) -> str:
 @contextmanager
 def _engine_running(context: Context) -> Iterator[tuple[Any, threading.Event]]:
     from orchestrator.engine import Engine  # noqa: PLC0415 - keep `orch --help` fast
+    from orchestrator.integrations import build_outbox_notifier  # noqa: PLC0415
 
-    notifier: Notifier | None = None
-    if context.settings.telegram_enabled:
-        from orchestrator.outbox import OutboxNotifier  # noqa: PLC0415
-
-        notifier = OutboxNotifier(context.store, context.settings)
+    # `orch run` prints its own progress: only the outbox's notifiers, not the console.
+    notifier = build_outbox_notifier(context.settings, context.store)
     engine = Engine(context.store, context.settings, notifier)
     stop = threading.Event()
     try:
@@ -461,7 +459,7 @@ def _engine_running(context: Context) -> Iterator[tuple[Any, threading.Event]]:
 
 
 def _deliver_outbox(context: Context, engine: Any) -> None:
-    """One delivery sweep of the outbox (the live cards) before `orch run` returns;
+    """One delivery sweep of the outbox (cards, write-back) before `orch run` returns;
     what fails stays queued for the next `orch run` or `orch serve`."""
     from orchestrator.integrations import build_delivery  # noqa: PLC0415
 
@@ -519,7 +517,7 @@ def serve(context: Context) -> None:
 
     notifier = context.notifier()
     engine = Engine(context.store, context.settings, notifier)
-    # Telegram configured: the outbox is delivered by a supervised thread of the server.
+    # Telegram or a tracker configured: a supervised thread of the server delivers the outbox.
     delivery = build_delivery(
         context.settings,
         context.store,

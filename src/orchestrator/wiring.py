@@ -8,7 +8,8 @@ adapter an ``httpx.Client`` with its base URL, auth headers and timeout.
 * :func:`open_forge` — the forge of a task's repository, for one use (the merge effect
   of ``deploy -> done``, a webhook), its client closed afterwards;
 * :class:`Integrations` — the long-lived part of one process: the configured tracker,
-  its write-back notifier (composed with the caller's), and Plane lookups for intake.
+  the trackers written back to (the outbox's ``tracker`` channel), Plane lookups for
+  intake.
 """
 
 from __future__ import annotations
@@ -29,14 +30,12 @@ from orchestrator.forges.gitea import GiteaForge
 from orchestrator.forges.github import GITHUB_HEADERS, GitHubForge
 from orchestrator.forges.local import LocalForge
 from orchestrator.git import Repo, git
-from orchestrator.notifier import FanOutNotifier, Notifier
 from orchestrator.settings import Settings
 from orchestrator.store import Store, Task
 from orchestrator.trackers.base import Tracker, state_for
 from orchestrator.trackers.github import GITHUB_DEFAULT_STATES, GitHubIssuesTracker
 from orchestrator.trackers.local import LocalTracker
 from orchestrator.trackers.plane import PLANE_DEFAULT_STATES, PlaneTracker
-from orchestrator.trackers.writeback import TrackerNotifier
 
 __all__ = [
     "GITHUB_API_URL",
@@ -181,6 +180,15 @@ class Integrations:
             return self.github()
         return LocalTracker()
 
+    def writeback_enabled(self) -> bool:
+        """Whether tasks may come from a tracker that is written back to."""
+        settings = self.settings
+        return (
+            settings.tracker in ("plane", "github")
+            or bool(settings.plane_projects)
+            or bool(settings.github_token)
+        )
+
     def writeback_trackers(self) -> dict[str, Tracker]:
         """The trackers tasks are written back to, by name: the configured one, Plane
         when projects feed tasks (``plane_projects``), GitHub when a token is set."""
@@ -190,15 +198,6 @@ class Integrations:
         if self.settings.tracker == "github" or self.settings.github_token:
             chosen["github"] = self.github()
         return chosen
-
-    def notifier(self, base: Notifier) -> Notifier:
-        """``base`` plus write-back to the trackers tasks came from (``base`` alone when
-        there are none)."""
-        trackers = self.writeback_trackers()
-        if not trackers:
-            return base
-        writeback = TrackerNotifier(self.store, trackers, language=self.settings.language)
-        return FanOutNotifier(base, writeback)
 
     def close(self) -> None:
         with self._lock:

@@ -9,8 +9,10 @@ webhooks posted to it over HTTP.
   that arrives while the deploy finalizer holds the transition lease is deferred; the
   task ends done with exactly one merge on the forge and one card in the chat.
 
-Seen failing: with the takeover check removed from ``OutboxDelivery._stale`` (a dead
-owner's claim treated as live) the SIGKILL test waited for the row until its deadline.
+Seen failing: with the stored card ignored by the Telegram channel (a new message on
+every delivery), the SIGKILL test never saw exactly three cards. (With the dead-owner
+takeover disabled it still passes, later: the 120 s claim timeout takes the row over;
+that liveness rule is covered in tests/integration/test_telegram_card.py.)
 """
 
 from __future__ import annotations

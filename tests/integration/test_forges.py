@@ -23,11 +23,11 @@ from tests.integration.support import GIT_IDENTITY, make_repo
 from orchestrator.errors import IntegrationError
 from orchestrator.forges.base import CommitState, Forge, comment_marker
 from orchestrator.git import Repo
+from orchestrator.integrations import build_delivery, build_outbox_notifier
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.testing.fake_forge import DEFAULT_TOKEN, FakeForgeBase, FakeGitea, FakeGitHub
 from orchestrator.testing.fake_plane import DEFAULT_API_KEY, FakePlane
-from orchestrator.trackers.writeback import TrackerNotifier
 from orchestrator.transitions import EventKind
 from orchestrator.wiring import Integrations, open_forge
 
@@ -286,18 +286,20 @@ def test_github_issues_write_back(tmp_path: Path, sqlite_store: Store) -> None:
     assert (issue.state, issue.state_reason) == ("closed", "not_planned")
 
 
-def test_tracker_notifier_writes_each_outcome_once(
+def test_write_back_goes_through_the_outbox_once_per_outcome(
     tmp_path: Path, plane: FakePlane, sqlite_store: Store
 ) -> None:
-    """Write-back through the notifier: a new outcome (a new task version) is one comment
-    and one state; the same outcome told twice is not written again."""
+    """A new outcome (a new task version) is one outbox row, delivered as one comment and
+    one state; the same outcome told twice is one row; a Plane outage keeps it queued."""
     project = plane.add_project("SHOP")
     item = plane.add_item(project, "Add a cart")
     origin = {"tracker": "plane", "project_id": project, "issue_id": item.id}
     (tmp_path / "orch.toml").write_text(
         f'tracker = "plane"\nplane_base_url = "{plane.url}"\n'
         f'plane_api_key = "{DEFAULT_API_KEY}"\nplane_workspace = "acme"\n'
+        "outbox_backoff_s = 0\n"
     )
+    settings = load_settings(tmp_path / "orch.toml")
     with sqlite_store.transaction() as tx:
         task_id = tx.insert_task(
             work_item="SHOP-1",
@@ -312,19 +314,29 @@ def test_tracker_notifier_writes_each_outcome_once(
         )
         tx.add_event(EventKind.TASK_CREATED, actor="t", task_id=task_id, data={"origin": origin})
     task = sqlite_store.get_task(task_id)
-    integrations = integrations_for(tmp_path, sqlite_store)
+    notifier = build_outbox_notifier(settings, sqlite_store)
+    assert notifier is not None
+    delivery = build_delivery(settings, sqlite_store, owner="boot-1")
+    assert delivery is not None
     try:
-        notifier = TrackerNotifier(sqlite_store, {"plane": integrations.tracker()})
         notifier.on_task_changed(task, "development -> testing")
         notifier.on_task_changed(task, "development -> testing")
+        assert delivery.deliver_due() == 1
+        plane.api_key = "down"  # every call refused for a while
         notifier.on_task_changed(replace(task, stage="done", version=task.version + 1), "deployed")
+        assert delivery.deliver_due() == 0
+        [waiting] = delivery.messages(status="pending")
+        assert "plane: " in (waiting.last_error or "")
+        plane.api_key = DEFAULT_API_KEY
+        assert delivery.deliver_due() == 1
     finally:
-        integrations.close()
+        delivery.close()
     assert [c["comment_html"].split("</p>")[0] for c in item.comments] == [
         "<p>SHOP-1 is now at Testing",
         "<p>SHOP-1 is now at Done",
     ]
     assert plane.state_name(item) == "Done"
+    assert [m.status for m in delivery.messages()] == ["sent", "sent"]
 
 
 @pytest.fixture

@@ -5,9 +5,10 @@
   channel that keeps the card and sends alerts;
 * :mod:`~orchestrator.integrations.telegram_webhook` — the card's buttons coming back.
 
-:func:`build_notifier` and :func:`build_delivery` are the composition helpers the CLI and
-``orch serve`` use: Telegram through the outbox when a bot token and a chat are set, the
-console otherwise. See docs/integrations.md.
+:func:`build_notifier`, :func:`build_outbox_notifier` and :func:`build_delivery` are the
+composition helpers the CLI and ``orch serve`` use: the console, plus through the outbox
+the Telegram card (a bot token and a chat set) and tracker write-back (a tracker set).
+See docs/integrations.md.
 """
 
 from __future__ import annotations
@@ -21,16 +22,31 @@ from orchestrator.notifier import ConsoleNotifier, FanOutNotifier, Notifier
 from orchestrator.outbox import TELEGRAM, Channel, OutboxDelivery, OutboxNotifier
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from orchestrator.trackers.writeback import TRACKER, TrackerChannel, TrackerNotifier
 
-__all__ = ["build_delivery", "build_notifier"]
+__all__ = ["build_delivery", "build_notifier", "build_outbox_notifier"]
+
+
+def build_outbox_notifier(settings: Settings, store: Store) -> Notifier | None:
+    """What writes to the outbox: the Telegram card and alerts, tracker write-back (None
+    when neither is configured)."""
+    from orchestrator.wiring import Integrations  # noqa: PLC0415 - the composition root
+
+    notifiers: list[Notifier] = []
+    if settings.telegram_enabled:
+        notifiers.append(OutboxNotifier(store, settings))
+    if Integrations(store, settings).writeback_enabled():
+        notifiers.append(TrackerNotifier(store, language=settings.language))
+    if not notifiers:
+        return None
+    return notifiers[0] if len(notifiers) == 1 else FanOutNotifier(*notifiers)
 
 
 def build_notifier(settings: Settings, store: Store) -> Notifier:
-    """The console, plus the Telegram outbox when Telegram is configured."""
+    """The console, plus the outbox (Telegram, tracker write-back) when configured."""
     console = ConsoleNotifier(settings.language)
-    if not settings.telegram_enabled:
-        return console
-    return FanOutNotifier(console, OutboxNotifier(store, settings))
+    outboxed = build_outbox_notifier(settings, store)
+    return console if outboxed is None else FanOutNotifier(console, outboxed)
 
 
 def build_delivery(
@@ -42,11 +58,15 @@ def build_delivery(
     http: httpx.Client | None = None,
 ) -> OutboxDelivery | None:
     """The outbox delivery of this process, or None when no channel is configured."""
-    if not settings.telegram_enabled:
-        return None
-    client = http or httpx.Client()
-    channels: dict[str, Channel] = {
-        TELEGRAM: TelegramChannel(
+    from orchestrator.wiring import Integrations  # noqa: PLC0415 - the composition root
+
+    channels: dict[str, Channel] = {}
+    closers: list[Callable[[], None]] = []
+    if settings.telegram_enabled:
+        client = http or httpx.Client()
+        if http is None:
+            closers.append(client.close)
+        channels[TELEGRAM] = TelegramChannel(
             TelegramClient(
                 settings.telegram_bot_token,
                 http=client,
@@ -55,12 +75,15 @@ def build_delivery(
             store,
             settings,
         )
-    }
-    return OutboxDelivery(
-        store,
-        settings,
-        channels,
-        owner=owner,
-        is_alive=is_alive,
-        on_close=client.close if http is None else None,
-    )
+    integrations = Integrations(store, settings)
+    if integrations.writeback_enabled():
+        channels[TRACKER] = TrackerChannel(integrations.writeback_trackers())
+        closers.append(integrations.close)
+    if not channels:
+        return None
+
+    def close() -> None:
+        for closer in closers:
+            closer()
+
+    return OutboxDelivery(store, settings, channels, owner=owner, is_alive=is_alive, on_close=close)

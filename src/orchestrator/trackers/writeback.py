@@ -1,23 +1,43 @@
-"""Write-back: after each stage outcome, a comment and a state on the task's tracker.
+"""Write-back: after each stage outcome, a comment and a state on the task's tracker,
+through the durable outbox.
 
 :class:`TrackerNotifier` is a :class:`~orchestrator.notifier.Notifier`, composed with
-the others (the console, the Telegram outbox) by the wiring. For a task that came from
-a tracker (its origin, see :func:`~orchestrator.trackers.base.task_origin`) each new
-outcome — a stage change, a retry, a failure, each a new ``version`` of the task — gets
-one comment and the tracker state mapped from the stage. A job merely starting is no
-outcome. The comment's idempotency key (``orch:<work item>:v<version>:<stage>:ok|failed``)
-makes a repeated call (a restart, a retry) a no-op on the tracker's side.
+the others (the console, the Telegram outbox) by :mod:`orchestrator.integrations`. For a
+task that came from a tracker (its origin, see
+:func:`~orchestrator.trackers.base.task_origin`) each new outcome — a stage change, a
+retry, a failure, each a new ``version`` of the task — becomes one outbox row (channel
+``tracker``) whose idempotency key is ``orch:<work item>:v<version>:<stage>:ok|failed``:
+the same outcome told twice is one row. :class:`TrackerChannel` delivers the row: the
+comment (carrying the key, so the tracker deduplicates a repeated delivery) and the
+tracker state mapped from the stage. A tracker that is down keeps the row pending with
+backoff, so an outage loses nothing and a restart repeats nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, Final
 
+import sqlalchemy as sa
+
+from orchestrator.errors import IntegrationError
 from orchestrator.kernel.stages import stage_label
+from orchestrator.outbox import Claim, DeliveryError, enqueue
 from orchestrator.store import Store, Task
+from orchestrator.store.schema import outbox
 from orchestrator.trackers.base import Tracker, task_origin
 
-__all__ = ["TrackerNotifier", "outcome_key", "outcome_text"]
+__all__ = [
+    "TRACKER",
+    "WRITEBACK",
+    "TrackerChannel",
+    "TrackerNotifier",
+    "outcome_key",
+    "outcome_text",
+]
+
+TRACKER: Final = "tracker"
+WRITEBACK: Final = "writeback"
 
 
 def outcome_key(task: Task) -> str:
@@ -35,29 +55,65 @@ def outcome_text(task: Task, summary: str, language: str = "en") -> str:
 
 
 class TrackerNotifier:
-    """Writes each new outcome of a tracker's task back to that tracker."""
+    """Queues each new outcome of a tracker's task for write-back (see the module doc)."""
 
-    def __init__(
-        self, store: Store, trackers: Mapping[str, Tracker], *, language: str = "en"
-    ) -> None:
+    def __init__(self, store: Store, *, language: str = "en") -> None:
         self.store = store
-        self.trackers = dict(trackers)
         self.language = language
-        self._written: dict[int, str] = {}  # task id -> key of the last outcome written
 
     def on_task_changed(self, task: Task, summary: str) -> None:
-        key = outcome_key(task)
-        if self._written.get(task.id) == key:
-            return
         origin = task_origin(self.store, task)
         if origin is None:
             return
-        tracker = self.trackers.get(str(origin.get("tracker")))
-        if tracker is None:
-            return
-        tracker.comment(origin, outcome_text(task, summary, self.language), key=key)
-        tracker.set_state(origin, task.stage)
-        self._written[task.id] = key
+        key = outcome_key(task)
+        payload = {
+            "origin": origin,
+            "body": outcome_text(task, summary, self.language)[:4000],
+            "stage": task.stage,
+        }
+        try:
+            with self.store.transaction() as tx:
+                queued = tx.conn.execute(
+                    sa.select(outbox.c.id).where(outbox.c.idempotency_key == key)
+                ).first()
+                if queued is None:
+                    enqueue(
+                        tx,
+                        channel=TRACKER,
+                        kind=WRITEBACK,
+                        payload=payload,
+                        task_id=task.id,
+                        key=key,
+                    )
+        except sa.exc.IntegrityError:
+            pass  # queued by a concurrent call: the key is unique
 
     def alert(self, task: Task | None, message: str) -> None:
         """Alerts are for the operators' chat, not the tracker."""
+
+
+class TrackerChannel:
+    """The outbox channel ``tracker``: comments and states on the origin's tracker."""
+
+    def __init__(self, trackers: Mapping[str, Tracker]) -> None:
+        self.trackers = dict(trackers)
+
+    def deliver(self, claim: Claim) -> Mapping[str, Any] | None:
+        payload = claim.message.payload
+        origin = payload.get("origin")
+        if not isinstance(origin, dict):
+            raise DeliveryError("a write-back without an origin", permanent=True)
+        name = str(origin.get("tracker"))
+        tracker = self.trackers.get(name)
+        if tracker is None:
+            raise DeliveryError(
+                f"no {name} tracker is configured for this write-back", permanent=True
+            )
+        try:
+            tracker.comment(
+                origin, str(payload.get("body") or ""), key=claim.message.idempotency_key
+            )
+            tracker.set_state(origin, str(payload.get("stage") or ""))
+        except IntegrationError as exc:
+            raise DeliveryError(str(exc)) from None
+        return {"tracker": name}
