@@ -6,7 +6,8 @@ Telegram posts an Update with the ``X-Telegram-Bot-Api-Secret-Token`` header set
 ``secret_token`` given to ``setWebhook`` (``telegram_webhook_secret``). The endpoint
 
 1. answers 403 when no secret is configured, 401 when the header is missing or wrong
-   (constant-time compare), 413 above ``MAX_BODY_BYTES``, 400 for a body that is not a
+   (constant-time compare), 413 above ``webhook_max_body_bytes`` (counted while the body
+   arrives; never above ``MAX_BODY_BYTES``), 400 for a body that is not a
    JSON Update — never 500 for anything a sender controls;
 2. records ``update_id`` in ``webhook_deliveries``: a replayed update is ignored (200);
 3. for a ``callback_query`` from the configured chat whose data is ``"<action>:<task>"``
@@ -39,6 +40,7 @@ from orchestrator.service import TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.store.schema import webhook_deliveries
+from orchestrator.webhook_routes import BodyTooLargeError, read_capped
 
 __all__ = ["MAX_BODY_BYTES", "SECRET_HEADER", "telegram_webhook_router"]
 
@@ -96,12 +98,11 @@ def telegram_webhook_router(store: Store, settings: Settings, service: TaskServi
             return _error(403, "set telegram_webhook_secret (ORCH_TELEGRAM_WEBHOOK_SECRET)")
         if not _secret_ok(request.headers.get(SECRET_HEADER), secret):
             return _error(401, f"missing or wrong {SECRET_HEADER} header")
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return _error(413, f"the body is over {MAX_BODY_BYTES} bytes")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return _error(413, f"the body is over {MAX_BODY_BYTES} bytes")
+        limit = min(settings.webhook_max_body_bytes, MAX_BODY_BYTES)
+        try:
+            body = await read_capped(request, limit)
+        except BodyTooLargeError:
+            return _error(413, f"the body is over {limit} bytes (webhook_max_body_bytes)")
         try:
             update = json.loads(body)
         except (ValueError, UnicodeDecodeError):
