@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -255,7 +254,6 @@ def create(workdir: Path, repo: Path) -> None:
 def test_claude_code_does_analysis_architecture_and_development_to_done(
     workdir: Path, repo: Path, server: ModelServer
 ) -> None:
-    started = time.monotonic()
     write_config(workdir, server)
     create(workdir, repo)
     first = orch(workdir, "run")
@@ -263,7 +261,6 @@ def test_claude_code_does_analysis_architecture_and_development_to_done(
     orch(workdir, "task", "approve", "DEMO-1")
     orch(workdir, "run")
     shown = show(workdir)
-    elapsed = time.monotonic() - started
 
     assert shown["stage"] == "done", shown["failed_reason"]
     assert not shown["failed"]
@@ -316,7 +313,6 @@ def test_claude_code_does_analysis_architecture_and_development_to_done(
         assert exchange.status == 200, exchange
         turns[exchange.session] = max(turns.get(exchange.session, 0), exchange.turn + 1)
     assert turns == {"analysis": 2, "architecture": 3, "development": 5}
-    assert elapsed < 120
 
 
 def test_an_api_error_fails_the_run_with_claudes_own_reason(workdir: Path, repo: Path) -> None:
@@ -357,20 +353,20 @@ def test_a_hung_model_gets_claude_tree_killed_at_the_stage_timeout(
     workdir: Path, repo: Path
 ) -> None:
     script = parse_script(
-        {"sessions": [{"match": "Stage: analysis", "turns": [{"text": "late", "delay_s": 120}]}]},
+        {"sessions": [{"match": "Stage: analysis", "turns": [{"text": "late", "delay_s": 3600}]}]},
         "hang script",
     )
+    # The model answers in an hour: only the kill at the stage timeout lets `orch run`
+    # return before its own deadline.
     with ModelServer(script) as server:
         write_config(workdir, server, analysis="timeout_s = 3")
-        started = time.monotonic()
         create(workdir, repo)
         orch(workdir, "run")
-        elapsed = time.monotonic() - started
     shown = show(workdir)
     assert shown["failed"]
+    assert "timed out after 3s" in shown["failed_reason"]
     killed = [e for e in shown["events"] if e["kind"] == "job.killed"]
     assert [e["reason"] for e in killed] == ["timed out after 3s"]
-    assert elapsed < 60
     # Nothing of that claude survives: no process runs from its worktree.
     worktree = Path(shown["worktree"])
     survivors = []

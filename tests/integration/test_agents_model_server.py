@@ -6,14 +6,13 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from orchestrator.testing import ModelServer, parse_script
+from orchestrator.testing import ModelServer, Script, parse_script
 
 SCRIPT = parse_script(
     {
@@ -31,7 +30,7 @@ SCRIPT = parse_script(
                     {"text": "Done."},
                 ],
             },
-            {"match": "Stage: slow", "turns": [{"text": "late", "delay_s": 30}]},
+            {"name": "slow", "match": "Stage: slow", "turns": [{"text": "late", "delay_s": 3600}]},
             {
                 "match": "Stage: overloaded",
                 "turns": [
@@ -153,26 +152,46 @@ def test_scripted_errors_bad_bodies_and_count_tokens(server: ModelServer) -> Non
     assert counted.json()["input_tokens"] > 0
 
 
+class WatchedModelServer(ModelServer):
+    """A model server that tells when a reply starts waiting out its delay."""
+
+    def __init__(self, script: Script) -> None:
+        super().__init__(script)
+        self.waiting = threading.Event()
+
+    def wait(self, seconds: float) -> None:
+        self.waiting.set()
+        super().wait(seconds)
+
+
 def test_a_slow_reply_does_not_hold_up_stopping_the_server() -> None:
-    server = ModelServer(SCRIPT).start()
+    server = WatchedModelServer(SCRIPT).start()
     answers: list[object] = []
 
     def ask() -> None:
         try:
-            reply = httpx.post(f"{server.url}/v1/messages", json=body("Stage: slow", stream=True))
+            # Longer than the join below: a reply left waiting shows as a live thread.
+            reply = httpx.post(
+                f"{server.url}/v1/messages", json=body("Stage: slow", stream=True), timeout=60
+            )
             answers.append(reply.status_code)
         except httpx.HTTPError as exc:
             answers.append(exc)
 
-    asking = threading.Thread(target=ask)
+    asking = threading.Thread(target=ask, daemon=True)
     asking.start()
-    time.sleep(0.3)  # the request is waiting out its 30 s delay
-    started = time.monotonic()
+    assert server.waiting.wait(timeout=10), "the slow request never reached its delay"
     server.stop()
+
+    # Stopping woke the reply from its hour-long delay: it was answered, then the
+    # server stopped listening.
     asking.join(timeout=10)
-    assert not asking.is_alive()
-    assert time.monotonic() - started < 5
-    assert answers
+    assert not asking.is_alive(), "the slow reply still waits after the server stopped"
+    assert answers == [200]
+    [late] = [exchange for exchange in server.exchanges if exchange.session == "slow"]
+    assert late.status == 200
+    with pytest.raises(httpx.ConnectError):
+        httpx.post(f"{server.url}/v1/messages", json=body("Stage: analysis.", stream=True))
 
 
 def test_orch_dev_model_server_serves_until_stopped() -> None:

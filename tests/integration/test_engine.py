@@ -411,15 +411,14 @@ def test_failing_tests_roll_back_to_development_until_max_rollbacks(world: World
 
 
 def test_an_agent_past_its_timeout_is_killed_retried_then_failed(world: World) -> None:
-    world.configure("exec sleep 60", max_attempts=2, agent_timeout_s=1)
+    # The agent sleeps for an hour: only the kill at its timeout ends the task within
+    # the drive's deadline, and the exit codes below say it died of the SIGTERM.
+    world.configure("exec sleep 3600", max_attempts=2, agent_timeout_s=1)
     task = world.create("T-1")
     engine = world.engine()
-    started = time.monotonic()
 
     world.drive(engine, world.ended(task), "the task's failure")
 
-    elapsed = time.monotonic() - started
-    assert elapsed < 30, f"two 1-second timeouts took {elapsed:.1f}s"
     failed = world.task(task)
     assert failed.failed
     assert failed.failed_reason is not None
@@ -439,7 +438,8 @@ def test_an_agent_past_its_timeout_is_killed_retried_then_failed(world: World) -
 
 
 def test_cancel_kills_the_running_agent_and_merges_nothing(world: World) -> None:
-    world.configure('sleep 30 & echo $! > "$OUT/sleep"; wait')
+    # An hour's sleep: only the cancel's kill ends the job within the drive's deadline.
+    world.configure('sleep 3600 & echo $! > "$OUT/sleep"; wait')
     task = world.create("T-1")
     main_before = run_git(world.repo, "rev-parse", "main").strip()
     engine = world.engine()
@@ -452,15 +452,12 @@ def test_cancel_kills_the_running_agent_and_merges_nothing(world: World) -> None
     [job] = jobs_of(world, task)
     assert job.pid is not None
     world.service.cancel(world.task(task), actor="test", reason="not needed")
-    cancelled_at = time.monotonic()
     world.drive(
         engine,
         lambda: world.store.get_job(job.id).status not in ("running", "finalizing"),
         "the cancelled job's end",
     )
 
-    # The stage check runs every 0.5 s; the kill itself is SIGTERM, then a grace.
-    assert time.monotonic() - cancelled_at < 8
     ended = world.store.get_job(job.id)
     assert ended.status == "failed"
     assert ended.error is not None
