@@ -259,7 +259,8 @@ def _pipeline(
     assert pressed.json()["text"] == f"{work_item}: approved"
 
     wait_for(started.exists, "the deploy finalizer runs the deploy command", server.log)
-    # The deploy finalizer holds the lease now; the merge already happened on the forge.
+    # The deploy finalizer holds the lease now; the merge already happened on the forge
+    # (the pull request itself was opened through the outbox when testing began).
     [pull] = gitea.pulls
     assert pull.merged
     body, headers = gitea.webhook("pull_request", gitea.pull_request_event(pull), GITEA_SECRET)
@@ -267,15 +268,22 @@ def _pipeline(
     assert merged.json()["status"] == "deferred", merged.text
     release.touch()
 
+    def success_status() -> bool:
+        return any(
+            status["state"] == "success" for shown in gitea.statuses.values() for status in shown
+        )
+
     wait_for(
         lambda: (
             server.get(f"/tasks/{work_item}")["stage"] == "done"
             and "📦" in telegram.visible(CHAT)[0].text
+            and success_status()
         ),
-        "the task is done and its card says so",
+        "the task is done, its card and its pull request's status say so",
         server.log,
     )
     assert gitea.merges == [(pull.number, "merge")]  # exactly one merge
+    assert len(gitea.pulls) == 1  # opened once (when testing began), merged by the effect
     [final] = telegram.visible(CHAT)  # exactly one card
     assert len(telegram.calls_of("sendMessage", ok=True)) == 1
     rows = [line for line in final.text.splitlines() if line[:1] in ("✅", "🔄", "▫", "⏸")]

@@ -24,11 +24,12 @@ from orchestrator.errors import IntegrationError
 from orchestrator.forges.base import CommitState, Forge, comment_marker
 from orchestrator.git import Repo
 from orchestrator.integrations import build_delivery, build_outbox_notifier
+from orchestrator.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.testing.fake_forge import DEFAULT_TOKEN, FakeForgeBase, FakeGitea, FakeGitHub
 from orchestrator.testing.fake_plane import DEFAULT_API_KEY, FakePlane
-from orchestrator.transitions import EventKind
+from orchestrator.transitions import EventKind, advance_stage
 from orchestrator.wiring import Integrations, open_forge
 
 REPO = "acme/shop"
@@ -356,3 +357,55 @@ def test_http_client_is_closed_by_open_forge(tmp_path: Path, fake: FakeForgeBase
         client = forge.api.client  # type: ignore[attr-defined]
         assert isinstance(client, httpx.Client)
     assert client.is_closed
+
+
+# --- the pull request and its status, through the outbox -----------------------------------
+def test_pull_request_and_status_follow_the_task_through_the_outbox(
+    tmp_path: Path, sqlite_store: Store
+) -> None:
+    """From testing on, each outcome is one outbox row: the pull request opened once, the
+    branch head's ``orch/pipeline`` status pending, then success when done; nothing
+    before testing, and the same outcome told twice is one row."""
+    repo = make_repo(tmp_path / "shop")
+    with FakeGitea() as gitea:
+        settings = forge_settings(
+            tmp_path,
+            gitea,
+            "outbox_backoff_s = 0\n"
+            + "".join(
+                f'[stages.{stage}]\nagent = "scripted"\n'
+                for stage in ("analysis", "architecture", "development")
+            ),
+        )
+        task = TaskService(sqlite_store, settings).create_task(
+            repo_path=repo, title="Add a cart", work_item="SHOP-7", actor="t"
+        )
+        notifier = build_outbox_notifier(settings, sqlite_store)
+        delivery = build_delivery(settings, sqlite_store, owner="boot-1")
+        assert notifier is not None
+        assert delivery is not None
+        try:
+            notifier.on_task_changed(task, "created")  # analysis: no pull request yet
+            assert delivery.deliver_due() == 0
+            for stage in ("brd-approval", "architecture", "development", "testing"):
+                current = sqlite_store.get_task(task.id)
+                with sqlite_store.transaction() as tx:
+                    advance_stage(
+                        tx, settings, current, current.stage, stage, actor="t", reason="x"
+                    )
+            testing = sqlite_store.get_task(task.id)
+            notifier.on_task_changed(testing, "development -> testing")
+            notifier.on_task_changed(testing, "development -> testing")
+            gitea.requests.clear()
+            assert delivery.deliver_due() == 1
+            notifier.on_task_changed(replace(testing, stage="done", version=99), "deployed")
+            assert delivery.deliver_due() == 1
+        finally:
+            delivery.close()
+        head = Repo(repo).rev(task.branch)
+        assert [s["state"] for s in gitea.statuses[head]] == ["pending", "success"]
+        assert {s["context"] for s in gitea.statuses[head]} == {"orch/pipeline"}
+        assert gitea.statuses[head][1]["description"] == "SHOP-7: Done (deployed)"
+        [pull] = gitea.pulls
+        assert (pull.head, pull.state) == ("orch/SHOP-7", "open")
+        assert len(gitea.requests_to("POST", r".*/pulls")) == 1

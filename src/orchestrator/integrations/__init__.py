@@ -7,16 +7,19 @@
 
 :func:`build_notifier`, :func:`build_outbox_notifier` and :func:`build_delivery` are the
 composition helpers the CLI and ``orch serve`` use: the console, plus through the outbox
-the Telegram card (a bot token and a chat set) and tracker write-back (a tracker set).
+the Telegram card (a bot token and a chat set), tracker write-back (a tracker set) and
+the pull request and its commit status (a remote forge set).
 See docs/integrations.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import httpx
 
+from orchestrator.forge_sync import FORGE, ForgeChannel, ForgeNotifier
 from orchestrator.integrations.telegram import TelegramChannel, TelegramClient
 from orchestrator.notifier import ConsoleNotifier, FanOutNotifier, Notifier
 from orchestrator.outbox import TELEGRAM, Channel, OutboxDelivery, OutboxNotifier
@@ -25,6 +28,13 @@ from orchestrator.store import Store
 from orchestrator.trackers.writeback import TRACKER, TrackerChannel, TrackerNotifier
 
 __all__ = ["build_delivery", "build_notifier", "build_outbox_notifier"]
+
+
+def _any_remote_forge(settings: Settings) -> bool:
+    """Whether some repository merges on Gitea or GitHub (pull requests, statuses)."""
+    return settings.forge != "local" or any(
+        config.forge not in (None, "local") for config in settings.repos.values()
+    )
 
 
 def build_outbox_notifier(settings: Settings, store: Store) -> Notifier | None:
@@ -37,6 +47,8 @@ def build_outbox_notifier(settings: Settings, store: Store) -> Notifier | None:
         notifiers.append(OutboxNotifier(store, settings))
     if Integrations(store, settings).writeback_enabled():
         notifiers.append(TrackerNotifier(store, language=settings.language))
+    if _any_remote_forge(settings):
+        notifiers.append(ForgeNotifier(store, settings))
     if not notifiers:
         return None
     return notifiers[0] if len(notifiers) == 1 else FanOutNotifier(*notifiers)
@@ -58,7 +70,7 @@ def build_delivery(
     http: httpx.Client | None = None,
 ) -> OutboxDelivery | None:
     """The outbox delivery of this process, or None when no channel is configured."""
-    from orchestrator.wiring import Integrations  # noqa: PLC0415 - the composition root
+    from orchestrator.wiring import Integrations, open_forge  # noqa: PLC0415 - the root
 
     channels: dict[str, Channel] = {}
     closers: list[Callable[[], None]] = []
@@ -79,6 +91,10 @@ def build_delivery(
     if integrations.writeback_enabled():
         channels[TRACKER] = TrackerChannel(integrations.writeback_trackers())
         closers.append(integrations.close)
+    if _any_remote_forge(settings):
+        channels[FORGE] = ForgeChannel(
+            store, partial(open_forge, settings), language=settings.language
+        )
     if not channels:
         return None
 
