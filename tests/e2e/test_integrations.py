@@ -203,7 +203,7 @@ def test_plane_to_done_with_the_card_and_a_deferred_merged_webhook(
         f"touch {started}\n"
         f"for i in $(seq 1200); do [ -e {release} ] && exit 0; sleep 0.1; done\nexit 1\n"
     )
-    # Plane only builds and signs the deliveries here (the identifier is configured).
+    # Plane signs the deliveries, and is written back to (comments, states).
     with FakeGitea() as gitea, FakePlane() as plane:
         project = plane.add_project("DEMO")
         (tmp_path / "orch.toml").write_text(
@@ -213,6 +213,7 @@ def test_plane_to_done_with_the_card_and_a_deferred_merged_webhook(
             f'forge_token = "{DEFAULT_TOKEN}"\nforge_remote = ""\n'
             f'gitea_webhook_secret = "{GITEA_SECRET}"\n'
             f'plane_webhook_secret = "{PLANE_SECRET}"\nplane_workspace = "acme"\n'
+            f'plane_base_url = "{plane.url}"\nplane_api_key = "{plane.api_key}"\n'
             + SCRIPTED
             + f'[repos.textkit]\npath = "{repo}"\nforge_repo = "acme/textkit"\n'
             f'deploy_command = ["sh", "{deploy}"]\n'
@@ -268,6 +269,9 @@ def _pipeline(
     assert merged.json()["status"] == "deferred", merged.text
     release.touch()
 
+    def written_back() -> bool:
+        return plane.state_name(item) == "Done"
+
     def success_status() -> bool:
         return any(
             status["state"] == "success" for shown in gitea.statuses.values() for status in shown
@@ -278,12 +282,17 @@ def _pipeline(
             server.get(f"/tasks/{work_item}")["stage"] == "done"
             and "📦" in telegram.visible(CHAT)[0].text
             and success_status()
+            and written_back()
         ),
         "the task is done, its card and its pull request's status say so",
         server.log,
     )
     assert gitea.merges == [(pull.number, "merge")]  # exactly one merge
     assert len(gitea.pulls) == 1  # opened once (when testing began), merged by the effect
+    # Write-back: one comment per outcome (each key once), the last one "Done".
+    keys = [comment["external_id"] for comment in item.comments]
+    assert len(keys) == len(set(keys)) >= 3
+    assert "DEMO-1 is now at Done" in item.comments[-1]["comment_html"]
     [final] = telegram.visible(CHAT)  # exactly one card
     assert len(telegram.calls_of("sendMessage", ok=True)) == 1
     rows = [line for line in final.text.splitlines() if line[:1] in ("✅", "🔄", "▫", "⏸")]

@@ -102,7 +102,8 @@ class FakeService:
         self.routes.append((method, re.compile(pattern + r"/?\Z"), handler))
 
     def requests_to(self, method: str, pattern: str) -> list[Request]:
-        """Recorded requests of ``method`` whose path matches ``pattern`` (a regex)."""
+        """Recorded requests of ``method`` whose path matches ``pattern`` (a regex) and
+        that were answered below 400 (what the service accepted)."""
         compiled = re.compile(pattern + r"/?\Z")
         with self.lock:
             return [

@@ -449,16 +449,18 @@ class _Handler(BaseHTTPRequestHandler):
             fake._record(Call(method, params, 0, ok=False))
             self.close_connection = True
             return  # dropped: the request never reached Telegram
+        # Each call is recorded before it is answered: a test reading ``calls`` right
+        # after its call returned must find it.
         if fake.outage is not None:
-            self._reply(fake.outage, b"<html><body>502 Bad Gateway</body></html>", "text/html")
             fake._record(Call(method, params, fake.outage, ok=False))
+            self._reply(fake.outage, b"<html><body>502 Bad Gateway</body></html>", "text/html")
             return
         if not parts.path.startswith("/bot") or token != fake.token:
             status, body = 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
         else:
             status, body = fake.handle(method, params)
-        self._reply(status, json.dumps(body).encode("utf-8"), "application/json")
         fake._record(Call(method, params, status, ok=bool(body.get("ok"))))
+        self._reply(status, json.dumps(body).encode("utf-8"), "application/json")
 
     def _params(self, query: str) -> dict[str, Any]:
         params: dict[str, Any] = dict(parse_qsl(query))
