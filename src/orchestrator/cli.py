@@ -182,6 +182,13 @@ INIT_TEMPLATE = """\
 # task_budget_usd = 20.0            # per task, until a person retries it; 0 = no limit
 # language = "en"                   # stage labels: en or ru
 
+# Integrations (docs/integrations.md); keep tokens and secrets in ORCH_* variables.
+# telegram_chat_id = "-1001234567890" # with ORCH_TELEGRAM_BOT_TOKEN: the live card
+# tracker_mode = "edit"             # the card: "edit" in place or "bump" to the bottom
+# forge = "local"                   # or "gitea", "github": forge_base_url, forge_repo
+# merge_method = "merge"            # or "squash", "rebase"
+# tracker = "local"                 # or "plane", "github" (issues)
+
 # The agent that works on each stage. Built in: "claude" (Claude Code),
 # "scripted" (offline, deterministic), and the runners "runner:tests",
 # "runner:staging", "runner:deploy".

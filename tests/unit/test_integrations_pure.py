@@ -177,3 +177,23 @@ def test_bad_deliveries_say_what_is_wrong(
 ) -> None:
     with pytest.raises(error, match=message):
         call()
+
+
+def test_the_init_templates_integration_lines_load(tmp_path: Path) -> None:
+    """``orch init``'s commented integration keys, uncommented, are valid settings."""
+    from orchestrator.cli import INIT_TEMPLATE
+    from orchestrator.settings import load_settings
+
+    keys = ("telegram_chat_id", "tracker_mode", "forge =", "merge_method", "tracker =")
+    lines = [
+        line[2:] if line.startswith("# ") and line[2:].startswith(keys) else line
+        for line in INIT_TEMPLATE.splitlines()
+    ]
+    uncommented = sum(
+        1 for old, new in zip(INIT_TEMPLATE.splitlines(), lines, strict=True) if old != new
+    )
+    assert uncommented == len(keys)
+    (tmp_path / "orch.toml").write_text("\n".join(lines) + "\n")
+    settings = load_settings(tmp_path / "orch.toml")
+    assert (settings.telegram_chat_id, settings.tracker_mode) == ("-1001234567890", "edit")
+    assert (settings.forge, settings.merge_method, settings.tracker) == ("local", "merge", "local")
