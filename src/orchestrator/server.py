@@ -44,6 +44,7 @@ from orchestrator.leases import LeaseManager, Owner
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import ACTIVE_JOB_STATUSES, Job, Store, Task
+from orchestrator.store.schema import outbox
 from orchestrator.transitions import Runtime
 from orchestrator.webhook_routes import webhook_router
 
@@ -56,6 +57,8 @@ API_ACTOR: Final = "api"
 MAX_ERROR_CHARS: Final = 500
 # The service does not bound a cancel/rollback reason; the audit trail should stay readable.
 MAX_REASON_CHARS: Final = 2_000
+# Outbox messages /status counts: not sent yet, or never to be.
+OUTBOX_OPEN_STATUSES: Final = ("pending", "sending", "failed")
 # Jobs still to be started (the queue) and jobs holding a slot (running).
 WAITING_JOB_STATUSES: Final = ("queued", "deferred")
 
@@ -166,6 +169,19 @@ def _repo_path(text: str) -> Path:
     return path
 
 
+def _outbox_counts(store: Store) -> dict[str, int]:
+    """How many outbox messages wait, are being sent, or failed for good."""
+    counts = dict.fromkeys(OUTBOX_OPEN_STATUSES, 0)
+    query = (
+        sa.select(outbox.c.status, sa.func.count())
+        .where(outbox.c.status.in_(OUTBOX_OPEN_STATUSES))
+        .group_by(outbox.c.status)
+    )
+    with store.engine.connect() as conn:
+        counts.update({str(status): int(count) for status, count in conn.execute(query)})
+    return counts
+
+
 def create_app(
     *,
     store: Store,
@@ -229,6 +245,8 @@ def create_app(
             "failed_tasks": store.count_failed_tasks(),
             "running_jobs": len(store.jobs_by_status(ACTIVE_JOB_STATUSES)),
             "boot_id": engine.boot_id if engine is not None else None,
+            # Undelivered outbound calls (cards, write-back, forge statuses) by status.
+            "outbox": _outbox_counts(store),
         }
 
     @app.get("/queue", summary="Jobs waiting and running, and held transition leases")

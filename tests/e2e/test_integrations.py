@@ -185,6 +185,7 @@ def test_the_outbox_survives_a_sigkill_and_delivers_each_message_once(
             "every card delivered and up to date",
             second.log,
         )
+        assert second.get("/status")["outbox"] == {"pending": 0, "sending": 0, "failed": 0}
     finally:
         second.stop()
     sends = telegram.calls_of("sendMessage", ok=True)

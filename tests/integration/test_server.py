@@ -198,6 +198,7 @@ def test_status_reports_version_counts_and_boot_id(
         "failed_tasks",
         "running_jobs",
         "boot_id",
+        "outbox",
     }
     assert status["version"] == __version__
     assert status["boot_id"] == engine.boot_id
@@ -207,6 +208,7 @@ def test_status_reports_version_counts_and_boot_id(
     assert status["tasks_by_stage"]["done"] == 0
     assert status["failed_tasks"] == 0
     assert status["running_jobs"] == 0
+    assert status["outbox"] == {"pending": 0, "sending": 0, "failed": 0}
 
 
 def test_queue_lists_queued_then_running_jobs(
