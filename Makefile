@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint format typecheck unit integration e2e bench clean agents
+.PHONY: demo test check lint format typecheck unit integration e2e bench chaos stress clean agents
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,22 @@ e2e: $(STAMP) agents
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline_throughput.py
+
+# Issue 3's full counts (docs/reliability.md has the last results). Chaos: 50 tasks
+# through the pipeline while `orch serve` is SIGKILLed at least 30 times, on SQLite and
+# on PostgreSQL ($$ORCH_TEST_PG_URL). Stress: TC-01 at 1,000 rounds, five actors as
+# threads and as processes, both databases. `make test` runs both at small counts.
+CHAOS_TASKS ?= 50
+CHAOS_KILLS ?= 30
+STRESS_ROUNDS ?= 1000
+
+chaos: $(STAMP)
+	$(BIN)/python bench/chaos.py --tasks $(CHAOS_TASKS) --kills $(CHAOS_KILLS)
+	$(BIN)/python bench/chaos.py --tasks $(CHAOS_TASKS) --kills $(CHAOS_KILLS) --database postgres
+
+stress: $(STAMP)
+	ORCH_STRESS_ROUNDS=$(STRESS_ROUNDS) $(BIN)/python -m pytest -q -p no:cacheprovider \
+		--timeout=0 --durations=0 -k tc01 tests/integration/test_transition_ownership.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(DEMO_DIR)
