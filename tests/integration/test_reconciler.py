@@ -1,0 +1,185 @@
+"""The reconciler: tasks whose stage and jobs disagree after a crash are repaired.
+
+Each test builds the state a crash leaves behind with the store's own writes (a task in
+``deploy`` whose preflight job exited 0, from :func:`prepare_deploy_task`), then lets
+one reconciler sweep repair it, with real git and a real deploy command:
+
+* the job was claimed ``done`` but the stage never moved (the actor died between its
+  claim and its transition): the sweep completes ``deploy -> done`` through the lease
+  and the journal, one merge and one deploy, and a second sweep changes nothing;
+* a live owner holds the task's lease: the sweep defers and touches nothing;
+* the job ``failed`` and its decision (a retry) was never applied: the sweep applies it;
+* the stage moved but its job was never enqueued: the sweep enqueues it.
+
+How each test was seen to fail without its mechanism is noted on the test (mutants in a
+copy of ``src/`` put first on ``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import pytest
+from support import make_repo
+
+from orchestrator.engine import Engine
+from orchestrator.reconciler import Reconciler
+from orchestrator.settings import Settings, load_settings
+from orchestrator.store import Event, Store, Task
+from orchestrator.testing.actors import prepare_deploy_task
+from orchestrator.transitions import Runtime
+
+CONFIG: Final = """\
+database_url = "{db_url}"
+data_dir = ".orch"
+retry_backoff_s = 0
+reaper_finalize_grace_s = 0
+
+[repos.repo]
+deploy_command = ["sh", "-c", "echo \\"$ORCH_WORK_ITEM $ORCH_DEPLOY_COMMIT\\" >> {deploys}"]
+deploy_check_command = [
+    "sh", "-c", "grep \\"^$ORCH_WORK_ITEM \\" {deploys} 2>/dev/null | tail -n 1 | cut -d' ' -f2",
+]
+"""
+
+
+class World:
+    def __init__(self, tmp_path: Path, db_url: str) -> None:
+        self.tmp_path = tmp_path
+        self.repo = make_repo(tmp_path / "repo")
+        self.deploys = tmp_path / "deploys.log"
+        config = tmp_path / "orch.toml"
+        config.write_text(CONFIG.format(db_url=db_url, deploys=self.deploys))
+        self.settings: Settings = load_settings(config)
+        self.store = Store.open(self.settings.effective_database_url)
+        self.engine = Engine(self.store, self.settings)
+
+    def task(self, work_item: str = "R-1") -> Task:
+        return prepare_deploy_task(self.store, self.repo, self.tmp_path / "wt", work_item)
+
+    def job_to(self, task: Task, status: str, error: str | None = None) -> None:
+        job = self.store.latest_job(task.id)
+        assert job is not None
+        with self.store.transaction() as tx:
+            assert tx.set_job_status_cas(job.id, "finalizing", status, error=error)
+
+    def events(self, task: Task, kind: str) -> list[Event]:
+        return [event for event in self.store.task_events(task.id) if event.kind == kind]
+
+    def merges(self, work_item: str) -> int:
+        subjects = subprocess.run(
+            ["git", "log", "--merges", "--format=%s", "main"],
+            cwd=self.repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        return sum(1 for subject in subjects if f": {work_item} " in subject)
+
+    def deployed(self) -> list[str]:
+        text = self.deploys.read_text() if self.deploys.exists() else ""
+        return [line.split()[0] for line in text.splitlines()]
+
+
+@pytest.fixture
+def world(tmp_path: Path, db_url: str) -> Iterator[World]:
+    made = World(tmp_path, db_url)
+    yield made
+    made.engine.shutdown(kill=True)
+    made.store.close()
+
+
+def test_a_done_job_whose_stage_never_moved_is_advanced_once(world: World) -> None:
+    """Seen failing with the ``done`` branch of ``Reconciler.repair`` skipped: the
+    sweep repaired nothing and the task stayed in ``deploy``, unmerged."""
+    task = world.task()
+    world.job_to(task, "done")  # claimed; the claimer died before its transition
+
+    assert Reconciler(world.engine).sweep() == 1
+
+    done = world.store.get_task(task.id)
+    assert (done.stage, done.failed_reason) == ("done", None)
+    assert world.merges("R-1") == 1
+    assert world.deployed() == ["R-1"]
+    assert [e.actor for e in world.events(task, "reconciler.advance")] == ["reconciler"]
+    # Idempotent: nothing left to repair, nothing written.
+    before = world.store.task_events(task.id)
+    assert Reconciler(world.engine).sweep() == 0
+    assert world.store.task_events(task.id) == before
+    assert world.merges("R-1") == 1
+    assert world.deployed() == ["R-1"]
+
+
+def test_the_reconciler_defers_while_a_live_owner_holds_the_lease(world: World) -> None:
+    """Seen failing with the live-lease check removed from ``Reconciler.sweep``: no
+    ``reconciler.deferred`` event; the sweep went on to the transition (which the lease
+    itself then deferred)."""
+    task = world.task()
+    world.job_to(task, "done")
+    holder = Runtime.create(world.store, world.settings)  # this process: a live owner
+    lease = holder.leases.acquire(task, "deploy->done", "holder")
+    assert lease is not None
+
+    assert Reconciler(world.engine).sweep() == 0
+
+    assert world.store.get_task(task.id).stage == "deploy"
+    assert [e.reason for e in world.events(task, "reconciler.deferred")] == [
+        "a live owner holds the lease"
+    ]
+    assert world.events(task, "transition.deferred") == []
+    assert world.merges("R-1") == 0
+    assert world.deployed() == []
+
+    holder.leases.release(lease)
+    assert Reconciler(world.engine).sweep() == 1
+    assert world.store.get_task(task.id).stage == "done"
+    assert world.merges("R-1") == 1
+    assert world.deployed() == ["R-1"]
+
+
+def test_a_failed_job_whose_retry_was_never_queued_is_retried(world: World) -> None:
+    """Seen failing with the ``failed`` branch of ``Reconciler.repair`` skipped: no
+    second attempt was queued and the task waited forever."""
+    task = world.task()
+    job = world.store.latest_job(task.id)
+    assert job is not None
+    run = world.store.job_run(job.id)
+    assert run is not None
+    with world.store.transaction() as tx:
+        tx.record_exit(run.id, exit_code=1)
+    world.job_to(task, "failed", error="exit code 1")
+
+    assert Reconciler(world.engine).sweep() == 1
+
+    jobs = world.store.task_jobs(task.id)
+    assert [(j.stage, j.attempt, j.status) for j in jobs] == [
+        ("deploy", 1, "failed"),
+        ("deploy", 2, "queued"),
+    ]
+    assert world.store.get_task(task.id).stage == "deploy"
+    assert len(world.events(task, "reconciler.decide")) == 1
+    assert Reconciler(world.engine).sweep() == 0  # a job is pending now
+    assert len(world.store.task_jobs(task.id)) == 2
+
+
+def test_a_stage_whose_job_was_never_enqueued_gets_its_job(world: World) -> None:
+    """The stage moved (here back to development) but no job was enqueued for it.
+
+    Seen failing with the "no job for this stage" branch of ``Reconciler.repair``
+    skipped: the sweep repaired nothing and the task had no job to run."""
+    task = world.task()
+    world.job_to(task, "done")
+    assert world.store.update_task_stage_cas(task.id, "deploy", "development")
+
+    assert Reconciler(world.engine).sweep() == 1
+
+    latest = world.store.latest_job(task.id)
+    assert latest is not None
+    assert (latest.stage, latest.status) == ("development", "queued")
+    [enqueued] = world.events(task, "reconciler.enqueued")
+    assert enqueued.to_stage == "development"
+    assert Reconciler(world.engine).sweep() == 0
+    assert len(world.store.task_jobs(task.id)) == 2
