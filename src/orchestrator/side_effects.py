@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -34,6 +35,8 @@ from orchestrator.store import Task
 __all__ = ["TRANSITION_EFFECTS", "DeployEffect", "MergeEffect", "deploy_effect", "effects_for"]
 
 DEPLOY_TIMEOUT_S: Final = 1800.0
+# The end of a deploy's (or check's) output kept and read back.
+OUTPUT_KEPT_BYTES: Final = 64 * 1024
 
 
 def _argv(command: Sequence[str] | str) -> list[str]:
@@ -126,23 +129,28 @@ class DeployEffect:
     def _run(
         self, argv: list[str], target: str, on_spawn: Callable[[int], None] | None = None
     ) -> str:
-        process = subprocess.Popen(
-            argv,
-            cwd=self.repo.path,
-            env=self._env(target),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        if on_spawn is not None:
-            on_spawn(process.pid)
-        try:
-            output, _ = process.communicate(timeout=DEPLOY_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            kill_group(process.pid)
-            process.wait()
-            raise RuntimeError(f"{argv[0]} timed out after {DEPLOY_TIMEOUT_S:.0f}s") from None
+        # Output goes to an unlinked file, not a pipe: a deploy whose owner is killed
+        # lives on (its own session) and must not die of SIGPIPE at its next line.
+        with tempfile.TemporaryFile() as sink:
+            process = subprocess.Popen(
+                argv,
+                cwd=self.repo.path,
+                env=self._env(target),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            if on_spawn is not None:
+                on_spawn(process.pid)
+            try:
+                process.wait(timeout=DEPLOY_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                kill_group(process.pid)
+                process.wait()
+                raise RuntimeError(f"{argv[0]} timed out after {DEPLOY_TIMEOUT_S:.0f}s") from None
+            sink.seek(max(0, sink.seek(0, os.SEEK_END) - OUTPUT_KEPT_BYTES))
+            output = sink.read().decode("utf-8", errors="replace")
         if process.returncode != 0:
             last = output.strip().splitlines()[-1] if output.strip() else ""
             raise RuntimeError(f"{argv[0]} exited {process.returncode}: {last}")

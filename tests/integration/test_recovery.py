@@ -678,3 +678,64 @@ def test_a_deploy_finished_unrecorded_is_not_rerun_after_the_default_branch_move
     assert [r["status"] for r in deploy_rows] == ["interrupted", "done"]
     assert (deploy_rows[-1]["result"] or {}).get("reconciled") is True
     assert (deploy_rows[-1]["result"] or {}).get("deployed_commit") == deployed
+
+
+# The deploy prints as it goes, as real deploys do.
+TALKING_DEPLOY: Final = """\
+echo "$ORCH_WORK_ITEM" >> "$OUT/deploy-starts"
+echo "deploying $ORCH_DEPLOY_COMMIT"
+{await_release}
+echo "still deploying"
+echo "$ORCH_WORK_ITEM $ORCH_DEPLOY_COMMIT" >> "$OUT/deploys.log"
+echo "deployed"
+"""
+
+
+def test_a_deploy_that_prints_outlives_its_killed_owner(world: World) -> None:
+    """The owner of ``deploy -> done`` is SIGKILLed while a deploy that writes to its
+    stdout runs; the deploy must run to its end (not die on its next line of output),
+    and the restarted transition must find it done: one start, one deploy.
+
+    Seen failing with the deploy's stdout a pipe to its owner (as before this test):
+    the orphaned deploy died of SIGPIPE at its next ``echo``, deploys.log stayed empty,
+    and the restarted transition started the deploy a second time."""
+    from orchestrator.testing.actors import prepare_deploy_task
+    from orchestrator.transitions import Crossing, enter_transition
+
+    deploy = world.tmp_path / "deploy.sh"
+    deploy.write_text(f"OUT={world.out}\n" + TALKING_DEPLOY.format(await_release=AWAIT_RELEASE))
+    deploys = world.out / "deploys.log"
+    check = f"tail -n 1 {deploys} 2>/dev/null | cut -d' ' -f2"
+    world.configure(
+        f"\n[repos.{world.repo.name}]\n"
+        f"deploy_command = {json.dumps(['sh', str(deploy)])}\n"
+        f"deploy_check_command = {json.dumps(['sh', '-c', check])}\n"
+    )
+    task = prepare_deploy_task(world.store, world.repo, world.tmp_path / "wt", "D-1")
+    go = world.tmp_path / "go"
+    go.touch()
+    owner = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "orchestrator.testing.actors"),
+            *("cli", str(world.config), str(go), str(task.id)),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    world.processes.append(owner)
+    wait_for(lambda: deploy_intent_pid(world.store, task) is not None, "D-1's deploy running")
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    orphan = deploy_intent_pid(world.store, task)
+    assert orphan is not None
+    (world.out / "release").touch()
+    wait_for(lambda: not alive(orphan), "D-1's deploy ended")
+
+    engine = world.engine()
+    engine.recover_on_startup()
+    if world.task(task).stage != "done":
+        crossing = enter_transition(engine.runtime, task, "deploy", "done", actor="cli", reason="x")
+        assert crossing is Crossing.DONE
+
+    assert world.task(task).stage == "done"
+    assert lines(world.out / "deploy-starts") == ["D-1"]
+    assert [line.split()[0] for line in deploys.read_text().splitlines()] == ["D-1"]
