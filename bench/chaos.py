@@ -19,9 +19,9 @@ Setup, in a temporary directory:
   ``reaper_finalize_grace_s``, a free local port, and for the repository a
   ``deploy_command`` that sleeps a random time (mostly under a second, so kills land
   inside deploys; about one in three 3-6 s, so a deploy outlives a kill and the next
-  server's start, and that server must wait for it) then appends ``<work item>
-  <commit>`` to ``deploys.log``, and a ``deploy_check_command`` that prints the last
-  deployed commit;
+  server's start, and that server must wait for it), printing as it goes, then appends
+  ``<work item> <commit>`` to ``deploys.log``, and a ``deploy_check_command`` that
+  prints the last deployed commit;
 * N tasks ``CHAOS-1`` .. ``CHAOS-N`` made with ``orch task create``.
 
 Then the chaos loop: start ``orch serve`` in its own session, wait until it says it
@@ -161,12 +161,17 @@ deploy_command = {deploy}
 deploy_check_command = {check}
 """
 
+# It prints as it goes, as real deploys do: a deploy outliving its server must not die
+# on a closed pipe.
 DEPLOY_SCRIPT: Final = """\
 import os, random, sys, time
+print("deploying", os.environ["ORCH_DEPLOY_COMMIT"], flush=True)
 long = random.random() < {long_share}
 time.sleep(random.uniform(*({long_sleep} if long else {short_sleep})))
+print("still deploying", flush=True)
 with open(sys.argv[1], "a", encoding="utf-8") as log:
     log.write(f"{{os.environ['ORCH_WORK_ITEM']}} {{os.environ['ORCH_DEPLOY_COMMIT']}}\\n")
+print("deployed", flush=True)
 """
 
 CHECK_SCRIPT: Final = """\
