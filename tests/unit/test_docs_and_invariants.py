@@ -1,6 +1,7 @@
 """Docs generated from code stay in sync; structural rules of the code hold."""
 
 import ast
+import re
 from pathlib import Path
 
 from orchestrator.diagram import render_stages_doc
@@ -98,3 +99,23 @@ def test_only_the_composition_roots_import_concrete_adapters() -> None:
         text = path.read_text(encoding="utf-8")
         for module in ("orchestrator.store", "orchestrator.engine", "orchestrator.git"):
             assert module not in text, f"kernel/{path.name} imports {module}"
+
+
+def _missing_references(doc: str) -> list[str]:
+    """Test names and ``tests/``/``bench/`` paths named in ``doc`` that do not exist."""
+    sources = "\n".join(path.read_text() for path in (ROOT / "tests").rglob("test_*.py"))
+    defined = set(re.findall(r"^def (test_\w+)\(", sources, re.MULTILINE))
+    missing = [name for name in re.findall(r"\b(test_\w+)\b(?!\.py)", doc) if name not in defined]
+    paths = re.findall(r"\b((?:tests|bench)/[\w/]+\.py)", doc)
+    missing += [path for path in paths if not (ROOT / path).exists()]
+    return sorted(set(missing))
+
+
+def test_reliability_doc_names_existing_tests() -> None:
+    # Every failure class in docs/reliability.md names the test that proves it.
+    assert _missing_references((ROOT / "docs" / "reliability.md").read_text()) == []
+
+
+def test_the_reliability_check_would_notice_a_renamed_test() -> None:
+    doc = "`test_a_resumed_zombie_owner_is_fenced`, `test_no_such_thing`, `tests/gone.py`"
+    assert _missing_references(doc) == ["test_no_such_thing", "tests/gone.py"]
