@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -37,6 +39,17 @@ __all__ = ["TRANSITION_EFFECTS", "DeployEffect", "MergeEffect", "deploy_effect",
 DEPLOY_TIMEOUT_S: Final = 1800.0
 # The end of a deploy's (or check's) output kept and read back.
 OUTPUT_KEPT_BYTES: Final = 64 * 1024
+# An effect's command starts only once its owner has recorded its pid (``on_spawn``):
+# an owner killed in between leaves no command running that recovery cannot wait for.
+# Its pid (and start time) stay the command's own: the gate execs it.
+SPAWN_GATE: Final = """\
+import os, sys
+if not os.read(0, 2):
+    sys.exit("orchestrator: the effect's owner died before recording it; not started")
+null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(null, 0)
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
 
 
 def _argv(command: Sequence[str] | str) -> list[str]:
@@ -131,18 +144,26 @@ class DeployEffect:
     ) -> str:
         # Output goes to an unlinked file, not a pipe: a deploy whose owner is killed
         # lives on (its own session) and must not die of SIGPIPE at its next line.
+        gated = on_spawn is not None
         with tempfile.TemporaryFile() as sink:
             process = subprocess.Popen(
-                argv,
+                [sys.executable, "-c", SPAWN_GATE, *argv] if gated else argv,
                 cwd=self.repo.path,
                 env=self._env(target),
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-            if on_spawn is not None:
-                on_spawn(process.pid)
+            if on_spawn is not None and process.stdin is not None:
+                try:
+                    on_spawn(process.pid)
+                    # The pid is recorded: the command may start (see SPAWN_GATE).
+                    with contextlib.suppress(OSError):
+                        process.stdin.write(b"go")
+                finally:  # without the word (on_spawn failed), the gate sees EOF and stops
+                    with contextlib.suppress(OSError):
+                        process.stdin.close()
             try:
                 process.wait(timeout=DEPLOY_TIMEOUT_S)
             except subprocess.TimeoutExpired:

@@ -739,3 +739,52 @@ def test_a_deploy_that_prints_outlives_its_killed_owner(world: World) -> None:
     assert world.task(task).stage == "done"
     assert lines(world.out / "deploy-starts") == ["D-1"]
     assert [line.split()[0] for line in deploys.read_text().splitlines()] == ["D-1"]
+
+
+# An owner that dies right after starting the deploy, before the journal records the
+# deploy's process: it prints the pid it was given, then exits at once.
+DIES_AT_SPAWN: Final = """\
+import os, sys
+from pathlib import Path
+from orchestrator.settings import load_settings
+from orchestrator.side_effects import effects_for
+from orchestrator.store import Store
+settings = load_settings(Path(sys.argv[1]))
+store = Store.open(settings.effective_database_url)
+task = store.get_task(int(sys.argv[2]))
+[deploy] = [e for e in effects_for(settings, task, "deploy", "done") if e.name == "deploy"]
+def die(pid):
+    print(pid, flush=True)
+    os._exit(3)
+deploy.perform(die)
+"""
+
+
+def test_an_owner_dead_before_recording_the_deploys_process_leaves_no_deploy(
+    world: World,
+) -> None:
+    """Between starting the deploy command and recording its pid in the journal there
+    is a moment in which a SIGKILL leaves a deploy running that recovery cannot wait
+    for: the restarted server would start a second one beside it. The deploy therefore
+    waits, before it does anything, for its owner's word that its pid is recorded; an
+    owner that dies first leaves no deploy behind.
+
+    Seen failing with the deploy started directly (as before this test): the orphan
+    ran and deploys.log had its line."""
+    deploys = world.out / "deploys.log"
+    deploy = ["sh", "-c", f'echo "$ORCH_WORK_ITEM $ORCH_DEPLOY_COMMIT" >> {deploys}']
+    world.configure(f"\n[repos.{world.repo.name}]\ndeploy_command = {json.dumps(deploy)}\n")
+    from orchestrator.testing.actors import prepare_deploy_task
+
+    task = prepare_deploy_task(world.store, world.repo, world.tmp_path / "wt", "D-1")
+    owner = subprocess.run(
+        [sys.executable, "-c", DIES_AT_SPAWN, str(world.config), str(task.id)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+    )
+    assert owner.returncode == 3, owner.stderr
+    pid = int(owner.stdout)
+    wait_for(lambda: not alive(pid), "the deploy's process ended")
+    assert not deploys.exists()
