@@ -246,17 +246,19 @@ class Repo:
     def move_branch(self, branch: str, new: str, expected: str) -> None:
         """Move ``branch`` from ``expected`` to its descendant ``new`` (a compare-and-swap
         on the ref, or a fast-forward of the worktree that has it checked out, so a
-        user's checkout stays consistent). Call under :meth:`locked`."""
+        user's checkout stays consistent). Call under :meth:`locked`.
+
+        Local changes in that checkout are carried along; only changes to files the move
+        touches stop it (git refuses before it writes anything)."""
         holder = self.checked_out_in(branch)
         if holder is None:
             git(self.path, "update-ref", f"refs/heads/{branch}", new, expected)
             return
-        if git(holder, "status", "--porcelain", "--untracked-files=no").stdout.strip():
+        if git(holder, "merge", "--ff-only", "--quiet", new, check=False).returncode != 0:
             raise RepositoryError(
-                f"{holder} has {branch} checked out with uncommitted changes; "
-                "commit or stash them, then retry the task"
+                f"{holder} has {branch} checked out with local changes to files this "
+                "change touches; commit or stash them, then retry the task"
             )
-        git(holder, "merge", "--ff-only", "--quiet", new)
 
 
 def _land(scratch: Path, method: str, head: str, target: str, message: str, what: str) -> str:

@@ -10,30 +10,34 @@ else (a refused connection, a timeout, a 5xx) is a failed check, and
 ``post_deploy_failures`` failed checks in a row make the deploy unhealthy. Watching is
 read-only, so a crash while watching only means the next owner watches again.
 
-An unhealthy deploy is rolled back **once**, by three journaled effects of the same
-crossing (each is an intent before it runs, each checks the world first, so a crash at
-any point resumes where it stopped and repeats nothing):
+An unhealthy verdict is first made durable: a ``deploy.unhealthy`` event with the report,
+written under the lease. Its id names the **rollback**: from then on, until the task
+leaves ``deploy`` (``task.rollback``) or is cancelled, every actor that enters
+``deploy -> done`` finishes that rollback instead of merging, deploying or watching
+again (:func:`pending_rollback`), so a crash anywhere after the verdict can neither
+repeat the rollback nor end in "done" with the change reverted. A retry does not clear
+it: it resumes it.
 
-1. ``revert``: a commit on the default branch that undoes what the task landed (the merge
-   commit, the squash commit or the rebased commits), carrying the trailers
-   ``Orch-Rollback: <work item> round <n>`` and ``Orch-Reverts: <landing commit>``;
-2. ``redeploy``: the deploy command again, for the default branch's new head (whose tree
-   is the one before the task landed, plus whatever other tasks landed since);
-3. ``reapply``: on the task branch, the default branch merged in and the task's change put
-   back on top (``Orch-Reapply: <work item> round <n>``), so the developer's fix lands the
-   whole change again instead of a branch whose commits the default branch has reverted.
+The rollback is three journaled effects, each an intent before it runs, each checking
+the world first (and the revert and the reapply once more under the repository lock):
 
-Then the task moves ``deploy -> development`` through the stage compare-and-swap, with
-the monitor's report as the developer agent's feedback, and one alert.
+1. ``revert#<id>``: a commit on the default branch that undoes exactly what the task
+   landed (its merge commit, its squash commit, or its rebased commits, found by the
+   ``Orch-Merged-Head`` / ``Orch-Landed-On`` trailers or the merge's second parent),
+   carrying ``Orch-Rollback: <work item> #<id>``;
+2. ``redeploy#<id>``: the deploy command again, for the default branch's new head;
+3. ``reapply#<id>``: on the task branch, the default branch merged in and the revert
+   reverted (``Orch-Reapply: <work item> #<id>``), so the developer's fix lands the
+   whole change again instead of a branch whose commits the default branch reverted.
 
-Which crossing is rolling back is durable: the effects are named with the task's
-rollback round (``revert#<n>``), so an actor that re-enters ``deploy -> done`` after a
-crash mid-rollback finds the round's intent in the journal and finishes the rollback
-instead of watching the now rolled-back deploy, finding it healthy and calling it done.
+Then the task moves ``deploy -> development`` through the stage compare-and-swap with
+the report as the developer's feedback and one alert, or, when it has used up
+``max_rollbacks``, it fails in ``deploy`` for a human (the rollback is done either way).
 
-The rollback works on the repository on disk (the ``local`` forge). With a remote forge
-the revert would have to be a pull request of its own: there the task fails closed and a
-human rolls back.
+The rollback reverts on the repository on disk (the ``local`` forge). With a remote forge
+it fails closed: a human reverts there, then ``orch task rollback <ID>``. Health windows
+of two tasks of one repository may overlap; a failure is blamed on the task whose window
+saw it.
 """
 
 from __future__ import annotations
@@ -48,12 +52,12 @@ import httpx
 import sqlalchemy as sa
 
 from orchestrator.errors import RepositoryError
-from orchestrator.git import LANDED_ON_TRAILER, Repo, git
+from orchestrator.git import LANDED_ON_TRAILER, MERGED_HEAD_TRAILER, Repo, commit_all, git
 from orchestrator.journal import Effect, EffectFailedError, Observation, Seen
 from orchestrator.leases import Lease, LeaseManager
 from orchestrator.settings import RepoConfig, Settings
 from orchestrator.store import Store, Task
-from orchestrator.store.schema import effects, events
+from orchestrator.store.schema import events
 
 __all__ = [
     "UNHEALTHY_EVENT",
@@ -62,9 +66,9 @@ __all__ = [
     "ReapplyEffect",
     "RevertEffect",
     "find_landing",
-    "last_report",
+    "pending_rollback",
+    "report_of",
     "rollback_effects",
-    "rollback_started",
     "watch_deploy",
     "watch_health",
 ]
@@ -179,18 +183,19 @@ def watch_deploy(
     task: Task,
     *,
     actor: str,
-) -> HealthReport | None:
+) -> int | None:
     """Watch the task's fresh deploy if its repository has a health URL.
 
-    Returns the report when the deploy is unhealthy (recorded, fenced by the lease, as a
-    ``deploy.unhealthy`` event before anything is rolled back), None otherwise.
+    Unhealthy: the verdict is recorded (fenced by the lease) as a ``deploy.unhealthy``
+    event carrying the report, and its id, the rollback's name, is returned. Healthy or
+    not watched: None.
     """
     report = _watch(settings.repo_config(Path(task.repository)))
     if report is None or report.healthy:
         return None
     with store.transaction() as tx:
         leases.check(tx, lease)
-        tx.add_event(
+        return tx.add_event(
             UNHEALTHY_EVENT,
             actor=actor,
             task_id=task.id,
@@ -198,18 +203,33 @@ def watch_deploy(
             f"({report.last_error}); rolling back",
             data={"report": report.render()},
         )
-    return report
 
 
-def last_report(store: Store, task: Task) -> str:
-    """The report of the task's latest unhealthy deploy (for a rollback resumed later)."""
+# Events after which a task is no longer rolling back a deploy.
+_ROLLBACK_ENDS: Final = ("task.rollback", "task.cancelled", "stage.changed")
+
+
+def pending_rollback(store: Store, task: Task) -> int | None:
+    """The id of the unhealthy verdict this task is still rolling back, if any."""
     with store.engine.connect() as conn:
-        data = conn.execute(
-            sa.select(events.c.data)
-            .where(events.c.task_id == task.id, events.c.kind == UNHEALTHY_EVENT)
+        latest = conn.execute(
+            sa.select(events.c.id, events.c.kind)
+            .where(
+                events.c.task_id == task.id,
+                events.c.kind.in_((UNHEALTHY_EVENT, *_ROLLBACK_ENDS)),
+            )
             .order_by(events.c.id.desc())
             .limit(1)
-        ).scalar_one_or_none()
+        ).first()
+    if latest is None or latest.kind != UNHEALTHY_EVENT:
+        return None
+    return int(latest.id)
+
+
+def report_of(store: Store, rollback: int) -> str:
+    """The monitor's report recorded with the unhealthy verdict ``rollback``."""
+    with store.engine.connect() as conn:
+        data = conn.execute(sa.select(events.c.data).where(events.c.id == rollback)).scalar()
     report = (data or {}).get("report")
     return str(report) if report else "The post-deploy monitor found the deploy unhealthy.\n"
 
@@ -225,13 +245,18 @@ class Landing:
     tip: str
 
 
-def find_landing(repo: Repo, task: Task) -> Landing:
-    """Where the task branch's head landed on its default branch, from the world.
+def _parents(repo: Repo, commit: str) -> list[str]:
+    return git(repo.path, "rev-list", "--parents", "-n", "1", commit).stdout.split()[1:]
 
-    The landing commit is the oldest commit along the default branch's first-parent
-    chain that contains the task (by ancestry, or by a squash/rebase trailer). Its base
-    is the ``Orch-Landed-On`` trailer a squash or rebase landing carries (a rebase made
-    one commit per branch commit), or else its first parent (a merge commit).
+
+def find_landing(repo: Repo, task: Task) -> Landing:
+    """The commits orch made to land the task branch's head, from the world.
+
+    The landing commit is, along the default branch's first-parent chain, the merge
+    commit whose second parent is the head, or the squash / rebase commit whose
+    ``Orch-Merged-Head`` trailer names it. Its base is the ``Orch-Landed-On`` trailer (a
+    rebase made one commit per branch commit) or its first parent. Anything else (the
+    head reached the default branch some other way) is not ours to revert.
     """
     head = repo.rev(task.branch)
     chain = git(
@@ -241,38 +266,35 @@ def find_landing(repo: Repo, task: Task) -> Landing:
         f"--max-count={LANDING_SEARCH_DEPTH}",
         task.base_branch,
     ).stdout.split()
-    tip = ""
     for commit in chain:
-        if not repo.is_merged(head, commit):
-            break
-        tip = commit
-    if not tip:
-        raise RepositoryError(
-            f"{task.branch} has not landed on {task.base_branch}: nothing to roll back"
-        )
-    landed_on = _trailer_value(repo, tip, LANDED_ON_TRAILER)
-    if landed_on:
-        return Landing(landed_on, tip)
-    parents = git(repo.path, "rev-list", "--parents", "-n", "1", tip).stdout.split()[1:]
-    if not parents:
-        raise RepositoryError(f"{tip[:10]} is a root commit: it cannot be rolled back")
-    base = parents[0]
-    return Landing(base, tip)
+        parents = _parents(repo, commit)
+        if parents[1:2] == [head]:
+            return Landing(parents[0], commit)
+        if parents and _trailer_value(repo, commit, MERGED_HEAD_TRAILER) == head:
+            landed_on = _trailer_value(repo, commit, LANDED_ON_TRAILER)
+            return Landing(landed_on or parents[0], commit)
+    raise RepositoryError(
+        f"no landing of {task.branch} ({head[:10]}) by orch in the last "
+        f"{LANDING_SEARCH_DEPTH} commits of {task.base_branch}: revert it by hand, then "
+        f"`orch task rollback {task.work_item}`"
+    )
 
 
 def _find_trailer(repo: Repo, ref: str, trailer: str, value: str) -> str | None:
-    """The newest commit on ``ref`` whose message carries ``trailer: value``."""
-    found = git(
+    """The newest commit on ``ref`` carrying exactly ``trailer: value``."""
+    candidates = git(
         repo.path,
         "log",
-        "-1",
         "--format=%H",
         "--fixed-strings",
         f"--grep={trailer}: {value}",
         ref,
         check=False,
-    ).stdout.strip()
-    return found or None
+    ).stdout.split()
+    for commit in candidates:
+        if _trailer_value(repo, commit, trailer) == value:
+            return commit
+    return None
 
 
 def _trailer_value(repo: Repo, commit: str, trailer: str) -> str:
@@ -283,60 +305,62 @@ def _trailer_value(repo: Repo, commit: str, trailer: str) -> str:
     return ""
 
 
-def round_marker(task: Task) -> str:
-    return f"{task.work_item} round {task.rollback_count + 1}"
-
-
 @dataclass
 class RevertEffect:
     """Undo the task's landing on the default branch with one new commit."""
 
     repo: Repo
     task: Task
+    rollback: int
     name: str
-    landing: Landing | None = None
     revert_sha: str | None = None
 
+    @property
+    def marker(self) -> str:
+        return f"{self.task.work_item} #{self.rollback}"
+
+    def _found(self) -> str | None:
+        found = _find_trailer(self.repo, self.task.base_branch, ROLLBACK_TRAILER, self.marker)
+        self.revert_sha = found or self.revert_sha
+        return found
+
     def observe(self) -> Observation:
-        found = _find_trailer(
-            self.repo, self.task.base_branch, ROLLBACK_TRAILER, round_marker(self.task)
-        )
+        found = self._found()
         if found is None:
             return Observation(Seen.NOT_DONE)
-        tip = _trailer_value(self.repo, found, REVERTS_TRAILER)
-        base = _trailer_value(self.repo, found, "Orch-Reverts-Base")
-        self.landing, self.revert_sha = Landing(base, tip), found
-        return Observation(Seen.DONE, {"revert_sha": found, "landing": tip, "base": base})
+        return Observation(Seen.DONE, {"revert_sha": found})
 
     def perform(self, on_spawn: Callable[[int], None]) -> Mapping[str, Any]:
         with self.repo.locked():
+            # Once more under the lock: an actor fenced out too late must not revert twice.
+            if (found := self._found()) is not None:
+                return {"revert_sha": found, "already_reverted": True}
             landing = find_landing(self.repo, self.task)
             target = self.task.base_branch
             before = self.repo.rev(target)
             message = (
                 f"Roll back {self.task.work_item}: post-deploy health check failed\n\n"
-                f"{ROLLBACK_TRAILER}: {round_marker(self.task)}\n"
+                f"{ROLLBACK_TRAILER}: {self.marker}\n"
                 f"{REVERTS_TRAILER}: {landing.tip}\n"
-                f"Orch-Reverts-Base: {landing.base}\n"
             )
             scratch = self.repo.path / ".git" / "orch-rollback" / self.task.work_item
             sha = self.repo.commit_in_scratch(
                 scratch, before, lambda tree: _revert(tree, landing, message)
             )
             self.repo.move_branch(target, sha, before)
-        self.landing, self.revert_sha = landing, sha
+        self.revert_sha = sha
         return {"revert_sha": sha, "landing": landing.tip, "base": landing.base}
 
 
 def _revert(worktree: Path, landing: Landing, message: str) -> str:
-    parents = git(worktree, "rev-list", "--parents", "-n", "1", landing.tip).stdout.split()[1:]
-    if len(parents) > 1:
+    if len(git(worktree, "rev-list", "--parents", "-n", "1", landing.tip).stdout.split()) > 2:
         args = ["revert", "--no-commit", "-m", "1", landing.tip]
     else:
         args = ["revert", "--no-commit", f"{landing.base}..{landing.tip}"]
     if git(worktree, *args, check=False).returncode != 0:
         raise RepositoryError(
-            f"cannot revert {landing.tip[:10]}: conflicts with later commits; roll back by hand"
+            f"cannot revert {landing.tip[:10]}: it conflicts with later commits; revert it "
+            "by hand, then `orch task rollback <ID>`"
         )
     git(worktree, "commit", "--quiet", "--no-verify", "--allow-empty", "-m", message)
     return git(worktree, "rev-parse", "HEAD").stdout.strip()
@@ -351,23 +375,28 @@ class ReapplyEffect:
     revert: RevertEffect
     name: str
 
+    def _found(self) -> str | None:
+        return _find_trailer(self.repo, self.task.branch, REAPPLY_TRAILER, self.revert.marker)
+
     def observe(self) -> Observation:
-        found = _find_trailer(self.repo, self.task.branch, REAPPLY_TRAILER, round_marker(self.task))
+        found = self._found()
         if found is None:
             return Observation(Seen.NOT_DONE)
         return Observation(Seen.DONE, {"reapply_sha": found})
 
     def perform(self, on_spawn: Callable[[int], None]) -> Mapping[str, Any]:
-        reverted = self.revert.revert_sha
+        with self.repo.locked():
+            if (found := self._found()) is not None:
+                return {"reapply_sha": found, "already_reapplied": True}
+            return {"reapply_sha": self._reapply()}
+
+    def _reapply(self) -> str:
+        reverted = self.revert.revert_sha or self.revert._found()
         if reverted is None:
-            raise RepositoryError("the rollback's revert commit is unknown: reapply by hand")
+            raise RepositoryError("the rollback's revert commit is not on the default branch")
         worktree = Path(self.task.worktree)
-        message = (
-            f"Reapply {self.task.work_item} after the post-deploy rollback\n\n"
-            f"{REAPPLY_TRAILER}: {round_marker(self.task)}\n"
-        )
-        if git(worktree, "status", "--porcelain").stdout.strip():
-            git(worktree, "stash", "--include-untracked", "--quiet")
+        # Work left in the worktree is kept, as the engine keeps it after every job.
+        commit_all(worktree, f"{self.task.work_item}: work in progress before the rollback")
         # The default branch (with the revert) first, then the revert reverted: the
         # branch holds the whole change again on top of what the default branch has.
         steps = (
@@ -378,49 +407,35 @@ class ReapplyEffect:
             if git(worktree, *step, check=False).returncode != 0:
                 git(worktree, step[0], "--abort", check=False)
                 raise RepositoryError(
-                    f"cannot reapply {self.task.work_item} on {self.task.branch}: "
-                    f"git {step[0]} conflicts; reapply by hand"
+                    f"cannot reapply {self.task.work_item} on {self.task.branch}: git "
+                    f"{step[0]} conflicts; reapply by hand, then `orch task rollback "
+                    f"{self.task.work_item}`"
                 )
+        message = (
+            f"Reapply {self.task.work_item} after the post-deploy rollback\n\n"
+            f"{REAPPLY_TRAILER}: {self.revert.marker}\n"
+        )
         git(worktree, "commit", "--quiet", "--no-verify", "--allow-empty", "-m", message)
-        return {"reapply_sha": git(worktree, "rev-parse", "HEAD").stdout.strip()}
-
-
-def effect_name(base: str, task: Task) -> str:
-    """Effects of a rollback are named by round: a later rollback is a new effect."""
-    return f"{base}#{task.rollback_count + 1}"
-
-
-def rollback_started(store: Store, task: Task, transition: str) -> bool:
-    """Whether this crossing already began rolling back (its revert has a journal row)."""
-    with store.engine.connect() as conn:
-        found = conn.execute(
-            sa.select(effects.c.id)
-            .where(
-                effects.c.task_id == task.id,
-                effects.c.transition == transition,
-                effects.c.effect == effect_name("revert", task),
-            )
-            .limit(1)
-        ).first()
-    return found is not None
+        return git(worktree, "rev-parse", "HEAD").stdout.strip()
 
 
 def rollback_effects(
-    settings: Settings, task: Task, redeploy: Callable[[str], Effect | None]
+    settings: Settings, task: Task, rollback: int, redeploy: Callable[[str], Effect | None]
 ) -> list[Effect]:
-    """The rollback's effects, in order: revert, redeploy (if there is a deploy command),
-    reapply. ``redeploy(name)`` builds the deploy effect under that name."""
+    """The effects of rollback ``rollback``, in order: revert, redeploy (if there is a
+    deploy command), reapply. ``redeploy(name)`` builds the deploy effect by that name."""
     config = settings.repo_config(Path(task.repository))
     if (config.forge or settings.forge) != "local":
         raise EffectFailedError(
-            "the post-deploy rollback reverts on the repository on disk; with a remote "
-            "forge, revert the merge by hand"
+            "the deploy is unhealthy and the post-deploy rollback reverts only on the "
+            "repository on disk: revert the merge on the forge by hand, then "
+            f"`orch task rollback {task.work_item}`"
         )
     repo = Repo(Path(task.repository))
-    revert = RevertEffect(repo, task, effect_name("revert", task))
+    revert = RevertEffect(repo, task, rollback, f"revert#{rollback}")
     built: list[Effect] = [revert]
-    deploy = redeploy(effect_name("redeploy", task))
+    deploy = redeploy(f"redeploy#{rollback}")
     if deploy is not None:
         built.append(deploy)
-    built.append(ReapplyEffect(repo, task, revert, effect_name("reapply", task)))
+    built.append(ReapplyEffect(repo, task, revert, f"reapply#{rollback}"))
     return built

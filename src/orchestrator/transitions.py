@@ -23,7 +23,7 @@ from orchestrator.journal import EffectFailedError, EffectInFlightError, Journal
 from orchestrator.kernel.gates import ARTIFACT_ROOT
 from orchestrator.kernel.stages import JOB_STAGES, ROLLBACK_TARGET, check_transition
 from orchestrator.leases import Lease, LeaseLostError, LeaseManager, Owner
-from orchestrator.monitor import last_report, rollback_effects, rollback_started, watch_deploy
+from orchestrator.monitor import pending_rollback, report_of, rollback_effects, watch_deploy
 from orchestrator.notifier import Notifier, NullNotifier, notify_safely
 from orchestrator.outbox import enqueue_card_updates
 from orchestrator.settings import Settings, in_scope
@@ -243,16 +243,42 @@ def _advance_fenced(
     return True
 
 
+def _fail_closed(
+    runtime: Runtime, lease: Lease, task: Task, reason: str, *, actor: str
+) -> Crossing:
+    """Fail the task where it stands, for a human, with the reason (fenced), and alert."""
+    with runtime.store.transaction() as tx:
+        runtime.leases.check(tx, lease)
+        tx.update_task_counters(task.id, expected_stage=task.stage, failed_reason=reason)
+        tx.add_event(
+            EventKind.FAILED, actor=actor, task_id=task.id, to_stage=task.stage, reason=reason
+        )
+        enqueue_card_updates(tx, runtime.settings, task.id, f"failed: {reason}")
+    failed = runtime.store.get_task(task.id)
+    notify_safely(lambda: runtime.notifier.alert(failed, f"task failed: {reason}"))
+    return Crossing.FAILED
+
+
 def _roll_back_deploy(
-    runtime: Runtime, lease: Lease, task: Task, transition: str, *, actor: str
+    runtime: Runtime, lease: Lease, task: Task, transition: str, rollback: int, *, actor: str
 ) -> Crossing:
     """Undo an unhealthy deploy (revert, redeploy, reapply: journaled effects), then move
-    the task back to development with the monitor's report, and alert once."""
+    the task back to development with the monitor's report and alert once; with its
+    rollbacks used up, fail it in ``deploy`` for a human instead."""
     store, settings = runtime.store, runtime.settings
-    undo = rollback_effects(settings, task, lambda name: deploy_effect(settings, task, name))
+    undo = rollback_effects(
+        settings, task, rollback, lambda name: deploy_effect(settings, task, name)
+    )
     for effect in undo:
         runtime.journal.run(lease, task.id, transition, effect, actor=actor)
     target = ROLLBACK_TARGET[task.stage]
+    if task.rollback_count >= settings.max_rollbacks:
+        reason = (
+            f"the deploy was unhealthy and is rolled back; the task has used its "
+            f"{settings.max_rollbacks} rollbacks (max_rollbacks): look at it, then "
+            f"`orch task retry {task.work_item}`"
+        )
+        return _fail_closed(runtime, lease, task, reason, actor=actor)
     reason = "rollback: the post-deploy health check failed"
     if not _advance_fenced(
         runtime,
@@ -263,7 +289,7 @@ def _roll_back_deploy(
         actor=actor,
         reason=reason,
         rollback_count=task.rollback_count + 1,
-        feedback=last_report(store, task),
+        feedback=report_of(store, rollback),
         event_kind=EventKind.ROLLBACK,
     ):
         return Crossing.LOST
@@ -309,37 +335,24 @@ def enter_transition(
         if current.stage != expected or current.failed:
             return Crossing.LOST
         try:
-            # A crossing that began rolling back finishes its rollback (see monitor.py).
-            rolling_back = rollback_started(store, current, transition)
-            if not rolling_back:
+            # A deploy found unhealthy is rolled back, however often the crossing is
+            # entered again, before anything else (see monitor.py).
+            rollback = pending_rollback(store, current) if expected == "deploy" else None
+            if rollback is None:
                 for effect in effects_for(settings, current, expected, new):
                     runtime.journal.run(lease, current.id, transition, effect, actor=actor)
                 if (expected, new) == ("deploy", "done"):
-                    unhealthy = watch_deploy(
+                    rollback = watch_deploy(
                         store, settings, runtime.leases, lease, current, actor=actor
                     )
-                    rolling_back = unhealthy is not None
-            if rolling_back:
-                return _roll_back_deploy(runtime, lease, current, transition, actor=actor)
+            if rollback is not None:
+                return _roll_back_deploy(runtime, lease, current, transition, rollback, actor=actor)
         except EffectInFlightError as exc:
             with store.transaction() as tx:
                 tx.add_event(EventKind.DEFERRED, actor=actor, task_id=current.id, reason=str(exc))
             return Crossing.DEFERRED
         except EffectFailedError as exc:
-            with store.transaction() as tx:
-                runtime.leases.check(tx, lease)
-                tx.update_task_counters(current.id, expected_stage=expected, failed_reason=str(exc))
-                tx.add_event(
-                    EventKind.FAILED,
-                    actor=actor,
-                    task_id=current.id,
-                    to_stage=expected,
-                    reason=str(exc),
-                )
-                enqueue_card_updates(tx, settings, current.id, f"failed: {exc}")
-            failed, message = store.get_task(current.id), f"task failed: {exc}"
-            notify_safely(lambda: runtime.notifier.alert(failed, message))
-            return Crossing.FAILED
+            return _fail_closed(runtime, lease, current, str(exc), actor=actor)
         if not _advance_fenced(
             runtime,
             lease,

@@ -29,9 +29,15 @@ from orchestrator.engine import Engine
 from orchestrator.forges.local import LocalForge
 from orchestrator.git import Repo, git
 from orchestrator.monitor import watch_health
+from orchestrator.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
-from orchestrator.testing.actors import ROLES, act, prepare_deploy_task
+from orchestrator.testing.actors import (
+    ROLES,
+    act,
+    add_finalizing_deploy_job,
+    prepare_deploy_task,
+)
 
 CONFIG = """\
 database_url = "{db_url}"
@@ -39,6 +45,7 @@ data_dir = ".orch"
 retry_backoff_s = 0
 reaper_finalize_grace_s = 0
 merge_method = "{method}"
+max_rollbacks = {max_rollbacks}
 
 [repos.repo]
 deploy_command = ["sh", "{deploy}"]
@@ -57,6 +64,10 @@ if [ -e {root}/slow-rollback ] && \\
    git -C {repo} log -1 --format=%B "$ORCH_DEPLOY_COMMIT" | grep -q '^Orch-Rollback:'; then
     touch {root}/redeploying
     sleep 2
+fi
+if [ -e {root}/dirty-on-deploy ]; then  # someone edits the checkout of main meanwhile
+    rm {root}/dirty-on-deploy
+    echo "a local edit" > {repo}/fix.txt
 fi
 echo "$ORCH_WORK_ITEM $ORCH_DEPLOY_COMMIT" >> {root}/deploys.log
 echo "$ORCH_DEPLOY_COMMIT" > {root}/deployed
@@ -129,7 +140,12 @@ def merge_method() -> str:
 
 
 @pytest.fixture
-def world(tmp_path: Path, db_url: str, merge_method: str) -> Iterator[World]:
+def max_rollbacks() -> int:
+    return 2
+
+
+@pytest.fixture
+def world(tmp_path: Path, db_url: str, merge_method: str, max_rollbacks: int) -> Iterator[World]:
     repo = make_repo(tmp_path / "repo")
     Health.root, Health.repo = tmp_path, repo
     server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
@@ -142,6 +158,7 @@ def world(tmp_path: Path, db_url: str, merge_method: str) -> Iterator[World]:
         CONFIG.format(
             db_url=db_url,
             method=merge_method,
+            max_rollbacks=max_rollbacks,
             deploy=deploy,
             root=tmp_path,
             health=f"http://127.0.0.1:{server.server_port}/health",
@@ -157,13 +174,16 @@ def world(tmp_path: Path, db_url: str, merge_method: str) -> Iterator[World]:
         server.server_close()
 
 
+def rollback_commits(world: World, task: Task) -> int:
+    return sum(s.startswith(f"Roll back {task.work_item}") for s in world.main_log())
+
+
 def assert_rolled_back_once(world: World, task: Task) -> None:
     after = world.store.get_task(task.id)
     assert after.stage == "development", after
     assert after.rollback_count == 1
     assert after.failed_reason is None
-    subjects = world.main_log()
-    assert sum(s.startswith(f"Roll back {task.work_item}") for s in subjects) == 1, subjects
+    assert rollback_commits(world, task) == 1, world.main_log()
     assert "broken" not in world.main_files()
     # The broken deploy, then the rolled-back head: nothing deployed twice.
     deploys = world.deploys()
@@ -260,7 +280,7 @@ def test_a_crash_mid_rollback_is_finished_not_called_done(world: World) -> None:
     """The actor is SIGKILLed while the rollback's redeploy runs; the next actor must
     finish the rollback, not watch the rolled-back (healthy) deploy and call it done.
 
-    Seen failing with ``rollback_started`` answering False: the second actor found the
+    Seen failing with the in-progress rollback not looked up: the second actor found the
     merge and the deploy done in the world, watched the reverted head, found it healthy
     and moved the task to done."""
     task = world.task("BAD-2", broken=True)
@@ -382,3 +402,82 @@ def test_a_refused_connection_is_a_failed_check() -> None:
     assert not report.healthy
     assert report.failed_in_a_row == 3
     assert "ConnectError" in report.last_error
+
+
+@pytest.mark.parametrize("max_rollbacks", [0])
+def test_with_its_rollbacks_used_up_the_task_is_rolled_back_and_fails_for_a_human(
+    world: World,
+) -> None:
+    """Seen failing before ``max_rollbacks`` was checked on this path: the task went back
+    to development with one rollback more than allowed (an always-broken change would
+    be merged, deployed and reverted forever)."""
+    task = world.task("BAD-6", broken=True)
+    recorder = Recorder()
+    engine = Engine(world.store, world.settings, recorder)
+    act("monitor", engine, task.id)
+    after = world.store.get_task(task.id)
+    assert (after.stage, after.rollback_count) == ("deploy", 0)
+    assert after.failed_reason is not None
+    assert "max_rollbacks" in after.failed_reason
+    assert rollback_commits(world, task) == 1
+    assert "broken" not in world.main_files()
+    assert len(world.deploys()) == 2  # the broken deploy and the rolled-back head
+    assert recorder.alerts == [f"task failed: {after.failed_reason}"]
+
+
+def test_a_rollback_that_failed_closed_is_resumed_by_retry_and_a_second_one_is_its_own(
+    world: World,
+) -> None:
+    """Round one rolls back; the fix is still broken; round two's revert is refused by
+    the user's checkout of main (a local edit, made during the deploy, to a file the
+    revert deletes) and the task fails for a human, who cleans up and runs ``orch task
+    retry``: round two is resumed and completed once, and the task's work left in its
+    worktree is kept.
+
+    Seen failing (reproduced in review) with rollbacks named by ``rollback_count + 1``:
+    the retry reset the count, the second round found the first round's revert, redeploy
+    and reapply "done", and moved the task to development with the broken change live."""
+    task = world.task("BAD-7", broken=True)
+    recorder = Recorder()
+    engine = Engine(world.store, world.settings, recorder)
+    assert act("monitor", engine, task.id) == "won"
+    assert world.store.get_task(task.id).stage == "development"
+
+    # The developer's "fix" breaks it still; the task reaches deploy again.
+    worktree = Path(task.worktree)
+    (worktree / "fix.txt").write_text("not the fix\n")
+    git(worktree, "add", "fix.txt")
+    git(worktree, "commit", "--quiet", "-m", "BAD-7: a fix that is not one")
+    with world.store.transaction() as tx:
+        assert tx.update_task_stage_cas(task.id, "development", "deploy")
+        for job in world.store.task_jobs(task.id):
+            if job.status == "queued":
+                tx.set_job_status_cas(job.id, "queued", "done")
+        add_finalizing_deploy_job(tx, tx.get_task(task.id))
+    (world.root / "dirty-on-deploy").touch()
+    (worktree / "notes.txt").write_text("work in progress\n")
+    act("monitor", engine, task.id)  # the crossing fails closed: not a "won" finalize
+    failed = world.store.get_task(task.id)
+    assert failed.stage == "deploy"
+    assert failed.failed_reason is not None
+    assert "local changes" in failed.failed_reason
+    assert "broken" in world.main_files()  # still live: a human must act
+
+    git(world.repo, "checkout", "--", "fix.txt")
+    retried = TaskService(world.store, world.settings).retry(failed)
+    assert act("cli", engine, retried.id) == "rolled-back"
+
+    after = world.store.get_task(task.id)
+    assert (after.stage, after.failed_reason) == ("development", None)
+    assert rollback_commits(world, task) == 2
+    assert "broken" not in world.main_files()
+    deploys = world.deploys()
+    assert len(deploys) == 4, deploys
+    assert deploys[-1].split()[1] == git(world.repo, "rev-parse", "main").stdout.strip()
+    branch = git(world.repo, "log", "--format=%s", task.branch).stdout.splitlines()
+    assert sum(s.startswith("Reapply BAD-7") for s in branch) == 2, branch
+    tree = git(world.repo, "ls-tree", "--name-only", task.branch).stdout.split()
+    assert {"broken", "bad-7.txt", "fix.txt", "notes.txt"} <= set(tree)
+    kinds = [e.kind for e in world.store.task_events(task.id)]
+    assert kinds.count("task.rollback") == 2
+    assert kinds.count("deploy.unhealthy") == 2

@@ -383,8 +383,9 @@ class Tx:
         to_stage: str | None = None,
         reason: str = "",
         data: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.conn.execute(
+    ) -> int:
+        """Append an event; its id (events are ordered by id)."""
+        result = self.conn.execute(
             events.insert().values(
                 task_id=task_id,
                 job_id=job_id,
@@ -397,6 +398,9 @@ class Tx:
                 created_at=_now(),
             )
         )
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
 
 
 class Store:

@@ -22,10 +22,10 @@ from orchestrator.kernel.gates import DEPLOY_REPORT_FILE
 from orchestrator.reaper import Reaper
 from orchestrator.reconciler import Reconciler
 from orchestrator.settings import load_settings
-from orchestrator.store import Store, Task
+from orchestrator.store import Store, Task, Tx
 from orchestrator.transitions import artifact_dir, enter_transition
 
-__all__ = ["ROLES", "act", "prepare_deploy_task"]
+__all__ = ["ROLES", "act", "add_finalizing_deploy_job", "prepare_deploy_task"]
 
 ROLES: Final = ("monitor", "reaper", "reconciler", "webhook", "cli")
 GO_POLL_S: Final = 0.01
@@ -48,7 +48,6 @@ def prepare_deploy_task(store: Store, repo: Path, worktrees: Path, work_item: st
     (docs / DEPLOY_REPORT_FILE).write_text("# Deploy report\n\nresult: PASS\n")
     git(worktree, "add", "--all")
     git(worktree, "commit", "--quiet", "-m", f"{work_item}: change and preflight")
-    head = git(worktree, "rev-parse", "HEAD").stdout.strip()
     with store.transaction() as tx:
         task_id = tx.insert_task(
             work_item=work_item,
@@ -61,23 +60,30 @@ def prepare_deploy_task(store: Store, repo: Path, worktrees: Path, work_item: st
             base_sha=base_sha,
             worktree=str(worktree),
         )
-        job_id = tx.enqueue_job(
-            task_id=task_id, stage="deploy", kind="runner", agent="runner:deploy", attempt=1
-        )
-        tx.set_job_status_cas(job_id, "queued", "running", owner_boot_id="prepared")
-        tx.set_job_process(job_id, pid=None, start_sha=head)
-        run_id = tx.insert_agent_run(
-            job_id=job_id,
-            task_id=task_id,
-            agent="runner:deploy",
-            model="",
-            effort="",
-            attempt=1,
-            log_path=str(worktrees / f"{work_item}.log"),
-        )
-        tx.record_exit(run_id, exit_code=0)
-        tx.set_job_status_cas(job_id, "running", "finalizing")
+        add_finalizing_deploy_job(tx, tx.get_task(task_id))
         return tx.get_task(task_id)
+
+
+def add_finalizing_deploy_job(tx: Tx, task: Task) -> int:
+    """A deploy preflight job of ``task`` that has exited 0 and awaits finalization."""
+    head = git(Path(task.worktree), "rev-parse", "HEAD").stdout.strip()
+    job_id = tx.enqueue_job(
+        task_id=task.id, stage="deploy", kind="runner", agent="runner:deploy", attempt=1
+    )
+    tx.set_job_status_cas(job_id, "queued", "running", owner_boot_id="prepared")
+    tx.set_job_process(job_id, pid=None, start_sha=head)
+    run_id = tx.insert_agent_run(
+        job_id=job_id,
+        task_id=task.id,
+        agent="runner:deploy",
+        model="",
+        effort="",
+        attempt=1,
+        log_path=str(Path(task.worktree).parent / f"{task.work_item}-{job_id}.log"),
+    )
+    tx.record_exit(run_id, exit_code=0)
+    tx.set_job_status_cas(job_id, "running", "finalizing")
+    return job_id
 
 
 def act(role: str, engine: Engine, task_id: int) -> str:
