@@ -11,7 +11,10 @@ again) then
 * finalizes a job that ended while no engine ran, from its recorded exit (no re-run);
 * reclaims the transition leases of dead owners, with an alert;
 * completes an effect that was in flight when the server died exactly once: it waits
-  while the effect's process still runs, then observes the world.
+  while the effect's process still runs, then observes the world — also when the
+  default branch moved on meanwhile, and when the deploy prints (no SIGPIPE);
+* holds back another task's deploy in the same repository while a dead owner's deploy
+  still runs; and a deploy whose owner died before recording its pid never starts.
 
 Agents and the deploy command never sleep a fixed time: they wait for a ``release``
 file the test creates once the engine is where the test wants it, so the tests are fast
