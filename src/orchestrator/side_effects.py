@@ -135,8 +135,14 @@ class DeployEffect:
             return False
 
     def perform(self, on_spawn: Callable[[int], None]) -> Mapping[str, Any]:
-        target = self._target()
-        output = self._run(self.command, target, on_spawn)
+        # One deploy of a repository at a time (the merge lock): two tasks' deploys
+        # started together by one server could otherwise end in either order and leave
+        # the older commit live. The target is read under the lock, so the later deploy
+        # ships the newer head. A killed owner's orphaned deploy does not hold the lock
+        # (the command does not inherit it); the journal waits for it instead.
+        with self.repo.locked():
+            target = self._target()
+            output = self._run(self.command, target, on_spawn)
         return {"deployed_commit": target, "output_tail": output[-500:]}
 
     def _run(
