@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -188,6 +189,11 @@ def test_a_slow_reply_does_not_hold_up_stopping_the_server() -> None:
     asking.join(timeout=10)
     assert not asking.is_alive(), "the slow reply still waits after the server stopped"
     assert answers == [200]
+    # The handler records the exchange after the reply went out: give it a moment.
+    deadline = time.monotonic() + 10
+    while not [e for e in server.exchanges if e.session == "slow"]:
+        assert time.monotonic() < deadline, "the slow exchange was never recorded"
+        time.sleep(0.01)
     [late] = [exchange for exchange in server.exchanges if exchange.session == "slow"]
     assert late.status == 200
     with pytest.raises(httpx.ConnectError):
