@@ -149,8 +149,13 @@ def test_the_outbox_survives_a_sigkill_and_delivers_each_message_once(
     tmp_path: Path, telegram: FakeTelegram
 ) -> None:
     repo = make_repo(tmp_path / "shop")
+    # The kill can land between a job's claim and its task's move; the reconciler
+    # repairs that once the task has been still for reaper_finalize_grace_s (300 by
+    # default, longer than this test waits).
     (tmp_path / "orch.toml").write_text(
-        'data_dir = ".orch"\nretry_backoff_s = 0\n' + telegram_config(telegram) + SCRIPTED
+        'data_dir = ".orch"\nretry_backoff_s = 0\nreaper_finalize_grace_s = 1\n'
+        + telegram_config(telegram)
+        + SCRIPTED
     )
     telegram.blackhole = True  # calls are held, then dropped: they never reach Telegram
     first = Serve(tmp_path, free_port()).start()
