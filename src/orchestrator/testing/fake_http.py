@@ -17,16 +17,16 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Final, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
+from orchestrator.testing.local_server import LocalServer
+
 __all__ = ["FakeService", "Handler", "Request", "hmac_sha256"]
 
-POLL_INTERVAL_S: Final = 0.05
 MAX_BODY_BYTES: Final = 1_000_000
 
 
@@ -50,52 +50,20 @@ class Request:
 Handler = Callable[[re.Match[str], Any, dict[str, str], dict[str, str]], tuple[int, Any]]
 
 
-class FakeService:
+class FakeService(LocalServer):
     """A fake JSON service on ``host:port``; subclasses fill :attr:`routes`."""
 
     name = "fake"
+
+    @property
+    def thread_name(self) -> str:  # type: ignore[override]
+        return f"fake-{self.name}"
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.requests: list[Request] = []
         self.lock = threading.RLock()
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
-        self._thread: threading.Thread | None = None
-        self._httpd = ThreadingHTTPServer((host, port), _handler_class(self))
-        self._httpd.daemon_threads = True
-
-    # --- lifecycle -----------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> Self:
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            args=(POLL_INTERVAL_S,),
-            name=f"fake-{self.name}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._httpd.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().__init__(host, port, _handler_class(self))
 
     # --- for tests -----------------------------------------------------------------------
     def route(self, method: str, pattern: str, handler: Handler) -> None:

@@ -36,14 +36,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
 from orchestrator.errors import UsageError
+from orchestrator.testing.local_server import LocalServer
 
 __all__ = [
     "DEFAULT_PORT",
@@ -57,7 +57,6 @@ __all__ = [
 
 DEFAULT_PORT: Final = 8081
 DEFAULT_TOKEN: Final = "123456:FAKE-telegram-token"  # noqa: S105 - the fake's own token
-POLL_INTERVAL_S: Final = 0.05
 MAX_BODY_BYTES: Final = 1_000_000
 # How long a blackholed call is held at most before it is dropped anyway.
 BLACKHOLE_MAX_S: Final = 60.0
@@ -125,7 +124,7 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-class FakeTelegram:
+class FakeTelegram(LocalServer):
     """The fake Bot API on ``host:port`` (port 0 = any free port)."""
 
     def __init__(
@@ -150,51 +149,18 @@ class FakeTelegram:
         self._updates = itertools.count(1)
         self._lock = threading.Lock()
         self._log = log
-        self._thread: threading.Thread | None = None
-        self._httpd = ThreadingHTTPServer((host, port), _handler_class(self))
-        self._httpd.daemon_threads = True
+        super().__init__(host, port, _handler_class(self))
 
     # --- lifecycle -----------------------------------------------------------------------
+    thread_name = "fake-telegram"
+
     @property
     def url(self) -> str:
         """The base URL to configure as ``telegram_api_base_url``."""
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return super().url
 
-    def start(self) -> FakeTelegram:
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            args=(POLL_INTERVAL_S,),
-            name="fake-telegram",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        try:
-            self._httpd.serve_forever(POLL_INTERVAL_S)
-        finally:
-            self._httpd.server_close()
-
-    def stop(self) -> None:
+    def _on_stop(self) -> None:
         self.blackhole = False
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._httpd.server_close()
-
-    def __enter__(self) -> FakeTelegram:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- knobs ---------------------------------------------------------------------------
     def fail_next(

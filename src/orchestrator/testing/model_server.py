@@ -28,13 +28,13 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from orchestrator.errors import UsageError
+from orchestrator.testing.local_server import LocalServer
 from orchestrator.testing.model_script import (
     CHARS_PER_TOKEN,
     DEFAULT_MODEL,
@@ -53,7 +53,6 @@ MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 # Text is streamed in pieces of this many characters, as a model would.
 TEXT_CHUNK_CHARS: Final = 200
 # How often the serving loop looks whether it should stop.
-POLL_INTERVAL_S: Final = 0.05
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,7 @@ def _error_body(error: ApiErrorReply, request_id: str) -> dict[str, Any]:
     }
 
 
-class ModelServer:
+class ModelServer(LocalServer):
     """The scripted Messages API on ``host:port`` (port 0 = any free port)."""
 
     def __init__(
@@ -165,55 +164,16 @@ class ModelServer:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._httpd = ThreadingHTTPServer((host, port), _handler_class(self))
-        self._httpd.daemon_threads = True
+        super().__init__(host, port, _handler_class(self))
 
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+    thread_name = "model-server"
 
     def env(self) -> dict[str, str]:
         """What an agent CLI needs to talk to this server instead of the real API."""
         return {"ANTHROPIC_BASE_URL": self.url, "ANTHROPIC_API_KEY": "sk-model-server"}
 
-    def start(self) -> ModelServer:
-        """Serve in a background thread."""
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            args=(POLL_INTERVAL_S,),
-            name="model-server",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        """Serve in this thread until interrupted."""
-        try:
-            self._httpd.serve_forever(POLL_INTERVAL_S)
-        finally:
-            self._httpd.server_close()
-
-    def stop(self) -> None:
+    def _on_stop(self) -> None:
         self._stopping.set()  # wakes replies that wait out a delay
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._httpd.server_close()
-
-    def __enter__(self) -> ModelServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- called by the handler ---------------------------------------------------------
     def next_id(self) -> int:
