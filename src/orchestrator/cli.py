@@ -27,6 +27,7 @@ from orchestrator import __version__
 from orchestrator.cli_dev import dev
 from orchestrator.errors import ConfigError, NotFoundError, OrchestratorError
 from orchestrator.kernel.stages import TERMINAL_STAGES, stage_label
+from orchestrator.next_steps import NextSteps, next_steps
 from orchestrator.notifier import Notifier
 from orchestrator.progress import EventPrinter, format_age, task_summary_rows
 from orchestrator.service import TaskService, prepare_create
@@ -98,9 +99,13 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-def _task_json(store: Store, task: Task, *, full: bool = False) -> dict[str, Any]:
+def _task_json(
+    store: Store, task: Task, *, full: bool = False, steps: NextSteps | None = None
+) -> dict[str, Any]:
     data = task.to_dict()
     data["failed"] = task.failed
+    if steps is not None:
+        data.update(steps.to_dict())
     if full:
         runs = store.task_runs(task.id)
         data["events"] = [event.to_dict() for event in store.task_events(task.id)]
@@ -348,11 +353,17 @@ repo_option = click.option(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_context
 def task_show(context: Context, ref: str, repo: Path | None, as_json: bool) -> None:
-    """Show a task: its stage, its runs and its events trail."""
+    """Show a task: its stage, what to do next, its runs and its events trail."""
     found = context.task(ref, repo)
     store = context.store
+    steps = next_steps(
+        found,
+        store.task_events(found.id),
+        options=["--config", str(context.config)] if context.config else [],
+        repo=found.repository if repo else None,
+    )
     if as_json:
-        _print_json(_task_json(store, found, full=True))
+        _print_json(_task_json(store, found, full=True, steps=steps))
         return
     language = context.settings.language
     out.print(f"[bold]{found.work_item}[/bold]  {found.title}")
@@ -361,6 +372,7 @@ def task_show(context: Context, ref: str, repo: Path | None, as_json: bool) -> N
         out.print(f"failed:     {found.failed_reason}", markup=False)
     out.print(f"repository: {found.repository}  (branch {found.branch} from {found.base_branch})")
     out.print(f"worktree:   {found.worktree}")
+    _print_next_steps(steps, found)
     runs = store.task_runs(found.id)
     summary = Table("stage", "agent", "attempts", "duration", "cost", "result", box=None)
     for row in task_summary_rows(store, found):
@@ -381,6 +393,18 @@ def task_show(context: Context, ref: str, repo: Path | None, as_json: bool) -> N
             f"{when}  {event.kind:<14} {stage:<28} {event.actor:<10} {event.reason}",
             markup=False,
         )
+
+
+def _print_next_steps(steps: NextSteps, task: Task) -> None:
+    """The gate's document and commands, the retry command, or the merge commit."""
+    if steps.artifact:
+        out.print(f"read:       {steps.artifact}", markup=False)
+    if steps.merge_commit:
+        out.print(f"merged:     {steps.merge_commit} on {task.base_branch}", markup=False)
+    for action, command in steps.commands.items():
+        label = f"{action}:".ljust(11)
+        suffix = "   (after fixing the cause)" if action == "retry" else ""
+        out.print(f"{label} {command}{suffix}", markup=False)
 
 
 def _human_action(name: str, doc: str) -> None:
@@ -410,6 +434,35 @@ def _human_action(name: str, doc: str) -> None:
 
 _human_action("approve", "Approve the BRD so the task moves on to architecture.")
 _human_action("cancel", "Cancel a task; a running job is stopped.")
+
+
+@task.command("reject")
+@click.argument("ref")
+@repo_option
+@click.option(
+    "--feedback",
+    required=True,
+    help="What must change; the analysis agent gets it in its prompt and $ORCH_FEEDBACK.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def task_reject(
+    context: Context, ref: str, repo: Path | None, feedback: str, as_json: bool
+) -> None:
+    """Send the BRD back to analysis with feedback (at brd-approval)."""
+    found = context.task(ref, repo)
+    after = context.service().reject(found, feedback=feedback)
+    if as_json:
+        _print_json(_task_json(context.store, after))
+        return
+    state = _state(after, context.settings.language)
+    out.print(
+        f"{after.work_item}: rejected; now {state}, its next run gets your feedback "
+        "(orch run, or orch serve)",
+        markup=False,
+    )
+
+
 _human_action("rollback", "Send a task back to development (from testing, staging, deploy).")
 _human_action("retry", "Resume a failed task at its stage with fresh attempt budgets.")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from orchestrator.kernel.stages import (
     HUMAN_GATE_STAGES,
+    REJECT_TARGET,
     ROLLBACK_TARGET,
     STAGE_TRANSITIONS,
     TERMINAL_STAGES,
@@ -29,7 +30,7 @@ def render_mermaid() -> str:
                 continue  # every live stage can be cancelled; drawn once below
             kind = " : rollback" if ROLLBACK_TARGET.get(stage) == target else ""
             if stage in HUMAN_GATE_STAGES:
-                kind = " : approve"
+                kind = " : reject" if REJECT_TARGET.get(stage) == target else " : approve"
             lines.append(f"    {_node(stage)} --> {_node(target)}{kind}")
     lines.append("    done --> [*]")
     lines.append("    cancelled --> [*]")
@@ -54,7 +55,9 @@ def render_stages_doc() -> str:
         "```\n\n"
         f"Every stage except {', '.join(f'`{s}`' for s in sorted(TERMINAL_STAGES))} "
         f"can move to `cancelled` ({len(cancellable)} stages). "
-        f"`{'`, `'.join(sorted(HUMAN_GATE_STAGES))}` waits for a person (`orch task approve`).\n\n"
+        f"`{'`, `'.join(sorted(HUMAN_GATE_STAGES))}` waits for a person: `orch task approve` "
+        "moves it on, `orch task reject --feedback TEXT` sends it back to "
+        f"`{'`, `'.join(sorted(set(REJECT_TARGET.values())))}` with the feedback.\n\n"
         "| stage | label (en) | label (ru) | may move to |\n"
         "|---|---|---|---|\n"
         f"{rows}\n"

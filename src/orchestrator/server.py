@@ -41,7 +41,7 @@ from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.integrations.telegram_webhook import telegram_webhook_router
 from orchestrator.kernel.stages import STAGE_TRANSITIONS
 from orchestrator.leases import LeaseManager, Owner
-from orchestrator.service import TaskService
+from orchestrator.service import MAX_FEEDBACK_CHARS, TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import ACTIVE_JOB_STATUSES, Job, Store, Task
 from orchestrator.store.schema import outbox
@@ -82,6 +82,17 @@ class ReasonBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(default="", max_length=MAX_REASON_CHARS)
+
+
+class RejectBody(BaseModel):
+    """Why a human gate is sent back: the agent that redoes the document reads it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feedback: str = Field(
+        max_length=MAX_FEEDBACK_CHARS,
+        description="What must change (not empty; goes into the next analysis prompt).",
+    )
 
 
 def _one_line(text: str) -> str:
@@ -329,6 +340,14 @@ def create_app(
     @app.post("/tasks/{ref}/approve", summary="Pass the human gate (BRD approval)")
     def approve_task(ref: str, repo: str | None = None) -> dict[str, Any]:
         return _task_dict(service.approve(find(ref, repo), actor=API_ACTOR))
+
+    @app.post(
+        "/tasks/{ref}/reject",
+        summary="Send the BRD back to analysis with feedback (at brd-approval)",
+    )
+    def reject_task(ref: str, body: RejectBody, repo: str | None = None) -> dict[str, Any]:
+        task = find(ref, repo)
+        return _task_dict(service.reject(task, feedback=body.feedback, actor=API_ACTOR))
 
     @app.post("/tasks/{ref}/cancel", summary="Cancel a task that is not finished")
     def cancel_task(

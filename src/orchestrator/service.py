@@ -1,4 +1,5 @@
-"""What a person (CLI, HTTP API) can do to tasks: create, approve, cancel, roll back, retry.
+"""What a person (CLI, HTTP API) can do to tasks: create, approve, reject, cancel, roll
+back, retry.
 
 Every operation validates first and writes nothing when the input is bad; every stage
 change goes through :func:`advance_stage` (a compare-and-swap) in one transaction.
@@ -19,11 +20,13 @@ import sqlalchemy as sa
 from orchestrator.agents import check_available, resolve_agent
 from orchestrator.errors import ConflictError, UsageError
 from orchestrator.git import Repo, git
+from orchestrator.kernel.gates import HUMAN_GATE_ARTIFACTS
 from orchestrator.kernel.stages import (
     CANCELLED,
     CREATED,
     HUMAN_GATE_STAGES,
     JOB_STAGES,
+    REJECT_TARGET,
     ROLLBACK_TARGET,
     TERMINAL_STAGES,
 )
@@ -31,10 +34,17 @@ from orchestrator.leases import LeaseManager, Owner
 from orchestrator.notifier import Notifier, NullNotifier, notify_safely
 from orchestrator.settings import Settings
 from orchestrator.store import Store, Task
-from orchestrator.transitions import EventKind, advance_stage, enqueue_stage_job, plan_job
+from orchestrator.transitions import (
+    EventKind,
+    advance_stage,
+    artifact_dir,
+    enqueue_stage_job,
+    plan_job,
+)
 
 __all__ = [
     "MAX_DESCRIPTION_CHARS",
+    "MAX_FEEDBACK_CHARS",
     "MAX_TITLE_CHARS",
     "CreateRequest",
     "TaskService",
@@ -45,6 +55,11 @@ __all__ = [
 
 MAX_TITLE_CHARS: Final = 200
 MAX_DESCRIPTION_CHARS: Final = 20_000
+# A rejection's feedback goes into the next prompt and the events trail: a few
+# paragraphs, not a document (link to one instead).
+MAX_FEEDBACK_CHARS: Final = 4_000
+# How much of the feedback the event's one-line reason repeats (all of it is in its data).
+FEEDBACK_REASON_CHARS: Final = 200
 # Letters, digits, dot, dash, underscore; starts with a letter or digit; no "..".
 _WORK_ITEM: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -82,6 +97,21 @@ def validate_description(description: str) -> str:
             f"{MAX_DESCRIPTION_CHARS}: link to a document instead"
         )
     return description
+
+
+def validate_feedback(feedback: str) -> str:
+    """A rejection's feedback: said in words, bounded, no NUL."""
+    cleaned = feedback.strip()
+    if not cleaned:
+        raise UsageError("the feedback is empty; say what the BRD must change (--feedback TEXT)")
+    if "\x00" in cleaned:
+        raise UsageError("the feedback contains a NUL character; remove it")
+    if len(cleaned) > MAX_FEEDBACK_CHARS:
+        raise UsageError(
+            f"the feedback is {len(cleaned)} characters; the limit is {MAX_FEEDBACK_CHARS}: "
+            "say what must change and link to a longer document"
+        )
+    return cleaned
 
 
 @dataclass(frozen=True)
@@ -229,6 +259,44 @@ class TaskService:
             reason=f"approved by {actor}",
             event_kind=EventKind.APPROVED,
         )
+
+    def reject(self, task: Task, *, feedback: str, actor: str = "cli") -> Task:
+        """Send a human gate back with feedback: the BRD goes back to analysis, whose
+        next run gets the feedback in its prompt and ``ORCH_FEEDBACK``."""
+        feedback = validate_feedback(feedback)
+        target = REJECT_TARGET.get(task.stage)
+        if target is None:
+            gates = ", ".join(REJECT_TARGET)
+            raise ConflictError(
+                f"task {task.work_item} is in {task.stage}; reject applies at {gates}"
+            )
+        if task.failed:
+            raise ConflictError(f"task {task.work_item} has failed; use retry first")
+        if target in self.settings.pipeline_for(Path(task.repository)).skipped:
+            raise ConflictError(
+                f"task {task.work_item}'s repository skips {target}, so nothing would redo "
+                f"the document; approve or cancel it"
+            )
+        document = f"{artifact_dir(task.work_item)}/{HUMAN_GATE_ARTIFACTS[task.stage]}"
+        one_line = " ".join(feedback.split())
+        if len(one_line) > FEEDBACK_REASON_CHARS:
+            one_line = one_line[: FEEDBACK_REASON_CHARS - 1] + "…"
+        with self.store.transaction() as tx:
+            if not advance_stage(
+                tx,
+                self.settings,
+                task,
+                task.stage,
+                target,
+                actor=actor,
+                reason=f"rejected by {actor}: {one_line}",
+                feedback=f"{document} was rejected by {actor} at {task.stage}; revise it to "
+                f"address this:\n{feedback}",
+                event_kind=EventKind.REJECTED,
+                data={"feedback": feedback},
+            ):
+                raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
+        return self._changed(task, f"rejected by {actor}, back to {target}")
 
     def _refuse_during_side_effects(self, task: Task, action: str) -> None:
         """A live transition lease means a merge or deploy is under way: wait for it."""

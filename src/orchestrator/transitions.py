@@ -14,6 +14,7 @@ defers without starting anything.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -58,6 +59,7 @@ class EventKind:
     ROLLBACK: Final = "task.rollback"
     FAILED: Final = "task.failed"
     APPROVED: Final = "task.approved"
+    REJECTED: Final = "task.rejected"  # a human gate sent back, with the person's feedback
     CANCELLED: Final = "task.cancelled"
     RETRIED: Final = "task.retried"
     EFFECT: Final = "effect"
@@ -105,6 +107,7 @@ def advance_stage(
     delay_s: float = 0.0,
     event_kind: str = EventKind.STAGE_CHANGED,
     clear_failure: bool = False,
+    data: Mapping[str, Any] | None = None,
 ) -> bool:
     """CAS the stage from ``expected`` to ``new`` and enqueue its job; False if lost."""
     pipeline = settings.pipeline_for(Path(task.repository))
@@ -127,6 +130,7 @@ def advance_stage(
         from_stage=expected,
         to_stage=new,
         reason=reason,
+        data=dict(data) if data is not None else None,
     )
     # The live card's outbox row commits with the move, or not at all.
     enqueue_card_updates(tx, settings, task.id, f"{expected} -> {new}: {reason}")

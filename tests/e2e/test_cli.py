@@ -158,6 +158,7 @@ def test_testing_gate_failing_twice_fails_the_task_with_the_reason(
     reason = shown["failed_reason"]
     assert "testing gate failed" in reason
     assert "13-test-report.md" in reason
+    assert shown["commands"] == {"retry": "orch task retry FAIL-1"}
     verdicts = [
         e for e in shown["events"] if e["kind"] == "gate.verdict" and e["to_stage"] == "testing"
     ]
@@ -172,6 +173,7 @@ def test_testing_gate_failing_twice_fails_the_task_with_the_reason(
     human = orch(workdir, "task", "show", "FAIL-1").stdout
     assert "failed at Testing" in human
     assert "failed:     testing gate failed" in human
+    assert "retry:      orch task retry FAIL-1   (after fixing the cause)" in human
 
 
 def _assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:

@@ -406,6 +406,62 @@ def test_a_too_long_reason_is_refused(client: httpx.Client, repo: Path) -> None:
     assert client.get("/tasks/DEMO-1").json()["stage"] == "analysis"
 
 
+def run_until(engine: Engine, store: Store, ref: str, stage: str) -> None:
+    deadline = time.monotonic() + PIPELINE_TIMEOUT_S
+
+    def there() -> bool:
+        task = store.find_task(ref)
+        return task.stage == stage or task.failed or time.monotonic() > deadline
+
+    engine.run(threading.Event(), until=there)
+    assert store.find_task(ref).stage == stage
+
+
+def test_reject_sends_the_brd_back_to_analysis_with_the_feedback(
+    client: httpx.Client, engine: Engine, api_store: Store, repo: Path
+) -> None:
+    assert create(client, repo, work_item="DEMO-1").status_code == 201
+    run_until(engine, api_store, "DEMO-1", "brd-approval")
+
+    # Bad bodies: one clear 422 each, and the task stays at the gate.
+    bad = [
+        (None, "body: Field required"),
+        ({}, "body.feedback: Field required"),
+        ({"feedback": ""}, "the feedback is empty"),
+        ({"feedback": " \n\t "}, "the feedback is empty"),
+        ({"feedback": "x" * 4_001}, "body.feedback"),
+        ({"feedback": "ok", "extra": 1}, "body.extra"),
+        ({"feedback": 42}, "body.feedback"),
+    ]
+    for body, expected in bad:
+        response = client.post("/tasks/DEMO-1/reject", json=body)
+        assert expected in assert_one_line_error(response, 422), body
+    assert api_store.find_task("DEMO-1").stage == "brd-approval"
+    missing = client.post("/tasks/NOPE-1/reject", json={"feedback": "x"})
+    assert "no task" in assert_one_line_error(missing, 404)
+
+    feedback = "Requirement 2 is vague:\nsay which endpoints are rate limited."
+    response = client.post("/tasks/DEMO-1/reject", json={"feedback": feedback})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["stage"] == "analysis"
+    detail = client.get("/tasks/DEMO-1").json()
+    [rejected] = [e for e in detail["events"] if e["kind"] == "task.rejected"]
+    assert rejected["actor"] == "api"
+    assert (rejected["from_stage"], rejected["to_stage"]) == ("brd-approval", "analysis")
+    assert rejected["data"] == {"feedback": feedback}
+    assert rejected["reason"].startswith("rejected by api: Requirement 2 is vague: say")
+    job = detail["jobs"][-1]
+    assert (job["stage"], job["status"], job["attempt"]) == ("analysis", "queued", 1)
+    assert feedback in job["feedback"]
+    assert "docs/work-items/DEMO-1/01-brd.md was rejected by api" in job["feedback"]
+
+    # Anywhere but the gate: one 409 naming the stage.
+    again = client.post("/tasks/DEMO-1/reject", json={"feedback": feedback})
+    error = assert_one_line_error(again, 409)
+    assert "DEMO-1 is in analysis; reject applies at brd-approval" in error
+
+
 # --- bad input -----------------------------------------------------------------------
 
 
@@ -542,6 +598,7 @@ def test_openapi_lists_every_path(client: httpx.Client) -> None:
         "/tasks",
         "/tasks/{ref}",
         "/tasks/{ref}/approve",
+        "/tasks/{ref}/reject",
         "/tasks/{ref}/cancel",
         "/tasks/{ref}/rollback",
         "/tasks/{ref}/retry",

@@ -15,6 +15,8 @@ from orchestrator.kernel.stages import (
     CANCELLED,
     CREATED,
     DONE,
+    HUMAN_GATE_STAGES,
+    REJECT_TARGET,
     ROLLBACK_TARGET,
     SKIPPABLE_STAGES,
     STAGE_LABELS,
@@ -69,10 +71,24 @@ def test_terminal_stages_have_no_moves_and_every_other_stage_can_be_cancelled() 
             assert CANCELLED in targets, stage
 
 
-def test_only_rollback_stages_move_backwards_and_only_to_their_rollback_target() -> None:
+def test_only_rollbacks_and_rejects_move_backwards_and_only_to_their_target() -> None:
     for current, target in LEGAL_PAIRS:
         if target in STAGE_ORDER and STAGE_ORDER.index(target) < STAGE_ORDER.index(current):
-            assert ROLLBACK_TARGET.get(current) == target
+            assert target in (ROLLBACK_TARGET.get(current), REJECT_TARGET.get(current))
+
+
+def test_a_rejected_brd_goes_back_to_the_analysis_that_wrote_it() -> None:
+    assert REJECT_TARGET == {"brd-approval": "analysis"}
+    check_transition("brd-approval", "analysis")
+    assert is_legal_transition("brd-approval", "analysis", Pipeline(frozenset({"architecture"})))
+    # Only a human gate can be rejected, and only back to the stage just before it.
+    for gate, target in REJECT_TARGET.items():
+        assert gate in HUMAN_GATE_STAGES
+        assert STAGE_ORDER[STAGE_ORDER.index(gate) - 1] == target
+    # Nothing else moves back to analysis.
+    assert [a for a, b in LEGAL_PAIRS if b == "analysis"] == ["created", "brd-approval"]
+    with pytest.raises(IllegalTransitionError):
+        check_transition("architecture", "analysis")
 
 
 # --- every pair, no skipped stages ------------------------------------------------------
@@ -292,8 +308,10 @@ class StageWalk(RuleBasedStateMachine):
         if target == CANCELLED:
             pass
         elif STAGE_ORDER.index(target) < STAGE_ORDER.index(self.stage):
-            assert target == "development"
-            assert ROLLBACK_TARGET[self.stage] == "development"
+            if self.stage in REJECT_TARGET:
+                assert REJECT_TARGET[self.stage] == target == "analysis"
+            else:
+                assert ROLLBACK_TARGET[self.stage] == target == "development"
         else:
             begin, end = STAGE_ORDER.index(self.stage), STAGE_ORDER.index(target)
             assert set(STAGE_ORDER[begin + 1 : end]) <= self.pipeline.skipped

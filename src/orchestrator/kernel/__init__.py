@@ -27,6 +27,7 @@ from orchestrator.kernel.gates import (
 from orchestrator.kernel.stages import (
     HUMAN_GATE_STAGES,
     JOB_STAGES,
+    REJECT_TARGET,
     ROLLBACK_TARGET,
     STAGE_ORDER,
     STAGE_TRANSITIONS,
@@ -42,6 +43,7 @@ __all__ = [
     "HUMAN_GATE_STAGES",
     "JOB_STAGES",
     "QG_CHECKS",
+    "REJECT_TARGET",
     "ROLLBACK_TARGET",
     "STAGE_ORDER",
     "STAGE_TRANSITIONS",

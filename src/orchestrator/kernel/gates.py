@@ -31,6 +31,7 @@ __all__ = [
     "ARTIFACT_ROOT",
     "DEPLOY_REPORT_FILE",
     "GATES",
+    "HUMAN_GATE_ARTIFACTS",
     "QG_CHECKS",
     "STAGING_REPORT_FILE",
     "TEST_REPORT_FILE",
@@ -56,6 +57,8 @@ ADR_DIR: Final = "06-adr/"
 TEST_REPORT_FILE: Final = "13-test-report.md"
 STAGING_REPORT_FILE: Final = "14-staging-report.md"
 DEPLOY_REPORT_FILE: Final = "15-deploy-report.md"
+# What a person reads at each human gate before approving or rejecting it.
+HUMAN_GATE_ARTIFACTS: Final[Mapping[str, str]] = {"brd-approval": BRD_FILE}
 # A BRD shorter than this is a placeholder, not requirements.
 MIN_BRD_CHARS: Final = 40
 

@@ -8,7 +8,9 @@ three groups:
 
 * job stages (``JOB_STAGES``): a job (an agent or a deterministic runner) does the work,
   then the stage's gates decide;
-* the human gate (``brd-approval``): the task waits for a person to ``approve``;
+* the human gate (``brd-approval``): the task waits for a person to ``approve`` it, or to
+  ``reject`` it with feedback, which sends it back to the stage that wrote the artifact
+  (``REJECT_TARGET``);
 * terminal stages (``done``, ``cancelled``): nothing moves out of them.
 
 ``created`` is where a task is born; it moves on at once. A failed task keeps its stage
@@ -33,6 +35,7 @@ __all__ = [
     "DONE",
     "HUMAN_GATE_STAGES",
     "JOB_STAGES",
+    "REJECT_TARGET",
     "ROLLBACK_TARGET",
     "STAGE_LABELS",
     "STAGE_ORDER",
@@ -51,7 +54,7 @@ CANCELLED: Final = "cancelled"
 STAGE_TRANSITIONS: Final[Mapping[str, tuple[str, ...]]] = {
     "created": ("analysis", "cancelled"),
     "analysis": ("brd-approval", "cancelled"),
-    "brd-approval": ("architecture", "cancelled"),
+    "brd-approval": ("architecture", "analysis", "cancelled"),
     "architecture": ("development", "cancelled"),
     "development": ("testing", "cancelled"),
     "testing": ("deploy-staging", "development", "cancelled"),
@@ -85,6 +88,9 @@ ROLLBACK_TARGET: Final[Mapping[str, str]] = {
     "deploy-staging": "development",
     "deploy": "development",
 }
+# Human gates a person may reject, and the stage that redoes the gate's artifact with
+# the person's feedback (the BRD goes back to the analysis that wrote it).
+REJECT_TARGET: Final[Mapping[str, str]] = {"brd-approval": "analysis"}
 # Stages a repository may leave out of its pipeline.
 SKIPPABLE_STAGES: Final[frozenset[str]] = frozenset(
     {"analysis", "brd-approval", "architecture", "testing", "deploy-staging", "deploy"}
