@@ -47,9 +47,18 @@ from orchestrator.agents import (
 )
 from orchestrator.budget import stop_if_over_budget
 from orchestrator.errors import OrchestratorError
+from orchestrator.feedback import rollback_feedback
 from orchestrator.git import Repo, commit_all, git
 from orchestrator.kernel.decisions import Advance, Decision, Fail, Retry, Rollback, decide_after_job
-from orchestrator.kernel.gates import GATES, QG_CHECKS, Gate, StageFacts, Verdict, run_gates
+from orchestrator.kernel.gates import (
+    GATES,
+    QG_CHECKS,
+    STAGE_REPORT_FILES,
+    Gate,
+    StageFacts,
+    Verdict,
+    run_gates,
+)
 from orchestrator.kernel.stages import JOB_STAGES
 from orchestrator.leases import pid_alive, process_start_ticks
 from orchestrator.notifier import Notifier, notify_safely
@@ -679,6 +688,17 @@ class Engine:
             commit_all(worktree, f"{task.work_item}: {job.stage} (attempt {job.attempt})")
         return self._act(task, job, decision, actor)
 
+    def _rollback_feedback(self, task: Task, stage: str, reason: str) -> str:
+        """What development is told after ``stage`` failed: the report, made usable."""
+        path = f"{artifact_dir(task.work_item)}/{STAGE_REPORT_FILES.get(stage, '')}"
+        report: str | None = None
+        try:
+            with (Path(task.worktree) / path).open(encoding="utf-8", errors="replace") as file:
+                report = file.read(MAX_ARTIFACT_BYTES)
+        except OSError:
+            report = None
+        return rollback_feedback(stage=stage, reason=reason, report_path=path, report=report)
+
     def _act(self, task: Task, job: Job, decision: Decision, actor: str) -> bool:
         stage = job.stage
         if isinstance(decision, Advance) and (stage, decision.to_stage) in TRANSITION_EFFECTS:
@@ -709,7 +729,7 @@ class Engine:
                     actor=actor,
                     reason=f"rollback: {decision.reason}",
                     rollback_count=task.rollback_count + 1,
-                    feedback=f"{stage} failed: {decision.reason}",
+                    feedback=self._rollback_feedback(task, stage, decision.reason),
                     event_kind=EventKind.ROLLBACK,
                 )
                 alert = f"rolled back from {stage} to {decision.to_stage}: {decision.reason}"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from orchestrator.agents import resolve_agent
+from orchestrator.feedback import post_deploy_feedback
 from orchestrator.journal import EffectFailedError, EffectInFlightError, Journal
 from orchestrator.kernel.gates import ARTIFACT_ROOT
 from orchestrator.kernel.stages import JOB_STAGES, ROLLBACK_TARGET, check_transition
@@ -293,7 +294,7 @@ def _roll_back_deploy(
         actor=actor,
         reason=reason,
         rollback_count=task.rollback_count + 1,
-        feedback=report_of(store, rollback),
+        feedback=post_deploy_feedback(report_of(store, rollback)),
         event_kind=EventKind.ROLLBACK,
     ):
         return Crossing.LOST

@@ -93,7 +93,7 @@ def test_tests_red_on_the_first_development_run_green_on_the_second(tmp_path: Pa
     docs = repo / "docs" / "work-items" / "RG-1"
     notes = (docs / "10-dev-notes.md").read_text()
     assert "round 2" in notes
-    assert "failure in `tests.test_wordcount::test_ignores_repeated_spaces`" in notes
+    assert "failure in `tests/test_wordcount.py::test_ignores_repeated_spaces`" in notes
     assert "result: PASS" in (docs / "13-test-report.md").read_text()
     assert "len(text.split())" in (repo / "textkit" / "wordcount.py").read_text()
 

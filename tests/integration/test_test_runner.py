@@ -75,7 +75,8 @@ def test_tc02_failing_tests_fail_the_gate_naming_the_test(tmp_path: Path) -> Non
     text = report(repo)
     assert _fields(text) == ("FAIL", "FAIL", 1)
     assert "- counts: 2 passed, 1 failed" in text
-    assert "failure in `tests.test_wrong::test_add_is_wrong`: AssertionError: two and two" in text
+    assert "- failure in `tests/test_wrong.py::test_add_is_wrong` at tests/test_wrong.py:" in text
+    assert "  E   AssertionError: two and two" in text
     verdict = gate_verdict(repo)
     assert not verdict.passed
     assert "result FAIL" in verdict.reason

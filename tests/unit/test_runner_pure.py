@@ -149,8 +149,8 @@ def test_junit_counts_come_from_the_testcases() -> None:
     assert counts.passed == 2
     assert counts.time_s == pytest.approx(0.25)
     assert counts.failing == (
-        FailingTest("tests.test_a::test_bad", "failure", "AssertionError: 1 != 2"),
-        FailingTest("tests.test_b::test_err", "error", "boom"),
+        FailingTest("tests/test_a.py::test_bad", "failure", "AssertionError: 1 != 2\nsecond line"),
+        FailingTest("tests/test_b.py::test_err", "error", "boom"),
     )
     assert counts.summary() == "2 passed, 1 failed, 1 errors, 1 skipped"
     assert parse_junit_text("not xml") is None

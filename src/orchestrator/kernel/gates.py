@@ -33,6 +33,7 @@ __all__ = [
     "GATES",
     "HUMAN_GATE_ARTIFACTS",
     "QG_CHECKS",
+    "STAGE_REPORT_FILES",
     "STAGING_REPORT_FILE",
     "TEST_REPORT_FILE",
     "Gate",
@@ -59,6 +60,12 @@ STAGING_REPORT_FILE: Final = "14-staging-report.md"
 DEPLOY_REPORT_FILE: Final = "15-deploy-report.md"
 # What a person reads at each human gate before approving or rejecting it.
 HUMAN_GATE_ARTIFACTS: Final[Mapping[str, str]] = {"brd-approval": BRD_FILE}
+# The report each stage that can roll back writes: development's feedback quotes it.
+STAGE_REPORT_FILES: Final[Mapping[str, str]] = {
+    "testing": TEST_REPORT_FILE,
+    "deploy-staging": STAGING_REPORT_FILE,
+    "deploy": DEPLOY_REPORT_FILE,
+}
 # A BRD shorter than this is a placeholder, not requirements.
 MIN_BRD_CHARS: Final = 40
 

@@ -20,11 +20,13 @@ from orchestrator.runners.process import CommandResult
 from orchestrator.runners.smoke import SmokeResult
 from orchestrator.runners.verdict import Status
 
-__all__ = ["TestRun", "numbered", "render_test_report"]
+__all__ = ["MESSAGE_MARK", "TestRun", "failing_tests_section", "numbered", "render_test_report"]
 
 LOG_TAIL_LINES: Final = 60
 EXPLANATION_LINES: Final = 200
 NO_EXIT_CODE: Final = -1
+# Before each line of a failing test's message (never empty after it: see the docstring).
+MESSAGE_MARK: Final = "E   "
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,27 @@ def _command_line(label: str, result: CommandResult | None, fallback: str) -> st
     return f"- {label}: {_code(' '.join(result.argv))}, {result.describe()}"
 
 
+def failing_tests_section(counts: JUnitCounts) -> list[str]:
+    """``## Failing tests``: one bullet per test, its pytest node id first, then its
+    message, each line behind ``E`` (as pytest prints it) so none reads as a verdict."""
+    total = counts.failures + counts.errors
+    shown = len(counts.failing)
+    lines = [
+        f"## Failing tests ({total})",
+        "",
+        "Each id is a pytest node id: run it in the worktree with `python -m pytest '<id>'`"
+        + (f"; the first {shown} are listed." if shown < total else "."),
+        "",
+    ]
+    for test in counts.failing:
+        where = f" at {test.location}" if test.location else ""
+        test_id = " ".join(test.test_id.splitlines())
+        lines.append(f"- {test.kind} in {_code(test_id)}{where}")
+        lines += [f"  {MESSAGE_MARK}{line}" for line in test.message.splitlines()]
+    lines.append("")
+    return lines
+
+
 def render_test_report(run: TestRun) -> str:
     """The report's markdown; see the module docstring for what makes it safe to parse."""
     lines = [
@@ -114,11 +137,7 @@ def render_test_report(run: TestRun) -> str:
     lines += [f"- note: {note}" for note in run.notes]
     lines.append("")
     if run.counts is not None and run.counts.failing:
-        lines += [f"## Failing tests ({run.counts.failures + run.counts.errors})", ""]
-        lines += [
-            f"- {test.kind} in {_code(test.test_id)}: {test.message}" for test in run.counts.failing
-        ]
-        lines.append("")
+        lines += failing_tests_section(run.counts)
     if run.smoke:
         lines += ["## Smoke (read-only GETs)", "", "| endpoint | answer | ms |", "|---|---|---|"]
         for result in run.smoke:

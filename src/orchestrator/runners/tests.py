@@ -52,7 +52,7 @@ from orchestrator.runners.coverage_ratchet import (
     read_line_coverage,
     record_pending,
 )
-from orchestrator.runners.junit import JUnitCounts, parse_junit
+from orchestrator.runners.junit import JUnitCounts, parse_junit, worktree_files
 from orchestrator.runners.process import CommandResult, run_command
 from orchestrator.runners.report import TestRun, render_test_report
 from orchestrator.runners.serial_gate import SerialGateBusyError, serial_gate
@@ -157,7 +157,8 @@ def _test_argv(context: RunnerContext, scratch: Path) -> tuple[list[str], str | 
         if config.coverage_ratchet:
             return argv, "the coverage ratchet needs a pytest test command"
         return argv, None
-    argv.append(f"--junitxml={scratch / 'junit.xml'}")
+    # xunit1 adds each test's file, so that its node id is exact (runners/junit.py).
+    argv += ["-o", "junit_family=xunit1", f"--junitxml={scratch / 'junit.xml'}"]
     if config.coverage_ratchet:
         wrapped = coverage_argv(
             argv, _python(context.worktree), scratch / ".coverage", config.coverage_source
@@ -168,10 +169,11 @@ def _test_argv(context: RunnerContext, scratch: Path) -> tuple[list[str], str | 
 
 
 def _junit(context: RunnerContext, scratch: Path, pytest: bool) -> JUnitCounts | None:
+    exists = worktree_files(context.worktree)
     if pytest:
-        return parse_junit(scratch / "junit.xml")
+        return parse_junit(scratch / "junit.xml", exists)
     if context.config.junit_xml:
-        return parse_junit(context.worktree / context.config.junit_xml)
+        return parse_junit(context.worktree / context.config.junit_xml, exists)
     return None
 
 
