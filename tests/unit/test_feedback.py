@@ -9,7 +9,6 @@ feeds the feedback builder arbitrary and hostile reports to check its caps.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from hypothesis import given
@@ -136,7 +135,6 @@ E   ModuleNotFoundError: No module named 'nope'</error></testcase></testsuite></
         ),
         FailingTest("pkg/tests/test_b.py", "error", "collection failure"),
     )
-    assert ET.fromstring(xml) is not None
 
 
 def _report(failing: int, log: str) -> str:
@@ -185,7 +183,9 @@ def test_feedback_names_the_report_and_the_first_tests_within_its_caps(
 
 
 @given(st.text(), st.text(max_size=300), st.none() | st.text(max_size=200_000))
-def test_feedback_never_raises_and_holds_its_caps(stage: str, reason: str, report: str | None) -> None:
+def test_feedback_never_raises_and_holds_its_caps(
+    stage: str, reason: str, report: str | None
+) -> None:
     text = rollback_feedback(stage=stage, reason=reason, report_path="r.md", report=report)
     assert len(text.splitlines()) <= MAX_FEEDBACK_LINES
     assert len(text) <= MAX_FEEDBACK_CHARS
