@@ -104,6 +104,10 @@ class AgentConfig(_Strict):
     # Prices, for agents that report tokens but no cost (codex): dollars per million.
     usd_per_mtok_input: float = Field(default=0, ge=0)
     usd_per_mtok_output: float = Field(default=0, ge=0)
+    # codex: the price of cached input tokens (the part of the input the provider read
+    # from its prompt cache, e.g. a tenth of the input price for OpenAI's GPT-5 models);
+    # unset = priced as input.
+    usd_per_mtok_cached_input: float | None = Field(default=None, ge=0)
     env: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("command")

@@ -164,9 +164,11 @@ def pipeline_script() -> Script:
     )
 
 
-def write_config(workdir: Path, server: ModelServer, analysis: str = "") -> None:
+def write_config(
+    workdir: Path, server: ModelServer, analysis: str = "", env: dict[str, str] | None = None
+) -> None:
     """orch.toml: claude on the three agent stages; ``analysis``: more lines for that stage."""
-    env = {**server.env(), "HOME": str(workdir / "home")}
+    env = {**server.env(), "HOME": str(workdir / "home"), **(env or {})}
     env_toml = ", ".join(f'{key} = "{value}"' for key, value in env.items())
     (workdir / "orch.toml").write_text(
         f"""\
@@ -341,12 +343,42 @@ def test_an_api_error_fails_the_run_with_claudes_own_reason(workdir: Path, repo:
     shown = show(workdir)
     assert shown["failed"]
     assert shown["stage"] == "analysis"
-    assert "claude stopped with" in shown["failed_reason"]
+    assert "claude: API error: 400" in shown["failed_reason"]
     assert "scripted failure: the model is unavailable" in shown["failed_reason"]
     (run,) = shown["runs"]
     assert run["exit_code"] != 0
     exited = [e for e in shown["events"] if e["kind"] == "job.exited"]
     assert exited[-1]["data"]["is_error"] is True
+
+
+def test_an_overloaded_api_is_an_api_error_after_the_retries_the_agent_env_allows(
+    workdir: Path, repo: Path
+) -> None:
+    script = parse_script(
+        {
+            "sessions": [
+                {
+                    "match": "Stage: analysis",
+                    "turns": [
+                        {"error": {"status": 529, "type": "overloaded_error", "message": "busy"}}
+                    ],
+                }
+            ]
+        },
+        "overloaded script",
+    )
+    # Claude Code's default is 10 retries, about three minutes against this server.
+    with ModelServer(script) as server:
+        write_config(workdir, server, env={"CLAUDE_CODE_MAX_RETRIES": "1"})
+        create(workdir, repo)
+        orch(workdir, "run")
+        asked = [e for e in server.exchanges if e.path.startswith("/v1/messages")]
+    shown = show(workdir)
+    assert shown["failed"]
+    reason = shown["failed_reason"]
+    assert "claude: API error: 529 busy" in reason, reason
+    assert "stopped with success" not in reason
+    assert len(asked) == 2  # the first call and the one retry the agent's env allows
 
 
 def test_a_hung_model_gets_claude_tree_killed_at_the_stage_timeout(

@@ -153,9 +153,45 @@ def test_an_error_result_fails_the_run_with_its_subtype_and_message() -> None:
 
 def test_is_error_with_a_success_subtype_still_fails() -> None:
     agent = spec(adapter="claude-code")
-    line = result_line(is_error=True, result="API Error: 400 bad request")
+    line = result_line(is_error=True, result="Something odd happened")
     outcome = adapter_for(agent).outcome(agent, finished(line))
-    assert outcome.error == "agent stopped with success: API Error: 400 bad request"
+    assert outcome.error == "agent stopped with success: Something odd happened"
+
+
+# What Claude Code 2.1.332 prints when the API answers 529 after its own retries.
+API_ERROR_RESULT = {
+    "subtype": "success",
+    "is_error": True,
+    "total_cost_usd": 0,
+    "num_turns": 1,
+    "terminal_reason": "api_error",
+    "api_error_status": 529,
+    "api_error_type": "overloaded_error",
+    "result": (
+        "API Error: 529 Overloaded. This is a server-side issue, usually temporary \u2014 "
+        "try again in a moment."
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        # Older CLIs: only the text says it.
+        {"terminal_reason": None, "api_error_status": None},
+        # Only the status: the reason gets it.
+        {"result": "Overloaded"},
+    ],
+)
+def test_an_api_error_is_reported_as_one(overrides: dict[str, Any]) -> None:
+    agent = spec(adapter="claude-code")
+    line = result_line(**{**API_ERROR_RESULT, **overrides})
+    outcome = adapter_for(agent).outcome(agent, finished(line, exit_code=1))
+    assert outcome.error is not None
+    assert outcome.error.startswith("agent: API error: 529 Overloaded")
+    assert outcome.error.endswith("(exit code 1)")
+    assert "stopped with success" not in outcome.error
 
 
 def test_garbage_instead_of_stream_json_fails_a_zero_exit_with_the_reason() -> None:

@@ -120,7 +120,7 @@ def json_lines(output: str, *, reverse: bool = False) -> Iterator[dict[str, Any]
             continue
         try:
             parsed = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             continue
         if isinstance(parsed, dict):
             yield parsed
@@ -131,7 +131,7 @@ def _is_json_object(text: str) -> bool:
         return False
     try:
         return isinstance(json.loads(text), dict)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 

@@ -10,7 +10,12 @@ and a last ``result`` event with ``total_cost_usd``, ``usage``, ``modelUsage``,
 ``error_max_budget_usd``, ``error_during_execution``).
 
 A run fails, with the reason, when the result says ``is_error``, or when the CLI exited
-0 without printing a result at all (its output is not stream-json).
+0 without printing a result at all (its output is not stream-json). When Claude Code
+gave up on the model API (its result then says ``subtype: success`` with ``is_error``,
+``terminal_reason: api_error`` and "API Error: 529 ..."), the reason is
+``<agent>: API error: 529 ...``. Claude Code retries API errors itself first
+(``CLAUDE_CODE_MAX_RETRIES``, 10 by default: about three minutes against a dead
+endpoint); set it in the agent's ``env`` to fail sooner.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ QUIET_ENV: Final[Mapping[str, str]] = {
     "DISABLE_TELEMETRY": "1",
     "DISABLE_AUTOUPDATER": "1",
 }
+API_ERROR_PREFIX: Final = "API Error: "
 FILE_PROMPT: Final = "Your instructions are in the file {path}. Read it first and do what it says."
 
 
@@ -57,6 +63,28 @@ def _error_detail(result: Mapping[str, Any]) -> str:
     else:
         text = str(result.get("result") or "")
     return " ".join(text.split())[:REASON_DETAIL_CHARS]
+
+
+def _api_error(result: Mapping[str, Any]) -> bool:
+    # Claude Code gave up on the model API (after its own retries): its result says
+    # subtype "success" with is_error, terminal_reason "api_error" and the status, and
+    # the text "API Error: 529 Overloaded. ...".
+    return (
+        result.get("terminal_reason") == "api_error"
+        or result.get("api_error_status") is not None
+        or str(result.get("result") or "").startswith(API_ERROR_PREFIX)
+    )
+
+
+def _failure(name: str, result: Mapping[str, Any], subtype: str | None) -> str:
+    detail = _error_detail(result)
+    if _api_error(result):
+        detail = detail.removeprefix(API_ERROR_PREFIX)
+        status = result.get("api_error_status")
+        if status is not None and not detail.startswith(str(status)):
+            detail = f"{status} {detail}".strip()
+        return f"{name}: API error: {detail or 'no detail'}"
+    return f"{name} stopped with {subtype or 'an error'}" + (f": {detail}" if detail else "")
 
 
 class ClaudeCodeAdapter:
@@ -117,10 +145,7 @@ class ClaudeCodeAdapter:
         session_id = str(raw_session) if raw_session is not None else None
         error = None
         if usage.is_error or (subtype is not None and subtype != "success"):
-            detail = _error_detail(result)
-            error = f"{spec.name} stopped with {subtype or 'an error'}" + (
-                f": {detail}" if detail else ""
-            )
+            error = _failure(spec.name, result, subtype)
             if run.exit_code not in (0, None):
                 error += f" (exit code {run.exit_code})"
         return RunOutcome(usage=usage, error=error, subtype=subtype, session_id=session_id)

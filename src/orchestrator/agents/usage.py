@@ -76,6 +76,21 @@ def parse_usage(output: str) -> Usage | None:
     return None
 
 
-def priced_usd(input_tokens: int, output_tokens: int, usd_in: float, usd_out: float) -> float:
-    """Cost of tokens at prices in dollars per million tokens."""
-    return round((input_tokens * usd_in + output_tokens * usd_out) / TOKENS_PER_MTOK, 6)
+def priced_usd(
+    input_tokens: int,
+    output_tokens: int,
+    usd_in: float,
+    usd_out: float,
+    *,
+    cached_tokens: int = 0,
+    usd_cached: float | None = None,
+) -> float:
+    """Cost of tokens at prices in dollars per million tokens.
+
+    ``cached_tokens`` are the part of ``input_tokens`` read from the provider's prompt
+    cache (as OpenAI counts them), priced at ``usd_cached``; None prices them as input.
+    """
+    cached = min(max(cached_tokens, 0), input_tokens)
+    rate = usd_in if usd_cached is None else usd_cached
+    spent = (input_tokens - cached) * usd_in + cached * rate + output_tokens * usd_out
+    return round(spent / TOKENS_PER_MTOK, 6)
