@@ -264,19 +264,7 @@ class TaskService:
         """Send a human gate back with feedback: the BRD goes back to analysis, whose
         next run gets the feedback in its prompt and ``ORCH_FEEDBACK``."""
         feedback = validate_feedback(feedback)
-        target = REJECT_TARGET.get(task.stage)
-        if target is None:
-            gates = ", ".join(REJECT_TARGET)
-            raise ConflictError(
-                f"task {task.work_item} is in {task.stage}; reject applies at {gates}"
-            )
-        if task.failed:
-            raise ConflictError(f"task {task.work_item} has failed; use retry first")
-        if target in self.settings.pipeline_for(Path(task.repository)).skipped:
-            raise ConflictError(
-                f"task {task.work_item}'s repository skips {target}, so nothing would redo "
-                f"the document; approve or cancel it"
-            )
+        target = self.reject_target(task)
         document = f"{artifact_dir(task.work_item)}/{HUMAN_GATE_ARTIFACTS[task.stage]}"
         one_line = " ".join(feedback.split())
         if len(one_line) > FEEDBACK_REASON_CHARS:
@@ -297,6 +285,24 @@ class TaskService:
             ):
                 raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
         return self._changed(task, f"rejected by {actor}, back to {target}")
+
+    def reject_target(self, task: Task) -> str:
+        """Where rejecting ``task`` now would send it; ConflictError when it cannot be
+        rejected (not at a gate, failed, or its repository skips the target stage)."""
+        target = REJECT_TARGET.get(task.stage)
+        if target is None:
+            gates = ", ".join(REJECT_TARGET)
+            raise ConflictError(
+                f"task {task.work_item} is in {task.stage}; reject applies at {gates}"
+            )
+        if task.failed:
+            raise ConflictError(f"task {task.work_item} has failed; use retry first")
+        if target in self.settings.pipeline_for(Path(task.repository)).skipped:
+            raise ConflictError(
+                f"task {task.work_item}'s repository skips {target}, so nothing would redo "
+                f"the document; approve or cancel it"
+            )
+        return target
 
     def _refuse_during_side_effects(self, task: Task, action: str) -> None:
         """A live transition lease means a merge or deploy is under way: wait for it."""

@@ -1,5 +1,6 @@
 """The human gate through the real `orch` command: reject with feedback, and what
-`orch task show` tells a person at the gate.
+`orch task show` tells a person at the gate; and the Telegram card's Reject button
+through the real `orch serve` and the fake Bot API (press, force-reply question, reply).
 
 The analysis agent is a small command agent that records, per run, the prompt it read on
 stdin and its ``ORCH_FEEDBACK``, then writes a BRD; the other stages use the scripted
@@ -14,9 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+from tests.e2e.test_integrations import CHAT, TELEGRAM_SECRET, Serve, free_port, telegram_config
+from tests.e2e.test_integrations import wait_for as wait_until
 
 from orchestrator.demo_project import create_demo_repository
+from orchestrator.testing.fake_telegram import FakeTelegram
 
 pytestmark = pytest.mark.e2e
 
@@ -193,3 +198,69 @@ def test_reject_sends_the_brd_back_to_analysis_with_the_feedback_in_the_next_pro
     assert done["artifact"] is None
     human = orch(workdir, "task", "show", "GATE-1").stdout
     assert f"merged:     {main} on main" in human
+
+
+def test_the_cards_reject_button_asks_why_and_the_reply_reaches_the_next_analysis(
+    tmp_path: Path, workdir: Path, repo: Path, record: Path
+) -> None:
+    with FakeTelegram() as telegram:
+        config = workdir / "orch.toml"
+        config.write_text(telegram_config(telegram) + config.read_text())
+        server = Serve(workdir, free_port()).start()
+        try:
+            httpx.post(
+                f"{telegram.url}/bot{telegram.token}/setWebhook",
+                json={"url": f"{server.url}/webhooks/telegram", "secret_token": TELEGRAM_SECRET},
+            ).raise_for_status()
+            created = server.post(
+                "/tasks", json={"repo": str(repo), "title": "Add slugify", "work_item": "TG-1"}
+            )
+            assert created.status_code == 201, created.text
+            task_id = created.json()["id"]
+
+            def card_with_reject() -> object:
+                cards = telegram.visible(CHAT)
+                return (
+                    cards and f"reject:{task_id}" in json.dumps(cards[0].reply_markup) and cards[0]
+                )
+
+            card = wait_until(card_with_reject, "the card offers Reject", server.log)
+            pressed = telegram.press(CHAT, card.message_id, f"reject:{task_id}")
+            assert pressed.json()["text"] == "TG-1: reply to my question with what must change"
+
+            def question() -> object:
+                found = [m for m in telegram.visible(CHAT) if m.reply_to == card.message_id]
+                return found and found[0]
+
+            asked = wait_until(question, "the force-reply question is sent", server.log)
+            assert asked.reply_markup["force_reply"] is True
+            # A reply to the card itself is not an answer: nothing moves.
+            unrelated = telegram.say(CHAT, "looks good to me", reply_to=card.message_id)
+            assert unrelated.json()["ignored"] == "not a reply to a reject question"
+            assert server.get("/tasks/TG-1")["stage"] == "brd-approval"
+
+            answered = telegram.say(CHAT, FEEDBACK, reply_to=asked.message_id, username="bob")
+            assert answered.status_code == 200
+            # Telegram performed the sendMessage of the webhook's answer: the person is told.
+            [told] = [m for m in telegram.visible(CHAT) if m.text.startswith("TG-1: rejected")]
+            assert (
+                told.text == "TG-1: rejected by telegram:bob, back to analysis with your feedback."
+            )
+
+            wait_until(
+                lambda: (
+                    (record / "prompt-2.md").exists()
+                    and server.get("/tasks/TG-1")["stage"] == "brd-approval"
+                ),
+                "analysis ran again and the task is back at the gate",
+                server.log,
+            )
+        finally:
+            server.stop()
+    detail = json.loads(orch(workdir, "task", "show", "TG-1", "--json").stdout)
+    [event] = [e for e in detail["events"] if e["kind"] == "task.rejected"]
+    assert (event["actor"], event["data"]) == ("telegram:bob", {"feedback": FEEDBACK})
+    assert FEEDBACK not in (record / "prompt-1.md").read_text()
+    assert FEEDBACK in (record / "prompt-2.md").read_text()
+    assert FEEDBACK in (record / "feedback-2.txt").read_text()
+    assert unrelated.status_code == 200

@@ -588,7 +588,11 @@ def test_webhook_rejects_before_reading(webhook: tuple[World, httpx.Client]) -> 
     assert post(client, b"x" * 1_000_001).status_code == 413
     assert post(client, {"update_id": 5, "message": {"text": "hi"}}).json() == {
         "ok": True,
-        "ignored": "not a callback query",
+        "ignored": "another chat",
+    }
+    assert post(client, {"update_id": 6, "edited_message": {"text": "hi"}}).json() == {
+        "ok": True,
+        "ignored": "not a callback query or a message",
     }
     assert world.store.get_task(task.id).stage == "brd-approval"
 
@@ -603,3 +607,106 @@ def test_webhook_without_a_configured_secret_is_closed(
         response = post(client, {"update_id": 1}, secret="anything")  # noqa: S106 - not configured
     assert response.status_code == 403
     assert "telegram_webhook_secret" in response.json()["error"]
+
+
+# --- the Reject button: a force-reply question, and the reply as the feedback ---------------
+FEEDBACK = "Requirement 2 is vague: which endpoints are rate limited, and how hard?"
+
+
+def test_reject_asks_why_and_the_reply_sends_the_brd_back_with_the_feedback(
+    webhook: tuple[World, httpx.Client],
+) -> None:
+    world, client = webhook
+    task = world.move(world.create(), "brd-approval")
+    world.delivery.deliver_due()
+    [card] = world.fake.visible(CHAT)
+    buttons = [b["callback_data"] for b in card.reply_markup["inline_keyboard"][0]]
+    assert buttons == [f"approve:{task.id}", f"reject:{task.id}", f"cancel:{task.id}"]
+
+    press = world.fake.callback_update(CHAT, card.message_id, f"reject:{task.id}")
+    answer = post(client, press).json()
+    assert answer["method"] == "answerCallbackQuery"
+    assert answer["text"] == "SVC-1: reply to my question with what must change"
+    assert world.store.get_task(task.id).stage == "brd-approval"  # nothing moves yet
+
+    # The question goes out through the outbox: it quotes the card and opens the reply field.
+    assert world.delivery.deliver_due() == 1
+    [_, question] = world.fake.visible(CHAT)
+    assert question.reply_to == card.message_id
+    assert question.reply_markup == {
+        "force_reply": True,
+        "input_field_placeholder": "What must change?",
+        "selective": True,
+    }
+    assert question.text.startswith("↩️ @alice, why is the 01-brd.md of SVC-1 · Add rate")
+
+    def ignored(update: dict[str, Any], why: str) -> None:
+        assert post(client, update).json() == {"ok": True, "ignored": why}
+
+    # Not ours: a reply to another message (the card), a message replying to nothing, a
+    # reply to the question from another chat. Nothing moves, nobody is answered.
+    ignored(
+        world.fake.message_update(CHAT, FEEDBACK, reply_to=card.message_id),
+        "not a reply to a reject question",
+    )
+    ignored(world.fake.message_update(CHAT, FEEDBACK), "not a reply to a reject question")
+    ignored(
+        world.fake.message_update("-100999", FEEDBACK, reply_to=question.message_id),
+        "another chat",
+    )
+    empty = post(client, world.fake.message_update(CHAT, "  ", reply_to=question.message_id))
+    assert empty.json()["text"].startswith("Not rejected: the feedback is empty")
+    assert world.store.get_task(task.id).stage == "brd-approval"
+    assert not [e for e in world.store.task_events(task.id) if e.kind == EventKind.REJECTED]
+
+    reply = world.fake.message_update(CHAT, FEEDBACK, reply_to=question.message_id, username="bob")
+    answered = post(client, reply).json()
+    assert answered == {
+        "method": "sendMessage",
+        "chat_id": int(CHAT),
+        "text": "SVC-1: rejected by telegram:bob, back to analysis with your feedback.",
+        "reply_parameters": {
+            "message_id": reply["message"]["message_id"],
+            "allow_sending_without_reply": True,
+        },
+    }
+    rejected = world.store.get_task(task.id)
+    assert rejected.stage == "analysis"
+    [event] = [e for e in world.store.task_events(task.id) if e.kind == EventKind.REJECTED]
+    assert (event.actor, event.from_stage, event.to_stage) == (
+        "telegram:bob",
+        "brd-approval",
+        "analysis",
+    )
+    assert event.data == {"feedback": FEEDBACK}
+    job = world.store.task_jobs(task.id)[-1]
+    assert (job.stage, job.status) == ("analysis", "queued")
+    assert job.feedback is not None
+    assert FEEDBACK in job.feedback
+
+    # Telegram redelivers it: ignored. A second reply: refused, naming the stage.
+    assert post(client, reply).json() == {"ok": True, "ignored": "replayed update"}
+    again = post(client, world.fake.message_update(CHAT, "and", reply_to=question.message_id))
+    assert again.json()["text"] == (
+        "Not rejected: task SVC-1 is in analysis; reject applies at brd-approval"
+    )
+    world.delivery.deliver_due()  # the card followed and offers no reject any more
+    [card_now, *_] = world.fake.visible(CHAT)
+    assert "🔄 Analysis" in card_now.text
+    assert "reject:" not in json.dumps(card_now.reply_markup)
+
+    # Back at the gate with a new BRD, the old question no longer counts.
+    world.move(task, "brd-approval")
+    stale = post(client, world.fake.message_update(CHAT, FEEDBACK, reply_to=question.message_id))
+    assert "earlier visit of SVC-1 to brd-approval" in stale.json()["text"]
+    assert world.store.get_task(task.id).stage == "brd-approval"
+
+
+def test_reject_is_refused_on_the_button_where_the_stage_does_not_allow_it(
+    webhook: tuple[World, httpx.Client],
+) -> None:
+    world, client = webhook
+    task = world.create()
+    answer = post(client, world.fake.callback_update(CHAT, 1, f"reject:{task.id}")).json()
+    assert answer["text"] == "task SVC-1 is in analysis; reject applies at brd-approval"
+    assert [row.kind for row in world.rows()] == ["card"]  # no question was queued

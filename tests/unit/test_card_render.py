@@ -208,7 +208,7 @@ def _buttons(stage: str, **changes: object) -> list[str]:
 
 
 def test_buttons_follow_the_state() -> None:
-    assert _buttons("brd-approval") == ["approve:7", "cancel:7"]
+    assert _buttons("brd-approval") == ["approve:7", "reject:7", "cancel:7"]
     assert _buttons("testing", failed_reason="x") == ["retry:7", "cancel:7"]
     assert _buttons("development") == ["cancel:7"]
     # A finished task's card loses its buttons (an empty keyboard removes them on edit).

@@ -19,7 +19,8 @@ every run of the task, so it always equals ``SUM(agent_runs.cost_usd)``. Labels 
 from :func:`~orchestrator.kernel.stages.stage_label` (en / ru; an unknown stage gets a
 neutral capitalised label).
 
-Buttons (``callback_data`` ``"<action>:<task id>"``): approve at the human gate, retry
+Buttons (``callback_data`` ``"<action>:<task id>"``): approve and reject at the human
+gate (reject asks for the reason: :mod:`~orchestrator.integrations.reject_prompt`), retry
 when failed, cancel while not finished.
 """
 
@@ -38,6 +39,7 @@ from orchestrator.kernel.stages import (
     DONE,
     HUMAN_GATE_STAGES,
     JOB_STAGES,
+    REJECT_TARGET,
     STAGE_ORDER,
     TERMINAL_STAGES,
     stage_label,
@@ -65,7 +67,7 @@ __all__ = [
 # Telegram's limit for a message's text.
 MAX_TEXT_CHARS: Final = 4096
 MAX_REASON_CHARS: Final = 300
-ACTIONS: Final = ("approve", "retry", "cancel")
+ACTIONS: Final = ("approve", "reject", "retry", "cancel")
 
 
 class Mark:
@@ -85,6 +87,7 @@ WORDS: Final[Mapping[str, Mapping[str, str]]] = {
         "runs": "runs",
         "total": "Total",
         "approve": "✅ Approve",
+        "reject": "↩️ Reject",
         "retry": "🔁 Retry",
         "cancel": "✖️ Cancel",
     },
@@ -95,6 +98,7 @@ WORDS: Final[Mapping[str, Mapping[str, str]]] = {
         "runs": "запусков",
         "total": "Итого",
         "approve": "✅ Подтвердить",
+        "reject": "↩️ Отклонить",
         "retry": "🔁 Повторить",
         "cancel": "✖️ Отменить",
     },
@@ -166,6 +170,8 @@ def card_actions(task: Task) -> tuple[str, ...]:
     actions: list[str] = []
     if task.stage in HUMAN_GATE_STAGES and not task.failed:
         actions.append("approve")
+        if task.stage in REJECT_TARGET:
+            actions.append("reject")
     if task.failed and task.stage in JOB_STAGES:
         actions.append("retry")
     actions.append("cancel")

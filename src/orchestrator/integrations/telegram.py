@@ -25,6 +25,9 @@ Errors::
   took over a dead claim checks ``task_cards`` first: a send recorded since that claim is
   not repeated, the card is only edited.
 * ``alert`` — its own message.
+* ``reject_prompt`` — the Reject button's question: a ``ForceReply`` message quoting the
+  card (:mod:`~orchestrator.integrations.reject_prompt`); its ``message_id`` is kept
+  on the row, where the reply is matched.
 
 A 429 becomes a :class:`~orchestrator.outbox.DeliveryError` with ``retry_after_s``; other
 4xx are permanent; network errors and 5xx are retried with backoff.
@@ -42,6 +45,7 @@ import sqlalchemy as sa
 
 from orchestrator.errors import NotFoundError, OrchestratorError
 from orchestrator.integrations.card import load_card_view, render_alert, render_card
+from orchestrator.integrations.reject_prompt import REJECT_PROMPT, prompt_message
 from orchestrator.outbox import ALERT, CARD, Claim, DeliveryError
 from orchestrator.settings import Settings
 from orchestrator.store import Store
@@ -144,11 +148,14 @@ class TelegramClient:
         *,
         reply_markup: Mapping[str, Any] | None = None,
         disable_notification: bool = False,
+        reply_parameters: Mapping[str, Any] | None = None,
     ) -> int:
         """Send a message; returns its ``message_id``."""
         params: dict[str, Any] = {"chat_id": chat_id, "text": text}
         if reply_markup is not None:
             params["reply_markup"] = dict(reply_markup)
+        if reply_parameters is not None:
+            params["reply_parameters"] = dict(reply_parameters)
         if disable_notification:
             params["disable_notification"] = True
         result = self.call("sendMessage", params)
@@ -208,6 +215,8 @@ class TelegramChannel:
                 return self._card(claim)
             if claim.message.kind == ALERT:
                 return self._alert(claim)
+            if claim.message.kind == REJECT_PROMPT:
+                return self._reject_prompt(claim)
         except TelegramError as exc:
             raise _delivery_error(exc) from None
         raise DeliveryError(f"unknown telegram message kind {claim.message.kind!r}", permanent=True)
@@ -221,6 +230,14 @@ class TelegramChannel:
             title=payload.get("title"),
         )
         message_id = self.client.send_message(str(payload["chat_id"]), text)
+        return {"message_id": message_id}
+
+    def _reject_prompt(self, claim: Claim) -> Mapping[str, Any]:
+        payload = claim.message.payload
+        text, markup, quote = prompt_message(payload)
+        message_id = self.client.send_message(
+            str(payload["chat_id"]), text, reply_markup=markup, reply_parameters=quote
+        )
         return {"message_id": message_id}
 
     # --- cards -------------------------------------------------------------------------

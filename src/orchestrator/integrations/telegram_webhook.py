@@ -1,4 +1,5 @@
-"""``POST /webhooks/telegram``: the card's buttons (approve, retry, cancel) come in here.
+"""``POST /webhooks/telegram``: the card's buttons (approve, reject, retry, cancel) and the
+replies to the Reject button's question come in here.
 
 Theory of operation
 -------------------
@@ -14,8 +15,14 @@ Telegram posts an Update with the ``X-Telegram-Bot-Api-Secret-Token`` header set
    acts through :class:`~orchestrator.service.TaskService` (as actor
    ``telegram:<user>``), and answers the query in the webhook's response
    (``{"method": "answerCallbackQuery", ...}``, as the Bot API allows), so no outbound
-   call is needed; the card itself follows through the outbox;
-4. answers 200 to every other update (Telegram would otherwise redeliver it).
+   call is needed; the card itself follows through the outbox. ``reject`` needs the
+   reason in words: it writes a force-reply question to the outbox instead
+   (:mod:`~orchestrator.integrations.reject_prompt`);
+4. for a ``message`` in the configured chat that replies to one of those questions,
+   rejects the task with the message's text as the feedback (as ``telegram:<user>``)
+   and answers with a ``sendMessage`` in the webhook's response that says what happened;
+5. answers 200 to every other update (Telegram would otherwise redeliver it), a reply
+   to any other message included: it is not ours.
 
 If acting fails unexpectedly the delivery record is removed and the error propagates,
 so Telegram's redelivery gets another chance.
@@ -34,8 +41,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ConflictError, OrchestratorError
 from orchestrator.integrations.card import parse_callback_data
+from orchestrator.integrations.reject_prompt import enqueue_reject_prompt, find_prompt, gate_visit
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import Store
@@ -51,6 +59,7 @@ SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a heade
 MAX_BODY_BYTES: Final = 1_000_000
 SOURCE: Final = "telegram"
 ANSWER_TEXT_CHARS: Final = 190  # answerCallbackQuery text: 0-200 characters
+REPLY_TEXT_CHARS: Final = 1000  # our reply to a person's message: short
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -65,6 +74,26 @@ def _answer(callback_query_id: str, text: str) -> JSONResponse:
             "text": text[:ANSWER_TEXT_CHARS],
         }
     )
+
+
+def _reply(chat_id: Any, message_id: Any, text: str) -> JSONResponse:
+    """A ``sendMessage`` in the webhook's response: Telegram performs it (no outbound call)."""
+    body: dict[str, Any] = {
+        "method": "sendMessage",
+        "chat_id": chat_id,
+        "text": text[:REPLY_TEXT_CHARS],
+    }
+    if isinstance(message_id, int) and not isinstance(message_id, bool):
+        body["reply_parameters"] = {"message_id": message_id, "allow_sending_without_reply": True}
+    return JSONResponse(body)
+
+
+def _actor(sender: Any) -> tuple[str, str | None]:
+    """``telegram:<username or id>`` and the username, if the person has one."""
+    user: dict[str, Any] = sender if isinstance(sender, dict) else {}
+    username = user.get("username")
+    who = str(username or user.get("id") or "unknown")[:60]
+    return f"telegram:{who}", str(username)[:60] if isinstance(username, str) and username else None
 
 
 def _secret_ok(given: str | None, expected: str) -> bool:
@@ -162,10 +191,19 @@ def _handle(
 ) -> JSONResponse:
     if not _record(store, update_id, None, "received"):
         return JSONResponse({"ok": True, "ignored": "replayed update"})
+    message = update.get("message")
     query = update.get("callback_query")
-    if not isinstance(query, dict) or not isinstance(query.get("id"), str):
-        _set_outcome(store, update_id, None, "ignored: not a callback query")
-        return JSONResponse({"ok": True, "ignored": "not a callback query"})
+    if isinstance(query, dict) and isinstance(query.get("id"), str):
+        return _callback(store, settings, service, update_id, query)
+    if isinstance(message, dict):
+        return _message(store, settings, service, update_id, message)
+    _set_outcome(store, update_id, None, "ignored: not a callback query or a message")
+    return JSONResponse({"ok": True, "ignored": "not a callback query or a message"})
+
+
+def _callback(
+    store: Store, settings: Settings, service: TaskService, update_id: int, query: dict[str, Any]
+) -> JSONResponse:
     query_id = query["id"]
     message = query.get("message")
     if not isinstance(message, dict) or not _chat_matches(
@@ -178,15 +216,24 @@ def _handle(
         _set_outcome(store, update_id, None, "refused: unknown action")
         return _answer(query_id, "Unknown action.")
     action, task_id = parsed
-    sender = query.get("from")
-    user: dict[str, Any] = sender if isinstance(sender, dict) else {}
-    who = str(user.get("username") or user.get("id") or "unknown")[:60]
-    actor = f"telegram:{who}"
+    actor, username = _actor(query.get("from"))
     try:
         task = store.get_task(task_id)
         if action == "approve":
             task = service.approve(task, actor=actor)
             text = f"{task.work_item}: approved"
+        elif action == "reject":
+            service.reject_target(task)  # refused here, before anyone is asked why
+            with store.transaction() as tx:
+                enqueue_reject_prompt(
+                    tx,
+                    chat_id=settings.telegram_chat_id,
+                    task=task,
+                    visit=gate_visit(task, store.task_events(task.id)),
+                    card_message_id=message.get("message_id"),
+                    username=username,
+                )
+            text = f"{task.work_item}: reply to my question with what must change"
         elif action == "retry":
             task = service.retry(task, actor=actor)
             text = f"{task.work_item}: retrying {task.stage}"
@@ -200,6 +247,50 @@ def _handle(
     except BaseException:
         _forget(store, update_id)  # let Telegram's redelivery try again
         raise
-    _set_outcome(store, update_id, task_id, f"{action} by {actor}")
+    outcome = "reject asked" if action == "reject" else action
+    _set_outcome(store, update_id, task_id, f"{outcome} by {actor}")
     log.info("telegram: %s", text)
     return _answer(query_id, text)
+
+
+def _message(
+    store: Store, settings: Settings, service: TaskService, update_id: int, message: dict[str, Any]
+) -> JSONResponse:
+    """A message: the feedback when it replies to a reject question of ours, else nothing."""
+    chat = message.get("chat")
+    if not _chat_matches(chat, settings.telegram_chat_id):
+        _set_outcome(store, update_id, None, "ignored: another chat")
+        return JSONResponse({"ok": True, "ignored": "another chat"})
+    replied = message.get("reply_to_message")
+    replied_id = replied.get("message_id") if isinstance(replied, dict) else None
+    prompt = None
+    if isinstance(replied_id, int) and not isinstance(replied_id, bool):
+        prompt = find_prompt(store, settings.telegram_chat_id, replied_id)
+    if prompt is None:
+        _set_outcome(store, update_id, None, "ignored: not a reply to a reject question")
+        return JSONResponse({"ok": True, "ignored": "not a reply to a reject question"})
+    chat_id = chat.get("id") if isinstance(chat, dict) else None
+    actor, _ = _actor(message.get("from"))
+    text = message.get("text")
+    try:
+        task = store.get_task(prompt.task_id)
+        service.reject_target(task)  # left the gate: refused, naming the stage
+        if gate_visit(task, store.task_events(task.id)) != prompt.gate_visit:
+            raise ConflictError(
+                f"that question was about an earlier visit of {task.work_item} to "
+                f"{task.stage}; press Reject on its card again"
+            )
+        task = service.reject(task, feedback=text if isinstance(text, str) else "", actor=actor)
+    except OrchestratorError as exc:
+        _set_outcome(store, update_id, prompt.task_id, f"refused: {exc}")
+        return _reply(chat_id, message.get("message_id"), f"Not rejected: {exc}")
+    except BaseException:
+        _forget(store, update_id)  # let Telegram's redelivery try again
+        raise
+    _set_outcome(store, update_id, task.id, f"reject by {actor}")
+    log.info("telegram: %s rejected by %s", task.work_item, actor)
+    return _reply(
+        chat_id,
+        message.get("message_id"),
+        f"{task.work_item}: rejected by {actor}, back to {task.stage} with your feedback.",
+    )

@@ -4,14 +4,20 @@ It speaks the documented shapes: ``POST /bot<token>/<method>`` with a JSON (or f
 body, answered by ``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code": N,
 "description": "..."}`` (plus ``"parameters": {"retry_after": S}`` on 429). Methods:
 
-* ``sendMessage`` (``chat_id``, ``text``, ``reply_markup``, ``disable_notification``) —
-  the Message, with a ``message_id`` counting up per chat;
+* ``sendMessage`` (``chat_id``, ``text``, ``reply_markup`` — an inline keyboard or a
+  ``ForceReply``, ``disable_notification``, ``reply_parameters`` or the older
+  ``reply_to_message_id``) — the Message, with a ``message_id`` counting up per chat and
+  the replied-to message as ``reply_to_message``; ``400 Bad Request: message to be
+  replied not found`` unless ``allow_sending_without_reply``;
 * ``editMessageText`` — the Message; ``400 Bad Request: message is not modified: ...``
   when text and markup are the same, ``message to edit not found`` when it is gone;
 * ``deleteMessage`` — ``true``; ``message to delete not found`` when it is gone;
 * ``answerCallbackQuery`` — ``true``;
 * ``setWebhook`` (``url``, ``secret_token``), ``getMe`` — so :meth:`FakeTelegram.press`
-  can post a button press to the webhook as Telegram would, with the secret header.
+  (a button press) and :meth:`FakeTelegram.say` (a person's message, perhaps a reply)
+  can post an Update to the webhook as Telegram would, with the secret header; a method
+  in the webhook's answer (``{"method": "answerCallbackQuery", ...}``) is performed, as
+  Telegram does.
 
 A wrong token gets ``401 Unauthorized``, an unknown method ``404 Not Found``.
 
@@ -77,6 +83,8 @@ class FakeMessage:
     date: int
     deleted: bool = False
     edits: int = 0
+    sender: dict[str, Any] | None = None  # None: the bot wrote it
+    reply_to: int | None = None  # the message_id this one replies to
 
 
 @dataclass(frozen=True)
@@ -241,13 +249,57 @@ class FakeTelegram(LocalServer):
         self, chat_id: str, message_id: int, data: str, *, username: str = "alice"
     ) -> httpx.Response:
         """Post a button press to the webhook registered with ``setWebhook``."""
+        update = self.callback_update(chat_id, message_id, data, username=username)
+        return self._post_update(update)
+
+    def message_update(
+        self, chat_id: str, text: str, *, reply_to: int | None = None, username: str = "alice"
+    ) -> dict[str, Any]:
+        """A person writes ``text`` in the chat (replying to ``reply_to``): the message
+        joins the chat and this is the Update Telegram would post for it."""
+        user = {"id": 4242, "is_bot": False, "first_name": username.title(), "username": username}
+        with self._lock:
+            message_id = self._next_id.get(chat_id, 0) + 1
+            self._next_id[chat_id] = message_id
+            message = FakeMessage(
+                chat_id,
+                message_id,
+                text,
+                None,
+                False,
+                int(time.time()),
+                sender=user,
+                reply_to=reply_to if (chat_id, reply_to or 0) in self._messages else None,
+            )
+            self._messages[(chat_id, message_id)] = message
+            result = self._result(message)
+        return {"update_id": 900_000 + next(self._updates), "message": result}
+
+    def say(
+        self, chat_id: str, text: str, *, reply_to: int | None = None, username: str = "alice"
+    ) -> httpx.Response:
+        """Post a person's message (a reply when ``reply_to`` is set) to the webhook."""
+        return self._post_update(
+            self.message_update(chat_id, text, reply_to=reply_to, username=username)
+        )
+
+    def _post_update(self, update: dict[str, Any]) -> httpx.Response:
+        """Post ``update`` to the webhook; perform the method its answer carries, if any."""
         if not self.webhook_url:
             raise UsageError("no webhook set: call setWebhook first")
         headers = {}
         if self.webhook_secret:
             headers["X-Telegram-Bot-Api-Secret-Token"] = self.webhook_secret
-        update = self.callback_update(chat_id, message_id, data, username=username)
-        return httpx.post(self.webhook_url, json=update, headers=headers, timeout=30)
+        response = httpx.post(self.webhook_url, json=update, headers=headers, timeout=30)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if response.status_code == 200 and isinstance(answer, dict) and answer.get("method"):
+            params = {k: v for k, v in answer.items() if k != "method"}
+            status, body = self.handle(str(answer["method"]), params)
+            self._record(Call(str(answer["method"]), params, status, ok=bool(body.get("ok"))))
+        return response
 
     # --- called by the handler -----------------------------------------------------------
     def _record(self, call: Call) -> None:
@@ -294,15 +346,27 @@ class FakeTelegram(LocalServer):
             return _bad("Bad Request: message text is empty")
         if len(text) > 4096:
             return _bad("Bad Request: message is too long")
+        markup = _markup(params.get("reply_markup"))
+        if markup is not None and "force_reply" in markup and markup["force_reply"] is not True:
+            return _bad("Bad Request: can't parse reply keyboard markup JSON object")
+        reply = _reply_parameters(params)
+        reply_to = None
+        if reply is not None:
+            wanted, allow_without = reply
+            if self._find(chat_id, wanted) is not None:
+                reply_to = int(wanted)
+            elif not allow_without:
+                return _bad("Bad Request: message to be replied not found")
         message_id = self._next_id.get(chat_id, 0) + 1
         self._next_id[chat_id] = message_id
         message = FakeMessage(
             chat_id,
             message_id,
             text,
-            _markup(params.get("reply_markup")),
+            markup,
             _truthy(params.get("disable_notification")),
             int(time.time()),
+            reply_to=reply_to,
         )
         self._messages[(chat_id, message_id)] = message
         return 200, {"ok": True, "result": self._result(message)}
@@ -354,18 +418,39 @@ class FakeTelegram(LocalServer):
         message = self._messages.get((chat_id, number))
         return None if message is None or message.deleted else message
 
-    @staticmethod
-    def _result(message: FakeMessage) -> dict[str, Any]:
+    def _result(self, message: FakeMessage, *, nested: bool = False) -> dict[str, Any]:
+        """The Message object; a reply carries the message it replies to, one level deep,
+        as Telegram sends it."""
         result: dict[str, Any] = {
             "message_id": message.message_id,
-            "from": BOT_USER,
+            "from": message.sender or BOT_USER,
             "chat": {"id": _chat_value(message.chat_id), "type": "group", "title": "orch"},
             "date": message.date,
             "text": message.text,
         }
         if message.reply_markup and message.reply_markup.get("inline_keyboard"):
             result["reply_markup"] = message.reply_markup
+        original = self._messages.get((message.chat_id, message.reply_to or 0))
+        if original is not None and not nested:
+            result["reply_to_message"] = self._result(original, nested=True)
         return result
+
+
+def _reply_parameters(params: dict[str, Any]) -> tuple[Any, bool] | None:
+    """(message id, allow_sending_without_reply) from ``reply_parameters`` or the older
+    ``reply_to_message_id``; None when the message replies to nothing."""
+    value = params.get("reply_parameters")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    if isinstance(value, dict) and "message_id" in value:
+        return value["message_id"], _truthy(value.get("allow_sending_without_reply"))
+    if params.get("reply_to_message_id") is not None:
+        allow = _truthy(params.get("allow_sending_without_reply"))
+        return params["reply_to_message_id"], allow
+    return None
 
 
 def _bad(description: str) -> tuple[int, dict[str, Any]]:
