@@ -29,6 +29,7 @@ from support import api_client
 
 from orchestrator import __version__
 from orchestrator.engine import Engine
+from orchestrator.errors import ConflictError
 from orchestrator.server import create_app
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings, load_settings
@@ -630,6 +631,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.engine import Engine
+from orchestrator.errors import ConflictError
 from orchestrator.serve import run_server
 from orchestrator.settings import load_settings
 from orchestrator.store import Store
@@ -757,3 +759,20 @@ def test_run_server_exits_1_when_the_port_is_taken(tmp_path: Path) -> None:
     assert completed.returncode == 1, completed.stderr
     assert f"orch serve: cannot serve on http://127.0.0.1:{port}" in completed.stderr
     assert "listening" not in completed.stdout
+
+
+def test_reject_is_refused_when_the_repository_skips_analysis(tmp_path: Path, repo: Path) -> None:
+    config = tmp_path / "skips" / "orch.toml"
+    config.parent.mkdir()
+    config.write_text(ORCH_TOML + '\n[repos.repo]\nskip = ["analysis"]\n')
+    settings = load_settings(config)
+    store = Store.open(settings.effective_database_url)
+    try:
+        service = TaskService(store, settings)
+        task = service.create_task(repo_path=repo, title="Add a greeting", work_item="SKIP-1")
+        assert task.stage == "brd-approval"  # straight to the gate: nothing writes a BRD
+        with pytest.raises(ConflictError, match="repository skips analysis"):
+            service.reject(task, feedback="redo it")
+        assert store.get_task(task.id).stage == "brd-approval"
+    finally:
+        store.close()

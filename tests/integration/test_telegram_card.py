@@ -24,6 +24,8 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tests.integration.support import api_client
 
 from orchestrator.integrations import build_delivery
@@ -710,3 +712,59 @@ def test_reject_is_refused_on_the_button_where_the_stage_does_not_allow_it(
     answer = post(client, world.fake.callback_update(CHAT, 1, f"reject:{task.id}")).json()
     assert answer["text"] == "task SVC-1 is in analysis; reject applies at brd-approval"
     assert [row.kind for row in world.rows()] == ["card"]  # no question was queued
+
+
+junk = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5), st.lists(st.none()))
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_only_a_text_reply_to_the_question_in_the_chat_rejects(
+    webhook: tuple[World, httpx.Client], data: st.DataObject
+) -> None:
+    """Messages of any shape: never a 500; the task moves exactly when the message is in
+    the configured chat, replies to the open question and has text to say."""
+    world, client = webhook
+    open_questions = [t for t in world.store.list_tasks() if t.stage == "brd-approval"]
+    if open_questions:
+        [task] = open_questions
+        [*_, question] = world.fake.visible(CHAT)
+    else:
+        task = world.move(world.create(f"SVC-{len(world.store.list_tasks()) + 1}"), "brd-approval")
+        post(client, world.fake.callback_update(CHAT, 1, f"reject:{task.id}"))
+        world.delivery.deliver_due()
+        [*_, question] = world.fake.visible(CHAT)
+    good_chat = {"id": int(CHAT), "type": "group"}
+    chat = data.draw(st.one_of(st.just(good_chat), st.just({"id": -100999}), junk), "chat")
+    replied = data.draw(
+        st.one_of(
+            st.just({"message_id": question.message_id}),
+            st.builds(dict, message_id=st.integers(min_value=-5, max_value=10_000)),
+            junk,
+        ),
+        "reply_to_message",
+    )
+    text = data.draw(st.one_of(st.just(FEEDBACK), st.text(max_size=10), junk), "text")
+    message: dict[str, Any] = {"message_id": 10_000, "chat": chat, "text": text}
+    if replied is not None:
+        message["reply_to_message"] = replied
+    message["from"] = data.draw(st.one_of(st.just({"id": 1, "username": "bob"}), junk), "from")
+    update = {"update_id": data.draw(st.integers(min_value=1, max_value=2**40)), "message": message}
+
+    response = post(client, update)
+
+    assert response.status_code == 200, response.text
+    moved = world.store.get_task(task.id).stage == "analysis"
+    replayed = response.json() == {"ok": True, "ignored": "replayed update"}
+    expected = (
+        chat == good_chat
+        and replied == {"message_id": question.message_id}
+        and isinstance(text, str)
+        and bool(text.strip())
+        and not replayed
+    )
+    assert moved == expected, response.json()
