@@ -49,6 +49,7 @@ from orchestrator.budget import stop_if_over_budget
 from orchestrator.errors import OrchestratorError
 from orchestrator.feedback import rollback_feedback
 from orchestrator.git import Repo, commit_all, git
+from orchestrator.job_env import job_environment
 from orchestrator.kernel.decisions import Advance, Decision, Fail, Retry, Rollback, decide_after_job
 from orchestrator.kernel.gates import (
     GATES,
@@ -429,10 +430,7 @@ class Engine:
         test_command = repo_config.test_command
         if isinstance(test_command, str):
             test_command = shlex.split(test_command)
-        env = {
-            **os.environ,
-            **invocation.env,
-            **spec.config.env,
+        task_vars = {
             "ORCH_WORK_ITEM": task.work_item,
             "ORCH_STAGE": job.stage,
             "ORCH_ATTEMPT": str(job.attempt),
@@ -447,13 +445,17 @@ class Engine:
             "ORCH_BASE_BRANCH": task.base_branch,
         }
         if test_command:
-            env["ORCH_TEST_COMMAND"] = json.dumps(test_command)
+            task_vars["ORCH_TEST_COMMAND"] = json.dumps(test_command)
         if spec.kind == "runner":
             # A runner gets its repository's runner settings as one JSON variable.
-            env.update(runner_environment(self.settings, task, job, log_dir))
-        # Agents must not talk to our database or read our config by accident.
-        for key in ("ORCH_DATABASE_URL", "ORCH_CONFIG"):
-            env.pop(key, None)
+            task_vars.update(runner_environment(self.settings, task, job, log_dir))
+        # Built from an allow-list, never inherited whole: no secret of ours reaches a job.
+        env = job_environment(
+            os.environ,
+            passthrough=self.settings.agent_env_passthrough,
+            secrets=self.settings.secret_values,
+            layers=(invocation.env, spec.config.env, task_vars),
+        )
         # The adapter decides how the prompt travels: stdin (None = none) or argv.
         return invocation.argv, env, invocation.stdin
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,9 +30,12 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
+from orchestrator.job_env import check_passthrough
 from orchestrator.kernel.decisions import Limits
 from orchestrator.kernel.gates import GATES
 from orchestrator.kernel.stages import JOB_STAGES, STAGE_TRANSITIONS, Pipeline
+from orchestrator.redact import MASK, redact_value
+from orchestrator.redact import secret_values as find_secret_values
 
 __all__ = [
     "AgentConfig",
@@ -108,6 +112,8 @@ class AgentConfig(_Strict):
     # from its prompt cache, e.g. a tenth of the input price for OpenAI's GPT-5 models);
     # unset = priced as input.
     usd_per_mtok_cached_input: float | None = Field(default=None, ge=0)
+    # Added to the run's environment as written (see agent_env_passthrough for what it
+    # gets from orch's own environment).
     env: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("command")
@@ -118,7 +124,52 @@ class AgentConfig(_Strict):
                 "required for adapter 'command' (any CLI); or set adapter = 'claude-code' "
                 "or 'codex'"
             )
+        _refuse_prompt_in_code(value)
         return value
+
+    @field_validator("args")
+    @classmethod
+    def _args_safe(cls, value: list[str]) -> list[str]:
+        _refuse_prompt_in_code(value)
+        return value
+
+
+# Programs that run the text after an inline-code flag (sh -c, python -c, node -e) as
+# code: the prompt (issue text, feedback) must never become part of that code.
+_SHELLS = re.compile(r"^(?:sh|bash|dash|zsh|ksh|mksh|ash|fish|busybox)$")
+_SHELL_CODE_FLAG = re.compile(r"^-[A-Za-z]*c[A-Za-z]*$")  # -c, -lc, -ec
+_INTERPRETERS = re.compile(
+    r"^(?:python[0-9.]*|pypy[0-9.]*|node|nodejs|deno|bun|perl|ruby|php|lua[0-9.]*|pwsh)$"
+)
+_INTERPRETER_CODE_FLAG = re.compile(r"^(?:-c|-e|-E|-p|-r|--eval|--print|-Command|eval)$")
+
+
+def _refuse_prompt_in_code(command: list[str] | str) -> None:
+    """ValueError when ``{prompt}`` would be spliced into code: after ``sh -c``,
+    ``python -c``, ``node -e`` and the like (also behind ``env``, ``timeout``, ...)."""
+    if isinstance(command, str):
+        try:
+            parts = shlex.split(command)
+        except ValueError:
+            return  # reported when the command is used
+    else:
+        parts = list(command)
+    code_flag: re.Pattern[str] | None = None
+    inline_code = False
+    for part in parts:
+        if "{prompt}" in part and inline_code:
+            raise ValueError(
+                "{prompt} inside a shell or interpreter command (sh -c, python -c, ...) "
+                "would run the task's text as code; pass the prompt by file "
+                "({prompt_file}, $ORCH_PROMPT_FILE) or on stdin instead"
+            )
+        name = Path(part).name
+        if _SHELLS.match(name):
+            code_flag = _SHELL_CODE_FLAG
+        elif _INTERPRETERS.match(name):
+            code_flag = _INTERPRETER_CODE_FLAG
+        elif code_flag is not None and code_flag.match(part):
+            inline_code = True
 
 
 class StageConfig(_Strict):
@@ -404,6 +455,19 @@ class Settings(BaseSettings):
     github_intake_label: str = "orch"
     github_work_item_prefix: str = "GH"
 
+    # --- agents' containment (docs/security.md) ---------------------------------------------
+    # Variables of orch's own environment a job (agent or runner) also gets, by name or
+    # `*` pattern, e.g. ["ANTHROPIC_API_KEY", "*_PROXY", "*_proxy"]. Besides these a job
+    # gets only PATH, HOME, USER, LOGNAME, SHELL, TERM, TMPDIR, TZ, LANG, LANGUAGE, LC_*,
+    # its agent's `env` and its ORCH_* task variables; never an ORCH_* setting, never a
+    # value holding one of orch's secrets.
+    agent_env_passthrough: list[str] = Field(default_factory=list)
+
+    @field_validator("agent_env_passthrough")
+    @classmethod
+    def _passthrough_names(cls, value: list[str]) -> list[str]:
+        return [check_passthrough(pattern) for pattern in value]
+
     # --- pipeline --------------------------------------------------------------------------
     # Agents by name; built-ins: claude, scripted, and runner:<name> for runners.
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
@@ -457,6 +521,18 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'orch.db').resolve()}"
+
+    @property
+    def secret_values(self) -> frozenset[str]:
+        """orch's own secrets (every secret-looking setting, passwords in URLs, the
+        database URL), which no job's environment may hold. Agents' own ``env`` is
+        theirs, not orch's, and is left out."""
+        dumped = self.model_dump(mode="json", exclude={"agents"})
+        found = set(find_secret_values(dumped))
+        found |= find_secret_values({"database_url": self.effective_database_url})
+        if self.database_url:
+            found.add(self.database_url)
+        return frozenset(found)
 
     @property
     def limits(self) -> Limits:
@@ -663,7 +739,8 @@ def describe_settings(settings: Settings, config: Path | None = None) -> list[Se
         elif isinstance(value, Path):
             value = str(value)
         if name in SECRET_SETTINGS and value:
-            value = "***"  # `orch config show` must not print a secret
+            value = MASK  # `orch config show` must not print a secret
+        value = redact_value(value, name)  # nor one in agents' env or a database URL
         if _env_name(name) in os.environ:
             source = f"env {_env_name(name)}"
         elif name in data and path is not None:

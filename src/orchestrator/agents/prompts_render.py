@@ -1,4 +1,11 @@
-"""Per-stage prompts: Jinja2 templates that tell the agent the task, stage and artifact."""
+"""Per-stage prompts: Jinja2 templates that tell the agent the task, stage and artifact.
+
+A repository's own template is code that whoever can change the repository wrote (an
+agent whose change was merged, for one), rendered in orch's process: so every template
+renders in Jinja2's :class:`~jinja2.sandbox.SandboxedEnvironment`, where reaching for
+``__class__``, ``__globals__`` and the like raises instead of running. The task's text
+(title, description, feedback) only ever enters as variables, never as template source.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 
 from orchestrator.errors import AgentError
 
 __all__ = ["render_prompt"]
 
-_BUILTIN = jinja2.Environment(
+_BUILTIN = SandboxedEnvironment(
     loader=jinja2.PackageLoader("orchestrator.agents", "prompts"),
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
-    autoescape=False,  # noqa: S701 - prompts are plain text for a CLI, not HTML
+    autoescape=False,  # prompts are plain text for a CLI, not HTML
 )
 
 
@@ -32,4 +41,9 @@ def render_prompt(stage: str, context: dict[str, Any], template_file: Path | Non
         raise AgentError(f"prompt template {template_file}: {exc.strerror}") from None
     except jinja2.TemplateError as exc:
         where = template_file or f"built-in {stage} prompt"
-        raise AgentError(f"prompt template {where}: {exc}") from None
+        detail = " ".join(str(exc).split()).rstrip(".")
+        if isinstance(exc, SecurityError):
+            detail = (
+                f"refused by the sandbox: {detail}; a prompt template may only use its variables"
+            )
+        raise AgentError(f"prompt template {where}: {detail}") from None
