@@ -12,28 +12,41 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The real Claude Code CLI for the real-agent tests (tests/e2e/test_claude_code.py),
-# installed once into .cache/agents/ (about 370 MB). Without npm the install is skipped
-# with one line and those tests skip; under CI that is an error.
+# The real agent CLIs for the real-agent tests (tests/e2e/test_claude_code.py,
+# tests/e2e/test_codex.py), installed once into .cache/agents/ at pinned versions: Claude
+# Code (about 370 MB) and OpenAI's Codex CLI (a native binary inside the npm package,
+# about 420 MB). Without npm each install is skipped with one line and those tests
+# skip; under CI that is an error.
 AGENTS_DIR := .cache/agents
 CLAUDE_CODE_VERSION ?= 2.1.332
 CLAUDE_STAMP := $(AGENTS_DIR)/.claude-code-$(CLAUDE_CODE_VERSION)
+CODEX_VERSION ?= 0.171.0
+CODEX_STAMP := $(AGENTS_DIR)/.codex-$(CODEX_VERSION)
 
-agents: $(CLAUDE_STAMP)
-
-$(CLAUDE_STAMP):
+# $(1): the npm package@version, $(2): the binary it installs, $(3): its name in messages.
+define npm_agent
 	@if command -v npm >/dev/null 2>&1; then \
 		mkdir -p $(AGENTS_DIR) && \
-		npm install --prefix $(AGENTS_DIR) --no-audit --no-fund --loglevel=error \
-			@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) && \
-		$(AGENTS_DIR)/node_modules/.bin/claude --version && \
+		npm install --prefix $(AGENTS_DIR) --no-audit --no-fund --loglevel=error --save-exact \
+			$(1) && \
+		$(AGENTS_DIR)/node_modules/.bin/$(2) --version && \
 		touch $@; \
 	else \
 		case "$$(printf '%s' "$$CI" | tr 'A-Z' 'a-z')" in \
-		""|0|false|no) echo "skipping the Claude Code install: npm not found; the real-agent tests will skip";; \
-		*) echo "error: npm not found and CI is set: the real-agent tests need Claude Code" >&2; exit 1;; \
+		""|0|false|no) echo "skipping the $(3) install: npm not found; the real-agent tests will skip";; \
+		*) echo "error: npm not found and CI is set: the real-agent tests need $(3)" >&2; exit 1;; \
 		esac; \
 	fi
+endef
+
+agents: $(CLAUDE_STAMP) $(CODEX_STAMP)
+
+$(CLAUDE_STAMP):
+	$(call npm_agent,@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION),claude,Claude Code)
+
+# One npm at a time in the shared prefix (make -j).
+$(CODEX_STAMP): | $(CLAUDE_STAMP)
+	$(call npm_agent,@openai/codex@$(CODEX_VERSION),codex,Codex)
 
 # The demo project, its database and worktrees stay in .demo/ for you to inspect.
 DEMO_DIR := .demo

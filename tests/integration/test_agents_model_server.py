@@ -211,6 +211,7 @@ def test_orch_dev_model_server_serves_until_stopped() -> None:
             assert first.startswith("model server on http://127.0.0.1:")
             url = first.split()[3].rstrip(",")
             assert "ANTHROPIC_BASE_URL=" in process.stdout.readline()
+            assert "model_providers.orch-model-server" in process.stdout.readline()
             reply = httpx.post(f"{url}/v1/messages", json=body("Stage: development.", stream=False))
             assert reply.json()["content"][0]["name"] == "Write"
             assert "development turn 1: tool_use Write" in process.stdout.readline()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Final
 
@@ -12,6 +13,7 @@ from orchestrator.agents import RunContext, build_invocation, resolve_agent
 from orchestrator.agents.command_adapter import parse_result_file
 from orchestrator.settings import AgentConfig, Settings, load_settings
 from orchestrator.testing import load_script
+from orchestrator.testing.model_server import API_KEY, codex_args
 
 DOC: Final = Path(__file__).resolve().parents[2] / "docs" / "agents.md"
 
@@ -68,3 +70,10 @@ def test_the_documented_agents_resolve_to_their_adapter(
     example = next(b for b in blocks("toml") if f"[agents.{name}]" in b)
     spec = resolve_agent(load(tmp_path, example), name)
     assert spec.config.adapter == adapter
+
+
+def test_the_codex_dry_run_example_is_what_the_model_server_prints() -> None:
+    [example] = [block for block in blocks("toml") if "orch-model-server" in block]
+    documented = tomllib.loads(example)["agents"]["codex"]
+    assert documented["args"] == codex_args("http://127.0.0.1:8787")
+    assert documented["env"] == {"OPENAI_API_KEY": API_KEY}

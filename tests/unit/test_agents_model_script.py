@@ -120,7 +120,28 @@ def test_the_default_script_covers_the_three_agent_stages_of_the_builtin_prompts
         ({}, "sessions: Field required"),
         ({"sessions": [{"turns": []}]}, "sessions.0.turns: List should have at least 1 item"),
         ({"sessions": [{"turns": [{}]}]}, "a turn needs text, a tool or an error"),
-        ({"sessions": [{"turns": [{"text": "x", "error": {}}]}]}, "has no text or tool"),
+        ({"sessions": [{"turns": [{"text": "x", "error": {}}]}]}, "has no text, tool or drops"),
+        ({"sessions": [{"turns": [{"error": {}, "drops": 1}]}]}, "has no text, tool or drops"),
+        ({"sessions": [{"turns": [{"text": "x", "drops": -1}]}]}, "greater than or equal to 0"),
+        (
+            {
+                "sessions": [
+                    {
+                        "turns": [
+                            {
+                                "text": "x",
+                                "usage": {
+                                    "input_tokens": 1,
+                                    "output_tokens": 1,
+                                    "cached_input_tokens": 2,
+                                },
+                            }
+                        ]
+                    }
+                ]
+            },
+            "cached_input_tokens are part of input_tokens",
+        ),
         ({"sessions": [{"turns": [{"input": {"a": 1}}]}]}, "a turn with input needs a tool"),
         ({"sessions": [{"turns": [{"text": "x", "colour": 1}]}]}, "Extra inputs"),
     ],

@@ -1,8 +1,9 @@
 """Test doubles shipped with the product: the scripted model server for real agent CLIs.
 
-``ModelServer`` speaks the Anthropic Messages API locally and replays a ``Script``, so
-Claude Code (and anything else that honours ``ANTHROPIC_BASE_URL``) runs for real with
-no model and no network: in our tests, and in a user's dry run (``orch dev
+``ModelServer`` speaks the Anthropic Messages API and the OpenAI Responses API locally
+and replays a ``Script``, so Claude Code (and anything else that honours
+``ANTHROPIC_BASE_URL``) and Codex (through ``ModelServer.codex_args()``) run for real
+with no model and no network: in our tests, and in a user's dry run (``orch dev
 model-server``).
 """
 

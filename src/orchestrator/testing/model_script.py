@@ -10,12 +10,20 @@ request: the agent CLI resends the whole conversation every time, so the server 
 state and any number of agents can talk to it at once. Past the last turn the reply is
 the session's ``final_text``.
 
+A Responses API request (Codex) is first turned into this shape by
+:func:`orchestrator.testing.responses_api.messages_view`: one assistant message per
+model turn, the leading user items as one first message.
+
 A turn is text, a tool call (``tool`` + ``input``, optionally after some text), or an
-API ``error``. Strings in a turn may use ``{cwd}`` (the agent's working directory, read
+API ``error``; ``drops`` makes the server cut its reply off mid-stream the first N
+times a conversation asks for it (the server counts those, nothing else).
+
+Strings in a turn may use ``{cwd}`` (the agent's working directory, read
 from the request), ``{work_item}`` and ``{artifact_dir}`` (``docs/work-items/<ID>``,
 found in the prompt); a relative ``file_path`` in a tool's input is made absolute
-against ``{cwd}``. Usage is the turn's ``usage`` or an estimate from the characters
-read and written (4 per token), so the agent computes a real, non-zero cost.
+against ``{cwd}``. Usage is the turn's ``usage`` (``cached_input_tokens`` are part of
+``input_tokens``) or an estimate from the characters read and written (4 per token), so
+the agent computes a real, non-zero cost.
 
 Everything here is pure: :func:`plan_reply` maps a script and a request body to a
 :class:`Reply`; the HTTP side lives in :mod:`orchestrator.testing.model_server`.
@@ -55,6 +63,7 @@ __all__ = [
     "Turn",
     "TurnUsage",
     "conversation_facts",
+    "first_user_text",
     "load_script",
     "parse_script",
     "plan_reply",
@@ -62,7 +71,10 @@ __all__ = [
 
 CHARS_PER_TOKEN: Final = 4
 DEFAULT_MODEL: Final = "claude-sonnet-4-5"
-_CWD: Final = re.compile(r"(?:Primary working directory|Working directory):\s*(\S[^\n]*)")
+# Claude Code says "Working directory: /path"; Codex "<cwd>/path</cwd>".
+_CWD: Final = re.compile(
+    r"(?:(?:Primary working directory|Working directory):[ \t]*|<cwd>)(\S[^\n<]*)"
+)
 _ARTIFACT_DIR: Final = re.compile(r"docs/work-items/([A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])")
 _PLACEHOLDER: Final = re.compile(r"\{(cwd|work_item|artifact_dir)\}")
 # Tool inputs that name a file; made absolute against the working directory.
@@ -74,8 +86,16 @@ class _Strict(BaseModel):
 
 
 class TurnUsage(_Strict):
+    # All input tokens, the cached ones included (as OpenAI counts them).
     input_tokens: int = Field(ge=0)
     output_tokens: int = Field(ge=0)
+    cached_input_tokens: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _cached_within_input(self) -> TurnUsage:
+        if self.cached_input_tokens > self.input_tokens:
+            raise ValueError("cached_input_tokens are part of input_tokens: not more")
+        return self
 
 
 class ApiErrorReply(_Strict):
@@ -96,11 +116,14 @@ class Turn(_Strict):
     error: ApiErrorReply | None = None
     # Seconds to wait before answering: a slow (or hung) model.
     delay_s: float = Field(default=0.0, ge=0)
+    # A dropped stream: the first ``drops`` times a conversation asks for this turn, the
+    # server sends half of the reply and closes the connection.
+    drops: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Turn:
-        if self.error is not None and (self.tool or self.text):
-            raise ValueError("a turn with an error has no text or tool")
+        if self.error is not None and (self.tool or self.text or self.drops):
+            raise ValueError("a turn with an error has no text, tool or drops")
         if self.input and not self.tool:
             raise ValueError("a turn with input needs a tool")
         if self.error is None and not self.tool and not self.text:
@@ -132,8 +155,10 @@ class Reply:
     stop_reason: str = "end_turn"
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0  # part of input_tokens
     error: ApiErrorReply | None = None
     delay_s: float = 0.0
+    drops: int = 0
 
     @property
     def summary(self) -> str:
@@ -180,7 +205,8 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _first_user_text(request: Mapping[str, Any]) -> str:
+def first_user_text(request: Mapping[str, Any]) -> str:
+    """The text of a Messages request's first user message (which session, which task)."""
     for message in request.get("messages") or ():
         if isinstance(message, dict) and message.get("role") == "user":
             return _text_of(message.get("content"))
@@ -190,10 +216,10 @@ def _first_user_text(request: Mapping[str, Any]) -> str:
 def conversation_facts(request: Mapping[str, Any]) -> dict[str, str]:
     """``cwd``, ``work_item`` and ``artifact_dir`` as far as the request tells them."""
     facts: dict[str, str] = {}
-    haystack = _text_of(request.get("system")) + "\n" + _first_user_text(request)
+    haystack = _text_of(request.get("system")) + "\n" + first_user_text(request)
     if cwd := _CWD.search(haystack):
         facts["cwd"] = cwd.group(1).strip()
-    if artifact := _ARTIFACT_DIR.search(_first_user_text(request)):
+    if artifact := _ARTIFACT_DIR.search(first_user_text(request)):
         facts["work_item"] = artifact.group(1)
         facts["artifact_dir"] = f"docs/work-items/{artifact.group(1)}"
     return facts
@@ -226,7 +252,7 @@ def _estimate_tokens(value: Any) -> int:
 
 def _no_session(request: Mapping[str, Any], script: Script) -> Reply:
     tried = ", ".join(repr(s.match) for s in script.sessions)
-    first = " ".join(_first_user_text(request).split())[-200:]
+    first = " ".join(first_user_text(request).split())[-200:]
     message = (
         f"model-server: no scripted session matches this conversation (matches tried: "
         f"{tried}); its first message ends: {first!r}"
@@ -236,7 +262,7 @@ def _no_session(request: Mapping[str, Any], script: Script) -> Reply:
 
 def plan_reply(script: Script, request: Mapping[str, Any], reply_id: int = 0) -> Reply:
     """The reply the script gives to a Messages API request body."""
-    text = _first_user_text(request)
+    text = first_user_text(request)
     session = next((s for s in script.sessions if s.match in text), None)
     if session is None:
         return _no_session(request, script)
@@ -263,8 +289,10 @@ def plan_reply(script: Script, request: Mapping[str, Any], reply_id: int = 0) ->
             }
         )
         stop_reason = "tool_use"
+    cached = 0
     if turn.usage is not None:
         input_tokens, output_tokens = turn.usage.input_tokens, turn.usage.output_tokens
+        cached = turn.usage.cached_input_tokens
     else:
         read = {"system": request.get("system"), "messages": messages}
         input_tokens, output_tokens = _estimate_tokens(read), _estimate_tokens(content)
@@ -275,7 +303,9 @@ def plan_reply(script: Script, request: Mapping[str, Any], reply_id: int = 0) ->
         stop_reason=stop_reason,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
+        cached_input_tokens=cached,
         delay_s=turn.delay_s,
+        drops=turn.drops,
     )
 
 

@@ -1,8 +1,10 @@
-"""A local HTTP server speaking the Anthropic Messages API, replaying a script.
+"""A local HTTP server speaking the Anthropic Messages and OpenAI Responses APIs.
 
-Real agent CLIs (Claude Code) run against it with ``ANTHROPIC_BASE_URL`` pointing here:
-no model, no network, instant answers, real tool calls. What it says is decided by a
-:class:`~orchestrator.testing.model_script.Script` (see that module).
+Real agent CLIs run against it: Claude Code with ``ANTHROPIC_BASE_URL`` pointing here,
+Codex with a model provider whose ``base_url`` is ``<url>/v1``
+(:meth:`ModelServer.codex_args`): no model, no network, instant answers, real tool
+calls. What it says is decided by a :class:`~orchestrator.testing.model_script.Script`
+(see that module).
 
 Routes:
 
@@ -12,6 +14,11 @@ Routes:
   ``input_json_delta``, ``message_delta`` with ``stop_reason`` and usage,
   ``message_stop``), else as one JSON message;
 * ``POST /v1/messages/count_tokens``: an estimate;
+* ``POST /v1/responses``: the scripted reply in the Responses API's shapes
+  (:mod:`orchestrator.testing.responses_api`), streamed when ``"stream": true``; errors
+  as ``{"error": {"message", "type", "param", "code"}}``;
+* a turn with ``drops`` sends half of its reply and closes the connection, the first
+  ``drops`` times a conversation asks for it (a dropped stream the client retries);
 * anything else: 404 with the API's error shape
   ``{"type": "error", "error": {"type": "not_found_error", "message": ...}}``.
 
@@ -22,8 +29,11 @@ Use it in-process (``with ModelServer(script) as server: server.url``) or as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
+import shlex
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -34,6 +44,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from orchestrator.errors import UsageError
+from orchestrator.testing import responses_api
 from orchestrator.testing.local_server import LocalServer
 from orchestrator.testing.model_script import (
     CHARS_PER_TOKEN,
@@ -42,17 +53,28 @@ from orchestrator.testing.model_script import (
     ApiErrorReply,
     Reply,
     Script,
+    first_user_text,
     load_script,
     plan_reply,
 )
 
-__all__ = ["DEFAULT_PORT", "Exchange", "ModelServer", "main", "sse_events"]
+__all__ = [
+    "API_KEY",
+    "DEFAULT_PORT",
+    "Exchange",
+    "ModelServer",
+    "codex_args",
+    "main",
+    "sse_events",
+]
 
 DEFAULT_PORT: Final = 8787
 MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 # Text is streamed in pieces of this many characters, as a model would.
 TEXT_CHUNK_CHARS: Final = 200
-# How often the serving loop looks whether it should stop.
+# The Codex model provider :meth:`ModelServer.codex_args` defines.
+CODEX_PROVIDER: Final = "orch-model-server"
+API_KEY: Final = "sk-model-server"
 
 
 @dataclass(frozen=True)
@@ -87,16 +109,17 @@ def _message(reply: Reply, model: str, message_id: str) -> dict[str, Any]:
         "stop_reason": reply.stop_reason,
         "stop_sequence": None,
         "usage": {
-            "input_tokens": reply.input_tokens,
+            # The Messages API counts cache reads apart from input.
+            "input_tokens": reply.input_tokens - reply.cached_input_tokens,
             "output_tokens": reply.output_tokens,
             "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_read_input_tokens": reply.cached_input_tokens,
         },
     }
 
 
-def sse_events(reply: Reply, model: str, message_id: str) -> str:
-    """The reply as the Messages API streams it."""
+def sse_events(reply: Reply, model: str, message_id: str) -> list[str]:
+    """The reply as the Messages API streams it: one SSE event per string."""
     start = _message(reply, model, message_id)
     start.update(content=[], stop_reason=None)
     start["usage"] = {**start["usage"], "output_tokens": 1}
@@ -136,7 +159,7 @@ def sse_events(reply: Reply, model: str, message_id: str) -> str:
         )
     )
     parts.append(_event("message_stop", {"type": "message_stop"}))
-    return "".join(parts)
+    return parts
 
 
 def _error_body(error: ApiErrorReply, request_id: str) -> dict[str, Any]:
@@ -145,6 +168,28 @@ def _error_body(error: ApiErrorReply, request_id: str) -> dict[str, Any]:
         "error": {"type": error.type, "message": error.message},
         "request_id": request_id,
     }
+
+
+def codex_args(url: str, **provider: int | str) -> list[str]:
+    """Codex ``-c`` options: a model provider on the Responses API of the server at ``url``.
+
+    ``provider`` adds keys to it, e.g. ``stream_max_retries=2``. The key comes from
+    ``OPENAI_API_KEY`` (:meth:`ModelServer.env` sets it).
+    """
+    keys = {
+        "name": "orch model server",
+        "base_url": f"{url}/v1",
+        "env_key": "OPENAI_API_KEY",
+        "wire_api": "responses",
+        **provider,
+    }
+    table = ", ".join(f"{key} = {json.dumps(value)}" for key, value in keys.items())
+    return [
+        "-c",
+        f'model_provider="{CODEX_PROVIDER}"',
+        "-c",
+        f"model_providers.{CODEX_PROVIDER}={{{table}}}",
+    ]
 
 
 class ModelServer(LocalServer):
@@ -163,14 +208,26 @@ class ModelServer(LocalServer):
         self._log = log
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._drops: dict[tuple[str, int, str], int] = {}
         self._stopping = threading.Event()
         super().__init__(host, port, _handler_class(self))
 
     thread_name = "model-server"
 
     def env(self) -> dict[str, str]:
-        """What an agent CLI needs to talk to this server instead of the real API."""
-        return {"ANTHROPIC_BASE_URL": self.url, "ANTHROPIC_API_KEY": "sk-model-server"}
+        """What an agent CLI needs to talk to this server instead of the real API.
+
+        Claude Code reads the base URL from here; Codex needs :meth:`codex_args` too.
+        """
+        return {
+            "ANTHROPIC_BASE_URL": self.url,
+            "ANTHROPIC_API_KEY": API_KEY,
+            "OPENAI_API_KEY": API_KEY,
+        }
+
+    def codex_args(self, **provider: int | str) -> list[str]:
+        """Codex ``-c`` options for this server: see :func:`codex_args`."""
+        return codex_args(self.url, **provider)
 
     def _on_stop(self) -> None:
         self._stopping.set()  # wakes replies that wait out a delay
@@ -191,6 +248,18 @@ class ModelServer(LocalServer):
 
     def wait(self, seconds: float) -> None:
         self._stopping.wait(seconds)
+
+    def drop_now(self, reply: Reply, conversation: str) -> bool:
+        """Whether this answer is to be dropped: the turn's first ``drops`` times."""
+        if not reply.drops:
+            return False
+        key = (reply.session, reply.turn, conversation)
+        with self._lock:
+            done = self._drops.get(key, 0)
+            if done >= reply.drops:
+                return False
+            self._drops[key] = done + 1
+            return True
 
 
 def _handler_class(server: ModelServer) -> type[BaseHTTPRequestHandler]:
@@ -225,6 +294,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if self.command == "POST" and path == "/v1/messages":
             self._messages(body)
+        elif self.command == "POST" and path == "/v1/responses":
+            self._responses(body)
         elif self.command == "POST" and path == "/v1/messages/count_tokens":
             self._count_tokens(body)
         else:
@@ -249,22 +320,95 @@ class _Handler(BaseHTTPRequestHandler):
         return parsed if isinstance(parsed, dict) else None
 
     def _send(
-        self, status: int, body: str, content_type: str, request_id: str, **record: Any
+        self,
+        status: int,
+        body: str | list[str],
+        content_type: str,
+        request_id: str,
+        *,
+        drop: bool = False,
+        **record: Any,
     ) -> None:
-        data = body.encode("utf-8")
+        """Answer; ``body`` in parts (SSE events) can be ``drop``ped after half of them."""
+        parts = [body] if isinstance(body, str) else body
+        data = "".join(parts).encode("utf-8")
+        if drop:
+            record["summary"] = f"{record.get('summary', '')} (dropped)".strip()
+        # Recorded before the reply goes out: a client that has its answer finds it.
+        self.model_server.record(Exchange(self.command, self.path, status, **record))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("request-id", request_id)
         self.end_headers()
-        self.wfile.write(data)
-        self.model_server.record(Exchange(self.command, self.path, status, **record))
+        if not drop:
+            self.wfile.write(data)
+            return
+        # Half the events (or bytes), then the connection goes: the client sees a body
+        # cut short, as when a network path dies mid-stream.
+        half = (
+            "".join(parts[: len(parts) // 2]).encode() if len(parts) > 1 else data[: len(data) // 2]
+        )
+        self.wfile.write(half)
+        self.wfile.flush()
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
-    def _error(self, error: ApiErrorReply, **record: Any) -> None:
+    def _error(
+        self,
+        error: ApiErrorReply,
+        shape: Callable[[ApiErrorReply, str], Any] | None = None,
+        **record: Any,
+    ) -> None:
         request_id = f"req_{self.model_server.next_id():06d}"
         record.setdefault("summary", f"error {error.status} {error.type}")
-        body = json.dumps(_error_body(error, request_id))
+        body = json.dumps((shape or _error_body)(error, request_id))
         self._send(error.status, body, "application/json", request_id, **record)
+
+    def _responses(self, body: dict[str, Any] | None) -> None:
+        def shape(error: ApiErrorReply, request_id: str) -> Any:
+            return responses_api.error_body(error)
+
+        raw_input = body.get("input") if body is not None else None
+        if body is None or not isinstance(raw_input, list | str):
+            message = "the body must be JSON with an 'input' list"
+            self._error(ApiErrorReply(message=message), shape)
+            return
+        view = responses_api.messages_view(body)
+        number = self.model_server.next_id()
+        reply = plan_reply(self.model_server.script, view, number)
+        if reply.delay_s:
+            self.model_server.wait(reply.delay_s)
+        model = str(body.get("model") or DEFAULT_MODEL)
+        record: dict[str, Any] = {"session": reply.session, "turn": reply.turn, "model": model}
+        if reply.error is not None:
+            self._error(reply.error, shape, summary=reply.summary, **record)
+            return
+        request_id = f"req_{number:06d}"
+        drop = self.model_server.drop_now(reply, first_user_text(view))
+        if body.get("stream"):
+            events = responses_api.stream_events(reply, model, number)
+            self._send(
+                200,
+                events,
+                "text/event-stream",
+                request_id,
+                drop=drop,
+                summary=reply.summary,
+                **record,
+            )
+        else:
+            response = json.dumps(responses_api.response_object(reply, model, number))
+            self._send(
+                200,
+                response,
+                "application/json",
+                request_id,
+                drop=drop,
+                summary=reply.summary,
+                **record,
+            )
 
     def _messages(self, body: dict[str, Any] | None) -> None:
         if body is None or not isinstance(body.get("messages"), list):
@@ -275,21 +419,34 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.delay_s:
             self.model_server.wait(reply.delay_s)
         model = str(body.get("model") or DEFAULT_MODEL)
-        record = {"session": reply.session, "turn": reply.turn, "model": model}
+        record: dict[str, Any] = {"session": reply.session, "turn": reply.turn, "model": model}
         if reply.error is not None:
             self._error(reply.error, summary=reply.summary, **record)
             return
         message_id = f"msg_{number:06d}"
         request_id = f"req_{number:06d}"
+        drop = self.model_server.drop_now(reply, first_user_text(body))
         if body.get("stream"):
             events = sse_events(reply, model, message_id)
             self._send(
-                200, events, "text/event-stream", request_id, summary=reply.summary, **record
+                200,
+                events,
+                "text/event-stream",
+                request_id,
+                drop=drop,
+                summary=reply.summary,
+                **record,
             )
         else:
             message = json.dumps(_message(reply, model, message_id))
             self._send(
-                200, message, "application/json", request_id, summary=reply.summary, **record
+                200,
+                message,
+                "application/json",
+                request_id,
+                drop=drop,
+                summary=reply.summary,
+                **record,
             )
 
     def _count_tokens(self, body: dict[str, Any] | None) -> None:
@@ -305,7 +462,7 @@ class _Handler(BaseHTTPRequestHandler):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.testing.model_server",
-        description="Serve the Anthropic Messages API from a script, locally.",
+        description="Serve the Anthropic Messages and OpenAI Responses APIs from a script.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -322,7 +479,8 @@ def serve(script_path: Path | None, host: str, port: int, say: Callable[[str], N
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     source = str(script_path) if script_path is not None else "the built-in dry-run script"
     say(f"model server on {server.url}, replaying {source}")
-    say(f"point an agent at it: ANTHROPIC_BASE_URL={server.url} ANTHROPIC_API_KEY=sk-model-server")
+    say(f"point an agent at it: ANTHROPIC_BASE_URL={server.url} ANTHROPIC_API_KEY={API_KEY}")
+    say(f"or Codex: OPENAI_API_KEY={API_KEY} codex exec {shlex.join(server.codex_args())} ...")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
