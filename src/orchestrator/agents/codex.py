@@ -140,7 +140,10 @@ class CodexAdapter:
 
     name = "codex"
     default_program = "codex"
-    install_hint = "install the Codex CLI (npm install -g @openai/codex)"
+    install_hint = (
+        "install the Codex CLI (npm install -g @openai/codex, or `make agents` for "
+        ".cache/agents/node_modules/.bin/codex)"
+    )
 
     def invocation(self, spec: AgentSpec, context: RunContext) -> Invocation:
         config = spec.config
