@@ -50,7 +50,15 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.feedback import rollback_feedback
 from orchestrator.git import Repo, commit_all, git
 from orchestrator.job_env import job_environment
-from orchestrator.kernel.decisions import Advance, Decision, Fail, Retry, Rollback, decide_after_job
+from orchestrator.kernel.decisions import (
+    ENVIRONMENT,
+    Advance,
+    Decision,
+    Fail,
+    Retry,
+    Rollback,
+    decide_after_job,
+)
 from orchestrator.kernel.gates import (
     GATES,
     QG_CHECKS,
@@ -571,13 +579,19 @@ class Engine:
                 self._lost(job, task, f"task moved to {task.stage} while the job ran", actor)
                 return False
             job_error = error
+            cause = ""
+            facts = _runner_facts(output)
+            if exit_code != 0 and facts.get("defer_cause") == ENVIRONMENT:
+                # The runner says a person must fix its environment (runners/context.py).
+                cause = ENVIRONMENT
+                job_error = str(facts.get("defer_reason") or "") or job_error
             if job_error is None and exit_code != 0:
                 detail = _tail_line(output)
                 job_error = f"{job.agent} exited with code {exit_code}" + (
                     f": {detail}" if detail else ""
                 )
             verdict = None if job_error is not None else self.evaluate(task, job)
-            decision = self.decide(task, job, job_error, verdict)
+            decision = self.decide(task, job, job_error, verdict, cause)
             return self.apply_decision(task, job, verdict, job_error, decision, actor=actor)
         except Exception as exc:  # finalization must not kill the loop
             log.exception("finalizing job %s failed", job.id)
@@ -595,7 +609,12 @@ class Engine:
             return False
 
     def decide(
-        self, task: Task, job: Job, job_error: str | None, verdict: Verdict | None
+        self,
+        task: Task,
+        job: Job,
+        job_error: str | None,
+        verdict: Verdict | None,
+        cause: str = "",
     ) -> Decision:
         return decide_after_job(
             stage=job.stage,
@@ -605,6 +624,8 @@ class Engine:
             attempt=task.attempt,
             rollback_count=task.rollback_count,
             limits=self.settings.limits,
+            cause=cause,
+            work_item=task.work_item,
         )
 
     def evaluate(self, task: Task, job: Job) -> Verdict:
@@ -770,6 +791,7 @@ class Engine:
                         job_id=job.id,
                         to_stage=stage,
                         reason=decision.reason,
+                        data={"cause": decision.cause} if decision.cause else None,
                     )
                     enqueue_card_updates(tx, self.settings, task.id, f"failed: {decision.reason}")
                 alert = f"task failed: {decision.reason}"

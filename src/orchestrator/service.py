@@ -18,7 +18,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from orchestrator.agents import check_available, resolve_agent
-from orchestrator.errors import ConflictError, UsageError
+from orchestrator.errors import AgentError, ConflictError, UsageError
 from orchestrator.git import Repo, git
 from orchestrator.kernel.gates import HUMAN_GATE_ARTIFACTS
 from orchestrator.kernel.stages import (
@@ -126,6 +126,26 @@ class CreateRequest:
     base_sha: str
 
 
+# The test runner's agent name; with test_runner_hybrid it may hand a DEFER to an agent.
+TEST_RUNNER: Final = "runner:tests"
+
+
+def check_hybrid_explainer(settings: Settings, repository: Path) -> None:
+    """The test runner's hybrid explainer must be an agent that can start here."""
+    name = settings.hybrid_agent(repository)
+    fix = (
+        "install it, name another agent in test_runner_hybrid_agent, "
+        "or set test_runner_hybrid = false"
+    )
+    try:
+        spec = resolve_agent(settings, name, repository, "testing")
+        if spec.kind != "agent":
+            raise AgentError(f"test_runner_hybrid_agent '{name}' is a {spec.kind}, not an agent")
+        check_available(spec)
+    except AgentError as exc:
+        raise AgentError(f"the hybrid test explainer: {exc}; {fix}") from exc
+
+
 def prepare_create(
     settings: Settings,
     *,
@@ -145,6 +165,8 @@ def prepare_create(
         if stage in JOB_STAGES:
             plan = plan_job(settings, str(repo.path), stage)
             check_available(resolve_agent(settings, plan.agent))
+            if stage == "testing" and plan.agent == TEST_RUNNER and settings.test_runner_hybrid:
+                check_hybrid_explainer(settings, repo.path)
     base_branch = repo.default_branch(settings.repo_config(repo.path).default_branch)
     return CreateRequest(repo, title, description, work_item, base_branch, repo.rev(base_branch))
 

@@ -374,8 +374,10 @@ class Settings(BaseSettings):
     # Hybrid mode: a DEFER that outlasts its retries is explained by an LLM tester agent,
     # which never decides: the report keeps the runner's DEFER and the gate fails it.
     test_runner_hybrid: bool = True
-    # The agent that explains a persistent DEFER in hybrid mode.
-    test_runner_hybrid_agent: str = "claude"
+    # The agent that explains a persistent DEFER in hybrid mode; empty = the repository's
+    # development agent (so a task needs no agent beyond its stages'). `orch task create`
+    # checks it can start; one that cannot at run time sends the task to a person.
+    test_runner_hybrid_agent: str = ""
     # Durable transition lease + compare-and-swap stage writes.
     transition_lease_enabled: bool = True
     transition_lease_repos: list[str] = Field(default_factory=list)
@@ -561,6 +563,11 @@ class Settings(BaseSettings):
 
     def pipeline_for(self, repo_path: Path) -> Pipeline:
         return Pipeline(frozenset(self.skip) | frozenset(self.repo_config(repo_path).skip))
+
+    def hybrid_agent(self, repo_path: Path) -> str:
+        """The agent that explains a persistent test DEFER for this repository."""
+        development = self.stage_config(repo_path, "development").agent
+        return self.test_runner_hybrid_agent or development or "claude"
 
     def stage_config(self, repo_path: Path, stage: str) -> StageConfig:
         """The stage's agent, prompt and gates: repository over global over defaults."""

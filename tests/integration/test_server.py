@@ -32,7 +32,7 @@ from orchestrator.engine import Engine
 from orchestrator.errors import ConflictError
 from orchestrator.server import create_app
 from orchestrator.service import TaskService
-from orchestrator.settings import Settings, load_settings
+from orchestrator.settings import AgentConfig, Settings, load_settings
 from orchestrator.store import Store
 
 # Every agent stage runs this: it writes what every gate up to development asks for.
@@ -776,3 +776,22 @@ def test_reject_is_refused_when_the_repository_skips_analysis(tmp_path: Path, re
         assert store.get_task(task.id).stage == "brd-approval"
     finally:
         store.close()
+
+
+def test_create_refuses_a_hybrid_explainer_that_cannot_start(
+    api_store: Store, settings: Settings, engine: Engine, repo: Path
+) -> None:
+    broken = settings.model_copy(
+        update={
+            "test_runner_hybrid_agent": "ghost",
+            "agents": {**settings.agents, "ghost": AgentConfig(command=["/nonexistent/ghost"])},
+        }
+    )
+    app = create_app(
+        store=api_store, settings=broken, service=TaskService(api_store, broken), engine=engine
+    )
+    with api_client(app) as client:
+        error = assert_one_line_error(create(client, repo), 400)
+        assert "hybrid test explainer" in error
+        assert "/nonexistent/ghost" in error
+        assert client.get("/tasks").json() == []

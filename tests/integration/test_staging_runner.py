@@ -7,6 +7,7 @@ test can prove nothing of it is left running after the stage.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Final
 
@@ -101,6 +102,11 @@ def test_a_command_that_cannot_start_is_a_tool_error(tmp_path: Path) -> None:
     )
     assert done.returncode == TOOL_ERROR_EXIT
     assert "cannot start 'no-such-service-binary'" in done.stderr
+    # The environment's fault: the engine hands it to a person (defer_cause).
+    result = next(line for line in done.stdout.splitlines() if line.startswith("ORCH-RESULT "))
+    facts = json.loads(result.removeprefix("ORCH-RESULT "))
+    assert facts["defer_cause"] == "environment"
+    assert "no-such-service-binary" in facts["defer_reason"]
 
 
 def test_nothing_configured_is_skipped(tmp_path: Path) -> None:

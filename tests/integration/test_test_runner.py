@@ -353,3 +353,58 @@ def test_a_setup_that_leaves_unignored_files_is_a_defer(tmp_path: Path) -> None:
     done = run_runner(repo, RunnerConfig(setup_command=("sh", "-c", "mkdir env && touch env/x")))
     assert done.returncode == TOOL_ERROR_EXIT
     assert "add them to .gitignore" in report(repo)
+
+
+def _result(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    line = next(line for line in done.stdout.splitlines() if line.startswith("ORCH-RESULT "))
+    facts = json.loads(line.removeprefix("ORCH-RESULT "))
+    assert isinstance(facts, dict)
+    return facts
+
+
+def test_a_test_command_that_cannot_start_is_for_a_person_even_on_the_hand_off(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "repo", PASSING)
+    seen = tmp_path / "explainer-ran"
+    config = RunnerConfig(
+        test_command=("no-such-test-tool-3f9c",),
+        handoff_attempt=1,
+        explainer_name="tester",
+        explainer_argv=("sh", "-c", f"touch {seen}"),
+    )
+    done = run_runner(repo, config)
+    assert done.returncode == TOOL_ERROR_EXIT
+    facts = _result(done)
+    assert facts["defer_cause"] == "environment"
+    assert "no-such-test-tool-3f9c" in str(facts["defer_reason"])
+    assert not seen.exists()  # no model is asked about a missing tool
+    text = report(repo)
+    assert _fields(text) == ("DEFER", "DEFER", -1)
+    assert "Its cause is the environment or the configuration" in text
+    assert "`orch task retry T-1`" in text
+
+
+@pytest.mark.parametrize(
+    "explainer",
+    [
+        {"explainer_name": "claude", "explainer_argv": ("/nonexistent/claude",)},
+        {"explainer_name": "ghost", "explainer_error": "unknown agent 'ghost'"},
+    ],
+    ids=["not-installed", "misconfigured"],
+)
+def test_a_hand_off_whose_explainer_cannot_run_is_for_a_person(
+    tmp_path: Path, explainer: dict[str, object]
+) -> None:
+    # A collection error is the code's DEFER; the hand-off would explain it, but the
+    # explainer itself cannot run: that is configuration, not work for development.
+    repo = make_repo(tmp_path / "repo", {**PASSING, "tests/test_broken.py": "import nope\n"})
+    config = RunnerConfig(handoff_attempt=1, **explainer)  # type: ignore[arg-type]
+    done = run_runner(repo, config)
+    assert done.returncode == TOOL_ERROR_EXIT
+    facts = _result(done)
+    assert facts["defer_cause"] == "environment"
+    reason = str(facts["defer_reason"])
+    assert f"the hybrid explainer '{explainer['explainer_name']}' cannot run" in reason
+    assert "test_runner_hybrid = false" in reason
+    assert _fields(report(repo))[0] == "DEFER"

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.kernel.decisions import (
+    ENVIRONMENT,
     Advance,
     Decision,
     Fail,
@@ -273,3 +274,43 @@ def test_a_passed_job_always_advances(situation: Situation) -> None:
 def test_a_job_error_never_advances_or_rolls_back(situation: Situation) -> None:
     crashed = replace(situation, job_error=situation.job_error or "crashed")
     assert isinstance(crashed.decide(), Retry | Fail)
+
+
+@given(
+    stage=st.sampled_from(sorted(JOB_STAGES)),
+    verdict=st.sampled_from([None, PASSED, FAILED, DEFERRED]),
+    attempt=st.integers(min_value=1, max_value=5),
+    rollback_count=st.integers(min_value=0, max_value=5),
+)
+def test_an_environment_cause_always_fails_for_a_person_never_retries_or_rolls_back(
+    stage: str, verdict: Verdict | None, attempt: int, rollback_count: int
+) -> None:
+    decision = decide_after_job(
+        stage=stage,
+        pipeline=Pipeline(),
+        job_error="the test command could not start: no-such-tool",
+        verdict=verdict,
+        attempt=attempt,
+        rollback_count=rollback_count,
+        limits=LIMITS,
+        cause=ENVIRONMENT,
+        work_item="T-9",
+    )
+    assert isinstance(decision, Fail)
+    assert decision.cause == ENVIRONMENT
+    assert "no-such-tool" in decision.reason
+    assert "`orch task retry T-9`" in decision.reason
+
+
+def test_a_cause_without_a_job_error_changes_nothing() -> None:
+    decision = decide_after_job(
+        stage="testing",
+        pipeline=Pipeline(),
+        job_error=None,
+        verdict=FAILED,
+        attempt=1,
+        rollback_count=0,
+        limits=LIMITS,
+        cause=ENVIRONMENT,
+    )
+    assert decision == Rollback("development", FAILED.reason)

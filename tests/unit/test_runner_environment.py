@@ -126,3 +126,19 @@ def test_a_bad_configuration_reaches_the_runner_as_a_reason_not_an_exception(
     assert parsed.config_error is not None
     assert "quotation" in parsed.config_error
     assert json.loads(env[RUNNER_CONFIG_ENV])["config_error"] == parsed.config_error
+
+
+def test_the_default_explainer_is_the_repositorys_development_agent(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path,
+        '[agents.helper]\ncommand = ["helper-cli"]\n'
+        '[repos.svc.stages.development]\nagent = "helper"\n',
+    )
+    assert settings.test_runner_hybrid_agent == ""
+    assert settings.hybrid_agent(tmp_path / "svc") == "helper"
+    assert settings.hybrid_agent(tmp_path / "other") == "claude"
+    config = runner_config(settings, _task(tmp_path), _job(3), tmp_path / "logs")
+    assert config.explainer_name == "helper"
+    assert config.explainer_argv[0] == "helper-cli"
+    named = _settings(tmp_path, 'test_runner_hybrid_agent = "scripted"\n')
+    assert named.hybrid_agent(tmp_path / "svc") == "scripted"

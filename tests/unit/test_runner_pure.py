@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.kernel.decisions import ENVIRONMENT
 from orchestrator.kernel.gates import (
     TEST_REPORT_FILE,
     StageFacts,
@@ -18,6 +19,7 @@ from orchestrator.kernel.gates import (
 )
 from orchestrator.runners import map_exit_code_to_status
 from orchestrator.runners.config import RunnerConfig
+from orchestrator.runners.context import ENVIRONMENT_CAUSE
 from orchestrator.runners.coverage_ratchet import (
     coverage_argv,
     judge_coverage,
@@ -66,6 +68,39 @@ def test_classification_cross_checks_never_make_a_pass() -> None:
     assert started.status == "DEFER"
     assert "could not start" in started.reason
     assert classify_tests(exit_code=5, is_pytest=True, counts=None).reason == "no tests collected"
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "is_pytest", "start_error", "environment"),
+    [
+        (None, True, "No such file or directory", True),  # cannot start
+        (1, True, None, True),  # pytest exited 1 with no JUnit XML: not installed
+        (4, True, None, True),  # pytest usage error: the command is wrong
+        (127, False, None, True),  # a shell: command not found
+        (126, False, None, True),  # a shell: not executable
+        (2, True, None, False),  # collection errors: the code's
+        (3, True, None, False),  # internal error
+        (2, False, None, False),  # make: its tests failed or broke
+        (None, True, None, False),  # a timeout: maybe the code hangs
+    ],
+)
+def test_defers_caused_by_the_environment_say_so(
+    exit_code: int | None, is_pytest: bool, start_error: str | None, environment: bool
+) -> None:
+    verdict = classify_tests(
+        exit_code=exit_code,
+        is_pytest=is_pytest,
+        counts=None,
+        timed_out=exit_code is None and start_error is None,
+        start_error=start_error,
+    )
+    assert verdict.status == "DEFER"
+    assert (verdict.cause == ENVIRONMENT) is environment
+
+
+def test_the_runner_marker_is_the_kernel_cause() -> None:
+    # The runner does not import the kernel; the two spellings must agree.
+    assert ENVIRONMENT_CAUSE == ENVIRONMENT
 
 
 def _run(

@@ -5,6 +5,7 @@ the decision in one transaction. Everything in this package is data and pure fun
 """
 
 from orchestrator.kernel.decisions import (
+    ENVIRONMENT,
     Advance,
     Decision,
     Fail,
@@ -39,6 +40,7 @@ from orchestrator.kernel.stages import (
 )
 
 __all__ = [
+    "ENVIRONMENT",
     "GATES",
     "HUMAN_GATE_STAGES",
     "JOB_STAGES",

@@ -12,6 +12,11 @@ Rules:
   with the verdict as feedback;
 * a gate failed in testing, deploy-staging or deploy: the code is wrong, so the task rolls
   back to development (feedback: the report), up to ``max_rollbacks`` times;
+* the job failed because of its **environment** (``cause=ENVIRONMENT``: a command that
+  cannot start, a setup command or workspace hook that failed, a missing hybrid
+  explainer): the task fails at once, for a person, with the reason and the retry
+  command: retrying cannot help and the code is not to blame, so no retry and never a
+  rollback to development;
 * a budget is spent: the task fails with a reason a human can act on;
 * everything passed: the task advances to the pipeline's next stage.
 """
@@ -19,11 +24,26 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from orchestrator.kernel.gates import Outcome, Verdict
 from orchestrator.kernel.stages import ROLLBACK_TARGET, Pipeline
 
-__all__ = ["Advance", "Decision", "Fail", "Limits", "Retry", "Rollback", "decide_after_job"]
+__all__ = [
+    "ENVIRONMENT",
+    "Advance",
+    "Decision",
+    "Fail",
+    "Limits",
+    "Retry",
+    "Rollback",
+    "decide_after_job",
+]
+
+# The cause of a job's failure that a person must fix: the machine or the configuration,
+# not the code. A runner reports it as ``defer_cause`` in its ORCH-RESULT line
+# (``runners.context.defer_for_environment``); the engine passes it as ``cause``.
+ENVIRONMENT: Final = "environment"
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,8 @@ class Rollback:
 @dataclass(frozen=True)
 class Fail:
     reason: str
+    # ENVIRONMENT when a person must fix the machine or the configuration first.
+    cause: str = ""
 
 
 Decision = Advance | Retry | Rollback | Fail
@@ -80,12 +102,23 @@ def decide_after_job(
     attempt: int,
     rollback_count: int,
     limits: Limits,
+    cause: str = "",
+    work_item: str = "",
 ) -> Decision:
     """Decide the task's next step once a job of ``stage`` has finished.
 
     ``job_error`` is set when the job itself failed (exit code, timeout, start failure);
     then ``verdict`` is ignored. Otherwise ``verdict`` is the stage's gates' verdict.
+    ``cause`` is :data:`ENVIRONMENT` when the job failed because of its environment;
+    ``work_item`` names the task in the retry command a person is given.
     """
+    if job_error is not None and cause == ENVIRONMENT:
+        retry = f"`orch task retry {work_item}`" if work_item else "`orch task retry`"
+        return Fail(
+            f"{stage} needs a person: {job_error}. This is the environment or the "
+            f"configuration, not the code: fix it, then run {retry}",
+            cause=ENVIRONMENT,
+        )
     if job_error is not None:
         return _retry_or_fail(stage, attempt, limits, job_error)
     if verdict is None:

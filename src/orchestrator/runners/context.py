@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,22 @@ from typing import Any, Final
 
 from orchestrator.runners.config import RUNNER_CONFIG_ENV, RunnerConfig
 
-__all__ = ["RESULT_PREFIX", "TOOL_ERROR_EXIT", "RunnerContext", "emit_result"]
+__all__ = [
+    "ENVIRONMENT_CAUSE",
+    "RESULT_PREFIX",
+    "TOOL_ERROR_EXIT",
+    "RunnerContext",
+    "defer_for_environment",
+    "emit_result",
+]
 
 # Exit code of a runner that could not do its work (a tool error, not a verdict).
 TOOL_ERROR_EXIT: Final = 3
 # A runner reports facts for the audit trail on one stdout line starting with this.
 RESULT_PREFIX: Final = "ORCH-RESULT "
+# ``defer_cause`` of a DEFER a person must fix (the same value as kernel ENVIRONMENT; not
+# imported, so that a runner starts without the kernel).
+ENVIRONMENT_CAUSE: Final = "environment"
 
 
 @dataclass(frozen=True)
@@ -69,3 +80,15 @@ class RunnerContext:
 def emit_result(**facts: Any) -> None:
     """Print the runner's facts as one line the engine adds to the job's event."""
     print(RESULT_PREFIX + json.dumps(facts, sort_keys=True), flush=True)
+
+
+def defer_for_environment(reason: str, **facts: Any) -> int:
+    """Report a DEFER whose cause is the environment (a command not found, a failed setup
+    or hook, a missing agent) and return the runner's exit code for it.
+
+    The engine reads ``defer_cause`` from the result line and fails the task for a
+    person with ``reason`` and the retry command: no retry, never a rollback.
+    """
+    emit_result(defer_cause=ENVIRONMENT_CAUSE, defer_reason=reason, **facts)
+    print(f"runner: DEFER (environment): {reason}", file=sys.stderr, flush=True)
+    return TOOL_ERROR_EXIT

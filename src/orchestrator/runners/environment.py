@@ -45,7 +45,7 @@ def handoff_attempt(settings: Settings) -> int | None:
 
 
 def _explainer(settings: Settings, task: Task, prompt_dir: Path, job_id: int) -> dict[str, Any]:
-    name = settings.test_runner_hybrid_agent
+    name = settings.hybrid_agent(Path(task.repository))
     docs = f"docs/work-items/{task.work_item}"
     prompt = explain_prompt(task.work_item, docs)
     try:

@@ -17,6 +17,9 @@ off the control path; five things make sure it cannot flip the verdict:
 5. the gate judges the report's fields, which say DEFER: a hand-off never advances the
    task. The code goes back to development with the report as feedback, and only a
    later run of the runner itself can say PASS.
+
+An agent that cannot be asked at all (not configured, not installed) is a configuration
+problem: the runner then hands the DEFER to a person, never to development.
 """
 
 from __future__ import annotations
@@ -51,10 +54,14 @@ def explain_prompt(work_item: str, artifact_dir: str) -> str:
 class Explanation:
     """What the tester agent said, and how its run ended."""
 
-    def __init__(self, text: str, outcome: str, output_tail: str) -> None:
+    def __init__(
+        self, text: str, outcome: str, output_tail: str, unavailable: str | None = None
+    ) -> None:
         self.text = text
         self.outcome = outcome
         self.output_tail = output_tail
+        # Why the agent could not be asked at all (not configured, not installed).
+        self.unavailable = unavailable
 
 
 def _git(worktree: Path, *args: str) -> None:
@@ -81,9 +88,12 @@ def explain_defer(
 ) -> Explanation:
     """Run the hybrid tester agent; return its explanation. Never raises for its sake."""
     if config.explainer_error:
-        return Explanation("", f"not asked: {config.explainer_error}", "")
+        return Explanation(
+            "", f"not asked: {config.explainer_error}", "", unavailable=config.explainer_error
+        )
     if not config.explainer_argv:
-        return Explanation("", "not asked: no tester agent is configured", "")
+        why = "no tester agent is configured"
+        return Explanation("", f"not asked: {why}", "", unavailable=why)
     explanation_path = artifact_dir / EXPLANATION_FILE
     explanation_path.unlink(missing_ok=True)
     result = run_command(
@@ -94,6 +104,9 @@ def explain_defer(
         log_path=log_path,
         stdin_text=config.explainer_stdin,
     )
+    if result.start_error is not None:
+        _discard_changes(worktree)
+        return Explanation("", result.describe(), "", unavailable=result.describe())
     text = ""
     try:
         text = explanation_path.read_text(encoding="utf-8", errors="replace")

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from orchestrator.runners.context import ENVIRONMENT_CAUSE
 from orchestrator.runners.coverage_ratchet import CoverageVerdict
 from orchestrator.runners.junit import JUnitCounts
 from orchestrator.runners.process import CommandResult
@@ -54,6 +55,8 @@ class TestRun:
     explainer: str = ""
     explanation: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # ENVIRONMENT_CAUSE when a DEFER is for a person to fix (the command, the machine).
+    cause: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -115,6 +118,12 @@ def render_test_report(run: TestRun) -> str:
     if run.status == "DEFER":
         lines.append(
             "A DEFER is a tool error, not a verdict on the code; the testing gate never passes it."
+        )
+    if run.status == "DEFER" and run.cause == ENVIRONMENT_CAUSE:
+        lines.append(
+            "Its cause is the environment or the configuration: the task waits for a person "
+            f"to fix it, then `orch task retry {run.work_item}`; no model or developer run "
+            "is asked."
         )
     lines += [
         "",

@@ -12,8 +12,9 @@ With a ``staging_command`` configured for the repository, in the task worktree:
    ``result: PASS`` or ``result: FAIL`` with the failing step or endpoint named.
 
 A FAIL rolls the task back to development (the code does not come up). The runner's
-own trouble (the command cannot be started at all, the setup fails) is a tool error:
-exit :data:`TOOL_ERROR_EXIT`, retried by the engine. No command configured: the stage
+own trouble (the command cannot be started at all, the setup fails) is the environment's:
+:func:`~orchestrator.runners.context.defer_for_environment`, and the task waits for a
+person (``orch task retry`` after the fix). No command configured: the stage
 passes with ``result: SKIPPED``.
 """
 
@@ -21,14 +22,13 @@ from __future__ import annotations
 
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.kernel.gates import STAGING_REPORT_FILE
-from orchestrator.runners.context import TOOL_ERROR_EXIT, RunnerContext, emit_result
+from orchestrator.runners.context import RunnerContext, defer_for_environment, emit_result
 from orchestrator.runners.process import CommandResult, run_command, start_command, stop_command
 from orchestrator.runners.report import numbered
 from orchestrator.runners.smoke import SmokeResult, smoke, wait_healthy
@@ -123,8 +123,7 @@ def _check(context: RunnerContext, staging: _Staging, scratch: Path) -> int | No
             log_path=scratch / "setup.log",
         )
         if not staging.setup.ok:
-            print(f"staging runner: the setup command {staging.setup.describe()}", file=sys.stderr)
-            return TOOL_ERROR_EXIT
+            return defer_for_environment(f"the setup command {staging.setup.describe()}")
     staging.port = free_port()
     port = str(staging.port)
     staging.argv = tuple(part.replace("{port}", port) for part in config.staging_command)
@@ -134,8 +133,7 @@ def _check(context: RunnerContext, staging: _Staging, scratch: Path) -> int | No
             staging.argv, cwd=context.worktree, env={**env, "PORT": port}, log_path=log_path
         )
     except OSError as exc:
-        print(f"staging runner: cannot start {staging.argv[0]!r}: {exc}", file=sys.stderr)
-        return TOOL_ERROR_EXIT
+        return defer_for_environment(f"cannot start {staging.argv[0]!r}: {exc}")
     base_url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     try:

@@ -24,6 +24,12 @@ attempt (``handoff_attempt``, hybrid mode) a DEFER is instead explained by the t
 agent (:mod:`orchestrator.runners.explain`), the report keeps the runner's DEFER, and the
 runner exits 0 so that the gate judges that report and fails it. No error of the runner
 reaches the engine as anything but a DEFER.
+
+A DEFER whose cause is the environment (the test command cannot start, the setup command
+failed, the configuration is unusable, pytest is missing, the hybrid explainer cannot
+run) is neither retried nor handed off: the runner reports it with
+:func:`~orchestrator.runners.context.defer_for_environment` and the task waits for a
+person, never rolling back to development.
 """
 
 from __future__ import annotations
@@ -42,7 +48,13 @@ from pathlib import Path
 from typing import Final
 
 from orchestrator.kernel.gates import TEST_REPORT_FILE
-from orchestrator.runners.context import TOOL_ERROR_EXIT, RunnerContext, emit_result
+from orchestrator.runners.context import (
+    ENVIRONMENT_CAUSE,
+    TOOL_ERROR_EXIT,
+    RunnerContext,
+    defer_for_environment,
+    emit_result,
+)
 from orchestrator.runners.coverage_ratchet import (
     CoverageVerdict,
     coverage_argv,
@@ -246,7 +258,11 @@ def _decide(context: RunnerContext, scratch: Path, started: float) -> TestRun:
     deadline = _Deadline(max(1.0, config.budget_s - REPORT_RESERVE_S))
     run = TestRun(context.work_item, "DEFER", "the runner did not finish", context.attempt)
     if config.config_error:
-        return replace(run, reason=f"the runner's configuration is unusable: {config.config_error}")
+        return replace(
+            run,
+            reason=f"the runner's configuration is unusable: {config.config_error}",
+            cause=ENVIRONMENT_CAUSE,
+        )
     try:
         with _maybe_gate(context, deadline.left(config.timeout_s)) as waited:
             run = replace(run, gate=config.serial_gate, gate_waited_s=waited)
@@ -261,11 +277,16 @@ def _run_tests(context: RunnerContext, scratch: Path, deadline: _Deadline, run: 
     setup = _setup(context, scratch, deadline)
     run = replace(run, setup=setup)
     if setup is not None and not setup.ok:
-        return replace(run, status="DEFER", reason=f"the setup command {setup.describe()}")
+        return replace(
+            run,
+            status="DEFER",
+            reason=f"the setup command {setup.describe()}",
+            cause=ENVIRONMENT_CAUSE,
+        )
     argv, impossible = _test_argv(context, scratch)
     run = replace(run, command=tuple(argv))
     if impossible:
-        return replace(run, status="DEFER", reason=impossible)
+        return replace(run, status="DEFER", reason=impossible, cause=ENVIRONMENT_CAUSE)
     pytest = is_pytest_command(argv)
     tests = run_command(
         argv,
@@ -289,6 +310,7 @@ def _run_tests(context: RunnerContext, scratch: Path, deadline: _Deadline, run: 
         counts_note="" if counts else "no JUnit XML (configure junit_xml for non-pytest)",
         status=verdict.status,
         reason=verdict.reason,
+        cause=verdict.cause,
     )
     if tests.left_running:
         run = replace(run, notes=(*run.notes, "the tests left processes running; killed"))
@@ -346,6 +368,16 @@ def _handoff(context: RunnerContext, run: TestRun, scratch: Path) -> TestRun:
         log_path=scratch / "explainer.log",
     )
     print(f"--- hybrid: {config.explainer_name} {explanation.outcome}", flush=True)
+    if explanation.unavailable is not None:
+        # A missing explainer is a configuration problem: a person fixes it, not development.
+        return replace(
+            run,
+            cause=ENVIRONMENT_CAUSE,
+            reason=f"{run.reason}; and the hybrid explainer "
+            f"'{config.explainer_name or 'tester'}' cannot run: {explanation.unavailable} "
+            "(install it, set test_runner_hybrid_agent, or test_runner_hybrid = false)",
+            notes=(*run.notes, f"hybrid hand-off: {explanation.outcome}"),
+        )
     # Its result line (cost, model) last but one, so the engine records what it cost.
     for line in reversed(explanation.output_tail.splitlines()):
         if line.startswith("{") and "total_cost_usd" in line:
@@ -370,6 +402,7 @@ def run(context: RunnerContext) -> int:
         config = context.config
         handoff = (
             status == "DEFER"
+            and result.cause != ENVIRONMENT_CAUSE
             and config.handoff_attempt is not None
             and context.attempt >= config.handoff_attempt
         )
@@ -377,7 +410,7 @@ def run(context: RunnerContext) -> int:
             _write_report(context, result)  # the agent reads the runner's report
             result = _handoff(context, result, scratch)
         _write_report(context, result)
-        emit_result(
+        facts = dict(
             tests_status=status,
             tests_exit_code=result.exit_code,
             tests_reason=result.reason,
@@ -388,6 +421,9 @@ def run(context: RunnerContext) -> int:
             tests_duration_s=round(result.tests.duration_s, 3) if result.tests else None,
             runner_duration_s=round(time.monotonic() - started, 3),
         )
+        if status == "DEFER" and result.cause == ENVIRONMENT_CAUSE:
+            return defer_for_environment(result.reason, **facts)
+        emit_result(**facts)
         if status == "DEFER" and not handoff:
             print(f"test runner: DEFER: {result.reason}", file=sys.stderr, flush=True)
             return TOOL_ERROR_EXIT

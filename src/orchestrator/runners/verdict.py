@@ -22,6 +22,10 @@ turn anything into PASS:
   pytest``, a coverage.py error), so it is a tool error (DEFER), not a test failure;
 * a command that is not pytest (``make test`` exits 2 when its tests fail) exited with
   a DEFER code while its JUnit XML lists failing tests: that is a FAIL.
+
+A DEFER whose cause is the **environment** (the command could not start, a shell said
+126 / 127, pytest is not installed, pytest was called wrongly) says so in ``cause``:
+the runner then hands it to a person instead of retrying it or asking a model.
 """
 
 from __future__ import annotations
@@ -29,12 +33,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from orchestrator.runners.context import ENVIRONMENT_CAUSE
 from orchestrator.runners.junit import JUnitCounts
 
 __all__ = ["Status", "TestsClassification", "classify_tests", "map_exit_code_to_status"]
 
 Status = Literal["PASS", "FAIL", "DEFER"]
 
+# Exit codes that mean the command, not the code, is wrong: pytest's usage error, and a
+# shell's "not executable" / "command not found".
+_PYTEST_ENVIRONMENT_CODES: Final = frozenset({4, 126, 127})
+_COMMAND_ENVIRONMENT_CODES: Final = frozenset({126, 127})
 _PYTEST_STATUS: Final[dict[int, Status]] = {0: "PASS", 1: "FAIL", 5: "FAIL"}
 _PYTEST_MEANING: Final[dict[int, str]] = {
     0: "all tests passed",
@@ -61,6 +70,7 @@ class TestsClassification:
 
     status: Status
     reason: str
+    cause: str = ""  # ENVIRONMENT_CAUSE when a person must fix the command or machine
 
 
 def classify_tests(
@@ -73,7 +83,9 @@ def classify_tests(
 ) -> TestsClassification:
     """Classify how a test command ended; pure."""
     if start_error is not None:
-        return TestsClassification("DEFER", f"the test command could not start: {start_error}")
+        return TestsClassification(
+            "DEFER", f"the test command could not start: {start_error}", ENVIRONMENT_CAUSE
+        )
     if timed_out or exit_code is None:
         return TestsClassification("DEFER", "the test command timed out (its group was killed)")
     status = map_exit_code_to_status(exit_code)
@@ -85,6 +97,7 @@ def classify_tests(
             "DEFER",
             "pytest exited 1 but wrote no JUnit XML, so no test ran: a tool error "
             "(is pytest installed for this interpreter?)",
+            ENVIRONMENT_CAUSE,
         )
     if (
         not is_pytest
@@ -97,5 +110,12 @@ def classify_tests(
             f"{meaning} and its JUnit XML lists {counts.failures + counts.errors} failing test(s)",
         )
     if status == "DEFER":
+        codes = _PYTEST_ENVIRONMENT_CODES if is_pytest else _COMMAND_ENVIRONMENT_CODES
+        if exit_code in codes:
+            return TestsClassification(
+                "DEFER",
+                f"{meaning}: the test command is wrong or missing here, not the code",
+                ENVIRONMENT_CAUSE,
+            )
         return TestsClassification("DEFER", f"{meaning}: a tool error, not a test verdict")
     return TestsClassification(status, meaning)
