@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -24,6 +25,15 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import __version__
+from orchestrator.auth import (
+    ROLES,
+    TokenKind,
+    issue_token,
+    local_actor,
+    refuse_inside_job,
+    token_file,
+    write_token_file,
+)
 from orchestrator.cli_dev import dev
 from orchestrator.errors import ConfigError, NotFoundError, OrchestratorError
 from orchestrator.kernel.stages import TERMINAL_STAGES, stage_label
@@ -225,11 +235,25 @@ def init(context: Context, force: bool) -> None:
     target = context.config or Path("orch.toml")
     if target.exists() and not force:
         raise ConfigError(f"{target} already exists; use --force to overwrite it")
+    refuse_inside_job(os.environ, "orch init")
     target.write_text(INIT_TEMPLATE, encoding="utf-8")
     context.config = target
     store = context.store
     out.print(f"wrote {target}")
     out.print(f"database ready: {store.engine.url.render_as_string()}")
+    # The local CLI's own API token (operator): a fresh one at every init.
+    actor = local_actor()
+    name = f"local-{actor.removeprefix('cli:')}"[:64]
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+    store.revoke_api_token(name, actor=actor, event_kind=TokenKind.REVOKED)
+    secret = issue_token(store, name, "operator", actor=actor)
+    path = token_file(context.settings)
+    write_token_file(path, secret)
+    out.print(
+        f"API token {name} (operator) written to {path} (mode 0600); use it as "
+        f"'Authorization: Bearer $(cat {path})'",
+        markup=False,
+    )
     out.print("next: orch task create --repo PATH --title TEXT, then orch run")
 
 
@@ -298,12 +322,17 @@ def task_create(
     as_json: bool,
 ) -> None:
     """Create a task; its first job is queued for `orch run` or `orch serve`."""
+    refuse_inside_job(os.environ, "creating a task")
     # Check everything before the database is even opened: bad input writes nothing.
     prepare_create(
         context.settings, repo_path=repo, title=title, work_item=work_item, description=description
     )
     created = context.service().create_task(
-        repo_path=repo, title=title, work_item=work_item, description=description
+        repo_path=repo,
+        title=title,
+        work_item=work_item,
+        description=description,
+        actor=local_actor(),
     )
     if as_json:
         _print_json(_task_json(context.store, created))
@@ -415,16 +444,18 @@ def _human_action(name: str, doc: str) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @pass_context
     def command(context: Context, ref: str, repo: Path | None, reason: str, as_json: bool) -> None:
+        refuse_inside_job(os.environ, f"orch task {name}")
         found = context.task(ref, repo)
         service = context.service()
+        actor = local_actor()
         if name == "approve":
-            after = service.approve(found)
+            after = service.approve(found, actor=actor)
         elif name == "cancel":
-            after = service.cancel(found, reason=reason)
+            after = service.cancel(found, actor=actor, reason=reason)
         elif name == "rollback":
-            after = service.rollback(found, reason=reason)
+            after = service.rollback(found, actor=actor, reason=reason)
         else:
-            after = service.retry(found)
+            after = service.retry(found, actor=actor)
         if as_json:
             _print_json(_task_json(context.store, after))
         else:
@@ -499,6 +530,70 @@ def task_logs(
 
 def _run_stage(store: Store, job_id: int) -> str:
     return store.get_job(job_id).stage
+
+
+# --- API tokens ---------------------------------------------------------------------------
+@cli.group()
+def token() -> None:
+    """API tokens: who may read and steer tasks over HTTP (docs/security.md)."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    required=True,
+    help="viewer: read; operator: also create and steer tasks; admin: everything.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def token_create(context: Context, name: str, role: str, as_json: bool) -> None:
+    """Create a token; its secret is shown once, only its hash is kept."""
+    refuse_inside_job(os.environ, "creating an API token")
+    secret = issue_token(context.store, name, role, actor=local_actor())
+    if as_json:
+        _print_json({"name": name, "role": role, "token": secret})
+        return
+    out.print(f"token {name} ({role}) created; it is shown only now:", markup=False)
+    click.echo(secret)
+    out.print("send it as: Authorization: Bearer <token>", markup=False)
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def token_list(context: Context, as_json: bool) -> None:
+    """List tokens: name, role, who created them and when (never the secrets)."""
+    tokens = context.store.api_tokens() if context.has_database() else []
+    if as_json:
+        _print_json([t.to_dict() for t in tokens])
+        return
+    if not tokens:
+        out.print("no API tokens: orch token create NAME --role operator")
+        return
+    table = Table("name", "role", "created by", "created", box=None)
+    for t in tokens:
+        table.add_row(
+            t.name,
+            t.role,
+            t.created_by,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.created_at)),
+        )
+    out.print(table)
+
+
+@token.command("revoke")
+@click.argument("name")
+@pass_context
+def token_revoke(context: Context, name: str) -> None:
+    """Revoke a token: requests with it are refused from now on."""
+    refuse_inside_job(os.environ, "revoking an API token")
+    if not context.has_database() or not context.store.revoke_api_token(
+        name, actor=local_actor(), event_kind=TokenKind.REVOKED
+    ):
+        raise NotFoundError(f"no token named {name!r}; orch token list shows them")
+    out.print(f"token {name} revoked", markup=False)
 
 
 # --- running ----------------------------------------------------------------------------

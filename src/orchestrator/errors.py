@@ -8,6 +8,9 @@ was wrong and what to do. The CLI prints it as one line; the HTTP API maps it to
     OrchestratorError                 exit 1, HTTP 400
     ├── UsageError                    exit 2, HTTP 422  (bad input: ids, titles, options)
     │   └── ConfigError               exit 2            (orch.toml or ORCH_* variables)
+    ├── NotAuthenticatedError         exit 1, HTTP 401  (no, unknown or revoked API token)
+    ├── ForbiddenError                exit 1, HTTP 403  (wrong role, repository not listed,
+    │                                                    steering from inside an agent job)
     ├── NotFoundError                 exit 1, HTTP 404  (unknown task, job, repository)
     ├── ConflictError                 exit 1, HTTP 409  (illegal transition, lost race)
     │   └── IllegalTransitionError
@@ -22,8 +25,10 @@ __all__ = [
     "AgentError",
     "ConfigError",
     "ConflictError",
+    "ForbiddenError",
     "IllegalTransitionError",
     "IntegrationError",
+    "NotAuthenticatedError",
     "NotFoundError",
     "OrchestratorError",
     "RepositoryError",
@@ -47,6 +52,18 @@ class UsageError(OrchestratorError):
 
 class ConfigError(UsageError):
     """The settings (orch.toml or ORCH_* variables) are malformed."""
+
+
+class NotAuthenticatedError(OrchestratorError):
+    """The request carries no API token, or one that is unknown or revoked."""
+
+    http_status = 401
+
+
+class ForbiddenError(OrchestratorError):
+    """The caller is known but may not do this (its role, the repository, an agent job)."""
+
+    http_status = 403
 
 
 class NotFoundError(OrchestratorError):

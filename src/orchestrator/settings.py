@@ -390,8 +390,23 @@ class Settings(BaseSettings):
 
     # Name of this orchestrator instance in leases and heartbeats; "" = the host name.
     instance_name: str = ""
-    # Bearer token for admin endpoints (POST /transition-lease/release); "" = disabled.
+    # Legacy: a bearer token that authenticates as an admin (named "admin_token"); prefer
+    # `orch token create NAME --role admin`. "" = none.
     admin_token: str = ""
+
+    # --- access control (docs/security.md, docs/decisions/0009) --------------------------
+    # Reads (GET /status, /queue, /tasks...) without a token; writes always need one, and
+    # /health is always open.
+    public_read: bool = False
+    # Host names (the Host header, without port) the API answers; others get 400 (DNS
+    # rebinding). Add the public name your reverse proxy forwards; "*" = any (not advised).
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1", "::1"])
+    # POST /tasks and webhook intake may use any git repository on the host, not only
+    # those listed as [repos.<name>] with a path.
+    allow_any_repo: bool = False
+    # Telegram users whose card button presses act: numeric ids or @usernames. Empty: any
+    # member of telegram_chat_id (a private group), and no one on a public @channel.
+    telegram_allowed_users: list[str] = Field(default_factory=list)
 
     # --- integrations: the Telegram live card and the outbox (docs/integrations.md) ----
     # Bot token from @BotFather; with telegram_chat_id set, cards and alerts go to Telegram.

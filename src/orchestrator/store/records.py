@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["AgentRun", "Event", "Job", "Task"]
+__all__ = ["AgentRun", "ApiToken", "Event", "Job", "Task"]
 
 
 class _Record:
@@ -90,3 +90,19 @@ class Event(_Record):
     reason: str
     data: dict[str, Any] | None
     created_at: float
+
+
+@dataclass(frozen=True)
+class ApiToken(_Record):
+    """An API token as stored: its secret only as a SHA-256 hash."""
+
+    id: int
+    name: str
+    role: str
+    token_hash: str
+    created_by: str
+    created_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        # The hash stays in the database: listing tokens never shows it.
+        return {k: v for k, v in asdict(self).items() if k != "token_hash"}

@@ -24,6 +24,7 @@ from sqlalchemy import (
 
 __all__ = [
     "agent_runs",
+    "api_tokens",
     "effects",
     "events",
     "instances",
@@ -240,4 +241,17 @@ webhook_deliveries = Table(
     Column("outcome", String(200), nullable=False, server_default=""),
     Column("received_at", Float, nullable=False),
     UniqueConstraint("source", "delivery_id"),
+)
+
+# API tokens: a name, a role, and the SHA-256 of the secret (the secret itself is shown
+# once at creation and never stored). A revoked token's row is deleted.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),  # viewer | operator | admin
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_by", String(100), nullable=False),
+    Column("created_at", Float, nullable=False),
 )

@@ -22,9 +22,9 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from orchestrator.errors import NotFoundError, OrchestratorError, UsageError
-from orchestrator.store.records import AgentRun, Event, Job, Task
-from orchestrator.store.schema import agent_runs, events, jobs, tasks
+from orchestrator.errors import ConflictError, NotFoundError, OrchestratorError, UsageError
+from orchestrator.store.records import AgentRun, ApiToken, Event, Job, Task
+from orchestrator.store.schema import agent_runs, api_tokens, events, jobs, task_cards, tasks
 
 __all__ = ["ACTIVE_JOB_STATUSES", "JOB_STATUSES", "Store", "Tx"]
 
@@ -623,3 +623,62 @@ class Store:
     def count_failed_tasks(self) -> int:
         query = sa.select(sa.func.count()).select_from(tasks)
         return int(self._all(query.where(tasks.c.failed_reason.is_not(None)))[0][0])
+
+    # --- API tokens (orchestrator.auth hashes; the store never sees a secret) ---------------
+    def create_api_token(
+        self, *, name: str, role: str, token_hash: str, actor: str, event_kind: str
+    ) -> ApiToken:
+        """Store a new token and its audit event together; a taken name is a conflict."""
+        try:
+            with self.transaction() as tx:
+                tx.conn.execute(
+                    api_tokens.insert().values(
+                        name=name,
+                        role=role,
+                        token_hash=token_hash,
+                        created_by=actor,
+                        created_at=_now(),
+                    )
+                )
+                tx.add_event(event_kind, actor=actor, reason=f"token {name} ({role}) created")
+        except sa.exc.IntegrityError:
+            raise ConflictError(
+                f"a token named {name!r} already exists; revoke it first "
+                f"(orch token revoke {name}) or choose another name"
+            ) from None
+        found = self.api_token_named(name)
+        assert found is not None
+        return found
+
+    def revoke_api_token(self, name: str, *, actor: str, event_kind: str) -> bool:
+        """Delete the token called ``name`` (with an audit event); False if there is none."""
+        with self.transaction() as tx:
+            deleted = tx.conn.execute(api_tokens.delete().where(api_tokens.c.name == name))
+            if deleted.rowcount == 0:
+                return False
+            tx.add_event(event_kind, actor=actor, reason=f"token {name} revoked")
+        return True
+
+    def api_tokens(self) -> list[ApiToken]:
+        query = sa.select(api_tokens).order_by(api_tokens.c.name)
+        return [ApiToken(**row._mapping) for row in self._all(query)]
+
+    def api_token_named(self, name: str) -> ApiToken | None:
+        rows = self._all(sa.select(api_tokens).where(api_tokens.c.name == name))
+        return ApiToken(**rows[0]._mapping) if rows else None
+
+    def api_token_by_hash(self, token_hash: str) -> ApiToken | None:
+        rows = self._all(sa.select(api_tokens).where(api_tokens.c.token_hash == token_hash))
+        return ApiToken(**rows[0]._mapping) if rows else None
+
+    def count_api_tokens(self) -> int:
+        return int(self._all(sa.select(sa.func.count()).select_from(api_tokens))[0][0])
+
+    # --- Telegram cards ---------------------------------------------------------------
+    def task_of_card(self, chat_id: str, message_id: int) -> int | None:
+        """The task whose live card in ``chat_id`` is message ``message_id``, if any."""
+        query = sa.select(task_cards.c.task_id).where(
+            task_cards.c.chat_id == chat_id, task_cards.c.message_id == message_id
+        )
+        rows = self._all(query)
+        return int(rows[0][0]) if rows else None
