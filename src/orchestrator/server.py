@@ -12,14 +12,15 @@ Errors are always one JSON line, ``{"error": "..."}``::
     HTTPException (routing)    its status (404 unknown path, 405 wrong method)
     anything else              500 "internal error", logged with its traceback
 
-Endpoints act as actor ``api`` in the audit trail. The signed webhooks of Telegram,
-Gitea, GitHub and Plane (``POST /webhooks/...``) answer 4xx with one clear line for
-anything a sender controls; see :mod:`orchestrator.webhooks`.
+Every request passes :class:`~orchestrator.http_guard.HttpGuard` first (Host check,
+browser safety, the API token and its role; docs/security.md) and acts as the token's
+actor (``token:<name>``) in the audit trail. The signed webhooks of Telegram, Gitea,
+GitHub and Plane (``POST /webhooks/...``) need no token; they answer 4xx with one clear
+line for anything a sender controls; see :mod:`orchestrator.webhooks`.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final
 
 import sqlalchemy as sa
-from fastapi import Body, FastAPI, Header, Query, Request
+from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,8 +37,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator import __version__
+from orchestrator.auth import Principal, check_repo_allowed
 from orchestrator.engine import Engine
-from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.errors import NotAuthenticatedError, OrchestratorError, UsageError
+from orchestrator.http_guard import PRINCIPAL_STATE_KEY, HttpGuard
 from orchestrator.integrations.telegram_webhook import telegram_webhook_router
 from orchestrator.kernel.stages import STAGE_TRANSITIONS
 from orchestrator.leases import LeaseManager, Owner
@@ -48,11 +51,10 @@ from orchestrator.store.schema import outbox
 from orchestrator.transitions import Runtime
 from orchestrator.webhook_routes import webhook_router
 
-__all__ = ["API_ACTOR", "MAX_ERROR_CHARS", "MAX_REASON_CHARS", "create_app"]
+__all__ = ["MAX_ERROR_CHARS", "MAX_REASON_CHARS", "create_app"]
 
 log = logging.getLogger("orchestrator.server")
 
-API_ACTOR: Final = "api"
 # An error message echoes user input (a path, an id); keep the response bounded.
 MAX_ERROR_CHARS: Final = 500
 # The service does not bound a cancel/rollback reason; the audit trail should stay readable.
@@ -170,6 +172,14 @@ def _queue_entry(job: Job, task: Task, age_s: float) -> dict[str, Any]:
     }
 
 
+def _actor(request: Request) -> str:
+    """The audit trail's name for whoever sent ``request`` (set by the guard)."""
+    principal = getattr(request.state, PRINCIPAL_STATE_KEY, None)
+    if not isinstance(principal, Principal):  # the guard lets no write through without one
+        raise NotAuthenticatedError("this request carries no API token")
+    return principal.actor
+
+
 def _repo_path(text: str) -> Path:
     """A repository path from a request: absolute, no NUL (the OS would refuse it)."""
     if "\x00" in text:
@@ -212,6 +222,9 @@ def create_app(
     app.state.engine = engine
     started_at = engine.started_at if engine is not None else time.time()
 
+    # Added first = runs inside _InternalErrors: a database error while checking a token
+    # is a logged 500, not a dropped connection.
+    app.add_middleware(HttpGuard, store=store, settings=settings)
     app.add_middleware(_InternalErrors)
 
     @app.exception_handler(OrchestratorError)
@@ -285,21 +298,13 @@ def create_app(
 
     @app.post(
         "/transition-lease/release",
-        summary="Force-release a task's transition lease (admin token; logged and alerted)",
+        summary="Force-release a task's transition lease (admin; logged and alerted)",
     )
-    def release_lease(
-        work_item: str,
-        repo: str | None = None,
-        authorization: str | None = Header(default=None),
-    ) -> dict[str, Any]:
-        token = settings.admin_token
-        if not token:
-            raise HTTPException(403, "set admin_token (ORCH_ADMIN_TOKEN) to use this endpoint")
-        expected = f"Bearer {token}"
-        if authorization is None or not hmac.compare_digest(authorization, expected):
-            raise HTTPException(401, "missing or wrong admin token (Authorization: Bearer ...)")
+    def release_lease(request: Request, work_item: str, repo: str | None = None) -> dict[str, Any]:
         task = find(work_item, repo)
-        released = leases().force_release(task, actor="api", reason="released through the API")
+        released = leases().force_release(
+            task, actor=_actor(request), reason="released through the API"
+        )
         return {"work_item": task.work_item, "released": released}
 
     # --- tasks -------------------------------------------------------------------------
@@ -327,49 +332,57 @@ def create_app(
         }
 
     @app.post("/tasks", status_code=201, summary="Create a task; it starts at analysis")
-    def create_task(body: CreateTaskBody) -> dict[str, Any]:
+    def create_task(request: Request, body: CreateTaskBody) -> dict[str, Any]:
+        repo_path = _repo_path(body.repo)
+        check_repo_allowed(settings, repo_path)
         task = service.create_task(
-            repo_path=_repo_path(body.repo),
+            repo_path=repo_path,
             title=body.title,
             work_item=body.work_item,
             description=body.description,
-            actor=API_ACTOR,
+            actor=_actor(request),
         )
         return _task_dict(task)
 
     @app.post("/tasks/{ref}/approve", summary="Pass the human gate (BRD approval)")
-    def approve_task(ref: str, repo: str | None = None) -> dict[str, Any]:
-        return _task_dict(service.approve(find(ref, repo), actor=API_ACTOR))
+    def approve_task(request: Request, ref: str, repo: str | None = None) -> dict[str, Any]:
+        return _task_dict(service.approve(find(ref, repo), actor=_actor(request)))
 
     @app.post(
         "/tasks/{ref}/reject",
         summary="Send the BRD back to analysis with feedback (at brd-approval)",
     )
-    def reject_task(ref: str, body: RejectBody, repo: str | None = None) -> dict[str, Any]:
+    def reject_task(
+        request: Request, ref: str, body: RejectBody, repo: str | None = None
+    ) -> dict[str, Any]:
         task = find(ref, repo)
-        return _task_dict(service.reject(task, feedback=body.feedback, actor=API_ACTOR))
+        return _task_dict(service.reject(task, feedback=body.feedback, actor=_actor(request)))
 
     @app.post("/tasks/{ref}/cancel", summary="Cancel a task that is not finished")
     def cancel_task(
+        request: Request,
         ref: str,
         body: Annotated[ReasonBody | None, Body()] = None,
         repo: str | None = None,
     ) -> dict[str, Any]:
         reason = body.reason if body is not None else ""
-        return _task_dict(service.cancel(find(ref, repo), actor=API_ACTOR, reason=reason))
+        task = find(ref, repo)
+        return _task_dict(service.cancel(task, actor=_actor(request), reason=reason))
 
     @app.post("/tasks/{ref}/rollback", summary="Send a task back to development")
     def rollback_task(
+        request: Request,
         ref: str,
         body: Annotated[ReasonBody | None, Body()] = None,
         repo: str | None = None,
     ) -> dict[str, Any]:
         reason = body.reason if body is not None else ""
-        return _task_dict(service.rollback(find(ref, repo), actor=API_ACTOR, reason=reason))
+        task = find(ref, repo)
+        return _task_dict(service.rollback(task, actor=_actor(request), reason=reason))
 
     @app.post("/tasks/{ref}/retry", summary="Resume a failed task at its stage")
-    def retry_task(ref: str, repo: str | None = None) -> dict[str, Any]:
-        return _task_dict(service.retry(find(ref, repo), actor=API_ACTOR))
+    def retry_task(request: Request, ref: str, repo: str | None = None) -> dict[str, Any]:
+        return _task_dict(service.retry(find(ref, repo), actor=_actor(request)))
 
     # --- inbound webhooks ----------------------------------------------------------------
     runtimes: list[Runtime] = []

@@ -21,14 +21,18 @@ and answers ``(http_status, json_body)``. In order, nothing written before step 
    :func:`~orchestrator.transitions.enter_transition` (it defers on a live transition
    lease: ``"deferred"``); cancel and rollback through
    :class:`~orchestrator.service.TaskService`, deferred while a live lease shows side
-   effects under way; a new work item through ``TaskService.create_task``.
+   effects under way; a new work item through ``TaskService.create_task``, only into a
+   repository orch.toml lists (``[repos.<name>] path``) unless ``allow_any_repo``:
+   otherwise ``"refused"``, not remembered. The audit trail names the sender
+   (``github:<login>``, ``gitea:<login>``, ``plane:<name>``), not just the source.
 
 Answers: 200 with ``{"status": ..., "task": ..., "reason": ...}``, status one of
 ``done``, ``deferred``, ``lost``, ``failed`` (the crossing of ``deploy -> done``),
 ``cancelled``, ``rolled_back``, ``created``, ``exists``, ``recorded`` (noted in the
-task's events only), ``ignored``, ``rejected`` (the service refused; the reason says
-why) or ``duplicate``. A deferred delivery is not remembered, so a redelivery retries
-it. A tracker that cannot be reached during intake gives 502 (not remembered either).
+task's events only), ``ignored``, ``refused`` (repository not listed), ``rejected``
+(the service refused; the reason says why) or ``duplicate``. A deferred or refused
+delivery is not remembered, so a redelivery retries it. A tracker that cannot be
+reached during intake gives 502 (not remembered either).
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from orchestrator.errors import ConflictError, IntegrationError, OrchestratorError
+from orchestrator.auth import check_repo_allowed
+from orchestrator.errors import ConflictError, ForbiddenError, IntegrationError, OrchestratorError
 from orchestrator.kernel.stages import ROLLBACK_TARGET, TERMINAL_STAGES
 from orchestrator.service import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, TaskService
 from orchestrator.settings import Settings
@@ -82,6 +87,7 @@ __all__ = [
     "WEBHOOK_EVENT",
     "WebhookReceiver",
     "WebhookSource",
+    "sender_actor",
     "sign",
     "verify_signature",
 ]
@@ -93,6 +99,7 @@ WEBHOOK_EVENT: Final = "webhook"
 MAX_DELIVERY_ID_CHARS: Final = 200
 MAX_OUTCOME_CHARS: Final = 200
 MAX_REVIEW_CHARS: Final = 1000
+MAX_SENDER_CHARS: Final = 60
 
 
 @dataclass(frozen=True)
@@ -217,7 +224,7 @@ class WebhookReceiver:
         if not self._claim(source.name, delivery):
             return 200, {"status": "duplicate", "delivery": delivery}
         try:
-            outcome = self._act(source.name, event)
+            outcome = self._act(source.name, event, sender_actor(source.name, payload))
         except IntegrationError as exc:
             self._release(source.name, delivery)
             return 502, {"error": str(exc)}
@@ -282,8 +289,7 @@ class WebhookReceiver:
             tx.conn.execute(webhook_deliveries.delete().where(self._where(source, delivery)))
 
     # --- acting ------------------------------------------------------------------------
-    def _act(self, source: str, event: WebhookEvent) -> Outcome:
-        actor = f"webhook:{source}"
+    def _act(self, source: str, event: WebhookEvent, actor: str) -> Outcome:
         try:
             if isinstance(event, Ignored):
                 return Outcome("ignored", event.reason)
@@ -411,6 +417,11 @@ class WebhookReceiver:
             repo_path = found
             work_item = f"{self.settings.github_work_item_prefix}-{ref.number}"
             origin = {"tracker": "github", "repo": ref.project, "number": ref.number}
+        try:
+            check_repo_allowed(self.settings, repo_path)
+        except ForbiddenError as exc:
+            # Not remembered: once the repository is listed, a redelivery creates the task.
+            return Outcome("refused", str(exc), remember=False)
         title = " ".join(event.title.split())[:MAX_TITLE_CHARS] or work_item
         description = event.description.replace("\x00", "")[:MAX_DESCRIPTION_CHARS]
         try:
@@ -455,6 +466,25 @@ class WebhookReceiver:
             if isinstance(origin, dict) and _origin_matches(origin, ref):
                 return self.store.get_task(int(task_id))
         return None
+
+
+def sender_actor(source: str, payload: Mapping[str, Any]) -> str:
+    """Who sent a delivery, for the audit trail: ``github:<login>``, ``plane:<name>``;
+    ``webhook:<source>`` when the payload does not say."""
+    who: Any = None
+    sender = payload.get("sender")
+    if isinstance(sender, dict):  # GitHub and Gitea
+        who = sender.get("login") or sender.get("username")
+    activity = payload.get("activity")
+    if who is None and isinstance(activity, dict) and isinstance(activity.get("actor"), dict):
+        actor = activity["actor"]  # Plane
+        who = actor.get("display_name") or actor.get("email") or actor.get("id")
+    if not isinstance(who, str | int) or isinstance(who, bool) or not str(who).strip():
+        return f"webhook:{source}"
+    # Printable, bounded, and storable whatever the sender put there (lone surrogates).
+    text = str(who).encode("utf-8", "replace").decode("utf-8")
+    text = "".join(ch for ch in text if ch.isprintable() and not ch.isspace())
+    return f"{source}:{text[:MAX_SENDER_CHARS] or '?'}"
 
 
 def _origin_matches(origin: Origin, ref: IssueRef) -> bool:

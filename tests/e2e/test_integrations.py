@@ -70,6 +70,25 @@ def wait_for(predicate: Callable[[], Any], what: str, log: Path | None = None) -
         time.sleep(POLL_S)
 
 
+TOKEN_CREATE = ("token", "create", "e2e", "--role", "operator", "--json")
+
+
+def api_token(workdir: Path, env: dict[str, str]) -> str:
+    """An operator token for the API, made once per workdir with `orch token create`."""
+    saved = workdir / "e2e-token"
+    if not saved.exists():
+        made = subprocess.run(
+            [sys.executable, "-m", "orchestrator", *TOKEN_CREATE],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        saved.write_text(json.loads(made.stdout)["token"])
+    return saved.read_text()
+
+
 class Serve:
     """``orch serve`` as its own process, output into a log file."""
 
@@ -79,9 +98,11 @@ class Serve:
         self.url = f"http://127.0.0.1:{port}"
         self.log = workdir / "serve.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.token = ""
 
     def start(self) -> Serve:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+        self.token = api_token(self.workdir, env)
         env["ORCH_PORT"] = str(self.port)
         with self.log.open("ab") as sink:
             self.process = subprocess.Popen(
@@ -117,10 +138,15 @@ class Serve:
                 self.process.kill()
                 self.process.wait()
 
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
     def get(self, path: str) -> Any:
-        return httpx.get(f"{self.url}{path}", timeout=30).json()
+        return httpx.get(f"{self.url}{path}", timeout=30, headers=self._auth()).json()
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        if not path.startswith("/webhooks/"):  # the webhooks are signed instead
+            kwargs["headers"] = {**self._auth(), **kwargs.get("headers", {})}
         return httpx.post(f"{self.url}{path}", timeout=120, **kwargs)
 
 
@@ -156,6 +182,7 @@ def test_the_outbox_survives_a_sigkill_and_delivers_each_message_once(
         'data_dir = ".orch"\nretry_backoff_s = 0\nreaper_finalize_grace_s = 1\n'
         + telegram_config(telegram)
         + SCRIPTED
+        + f"[repos.shop]\npath = {json.dumps(str(repo))}\n"
     )
     telegram.blackhole = True  # calls are held, then dropped: they never reach Telegram
     first = Serve(tmp_path, free_port()).start()

@@ -31,11 +31,15 @@ class PortalASGITransport(httpx.BaseTransport):
 
 
 @contextmanager
-def api_client(app: FastAPI) -> Iterator[httpx.Client]:
+def api_client(app: FastAPI, token: str | None = None) -> Iterator[httpx.Client]:
+    """A client of ``app`` at ``http://localhost`` (an allowed host), sending ``token``."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     with (
         start_blocking_portal() as portal,
         httpx.Client(
-            transport=PortalASGITransport(app, portal), base_url="http://testserver"
+            transport=PortalASGITransport(app, portal),
+            base_url="http://localhost",
+            headers=headers,
         ) as client,
     ):
         yield client

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from support import api_client
 
+from orchestrator.auth import issue_token
 from orchestrator.errors import ConflictError
 from orchestrator.leases import Heartbeat, LeaseManager, Owner
 from orchestrator.server import create_app
@@ -190,38 +191,56 @@ def test_scope_limits_the_lease_to_listed_repositories(
     assert out_of_scope.inert
 
 
-def test_force_release_api_needs_the_token_and_alerts(
+def test_force_release_api_needs_an_admin_and_alerts(
     tmp_path: Path, db_url: str, store: Store
 ) -> None:
-    settings = settings_for(tmp_path, db_url, 'admin_token = "s3cret"\n')
+    settings = settings_for(tmp_path, db_url)
     notifier = RecordingNotifier()
     leases = manager(store, settings, notifier)
     task = new_task(store)
     assert leases.acquire(task, "deploy->done", "holder") is not None
+    operator = issue_token(store, "ops", "operator", actor="test")
+    admin = issue_token(store, "root", "admin", actor="test")
     app = create_app(store=store, settings=settings, service=TaskService(store, settings))
-    with api_client(app) as client:
+    with api_client(app, operator) as client:
         shown = client.get("/queue").json()["transition_lease"]["held"]
         assert [(h["work_item"], h["epoch"], h["live"]) for h in shown] == [("L-1", 1, True)]
         url = "/transition-lease/release?work_item=L-1"
-        assert client.post(url).status_code == 401
-        assert client.post(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
-        released = client.post(url, headers={"Authorization": "Bearer s3cret"})
+        as_json = {"content-type": "application/json"}
+        assert client.post(url, headers={**as_json, "Authorization": ""}).status_code == 401
+        wrong = {**as_json, "Authorization": "Bearer wrong"}
+        assert client.post(url, headers=wrong).status_code == 401
+        assert client.post(url, headers=as_json).status_code == 403  # an operator
+        released = client.post(url, headers={**as_json, "Authorization": f"Bearer {admin}"})
         assert released.status_code == 200
         assert released.json() == {"work_item": "L-1", "released": True}
         assert client.get("/queue").json()["transition_lease"]["held"] == []
-    assert "lease.force_released" in [event.kind for event in store.task_events(task.id)]
+    [event] = [e for e in store.task_events(task.id) if e.kind == "lease.force_released"]
+    assert event.actor == "token:root"
 
 
-def test_force_release_api_is_off_without_a_token(
+def test_the_legacy_admin_token_still_releases(tmp_path: Path, db_url: str, store: Store) -> None:
+    settings = settings_for(tmp_path, db_url, 'admin_token = "s3cret"\n')
+    task = new_task(store)
+    assert manager(store, settings, RecordingNotifier()).acquire(task, "deploy->done", "x")
+    app = create_app(store=store, settings=settings, service=TaskService(store, settings))
+    with api_client(app, "s3cret") as client:
+        released = client.post("/transition-lease/release?work_item=L-1", json={})
+    assert released.status_code == 200, released.text
+    [event] = [e for e in store.task_events(task.id) if e.kind == "lease.force_released"]
+    assert event.actor == "token:admin_token"
+
+
+def test_force_release_api_is_refused_until_a_token_exists(
     tmp_path: Path, db_url: str, store: Store
 ) -> None:
     settings = settings_for(tmp_path, db_url)
     new_task(store)
     app = create_app(store=store, settings=settings, service=TaskService(store, settings))
     with api_client(app) as client:
-        response = client.post("/transition-lease/release?work_item=L-1")
-    assert response.status_code == 403
-    assert "admin_token" in response.json()["error"]
+        response = client.post("/transition-lease/release?work_item=L-1", json={})
+    assert response.status_code == 401
+    assert "orch token create" in response.json()["error"]
 
 
 def test_cancel_and_rollback_wait_for_a_transition_under_way(

@@ -28,6 +28,7 @@ import pytest
 from support import api_client
 
 from orchestrator import __version__
+from orchestrator.auth import issue_token
 from orchestrator.engine import Engine
 from orchestrator.errors import ConflictError
 from orchestrator.server import create_app
@@ -127,7 +128,10 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    (tmp_path / "orch.toml").write_text(ORCH_TOML)
+    # The repositories the API may create tasks in (the allow-list): the fixture's, and a
+    # plain directory for the test that it is refused as not a git repository.
+    listed = f'[repos.repo]\npath = "{tmp_path}/repo"\n[repos.plain]\npath = "{tmp_path}/plain"\n'
+    (tmp_path / "orch.toml").write_text(ORCH_TOML + listed)
     return load_settings(cwd=tmp_path)
 
 
@@ -150,7 +154,8 @@ def engine(api_store: Store, settings: Settings) -> Iterator[Engine]:
 def client(api_store: Store, settings: Settings, engine: Engine) -> Iterator[httpx.Client]:
     service = TaskService(api_store, settings)
     app = create_app(store=api_store, settings=settings, service=service, engine=engine)
-    with api_client(app) as test_client:
+    token = issue_token(api_store, "tester", "operator", actor="test")
+    with api_client(app, token) as test_client:
         yield test_client
 
 
@@ -256,7 +261,7 @@ def drive_to_the_end(engine: Engine, client: httpx.Client, store: Store, ref: st
     def approve_at_the_gate() -> None:
         task = store.find_task(ref)
         if task.stage == "brd-approval" and not task.failed:
-            response = client.post(f"/tasks/{ref}/approve")
+            response = client.post(f"/tasks/{ref}/approve", json={})
             assert response.status_code == 200, response.text
             assert response.json()["stage"] == "architecture"
 
@@ -296,9 +301,9 @@ def test_a_task_created_through_the_api_runs_to_done(
         "done",
     ]
     [approved] = [e for e in detail["events"] if e["kind"] == "task.approved"]
-    assert approved["actor"] == "api"
+    assert approved["actor"] == "token:tester"
     assert detail["events"][0]["kind"] == "task.created"
-    assert detail["events"][0]["actor"] == "api"
+    assert detail["events"][0]["actor"] == "token:tester"
     assert {job["status"] for job in detail["jobs"]} == {"done"}
     assert [job["stage"] for job in detail["jobs"]][-1] == "deploy"
     assert len(detail["runs"]) == len(detail["jobs"])
@@ -355,7 +360,7 @@ def test_cancel_records_the_reason_and_leaves_nothing_queued(
     assert response.json()["stage"] == "cancelled"
     detail = client.get("/tasks/DEMO-1").json()
     [cancelled] = [e for e in detail["events"] if e["kind"] == "task.cancelled"]
-    assert cancelled["actor"] == "api"
+    assert cancelled["actor"] == "token:tester"
     assert cancelled["reason"] == "not needed any more"
     assert client.get("/queue").json()["queued"] == []
 
@@ -363,11 +368,13 @@ def test_cancel_records_the_reason_and_leaves_nothing_queued(
 def test_cancel_without_a_body_uses_a_default_reason(client: httpx.Client, repo: Path) -> None:
     assert create(client, repo, work_item="DEMO-1").status_code == 201
 
-    response = client.post("/tasks/DEMO-1/cancel")
+    response = client.post("/tasks/DEMO-1/cancel", headers={"content-type": "application/json"})
 
     assert response.status_code == 200, response.text
     events = client.get("/tasks/DEMO-1").json()["events"]
-    assert [e["reason"] for e in events if e["kind"] == "task.cancelled"] == ["cancelled by api"]
+    assert [e["reason"] for e in events if e["kind"] == "task.cancelled"] == [
+        "cancelled by token:tester"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -383,7 +390,7 @@ def test_an_action_the_stage_does_not_allow_is_a_conflict(
 ) -> None:
     assert create(client, repo, work_item="DEMO-1").status_code == 201
 
-    error = assert_one_line_error(client.post(f"/tasks/DEMO-1/{action}"), 409)
+    error = assert_one_line_error(client.post(f"/tasks/DEMO-1/{action}", json={}), 409)
 
     assert expected in error
     assert client.get("/tasks/DEMO-1").json()["stage"] == "analysis"
@@ -391,9 +398,9 @@ def test_an_action_the_stage_does_not_allow_is_a_conflict(
 
 def test_a_finished_task_cannot_be_cancelled(client: httpx.Client, repo: Path) -> None:
     assert create(client, repo, work_item="DEMO-1").status_code == 201
-    assert client.post("/tasks/DEMO-1/cancel").status_code == 200
+    assert client.post("/tasks/DEMO-1/cancel", json={}).status_code == 200
 
-    error = assert_one_line_error(client.post("/tasks/DEMO-1/cancel"), 409)
+    error = assert_one_line_error(client.post("/tasks/DEMO-1/cancel", json={}), 409)
 
     assert "already cancelled" in error
 
@@ -435,7 +442,11 @@ def test_reject_sends_the_brd_back_to_analysis_with_the_feedback(
         ({"feedback": 42}, "body.feedback"),
     ]
     for body, expected in bad:
-        response = client.post("/tasks/DEMO-1/reject", json=body)
+        if body is None:  # JSON said, nothing sent
+            as_json = {"content-type": "application/json"}
+            response = client.post("/tasks/DEMO-1/reject", headers=as_json)
+        else:
+            response = client.post("/tasks/DEMO-1/reject", json=body)
         assert expected in assert_one_line_error(response, 422), body
     assert api_store.find_task("DEMO-1").stage == "brd-approval"
     missing = client.post("/tasks/NOPE-1/reject", json={"feedback": "x"})
@@ -448,14 +459,14 @@ def test_reject_sends_the_brd_back_to_analysis_with_the_feedback(
     assert response.json()["stage"] == "analysis"
     detail = client.get("/tasks/DEMO-1").json()
     [rejected] = [e for e in detail["events"] if e["kind"] == "task.rejected"]
-    assert rejected["actor"] == "api"
+    assert rejected["actor"] == "token:tester"
     assert (rejected["from_stage"], rejected["to_stage"]) == ("brd-approval", "analysis")
     assert rejected["data"] == {"feedback": feedback}
-    assert rejected["reason"].startswith("rejected by api: Requirement 2 is vague: say")
+    assert rejected["reason"].startswith("rejected by token:tester: Requirement 2 is vague: say")
     job = detail["jobs"][-1]
     assert (job["stage"], job["status"], job["attempt"]) == ("analysis", "queued", 1)
     assert feedback in job["feedback"]
-    assert "docs/work-items/DEMO-1/01-brd.md was rejected by api" in job["feedback"]
+    assert "docs/work-items/DEMO-1/01-brd.md was rejected by token:tester" in job["feedback"]
 
     # Anywhere but the gate: one 409 naming the stage.
     again = client.post("/tasks/DEMO-1/reject", json={"feedback": feedback})
@@ -478,14 +489,14 @@ def test_reject_sends_the_brd_back_to_analysis_with_the_feedback(
     ],
 )
 def test_an_unknown_task_is_404(client: httpx.Client, method: str, path: str) -> None:
-    error = assert_one_line_error(client.request(method, path), 404)
+    error = assert_one_line_error(client.request(method, path, json={}), 404)
 
     assert "no task" in error
 
 
 def test_an_unknown_path_is_404_in_the_same_shape(client: httpx.Client) -> None:
     assert_one_line_error(client.get("/nowhere"), 404)
-    assert_one_line_error(client.delete("/tasks"), 405)
+    assert_one_line_error(client.request("DELETE", "/tasks", json={}), 405)
 
 
 def test_a_directory_that_is_not_a_git_repository_is_refused(
@@ -548,7 +559,8 @@ def test_a_malformed_body_names_the_field_in_one_line(
 
 
 def test_a_missing_or_broken_body_is_one_line_422(client: httpx.Client) -> None:
-    assert assert_one_line_error(client.post("/tasks"), 422).startswith("body: ")
+    empty = client.post("/tasks", headers={"content-type": "application/json"})
+    assert assert_one_line_error(empty, 422).startswith("body: ")
     broken = client.post(
         "/tasks", content=b"{not json", headers={"content-type": "application/json"}
     )
@@ -570,7 +582,10 @@ def test_a_lost_database_is_503_on_health_and_a_logged_500_elsewhere(
     store.close()  # drop pooled connections: the next request must reconnect
     shutil.rmtree(database_dir)
 
-    with api_client(app) as test_client, caplog.at_level(logging.ERROR):
+    with (
+        api_client(app, "orch_any-token") as test_client,
+        caplog.at_level(logging.ERROR),
+    ):
         health = test_client.get("/health")
         tasks = test_client.get("/tasks")
 
@@ -658,7 +673,8 @@ def start_server(tmp_path: Path, script: str) -> tuple[subprocess.Popen[bytes], 
     port = free_port()
     root = tmp_path / "server"
     root.mkdir()
-    (root / "orch.toml").write_text(f'host = "127.0.0.1"\nport = {port}\n')
+    # public_read: the test reads /status without a token.
+    (root / "orch.toml").write_text(f'host = "127.0.0.1"\nport = {port}\npublic_read = true\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     with (
         (tmp_path / "stdout.txt").open("wb") as stdout,

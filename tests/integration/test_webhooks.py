@@ -14,6 +14,7 @@ was released was answered "duplicate" and the task stayed in deploy).
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,9 +241,49 @@ def test_github_issue_labeled_for_intake(hub: Hub) -> None:
     answer = hub.post("github", body, headers).json()
     assert answer["status"] == "created"
     assert answer["task"] == f"GH-{issue.number}"
+    task = hub.store.find_task(f"GH-{issue.number}")
+    # The trail names who sent it, not just "a webhook".
+    assert {e.actor for e in hub.store.task_events(task.id)} == {"github:bob"}
     other = hub.github.issues_event(issue, "labeled", label="bug")
     body, headers = hub.github.webhook("issues", other, GITHUB_SECRET)
     assert hub.post("github", body, headers).json()["status"] == "ignored"
+
+
+def test_intake_into_an_unlisted_repository_is_refused_and_not_remembered(
+    tmp_path: Path, hub: Hub
+) -> None:
+    elsewhere = make_repo(tmp_path / "elsewhere")
+    project = hub.plane.add_project("ELSE")
+    projects = {
+        **hub.settings.plane_projects,
+        project: hub.settings.plane_projects[hub.project].model_copy(
+            update={"repo": str(elsewhere), "identifier": "ELSE"}
+        ),
+    }
+    settings = hub.settings.model_copy(update={"plane_projects": projects})
+    app = create_app(store=hub.store, settings=settings, service=hub.service)
+    item = hub.plane.add_item(project, "Plant a branch")
+    with api_client(app) as client:
+        body, headers = hub.plane.webhook(item, "created", PLANE_SECRET)
+        refused = client.post("/webhooks/plane", content=body, headers=headers)
+    assert refused.status_code == 200
+    assert refused.json()["status"] == "refused"
+    assert "is not listed in orch.toml" in refused.json()["reason"]
+    assert hub.store.list_tasks() == []
+    assert hub.deliveries() == []  # a redelivery after the repository is listed creates it
+    assert (
+        "orch/"
+        not in subprocess.run(
+            ["git", "branch"], cwd=elsewhere, capture_output=True, text=True, check=True
+        ).stdout
+    )
+
+
+def test_the_plane_sender_is_the_actor(hub: Hub) -> None:
+    item = hub.plane.add_item(hub.project, "Add a cart")
+    assert hub.post("plane", *hub.plane.webhook(item, "created", PLANE_SECRET)).status_code == 200
+    task = hub.store.find_task(f"SHOP-{item.sequence_id}", None)
+    assert {e.actor for e in hub.store.task_events(task.id)} == {"plane:Bob"}
 
 
 # --- safety ---------------------------------------------------------------------------------------
