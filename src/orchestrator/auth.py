@@ -59,6 +59,9 @@ __all__ = [
     "local_actor",
     "refuse_inside_job",
     "required_role",
+    "telegram_actor",
+    "telegram_buttons_enabled",
+    "telegram_user_allowed",
     "token_file",
     "validate_role",
     "write_token_file",
@@ -257,3 +260,41 @@ def check_repo_allowed(settings: Settings, repo_path: Path) -> None:
             f"repository {shown!r} is not listed in orch.toml; add it as [repos.NAME] with "
             'path = "..." (or set allow_any_repo = true)'
         )
+
+
+# --- Telegram -----------------------------------------------------------------------------
+def _printable(value: object) -> str:
+    text = str(value).encode("utf-8", "replace").decode("utf-8")  # lone surrogates -> ?
+    return "".join(ch for ch in text if ch.isprintable() and not ch.isspace())
+
+
+def telegram_actor(user: Mapping[str, object]) -> str:
+    """``telegram:@name(id)`` for the sender of a callback (``telegram:(id)`` unnamed)."""
+    name = _printable(user.get("username") or "")[:MAX_ACTOR_PART_CHARS]
+    number = _printable(user.get("id") or "?")[:20]
+    return f"telegram:@{name}({number})" if name else f"telegram:({number})"
+
+
+def telegram_buttons_enabled(settings: Settings) -> bool:
+    """Buttons act in a private chat, or in a public ``@channel`` with an allow-list."""
+    return not (settings.telegram_chat_id.startswith("@") and not settings.telegram_allowed_users)
+
+
+def telegram_user_allowed(settings: Settings, user: Mapping[str, object]) -> bool:
+    """Whether the sender may press the card's buttons (see ``telegram_allowed_users``).
+
+    An empty list lets every member of a private ``telegram_chat_id`` act (being in the
+    chat is the authorisation) and no one in a public channel.
+    """
+    if not settings.telegram_allowed_users:
+        return telegram_buttons_enabled(settings)
+    number = user.get("id")
+    username = user.get("username")
+    for entry in settings.telegram_allowed_users:
+        wanted = entry.strip()
+        if wanted.lstrip("-").isdigit():
+            if isinstance(number, int) and not isinstance(number, bool) and str(number) == wanted:
+                return True
+        elif isinstance(username, str) and username.lower() == wanted.lstrip("@").lower():
+            return True
+    return False

@@ -481,8 +481,9 @@ def task_reject(
     context: Context, ref: str, repo: Path | None, feedback: str, as_json: bool
 ) -> None:
     """Send the BRD back to analysis with feedback (at brd-approval)."""
+    refuse_inside_job(os.environ, "orch task reject")
     found = context.task(ref, repo)
-    after = context.service().reject(found, feedback=feedback)
+    after = context.service().reject(found, feedback=feedback, actor=local_actor())
     if as_json:
         _print_json(_task_json(context.store, after))
         return

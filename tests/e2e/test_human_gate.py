@@ -9,6 +9,7 @@ agent, as in test_cli.py.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from orchestrator.testing.fake_telegram import FakeTelegram
 pytestmark = pytest.mark.e2e
 
 ORCH = [sys.executable, "-m", "orchestrator"]
+USER = getpass.getuser()
 RECORDER = """\
 import os, pathlib, sys
 record = pathlib.Path(sys.argv[1])
@@ -53,6 +55,9 @@ agent = "recorder"
 agent = "scripted"
 [stages.development]
 agent = "scripted"
+
+[repos.textkit]
+path = {repo}
 """
 FEEDBACK = "Requirement 1 is vague: say what slugify does with accents (é -> e)."
 
@@ -100,6 +105,7 @@ def workdir(tmp_path: Path, record: Path) -> Path:
             python=json.dumps(sys.executable),
             script=json.dumps(str(script)),
             record=json.dumps(str(record)),
+            repo=json.dumps(str(tmp_path / "textkit")),
         )
     )
     return work
@@ -159,7 +165,7 @@ def test_reject_sends_the_brd_back_to_analysis_with_the_feedback_in_the_next_pro
     assert isinstance(events, list)
     [event] = [e for e in events if e["kind"] == "task.rejected"]
     assert (event["actor"], event["from_stage"], event["to_stage"]) == (
-        "cli",
+        f"cli:{USER}",
         "brd-approval",
         "analysis",
     )
@@ -180,10 +186,10 @@ def test_reject_sends_the_brd_back_to_analysis_with_the_feedback_in_the_next_pro
     assert (record / "feedback-1.txt").read_text() == ""
     # The second analysis prompt and ORCH_FEEDBACK carry the feedback, naming the BRD.
     assert FEEDBACK in second
-    assert "docs/work-items/GATE-1/01-brd.md was rejected by cli" in second
+    assert f"docs/work-items/GATE-1/01-brd.md was rejected by cli:{USER}" in second
     feedback = (record / "feedback-2.txt").read_text()
     assert FEEDBACK in feedback
-    assert "docs/work-items/GATE-1/01-brd.md was rejected by cli" in feedback
+    assert f"docs/work-items/GATE-1/01-brd.md was rejected by cli:{USER}" in feedback
 
     # Approved now, the task runs to done; `task show` then names the merge commit.
     orch(workdir, "task", "approve", "GATE-1")
@@ -244,7 +250,8 @@ def test_the_cards_reject_button_asks_why_and_the_reply_reaches_the_next_analysi
             # Telegram performed the sendMessage of the webhook's answer: the person is told.
             [told] = [m for m in telegram.visible(CHAT) if m.text.startswith("TG-1: rejected")]
             assert (
-                told.text == "TG-1: rejected by telegram:bob, back to analysis with your feedback."
+                told.text
+                == "TG-1: rejected by telegram:@bob(4242), back to analysis with your feedback."
             )
 
             wait_until(
@@ -259,7 +266,7 @@ def test_the_cards_reject_button_asks_why_and_the_reply_reaches_the_next_analysi
             server.stop()
     detail = json.loads(orch(workdir, "task", "show", "TG-1", "--json").stdout)
     [event] = [e for e in detail["events"] if e["kind"] == "task.rejected"]
-    assert (event["actor"], event["data"]) == ("telegram:bob", {"feedback": FEEDBACK})
+    assert (event["actor"], event["data"]) == ("telegram:@bob(4242)", {"feedback": FEEDBACK})
     assert FEEDBACK not in (record / "prompt-1.md").read_text()
     assert FEEDBACK in (record / "prompt-2.md").read_text()
     assert FEEDBACK in (record / "feedback-2.txt").read_text()

@@ -6,10 +6,10 @@ a role too low (403), a read refused without a token, and nothing changed in the
 database by a refused request. Then the browser rules (a foreign Origin, a form post,
 a foreign Host), the repository allow-list, and the actor each event records.
 
-Seen failing on the code before access control: every write answered 2xx or 4xx for
-the task's state, never 401 (the table test), a cross-origin approve moved the task, a
-foreign Host got the task list, and POST /tasks created a branch in an unlisted
-repository.
+Seen failing with the guard taken out (main had none): the table test's first
+tokenless write created a task, the cross-site approves moved the task, and a foreign
+Host was served; without the allow-list check POST /tasks plants ``orch/<ID>`` in any
+repository (issue 10).
 """
 
 from __future__ import annotations

@@ -76,6 +76,7 @@ def test_migrated_database_matches_schema(empty_db_url: str) -> None:
         "outbox",
         "task_cards",
         "webhook_deliveries",
+        "api_tokens",
     }
 
 

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from tests.integration.support import api_client
 
 from orchestrator.integrations import build_delivery
+from orchestrator.integrations.card import load_card_view
 from orchestrator.integrations.telegram import (
     TelegramApiError,
     TelegramClient,
@@ -532,7 +533,7 @@ def test_a_button_press_approves_through_the_service(
     approved = world.store.get_task(task.id)
     assert approved.stage == "architecture"
     [event] = [e for e in world.store.task_events(task.id) if e.kind == EventKind.APPROVED]
-    assert event.actor == "telegram:alice"
+    assert event.actor == "telegram:@alice(4242)"
 
     # Telegram redelivers the same update: ignored, nothing moves twice.
     replay = post(client, update)
@@ -547,7 +548,9 @@ def test_a_button_press_approves_through_the_service(
 def test_cancel_and_refusals_answer_the_query(webhook: tuple[World, httpx.Client]) -> None:
     world, client = webhook
     task = world.create()
-    refused = post(client, world.fake.callback_update(CHAT, 1, f"approve:{task.id}"))
+    world.delivery.deliver_due()
+    [card] = world.fake.visible(CHAT)
+    refused = post(client, world.fake.callback_update(CHAT, card.message_id, f"approve:{task.id}"))
     assert refused.status_code == 200
     assert "approve applies at brd-approval" in refused.json()["text"]
     assert world.store.get_task(task.id).stage == "analysis"
@@ -557,13 +560,13 @@ def test_cancel_and_refusals_answer_the_query(webhook: tuple[World, httpx.Client
     unknown = world.fake.callback_update(CHAT, 1, "explode:1")
     assert post(client, unknown).json()["text"] == "Unknown action."
 
-    cancelled = post(client, world.fake.callback_update(CHAT, 1, f"cancel:{task.id}"))
+    cancelled = post(client, world.fake.callback_update(CHAT, card.message_id, f"cancel:{task.id}"))
     assert cancelled.json()["text"] == "SVC-1: cancelled"
     assert world.store.get_task(task.id).stage == "cancelled"
     with world.store.engine.connect() as conn:
         outcomes = [row.outcome for row in conn.execute(sa.select(webhook_deliveries))]
     assert len(outcomes) == 4
-    assert outcomes[-1] == "cancel by telegram:alice"
+    assert outcomes[-1] == "cancel by telegram:@alice(4242)"
 
 
 def test_retry_from_the_card(webhook: tuple[World, httpx.Client]) -> None:
@@ -571,9 +574,96 @@ def test_retry_from_the_card(webhook: tuple[World, httpx.Client]) -> None:
     task = world.create()
     with world.store.transaction() as tx:
         tx.update_task_counters(task.id, expected_stage="analysis", failed_reason="agent died")
-    response = post(client, world.fake.callback_update(CHAT, 1, f"retry:{task.id}"))
+    world.delivery.deliver_due()
+    [card] = world.fake.visible(CHAT)
+    response = post(client, world.fake.callback_update(CHAT, card.message_id, f"retry:{task.id}"))
     assert response.json()["text"] == "SVC-1: retrying analysis"
     assert not world.store.get_task(task.id).failed
+
+
+def steering_app(world: World, **settings: Any) -> Any:
+    """The API over ``world`` with ``settings`` changed (e.g. telegram_allowed_users)."""
+    changed = world.settings.model_copy(update=settings)
+    service = TaskService(world.store, changed, OutboxNotifier(world.store, changed))
+    return api_client(create_app(store=world.store, settings=changed, service=service))
+
+
+def refused_events(world: World, task: Task) -> list[Any]:
+    return [e for e in world.store.task_events(task.id) if e.kind == "access.refused"]
+
+
+def test_an_unauthorised_telegram_user_cannot_approve(world: World) -> None:
+    """Seen failing before telegram_allowed_users: alice's press approved the task."""
+    task = world.move(world.create(), "brd-approval")
+    world.delivery.deliver_due()
+    [card] = world.fake.visible(CHAT)
+    data = f"approve:{task.id}"
+    with steering_app(world, telegram_allowed_users=["@Bob", "1234"]) as client:
+        alice = post(client, world.fake.callback_update(CHAT, card.message_id, data))
+        assert alice.json()["method"] == "answerCallbackQuery"
+        assert alice.json()["text"] == "Not allowed: you are not in telegram_allowed_users."
+        assert world.store.get_task(task.id).stage == "brd-approval"
+        [event] = refused_events(world, task)
+        assert event.actor == "telegram:@alice(4242)"
+        assert "approve" in event.reason
+
+        # Listed by id (whatever the username) and by @username (any case): both act.
+        carol = world.fake.callback_update(CHAT, card.message_id, data, username="carol")
+        carol["callback_query"]["from"]["id"] = 1234
+        assert post(client, carol).json()["text"] == "SVC-1: approved"
+    [approved] = [e for e in world.store.task_events(task.id) if e.kind == EventKind.APPROVED]
+    assert approved.actor == "telegram:@carol(1234)"
+
+    other = world.move(world.create("SVC-2"), "brd-approval")
+    world.delivery.deliver_due()
+    [other_card] = [m for m in world.fake.visible(CHAT) if "SVC-2" in m.text]
+    with steering_app(world, telegram_allowed_users=["@Bob"]) as client:
+        bob = world.fake.callback_update(
+            CHAT, other_card.message_id, f"approve:{other.id}", username="bob", user_id=77
+        )
+        assert post(client, bob).json()["text"] == "SVC-2: approved"
+
+
+def test_a_public_channel_without_an_allow_list_gets_no_working_buttons(world: World) -> None:
+    task = world.move(world.create(), "brd-approval")
+    world.delivery.deliver_due()
+    [card] = world.fake.visible(CHAT)
+    public = world.settings.model_copy(update={"telegram_chat_id": "@orchnews"})
+    assert load_card_view(world.store, public, task.id).actions == ()
+    listed = public.model_copy(update={"telegram_allowed_users": ["@alice"]})
+    assert load_card_view(world.store, listed, task.id).actions == ("approve", "cancel")
+
+    update = world.fake.callback_update(CHAT, card.message_id, f"approve:{task.id}")
+    update["callback_query"]["message"]["chat"] = {
+        "id": -1001,
+        "type": "channel",
+        "username": "orchnews",
+    }
+    with steering_app(world, telegram_chat_id="@orchnews") as client:
+        answer = post(client, update).json()
+    assert answer["text"].startswith("Not allowed: buttons are off in a public channel")
+    assert world.store.get_task(task.id).stage == "brd-approval"
+
+
+def test_a_press_acts_only_on_the_task_whose_card_was_pressed(
+    webhook: tuple[World, httpx.Client],
+) -> None:
+    world, client = webhook
+    first = world.move(world.create("SVC-1"), "brd-approval")
+    second = world.move(world.create("SVC-2"), "brd-approval")
+    world.delivery.deliver_due()
+    first_card = next(m for m in world.fake.visible(CHAT) if "SVC-1" in m.text)
+
+    # SVC-1's card, with a callback naming SVC-2 (a forged or stale button).
+    forged = world.fake.callback_update(CHAT, first_card.message_id, f"approve:{second.id}")
+    answer = post(client, forged).json()
+    assert answer["text"] == "Not allowed: this button is not on that task's card."
+    # A message that is no card at all.
+    stray = world.fake.callback_update(CHAT, 999_999, f"approve:{second.id}")
+    assert post(client, stray).json()["text"].startswith("Not allowed")
+    assert world.store.get_task(second.id).stage == "brd-approval"
+    assert world.store.get_task(first.id).stage == "brd-approval"
+    assert [e.task_id for e in refused_events(world, first)] == [first.id]
 
 
 def test_webhook_rejects_before_reading(webhook: tuple[World, httpx.Client]) -> None:

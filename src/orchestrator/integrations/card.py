@@ -29,10 +29,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+from orchestrator.auth import telegram_buttons_enabled
 from orchestrator.kernel.stages import (
     CANCELLED,
     CREATED,
@@ -322,4 +323,8 @@ def load_card_view(store: Store, settings: Settings, task_id: int) -> CardView:
                 cancelled_from = event.from_stage
                 break
     stages = settings.pipeline_for(Path(task.repository)).stages()
-    return build_card_view(task, stages, runs, run_stages, cancelled_from=cancelled_from)
+    view = build_card_view(task, stages, runs, run_stages, cancelled_from=cancelled_from)
+    if not telegram_buttons_enabled(settings):
+        # A public channel without telegram_allowed_users: any viewer could press them.
+        view = replace(view, actions=())
+    return view

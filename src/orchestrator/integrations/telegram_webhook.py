@@ -13,14 +13,18 @@ Telegram posts an Update with the ``X-Telegram-Bot-Api-Secret-Token`` header set
 2. records ``update_id`` in ``webhook_deliveries``: a replayed update is ignored (200);
 3. for a ``callback_query`` from the configured chat whose data is ``"<action>:<task>"``
    acts through :class:`~orchestrator.service.TaskService` (as actor
-   ``telegram:<user>``), and answers the query in the webhook's response
+   ``telegram:@name(id)``), and answers the query in the webhook's response
    (``{"method": "answerCallbackQuery", ...}``, as the Bot API allows), so no outbound
    call is needed; the card itself follows through the outbox. ``reject`` needs the
    reason in words: it writes a force-reply question to the outbox instead
-   (:mod:`~orchestrator.integrations.reject_prompt`);
+   (:mod:`~orchestrator.integrations.reject_prompt`). A press is refused ("Not
+   allowed: ...", recorded as an ``access.refused`` event) when its sender is not in
+   ``telegram_allowed_users`` (when set), in a public ``@channel`` without that list,
+   or when the pressed message is not that task's card (``task_cards``);
 4. for a ``message`` in the configured chat that replies to one of those questions,
-   rejects the task with the message's text as the feedback (as ``telegram:<user>``)
-   and answers with a ``sendMessage`` in the webhook's response that says what happened;
+   rejects the task with the message's text as the feedback (as ``telegram:@name(id)``;
+   refused like a press when its sender may not press) and answers with a
+   ``sendMessage`` in the webhook's response that says what happened;
 5. answers 200 to every other update (Telegram would otherwise redeliver it), a reply
    to any other message included: it is not ours.
 
@@ -41,6 +45,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from orchestrator.auth import (
+    TokenKind,
+    telegram_actor,
+    telegram_buttons_enabled,
+    telegram_user_allowed,
+)
 from orchestrator.errors import ConflictError, OrchestratorError
 from orchestrator.integrations.card import parse_callback_data
 from orchestrator.integrations.reject_prompt import enqueue_reject_prompt, find_prompt, gate_visit
@@ -89,11 +99,11 @@ def _reply(chat_id: Any, message_id: Any, text: str) -> JSONResponse:
 
 
 def _actor(sender: Any) -> tuple[str, str | None]:
-    """``telegram:<username or id>`` and the username, if the person has one."""
+    """``telegram:@name(id)`` and the username, if the person has one."""
     user: dict[str, Any] = sender if isinstance(sender, dict) else {}
     username = user.get("username")
-    who = str(username or user.get("id") or "unknown")[:60]
-    return f"telegram:{who}", str(username)[:60] if isinstance(username, str) and username else None
+    named = str(username)[:60] if isinstance(username, str) and username else None
+    return telegram_actor(user), named
 
 
 def _secret_ok(given: str | None, expected: str) -> bool:
@@ -186,6 +196,31 @@ def _forget(store: Store, update_id: int) -> None:
         )
 
 
+def _refusal(
+    settings: Settings, user: dict[str, Any], card_task: int | None, task_id: int
+) -> str | None:
+    """Why this press may not act (the answer the person sees), or None."""
+    if not telegram_buttons_enabled(settings):
+        return "Not allowed: buttons are off in a public channel (set telegram_allowed_users)."
+    if not telegram_user_allowed(settings, user):
+        return "Not allowed: you are not in telegram_allowed_users."
+    if card_task != task_id:
+        return "Not allowed: this button is not on that task's card."
+    return None
+
+
+def _refuse(
+    store: Store, update_id: int, task_id: int | None, actor: str, action: str, why: str
+) -> None:
+    """Record a refused press: on the delivery, and in the pressed card's task's trail."""
+    with store.transaction() as tx:
+        tx.add_event(
+            TokenKind.REFUSED, actor=actor, task_id=task_id, reason=f"telegram {action}: {why}"
+        )
+    _set_outcome(store, update_id, task_id, f"refused: {actor} {action}: {why}")
+    log.warning("telegram: %s pressed %s: %s", actor, action, why)
+
+
 def _handle(
     store: Store, settings: Settings, service: TaskService, update_id: int, update: dict[str, Any]
 ) -> JSONResponse:
@@ -216,7 +251,20 @@ def _callback(
         _set_outcome(store, update_id, None, "refused: unknown action")
         return _answer(query_id, "Unknown action.")
     action, task_id = parsed
-    actor, username = _actor(query.get("from"))
+    sender = query.get("from")
+    user: dict[str, Any] = sender if isinstance(sender, dict) else {}
+    actor, username = _actor(sender)
+    # The task is the one whose card was pressed, never just the id the button names.
+    message_id = message.get("message_id")
+    card_task = (
+        store.task_of_card(settings.telegram_chat_id, message_id)
+        if isinstance(message_id, int) and not isinstance(message_id, bool)
+        else None
+    )
+    refusal = _refusal(settings, user, card_task, task_id)
+    if refusal is not None:
+        _refuse(store, update_id, card_task, actor, action, refusal)
+        return _answer(query_id, refusal)
     try:
         task = store.get_task(task_id)
         if action == "approve":
@@ -270,7 +318,14 @@ def _message(
         _set_outcome(store, update_id, None, "ignored: not a reply to a reject question")
         return JSONResponse({"ok": True, "ignored": "not a reply to a reject question"})
     chat_id = chat.get("id") if isinstance(chat, dict) else None
-    actor, _ = _actor(message.get("from"))
+    sender = message.get("from")
+    actor, _ = _actor(sender)
+    user: dict[str, Any] = sender if isinstance(sender, dict) else {}
+    # The same people who may press the buttons may answer the question.
+    refusal = _refusal(settings, user, prompt.task_id, prompt.task_id)
+    if refusal is not None:
+        _refuse(store, update_id, prompt.task_id, actor, "reject", refusal)
+        return _reply(chat_id, message.get("message_id"), refusal)
     text = message.get("text")
     try:
         task = store.get_task(prompt.task_id)

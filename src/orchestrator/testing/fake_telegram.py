@@ -223,7 +223,13 @@ class FakeTelegram(LocalServer):
 
     # --- Telegram -> the bot's webhook ---------------------------------------------------
     def callback_update(
-        self, chat_id: str, message_id: int, data: str, *, username: str = "alice"
+        self,
+        chat_id: str,
+        message_id: int,
+        data: str,
+        *,
+        username: str = "alice",
+        user_id: int = 4242,
     ) -> dict[str, Any]:
         """An Update carrying a button press, as Telegram would post it."""
         number = next(self._updates)
@@ -232,7 +238,7 @@ class FakeTelegram(LocalServer):
             "update_id": 900_000 + number,
             "callback_query": {
                 "id": f"cq{number}",
-                "from": {"id": 4242, "is_bot": False, "first_name": "A", "username": username},
+                "from": {"id": user_id, "is_bot": False, "first_name": "A", "username": username},
                 "chat_instance": "ci1",
                 "data": data,
                 "message": {
@@ -246,18 +252,35 @@ class FakeTelegram(LocalServer):
         }
 
     def press(
-        self, chat_id: str, message_id: int, data: str, *, username: str = "alice"
+        self,
+        chat_id: str,
+        message_id: int,
+        data: str,
+        *,
+        username: str = "alice",
+        user_id: int = 4242,
     ) -> httpx.Response:
         """Post a button press to the webhook registered with ``setWebhook``."""
-        update = self.callback_update(chat_id, message_id, data, username=username)
+        update = self.callback_update(chat_id, message_id, data, username=username, user_id=user_id)
         return self._post_update(update)
 
     def message_update(
-        self, chat_id: str, text: str, *, reply_to: int | None = None, username: str = "alice"
+        self,
+        chat_id: str,
+        text: str,
+        *,
+        reply_to: int | None = None,
+        username: str = "alice",
+        user_id: int = 4242,
     ) -> dict[str, Any]:
         """A person writes ``text`` in the chat (replying to ``reply_to``): the message
         joins the chat and this is the Update Telegram would post for it."""
-        user = {"id": 4242, "is_bot": False, "first_name": username.title(), "username": username}
+        user = {
+            "id": user_id,
+            "is_bot": False,
+            "first_name": username.title(),
+            "username": username,
+        }
         with self._lock:
             message_id = self._next_id.get(chat_id, 0) + 1
             self._next_id[chat_id] = message_id
@@ -276,11 +299,19 @@ class FakeTelegram(LocalServer):
         return {"update_id": 900_000 + next(self._updates), "message": result}
 
     def say(
-        self, chat_id: str, text: str, *, reply_to: int | None = None, username: str = "alice"
+        self,
+        chat_id: str,
+        text: str,
+        *,
+        reply_to: int | None = None,
+        username: str = "alice",
+        user_id: int = 4242,
     ) -> httpx.Response:
         """Post a person's message (a reply when ``reply_to`` is set) to the webhook."""
         return self._post_update(
-            self.message_update(chat_id, text, reply_to=reply_to, username=username)
+            self.message_update(
+                chat_id, text, reply_to=reply_to, username=username, user_id=user_id
+            )
         )
 
     def _post_update(self, update: dict[str, Any]) -> httpx.Response:
