@@ -631,7 +631,7 @@ def test_a_public_channel_without_an_allow_list_gets_no_working_buttons(world: W
     public = world.settings.model_copy(update={"telegram_chat_id": "@orchnews"})
     assert load_card_view(world.store, public, task.id).actions == ()
     listed = public.model_copy(update={"telegram_allowed_users": ["@alice"]})
-    assert load_card_view(world.store, listed, task.id).actions == ("approve", "cancel")
+    assert load_card_view(world.store, listed, task.id).actions == ("approve", "reject", "cancel")
 
     update = world.fake.callback_update(CHAT, card.message_id, f"approve:{task.id}")
     update["callback_query"]["message"]["chat"] = {
@@ -756,7 +756,7 @@ def test_reject_asks_why_and_the_reply_sends_the_brd_back_with_the_feedback(
     assert answered == {
         "method": "sendMessage",
         "chat_id": int(CHAT),
-        "text": "SVC-1: rejected by telegram:bob, back to analysis with your feedback.",
+        "text": "SVC-1: rejected by telegram:@bob(4242), back to analysis with your feedback.",
         "reply_parameters": {
             "message_id": reply["message"]["message_id"],
             "allow_sending_without_reply": True,
@@ -766,7 +766,7 @@ def test_reject_asks_why_and_the_reply_sends_the_brd_back_with_the_feedback(
     assert rejected.stage == "analysis"
     [event] = [e for e in world.store.task_events(task.id) if e.kind == EventKind.REJECTED]
     assert (event.actor, event.from_stage, event.to_stage) == (
-        "telegram:bob",
+        "telegram:@bob(4242)",
         "brd-approval",
         "analysis",
     )
@@ -799,7 +799,10 @@ def test_reject_is_refused_on_the_button_where_the_stage_does_not_allow_it(
 ) -> None:
     world, client = webhook
     task = world.create()
-    answer = post(client, world.fake.callback_update(CHAT, 1, f"reject:{task.id}")).json()
+    world.delivery.deliver_due()
+    [card] = world.fake.visible(CHAT)
+    answer = post(client, world.fake.callback_update(CHAT, card.message_id, f"reject:{task.id}"))
+    answer = answer.json()
     assert answer["text"] == "task SVC-1 is in analysis; reject applies at brd-approval"
     assert [row.kind for row in world.rows()] == ["card"]  # no question was queued
 
@@ -825,7 +828,11 @@ def test_only_a_text_reply_to_the_question_in_the_chat_rejects(
         [*_, question] = world.fake.visible(CHAT)
     else:
         task = world.move(world.create(f"SVC-{len(world.store.list_tasks()) + 1}"), "brd-approval")
-        post(client, world.fake.callback_update(CHAT, 1, f"reject:{task.id}"))
+        world.delivery.deliver_due()
+        card = next(
+            m for m in world.fake.visible(CHAT) if f"reject:{task.id}" in json.dumps(m.reply_markup)
+        )
+        post(client, world.fake.callback_update(CHAT, card.message_id, f"reject:{task.id}"))
         world.delivery.deliver_due()
         [*_, question] = world.fake.visible(CHAT)
     good_chat = {"id": int(CHAT), "type": "group"}
