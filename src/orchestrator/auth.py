@@ -15,8 +15,9 @@ in constant time on bytes. Roles are ordered, each includes the ones before it::
 
 :func:`required_role` maps a request (method, path) to the role it needs: reads need
 ``viewer`` (none with ``public_read``), every other method ``operator`` unless listed
-in :data:`ADMIN_PATHS`: a new endpoint is guarded by default. ``/health`` and the signed
-webhooks (``/webhooks/...``, authenticated by their own signatures) need no token.
+in :data:`ADMIN_PATHS`: a new endpoint is guarded by default. Reading ``/health`` and
+the API's description (``/docs``, ``/openapi.json``), and the signed webhooks
+(``/webhooks/...``, authenticated by their own signatures) need no token.
 
 The legacy ``admin_token`` setting still works: it authenticates as an admin called
 ``admin_token``.
@@ -76,7 +77,11 @@ TOKEN_FILE_NAME: Final = "api-token"  # noqa: S105 - a file name
 LEGACY_ADMIN_NAME: Final = "admin_token"
 # Paths whose writes need an admin, not an operator.
 ADMIN_PATHS: Final = frozenset({"/transition-lease/release"})
-OPEN_PATHS: Final = frozenset({"/health"})
+# Reads that need no token: liveness, and the API's own description (the same for every
+# install; a browser showing /docs cannot send a bearer token).
+OPEN_READ_PATHS: Final = frozenset(
+    {"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
 WEBHOOK_PREFIX: Final = "/webhooks/"
 READ_METHODS: Final = frozenset({"GET", "HEAD"})
 # Variables the engine sets for every job: their presence means "running as an agent".
@@ -188,10 +193,10 @@ def authorize(principal: Principal, required: str) -> None:
 
 def required_role(method: str, path: str, *, public_read: bool) -> str | None:
     """The role a request needs; None = no token (``/health``, signed webhooks)."""
-    if path in OPEN_PATHS or path.startswith(WEBHOOK_PREFIX):
+    if path.startswith(WEBHOOK_PREFIX):
         return None
     if method.upper() in READ_METHODS:
-        return None if public_read else "viewer"
+        return None if public_read or path in OPEN_READ_PATHS else "viewer"
     return "admin" if path in ADMIN_PATHS else "operator"
 
 

@@ -207,6 +207,14 @@ def test_a_default_install_says_how_to_create_a_token(
     assert store.get_task(task.id).stage == "brd-approval"
 
 
+def test_health_and_the_api_description_are_open_to_reads_only(world: World) -> None:
+    with world.client() as anonymous:
+        for path in ("/health", "/docs", "/openapi.json"):
+            assert anonymous.get(path).status_code == 200, path
+        assert_refused(anonymous.post("/health", json={}), 401)
+        assert_refused(anonymous.get("/status"), 401)
+
+
 def test_a_revoked_token_is_refused(world: World) -> None:
     assert world.store.revoke_api_token("operator-1", actor="t", event_kind="token.revoked")
     with world.client("operator") as client:

@@ -27,7 +27,9 @@ from orchestrator.errors import ForbiddenError, UsageError
         ("GET", "/status", False, "viewer"),
         ("GET", "/status", True, None),
         ("HEAD", "/tasks", False, "viewer"),
-        ("GET", "/openapi.json", False, "viewer"),
+        ("GET", "/openapi.json", False, None),
+        ("GET", "/docs", False, None),
+        ("POST", "/docs", False, "operator"),
         ("POST", "/tasks", False, "operator"),
         ("POST", "/tasks", True, "operator"),
         ("POST", "/tasks/T-1/approve", False, "operator"),
@@ -37,7 +39,7 @@ from orchestrator.errors import ForbiddenError, UsageError
         ("POST", "/transition-lease/release", False, "admin"),
         ("POST", "/webhooks/github", False, None),
         ("POST", "/webhooks/telegram", False, None),
-        ("POST", "/health", False, None),
+        ("POST", "/health", False, "operator"),
     ],
 )
 def test_required_role(method: str, path: str, public_read: bool, role: str | None) -> None:
@@ -49,7 +51,7 @@ def test_every_write_outside_health_and_webhooks_needs_at_least_an_operator(
     method: str, path: str
 ) -> None:
     role = required_role(method, path, public_read=True)
-    if method.upper() in ("GET", "HEAD") or path == "/health" or path.startswith("/webhooks/"):
+    if method.upper() in ("GET", "HEAD") or path.startswith("/webhooks/"):
         return
     assert role in ("operator", "admin")
 
