@@ -806,7 +806,8 @@ def test_create_refuses_a_hybrid_explainer_that_cannot_start(
     app = create_app(
         store=api_store, settings=broken, service=TaskService(api_store, broken), engine=engine
     )
-    with api_client(app) as client:
+    token = issue_token(api_store, "tester", "operator", actor="test")
+    with api_client(app, token) as client:
         error = assert_one_line_error(create(client, repo), 400)
         assert "hybrid test explainer" in error
         assert "/nonexistent/ghost" in error
