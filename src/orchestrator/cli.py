@@ -204,6 +204,12 @@ INIT_TEMPLATE = """\
 # merge_method = "merge"            # or "squash", "rebase"
 # tracker = "local"                 # or "plane", "github" (issues)
 
+# API access (docs/security.md): `orch init` wrote an operator token to
+# <data_dir>/api-token; `orch token create NAME --role viewer|operator|admin` makes more.
+# public_read = false               # reads without a token
+# allowed_hosts = ["localhost", "127.0.0.1", "::1"]  # add your reverse proxy's name
+# telegram_allowed_users = ["@alice", "123456789"]   # who may press the card's buttons
+
 # The agent that works on each stage. Built in: "claude" (Claude Code),
 # "scripted" (offline, deterministic), and the runners "runner:tests",
 # "runner:staging", "runner:deploy".
@@ -220,7 +226,9 @@ agent = "claude"
 # max_turns = 60
 # budget_usd = 5.0                 # per run
 
-# Per-repository overrides, by directory name or with path = "...":
+# Per-repository overrides, by directory name or with path = "...". POST /tasks and
+# webhook intake only take repositories listed here with a path (allow_any_repo = true
+# lifts that):
 # [repos.myservice]
 # skip = ["deploy-staging"]
 # test_command = "make test"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,7 +19,9 @@ from orchestrator.auth import (
     validate_role,
     validate_token_name,
 )
+from orchestrator.cli import INIT_TEMPLATE
 from orchestrator.errors import ForbiddenError, UsageError
+from orchestrator.settings import load_settings
 
 
 @pytest.mark.parametrize(
@@ -105,3 +109,21 @@ def test_the_job_environment_is_recognised() -> None:
     with pytest.raises(ForbiddenError, match="inside an orch agent job"):
         refuse_inside_job(job, "orch task approve")
     refuse_inside_job({}, "orch task approve")
+
+
+def test_the_init_templates_access_lines_load(tmp_path: Path) -> None:
+    """``orch init``'s commented access keys, uncommented, are valid settings."""
+    keys = ("public_read", "allowed_hosts", "telegram_allowed_users")
+    lines = [
+        line[2:] if line.startswith("# ") and line[2:].startswith(keys) else line
+        for line in INIT_TEMPLATE.splitlines()
+    ]
+    changed = sum(
+        1 for old, new in zip(INIT_TEMPLATE.splitlines(), lines, strict=True) if old != new
+    )
+    assert changed == len(keys)
+    (tmp_path / "orch.toml").write_text("\n".join(lines) + "\n")
+    settings = load_settings(tmp_path / "orch.toml")
+    assert settings.public_read is False
+    assert settings.allowed_hosts == ["localhost", "127.0.0.1", "::1"]
+    assert settings.telegram_allowed_users == ["@alice", "123456789"]
