@@ -46,9 +46,16 @@ from orchestrator.agents import (
     result_file_for,
 )
 from orchestrator.budget import stop_if_over_budget
+from orchestrator.commit_policy import (
+    CommitPlan,
+    CommitPolicy,
+    commit_work,
+    effective_excludes,
+    plan_commit,
+)
 from orchestrator.errors import OrchestratorError
 from orchestrator.feedback import rollback_feedback
-from orchestrator.git import Repo, commit_all, git
+from orchestrator.git import Repo, git
 from orchestrator.job_env import job_environment
 from orchestrator.kernel.decisions import (
     ENVIRONMENT,
@@ -64,6 +71,7 @@ from orchestrator.kernel.gates import (
     QG_CHECKS,
     STAGE_REPORT_FILES,
     Gate,
+    Outcome,
     StageFacts,
     Verdict,
     run_gates,
@@ -590,7 +598,9 @@ class Engine:
                 job_error = f"{job.agent} exited with code {exit_code}" + (
                     f": {detail}" if detail else ""
                 )
-            verdict = None if job_error is not None else self.evaluate(task, job)
+            verdict = None
+            if job_error is None:
+                job_error, verdict = self.judge(task, job)
             decision = self.decide(task, job, job_error, verdict, cause)
             return self.apply_decision(task, job, verdict, job_error, decision, actor=actor)
         except Exception as exc:  # finalization must not kill the loop
@@ -632,17 +642,42 @@ class Engine:
         """The stage's gates over the worktree as it is: read-only, nothing committed."""
         return run_gates(self._gates(task, job.stage), self.collect_facts(task, job))
 
+    def judge(self, task: Task, job: Job) -> tuple[str | None, Verdict | None]:
+        """A successful job's (error, verdict): a commit over the size limits is the
+        job's error (nothing will be committed); otherwise the gates judge. Read-only."""
+        plan = self.plan_commit(task, job)
+        if plan.problem is not None:
+            return plan.problem, None
+        return None, run_gates(self._gates(task, job.stage), self.collect_facts(task, job, plan))
+
+    def commit_policy(self, task: Task, job: Job) -> CommitPolicy:
+        """What the commit after ``job`` may take: a runner only its own reports."""
+        config = self.settings.repo_config(Path(task.repository))
+        return CommitPolicy(
+            exclude=effective_excludes(config.commit_exclude),
+            only=(artifact_dir(task.work_item),) if job.kind == "runner" else (),
+            max_bytes=self.settings.commit_max_bytes,
+            max_files=self.settings.commit_max_files,
+        )
+
+    def plan_commit(self, task: Task, job: Job) -> CommitPlan:
+        worktree = Path(task.worktree)
+        if not worktree.is_dir():
+            return CommitPlan()
+        return plan_commit(worktree, self.commit_policy(task, job), f"the {job.stage} job")
+
     def _gates(self, task: Task, stage: str) -> tuple[Gate, ...]:
         names = self.settings.stage_config(Path(task.repository), stage).gates
         if names is None:
             return QG_CHECKS.get(stage, ())
         return tuple(GATES[name] for name in names)
 
-    def collect_facts(self, task: Task, job: Job) -> StageFacts:
+    def collect_facts(self, task: Task, job: Job, plan: CommitPlan | None = None) -> StageFacts:
         """Read what the gates may look at; a snapshot, so gates stay pure.
 
-        Uncommitted changes count: the gates may judge a job before (or without) the
-        commit, e.g. when a reaper evaluates read-only.
+        Changed paths are those the job committed itself and those the engine's commit
+        will take (``plan``): the gates judge a job before the commit, and files the
+        commit policy leaves out (a venv, ``.env``) never count as work.
         """
         worktree = Path(task.worktree)
         root = worktree / artifact_dir(task.work_item)
@@ -654,9 +689,8 @@ class Engine:
                     artifacts[relative] = path.read_text(encoding="utf-8", errors="replace")
         repo = Repo(Path(task.repository))
         since = job.start_sha or task.base_sha
-        changed = set(git(worktree, "diff", "--name-only", since).stdout.split("\n"))
-        untracked = git(worktree, "ls-files", "--others", "--exclude-standard").stdout
-        changed |= set(untracked.split("\n"))
+        changed = set(git(worktree, "diff", "--name-only", since, "HEAD").stdout.split("\n"))
+        changed |= set((plan or self.plan_commit(task, job)).paths)
         merged = repo.is_merged(task.branch, task.base_branch)
         paths = tuple(sorted(path for path in changed if path))
         return StageFacts(task.work_item, job.stage, artifacts, paths, merged)
@@ -707,8 +741,16 @@ class Engine:
                         data={"outcome": str(verdict.outcome), "gate": verdict.gate},
                     )
         worktree = Path(task.worktree)
-        if worktree.is_dir():
-            commit_all(worktree, f"{task.work_item}: {job.stage} (attempt {job.attempt})")
+        # Only a job that ended well and got a verdict is committed: an agent's failure
+        # and a DEFER (a tool error) leave the worktree as it is, for the next attempt.
+        judged = verdict is not None and verdict.outcome is not Outcome.DEFER
+        if worktree.is_dir() and job_error is None and judged:
+            message = f"{task.work_item}: {job.stage} (attempt {job.attempt})"
+            _, plan = commit_work(
+                worktree, self.commit_policy(task, job), message, f"the {job.stage} job"
+            )
+            if plan.problem is not None:
+                log.warning("job %s: nothing committed: %s", job.id, plan.problem)
         return self._act(task, job, decision, actor)
 
     def _rollback_feedback(self, task: Task, stage: str, reason: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,6 @@ __all__ = [
     "MERGE_METHODS",
     "MergeResult",
     "Repo",
-    "commit_all",
     "git",
 ]
 
@@ -47,8 +46,17 @@ LANDED_ON_TRAILER: Final = "Orch-Landed-On"
 MERGE_METHODS: Final = ("merge", "squash", "rebase")
 
 
-def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``git args`` in ``cwd``; raise :class:`RepositoryError` on failure if ``check``."""
+def git(
+    cwd: Path,
+    *args: str,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``git args`` in ``cwd``; raise :class:`RepositoryError` on failure if ``check``.
+
+    ``env`` adds variables (e.g. ``GIT_INDEX_FILE``); ``stdin`` is written to git's input.
+    """
     try:
         result = subprocess.run(
             ["git", *args],
@@ -56,7 +64,8 @@ def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
             capture_output=True,
             text=True,
             timeout=GIT_TIMEOUT_S,
-            env={**os.environ, **GIT_ENV},
+            env={**os.environ, **GIT_ENV, **(env or {})},
+            input=stdin,
             check=False,
         )
     except FileNotFoundError:
@@ -68,15 +77,6 @@ def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
         first = detail[0] if detail else f"exit code {result.returncode}"
         raise RepositoryError(f"git {' '.join(args[:2])} failed in {cwd}: {first}")
     return result
-
-
-def commit_all(worktree: Path, message: str) -> str | None:
-    """Commit every change in ``worktree``; returns the new commit, or None if clean."""
-    git(worktree, "add", "--all")
-    if git(worktree, "diff", "--cached", "--quiet", check=False).returncode == 0:
-        return None
-    git(worktree, "commit", "--quiet", "--no-verify", "-m", message)
-    return git(worktree, "rev-parse", "HEAD").stdout.strip()
 
 
 @dataclass(frozen=True)

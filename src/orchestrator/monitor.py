@@ -51,8 +51,9 @@ from typing import Any, Final
 import httpx
 import sqlalchemy as sa
 
+from orchestrator.commit_policy import CommitPolicy, commit_work, effective_excludes
 from orchestrator.errors import RepositoryError
-from orchestrator.git import LANDED_ON_TRAILER, MERGED_HEAD_TRAILER, Repo, commit_all, git
+from orchestrator.git import LANDED_ON_TRAILER, MERGED_HEAD_TRAILER, Repo, git
 from orchestrator.journal import Effect, EffectFailedError, Observation, Seen
 from orchestrator.leases import Lease, LeaseManager
 from orchestrator.settings import RepoConfig, Settings
@@ -374,6 +375,8 @@ class ReapplyEffect:
     task: Task
     revert: RevertEffect
     name: str
+    # What the commit of work left in the worktree may take (the engine's policy).
+    policy: CommitPolicy = CommitPolicy()  # noqa: RUF009 - frozen, immutable
 
     def _found(self) -> str | None:
         return _find_trailer(self.repo, self.task.branch, REAPPLY_TRAILER, self.revert.marker)
@@ -395,8 +398,19 @@ class ReapplyEffect:
         if reverted is None:
             raise RepositoryError("the rollback's revert commit is not on the default branch")
         worktree = Path(self.task.worktree)
-        # Work left in the worktree is kept, as the engine keeps it after every job.
-        commit_all(worktree, f"{self.task.work_item}: work in progress before the rollback")
+        # Work left in the worktree is kept, as the engine keeps it after every job, under
+        # the same commit policy (never a venv, node_modules or .env).
+        _, plan = commit_work(
+            worktree,
+            self.policy,
+            f"{self.task.work_item}: work in progress before the rollback",
+            "the work left in the task worktree",
+        )
+        if plan.problem is not None:
+            raise RepositoryError(
+                f"cannot reapply {self.task.work_item}: {plan.problem}; then `orch task "
+                f"rollback {self.task.work_item}`"
+            )
         # The default branch (with the revert) first, then the revert reverted: the
         # branch holds the whole change again on top of what the default branch has.
         steps = (
@@ -437,5 +451,10 @@ def rollback_effects(
     deploy = redeploy(f"redeploy#{rollback}")
     if deploy is not None:
         built.append(deploy)
-    built.append(ReapplyEffect(repo, task, revert, f"reapply#{rollback}"))
+    policy = CommitPolicy(
+        exclude=effective_excludes(config.commit_exclude),
+        max_bytes=settings.commit_max_bytes,
+        max_files=settings.commit_max_files,
+    )
+    built.append(ReapplyEffect(repo, task, revert, f"reapply#{rollback}", policy))
     return built

@@ -87,11 +87,11 @@ class Reconciler:
                 )
             return True
         if job.status == "done":
-            judged = self.engine.evaluate(task, job)
-            decision = self.engine.decide(task, job, None, judged)
+            problem, judged = self.engine.judge(task, job)
+            decision = self.engine.decide(task, job, problem, judged)
             self._event(task, "reconciler.advance", f"job {job.id} is done, stage did not move")
             return self.engine.apply_decision(
-                task, job, judged, None, decision, actor=ACTOR, claim_from=None
+                task, job, judged, problem, decision, actor=ACTOR, claim_from=None
             )
         if job.status == "failed":
             if (job.error or "").startswith(STALE_PREFIXES):
@@ -101,8 +101,7 @@ class Reconciler:
             verdict: Verdict | None = None
             if run is not None and run.exit_code == 0:
                 # The agent succeeded: the failure was the gates' verdict; judge again.
-                verdict = self.engine.evaluate(task, job)
-                job_error = None
+                job_error, verdict = self.engine.judge(task, job)
             decision = self.engine.decide(task, job, job_error, verdict)
             self._event(
                 task, "reconciler.decide", f"job {job.id} failed and no decision was applied"

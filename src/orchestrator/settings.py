@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from orchestrator.commit_policy import DEFAULT_COMMIT_EXCLUDE
 from orchestrator.errors import ConfigError
 from orchestrator.job_env import check_passthrough
 from orchestrator.kernel.decisions import Limits
@@ -280,6 +281,12 @@ class RepoConfig(_Strict):
     # How this repository's task branches are merged; None = the global `merge_method`.
     merge_method: Literal["merge", "squash", "rebase"] | None = None
 
+    # --- workspace and commit policy (docs/workspace.md) --------------------------------
+    # Patterns (gitignore syntax) of paths the engine never commits, on top of the
+    # built-in list (virtualenvs, node_modules, caches, .env*, coverage and build
+    # output); "!<pattern>" drops that pattern from the built-in list.
+    commit_exclude: list[str] = Field(default_factory=list)
+
     @field_validator("skip")
     @classmethod
     def _skippable(cls, value: list[str]) -> list[str]:
@@ -288,6 +295,25 @@ class RepoConfig(_Strict):
 
     _stages_known = field_validator("stages")(_check_stage_keys)
     _forge_repo_shape = field_validator("forge_repo")(_check_forge_repo)
+
+    @field_validator("commit_exclude")
+    @classmethod
+    def _patterns(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        for pattern in value:
+            if not pattern.strip() or any(ch in pattern for ch in "\n\r\0"):
+                raise ValueError(f"{pattern!r} is not a pattern: one non-empty line each")
+            if info.field_name == "worktree_include" and (
+                pattern.startswith("/") or ".." in pattern.split("/")
+            ):
+                raise ValueError(f"{pattern!r} must stay inside the repository (no / or ..)")
+            dropped = pattern[1:]
+            excluding = info.field_name == "commit_exclude"
+            if excluding and pattern.startswith("!") and dropped not in DEFAULT_COMMIT_EXCLUDE:
+                raise ValueError(
+                    f"{pattern!r} drops a built-in pattern, but {dropped!r} is not one; "
+                    f"built-in: {', '.join(DEFAULT_COMMIT_EXCLUDE)}"
+                )
+        return value
 
 
 class PlaneProjectConfig(_Strict):
@@ -361,6 +387,10 @@ class Settings(BaseSettings):
     max_running_jobs_per_repo: int = Field(default=2, ge=1)
     # Size cap of one run's log file; output beyond it is dropped with a marker.
     log_max_bytes: int = Field(default=5_000_000, ge=1024)
+    # The engine's commit after a job: over this many files or bytes it commits nothing
+    # and the stage fails, naming the biggest paths (docs/workspace.md).
+    commit_max_files: int = Field(default=2_000, ge=1)
+    commit_max_bytes: int = Field(default=20_000_000, ge=1)
 
     # --- kill-switches and their scopes (empty list = every repository) -------------------
     # Deterministic test runner on the testing stage instead of the tester agent.

@@ -485,3 +485,21 @@ def test_repository_matched_by_path(tmp_path: Path, repos: tuple[Path, Path]) ->
     assert settings.repo_config(demo).skip == ["architecture"]
     assert settings.repo_config(other).skip == []
     assert settings.repo_config(tmp_path / "anything").skip == []
+
+
+def test_commit_exclude_may_drop_only_a_built_in_pattern(tmp_path: Path) -> None:
+    write_config(tmp_path, '[repos.r]\ncommit_exclude = ["*.sqlite3", "!build/"]\n')
+    assert load_settings().repos["r"].commit_exclude == ["*.sqlite3", "!build/"]
+    message = config_error(tmp_path, '[repos.r]\ncommit_exclude = ["!src/"]\n')
+    assert "'!src/' drops a built-in pattern, but 'src/' is not one" in message
+    assert "orch.toml:2" in message
+
+
+def test_commit_exclude_patterns_are_one_line_each(tmp_path: Path) -> None:
+    message = config_error(tmp_path, '[repos.r]\ncommit_exclude = ["a\\nb"]\n')
+    assert "is not a pattern: one non-empty line each" in message
+
+
+def test_commit_limits_have_sane_defaults(tmp_path: Path) -> None:
+    settings = load_settings()
+    assert (settings.commit_max_files, settings.commit_max_bytes) == (2_000, 20_000_000)

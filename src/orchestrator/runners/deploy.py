@@ -2,18 +2,19 @@
 
 The deploy stage's job checks, without touching the default branch, that the task
 branch merges cleanly (``git merge-tree``) and writes ``15-deploy-report.md``,
-committed on the task branch so the merged history carries it. The merge and the deploy
-command themselves are side effects of the ``deploy -> done`` transition: they run
-under the task's transition lease, through the effect journal, exactly once
-(:mod:`orchestrator.side_effects`).
+committed on the task branch (that file only) so the merged history carries it. The
+merge and the deploy command themselves are side effects of the ``deploy -> done``
+transition: they run under the task's transition lease, through the effect journal,
+exactly once (:mod:`orchestrator.side_effects`).
 """
 
 from __future__ import annotations
 
 import sys
 
+from orchestrator.commit_policy import CommitPolicy, commit_work
 from orchestrator.errors import RepositoryError
-from orchestrator.git import Repo, commit_all, git
+from orchestrator.git import Repo, git
 from orchestrator.kernel.gates import DEPLOY_REPORT_FILE
 from orchestrator.runners.context import TOOL_ERROR_EXIT, RunnerContext, emit_result
 
@@ -47,7 +48,11 @@ def run(context: RunnerContext) -> int:
         report += f"\n## Conflicts\n\n```\n{conflicts[-4000:]}\n```\n"
     (context.artifact_dir / DEPLOY_REPORT_FILE).write_text(report, encoding="utf-8")
     try:
-        commit_all(context.worktree, f"{context.work_item}: deploy preflight")
+        # Its own report only: whatever else a tool left in the worktree stays out.
+        only = (context.artifact_dir.relative_to(context.worktree).as_posix(),)
+        commit_work(
+            context.worktree, CommitPolicy(only=only), f"{context.work_item}: deploy preflight"
+        )
     except RepositoryError as exc:
         print(f"deploy finalizer: {exc}", file=sys.stderr)
         return TOOL_ERROR_EXIT

@@ -105,18 +105,6 @@ def _worktree_env(context: RunnerContext) -> dict[str, str]:
     return env
 
 
-def _untracked(worktree: Path) -> set[str]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--others", "--exclude-standard", "--directory"],
-        cwd=worktree,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    return set(listed.stdout.splitlines())
-
-
 class _Deadline:
     def __init__(self, seconds: float) -> None:
         self.end = time.monotonic() + seconds
@@ -140,25 +128,15 @@ def _maybe_gate(context: RunnerContext, timeout_s: float) -> Iterator[float]:
 def _setup(context: RunnerContext, scratch: Path, deadline: _Deadline) -> CommandResult | None:
     if not context.config.setup_command:
         return None
-    before = _untracked(context.worktree)
-    result = run_command(
+    # What it creates (a venv) is never committed: a runner stage commits only its
+    # report (orchestrator.commit_policy).
+    return run_command(
         context.config.setup_command,
         cwd=context.worktree,
         env=_worktree_env(context),
         timeout_s=deadline.left(context.config.timeout_s),
         log_path=scratch / "setup.log",
     )
-    created = sorted(_untracked(context.worktree) - before)
-    if result.ok and created:
-        # The engine commits the worktree after the job: a venv must be git-ignored.
-        shown = ", ".join(created[:5])
-        return replace(
-            result,
-            exit_code=None,
-            start_error=f"it created paths git does not ignore ({shown}); "
-            "add them to .gitignore, or the engine would commit them",
-        )
-    return result
 
 
 def _test_argv(context: RunnerContext, scratch: Path) -> tuple[list[str], str | None]:
