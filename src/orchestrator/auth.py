@@ -281,18 +281,22 @@ def telegram_actor(user: Mapping[str, object]) -> str:
 
 
 def telegram_buttons_enabled(settings: Settings) -> bool:
-    """Buttons act in a private chat, or in a public ``@channel`` with an allow-list."""
-    return not (settings.telegram_chat_id.startswith("@") and not settings.telegram_allowed_users)
+    """Buttons act only once ``telegram_allowed_users`` names who may press them.
+
+    Secure by default: being in the chat is not an authorisation (a group gains members,
+    a public ``@channel`` has viewers), so with an empty list the card has no buttons and
+    a press, forged or left over, is refused.
+    """
+    return bool(settings.telegram_allowed_users)
 
 
 def telegram_user_allowed(settings: Settings, user: Mapping[str, object]) -> bool:
     """Whether the sender may press the card's buttons (see ``telegram_allowed_users``).
 
-    An empty list lets every member of a private ``telegram_chat_id`` act (being in the
-    chat is the authorisation) and no one in a public channel.
+    An empty list lets no one act.
     """
     if not settings.telegram_allowed_users:
-        return telegram_buttons_enabled(settings)
+        return False
     number = user.get("id")
     username = user.get("username")
     for entry in settings.telegram_allowed_users:

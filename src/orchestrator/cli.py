@@ -208,7 +208,7 @@ INIT_TEMPLATE = """\
 # <data_dir>/api-token; `orch token create NAME --role viewer|operator|admin` makes more.
 # public_read = false               # reads without a token
 # allowed_hosts = ["localhost", "127.0.0.1", "::1"]  # add your reverse proxy's name
-# telegram_allowed_users = ["@alice", "123456789"]   # who may press the card's buttons
+# telegram_allowed_users = ["@alice", "123456789"]   # who may press buttons; empty: no one
 
 # The agent that works on each stage. Built in: "claude" (Claude Code),
 # "scripted" (offline, deterministic), and the runners "runner:tests",

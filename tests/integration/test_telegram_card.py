@@ -242,7 +242,8 @@ def make_world(
         f"telegram_chat_id = {json.dumps(CHAT)}\n"
         f"telegram_api_base_url = {json.dumps(fake.url)}\n"
         f"telegram_webhook_secret = {json.dumps(SECRET)}\n"
-        "outbox_backoff_s = 0\n" + extra + SCRIPTED
+        "outbox_backoff_s = 0\n"
+        'telegram_allowed_users = ["@alice"]\n' + extra + SCRIPTED
     )
     settings = load_settings(config)
     delivery = build_delivery(settings, store, owner="boot-test")
@@ -624,25 +625,35 @@ def test_an_unauthorised_telegram_user_cannot_approve(world: World) -> None:
         assert post(client, bob).json()["text"] == "SVC-2: approved"
 
 
-def test_a_public_channel_without_an_allow_list_gets_no_working_buttons(world: World) -> None:
+@pytest.mark.parametrize("chat", [CHAT, "@orchnews"], ids=["private-group", "public-channel"])
+def test_without_an_allow_list_no_one_may_press(world: World, chat: str) -> None:
+    """Seen failing before: with no telegram_allowed_users any chat member approved."""
     task = world.move(world.create(), "brd-approval")
     world.delivery.deliver_due()
     [card] = world.fake.visible(CHAT)
-    public = world.settings.model_copy(update={"telegram_chat_id": "@orchnews"})
-    assert load_card_view(world.store, public, task.id).actions == ()
-    listed = public.model_copy(update={"telegram_allowed_users": ["@alice"]})
+    unlisted = world.settings.model_copy(
+        update={"telegram_chat_id": chat, "telegram_allowed_users": []}
+    )
+    assert load_card_view(world.store, unlisted, task.id).actions == ()
+    listed = unlisted.model_copy(update={"telegram_allowed_users": ["@alice"]})
     assert load_card_view(world.store, listed, task.id).actions == ("approve", "reject", "cancel")
 
     update = world.fake.callback_update(CHAT, card.message_id, f"approve:{task.id}")
-    update["callback_query"]["message"]["chat"] = {
-        "id": -1001,
-        "type": "channel",
-        "username": "orchnews",
-    }
-    with steering_app(world, telegram_chat_id="@orchnews") as client:
+    if chat.startswith("@"):
+        update["callback_query"]["message"]["chat"] = {
+            "id": -1001,
+            "type": "channel",
+            "username": chat[1:],
+        }
+    with steering_app(world, telegram_chat_id=chat, telegram_allowed_users=[]) as client:
         answer = post(client, update).json()
-    assert answer["text"].startswith("Not allowed: buttons are off in a public channel")
+    assert answer["text"] == (
+        "Not allowed: no one may press until telegram_allowed_users lists who may."
+    )
     assert world.store.get_task(task.id).stage == "brd-approval"
+    if not chat.startswith("@"):  # the press came from the card's own chat: on its trail
+        [event] = refused_events(world, task)
+        assert event.actor == "telegram:@alice(4242)"
 
 
 def test_a_press_acts_only_on_the_task_whose_card_was_pressed(

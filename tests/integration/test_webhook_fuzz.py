@@ -128,6 +128,7 @@ def app_client(tmp_path: Path) -> Iterator[tuple[httpx.Client, Store]]:
         f'plane_webhook_secret = "{SECRETS["plane"]}"\n'
         f'telegram_webhook_secret = "{SECRETS["telegram"]}"\n'
         'telegram_chat_id = "-100"\n'
+        'telegram_allowed_users = ["@alice"]\n'
         "webhook_max_body_bytes = 4096\n"
         + "".join(
             f'[stages.{stage}]\nagent = "scripted"\n'

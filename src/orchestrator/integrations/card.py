@@ -325,6 +325,6 @@ def load_card_view(store: Store, settings: Settings, task_id: int) -> CardView:
     stages = settings.pipeline_for(Path(task.repository)).stages()
     view = build_card_view(task, stages, runs, run_stages, cancelled_from=cancelled_from)
     if not telegram_buttons_enabled(settings):
-        # A public channel without telegram_allowed_users: any viewer could press them.
+        # No telegram_allowed_users: nobody may press, so the card offers nothing.
         view = replace(view, actions=())
     return view

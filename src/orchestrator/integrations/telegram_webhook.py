@@ -201,7 +201,7 @@ def _refusal(
 ) -> str | None:
     """Why this press may not act (the answer the person sees), or None."""
     if not telegram_buttons_enabled(settings):
-        return "Not allowed: buttons are off in a public channel (set telegram_allowed_users)."
+        return "Not allowed: no one may press until telegram_allowed_users lists who may."
     if not telegram_user_allowed(settings, user):
         return "Not allowed: you are not in telegram_allowed_users."
     if card_task != task_id:
