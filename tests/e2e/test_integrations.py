@@ -168,7 +168,7 @@ def telegram_config(fake: FakeTelegram) -> str:
         f"telegram_api_base_url = {json.dumps(fake.url)}\n"
         f'telegram_webhook_secret = "{TELEGRAM_SECRET}"\n'
         "outbox_backoff_s = 0.2\n"
-        'telegram_allowed_users = ["@alice"]\n'
+        'telegram_allowed_users = ["@alice", "@bob"]\n'
     )
 
 
