@@ -119,6 +119,8 @@ class _Live:
     timeout_s: float
     start_error: str | None = None
     budget: RunBudgetWatch | None = None
+    # ENVIRONMENT when the job could not run because of its environment (kernel cause).
+    cause: str = ""
 
 
 def _tail_line(text: str) -> str:
@@ -344,7 +346,9 @@ class Engine:
             argv, env, prompt = self._command(spec, job, task, log_path)
             timeout_s = spec.config.timeout_s or self.settings.agent_timeout_s
         except OrchestratorError as exc:
-            return self._start_failed(job, task, log_path, spec, str(exc))
+            # The agent's configuration is unusable (an unknown agent, a bad template):
+            # a person fixes orch.toml, retrying cannot.
+            return self._start_failed(job, task, log_path, spec, str(exc), cause=ENVIRONMENT)
         try:
             start_sha = git(worktree, "rev-parse", "HEAD").stdout.strip()
             process = spawn(
@@ -389,8 +393,17 @@ class Engine:
         return True
 
     def _start_failed(
-        self, job: Job, task: Task, log_path: Path, spec: AgentSpec | None, reason: str
+        self,
+        job: Job,
+        task: Task,
+        log_path: Path,
+        spec: AgentSpec | None,
+        reason: str,
+        *,
+        cause: str = "",
     ) -> bool:
+        """Record a job that could not start; ``cause=ENVIRONMENT`` (e.g. a failed
+        workspace hook) sends the task to a person instead of retrying it."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(f"[orch: {reason}]\n", encoding="utf-8")
         with self.store.transaction() as tx:
@@ -403,7 +416,7 @@ class Engine:
                 attempt=job.attempt,
                 log_path=str(log_path),
             )
-        self._live[job.id] = _Live(job, task, run_id, None, 0.0, start_error=reason)
+        self._live[job.id] = _Live(job, task, run_id, None, 0.0, start_error=reason, cause=cause)
         return True
 
     def _command(
@@ -569,7 +582,8 @@ class Engine:
                     **runner_facts,
                 },
             )
-        self.finalize(job, exit_code, killed or live.start_error or outcome.error, output)
+        error = killed or live.start_error or outcome.error
+        self.finalize(job, exit_code, error, output, cause=live.cause)
 
     def finalize(
         self,
@@ -579,15 +593,18 @@ class Engine:
         output: str,
         *,
         actor: str = ACTOR,
+        cause: str = "",
     ) -> bool:
-        """Judge a finished job and apply the decision; False if another actor won."""
+        """Judge a finished job and apply the decision; False if another actor won.
+
+        ``cause=ENVIRONMENT`` (or a runner's ``defer_cause``) marks a failure a person
+        must fix: the kernel fails the task at once instead of retrying it."""
         try:
             task = self.store.get_task(job.task_id)
             if task.stage != job.stage or task.failed:
                 self._lost(job, task, f"task moved to {task.stage} while the job ran", actor)
                 return False
             job_error = error
-            cause = ""
             facts = _runner_facts(output)
             if exit_code != 0 and facts.get("defer_cause") == ENVIRONMENT:
                 # The runner says a person must fix its environment (runners/context.py).

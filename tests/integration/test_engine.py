@@ -576,6 +576,27 @@ def test_a_missing_agent_binary_is_recorded_retried_then_fails_the_task(world: W
     assert engine.idle()
 
 
+def test_an_agent_the_configuration_no_longer_knows_waits_for_a_person(world: World) -> None:
+    settings = world.configure(max_attempts=3)
+    task = world.create("T-1")  # created while [agents.sh] exists
+    broken = settings.model_copy(update={"agents": {}})
+    engine = world.engine(broken)
+
+    world.drive(engine, world.ended(task), "the task's failure")
+
+    failed = world.task(task)
+    assert failed.failed
+    reason = failed.failed_reason or ""
+    assert "needs a person" in reason
+    assert "'sh'" in reason
+    assert "`orch task retry T-1`" in reason
+    assert [(job.attempt, job.status) for job in jobs_of(world, task)] == [(1, "failed")]
+    kinds = world.kinds(task)
+    assert "job.retry" not in kinds
+    failure = next(e for e in world.store.task_events(task.id) if e.kind == "task.failed")
+    assert failure.data == {"cause": "environment"}
+
+
 def test_a_huge_output_is_capped_in_the_log_but_the_result_line_is_kept(world: World) -> None:
     cap = 2048
     world.configure(

@@ -200,3 +200,42 @@ def test_huge_report_lines_are_capped() -> None:
     text = rollback_feedback(stage="testing", reason="r", report_path="r.md", report=report)
     assert len(text) <= MAX_FEEDBACK_CHARS
     assert "`t.py::x`" in text
+
+
+def test_a_staging_fail_sends_the_verdict_the_smoke_and_the_service_log_tail() -> None:
+    from orchestrator.runners.context import RunnerContext
+    from orchestrator.runners.smoke import SmokeResult
+    from orchestrator.runners.staging import _render, _Staging
+
+    context = RunnerContext(
+        "T-1", "deploy-staging", Path("/w"), Path("/w/docs"), Path("/r"), "orch/T-1", "main"
+    )
+    staging = _Staging(
+        result="FAIL",
+        reason="the smoke failed: /queue answered 500",
+        argv=("svc", "--port", "8000"),
+        port=8000,
+        smoke=[
+            SmokeResult("/health", "http://127.0.0.1:8000/health", 200, 1.0),
+            SmokeResult("/queue", "http://127.0.0.1:8000/queue", 500, 2.0),
+        ],
+        log="\n".join(f"service line {n}" for n in range(300)),
+    )
+    text = rollback_feedback(
+        stage="deploy-staging",
+        reason="14-staging-report.md: result FAIL",
+        report_path="docs/work-items/T-1/14-staging-report.md",
+        report=_render(context, staging),
+    )
+    assert text.startswith("deploy-staging failed: 14-staging-report.md: result FAIL\n")
+    assert "Full report: docs/work-items/T-1/14-staging-report.md (in your worktree)." in text
+    assert "Verdict: FAIL, the smoke failed: /queue answered 500." in text
+    assert "| `http://127.0.0.1:8000/queue` | 500 |" in text
+    assert "service line 299" in text
+    assert len(text.splitlines()) <= MAX_FEEDBACK_LINES
+
+
+def test_a_post_deploy_rollback_sends_the_monitors_report() -> None:
+    text = post_deploy_feedback("# Post-deploy monitor report\n\nresult: UNHEALTHY\n")
+    assert text.startswith("deploy failed: the post-deploy health check")
+    assert "result: UNHEALTHY" in text
