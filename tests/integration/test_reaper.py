@@ -130,11 +130,12 @@ class Actor(Engine):
         output: str,
         *,
         actor: str = "engine",
+        cause: str = "",
     ) -> bool:
         if actor == "engine" and self.hold_monitor:
             self.held.append((job, exit_code, error, output))
             return False  # still "finalizing": pushing, commenting, ...
-        return super().finalize(job, exit_code, error, output, actor=actor)
+        return super().finalize(job, exit_code, error, output, actor=actor, cause=cause)
 
     def resume_monitor(self) -> bool:
         """The paused monitor finalizes now, as it would have."""
