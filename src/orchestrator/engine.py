@@ -274,7 +274,7 @@ class Engine:
                 if adopted:
                     running_for = time.time() - (job.started_at or time.time())
                     adopted_process = RunningProcess.adopt(job.pid or 0, log_path, running_for)
-                    timeout = self.settings.agent_timeout_s
+                    timeout = self._timeout_of(job, task)
                     self._live[job.id] = _Live(job, task, run.id, adopted_process, timeout)
                 continue
             process = RunningProcess.adopt(job.pid or 0, log_path, 0.0) if log_path else None
@@ -291,6 +291,14 @@ class Engine:
             self._finish(
                 live, None if exit_code == -1 else exit_code, claim_from="running", output=output
             )
+
+    def _timeout_of(self, job: Job, task: Task) -> float:
+        """The job's timeout as when it started: its agent's or stage's, else the global."""
+        try:
+            spec = resolve_agent(self.settings, job.agent, Path(task.repository), job.stage)
+        except OrchestratorError:
+            return self.settings.agent_timeout_s
+        return spec.config.timeout_s or self.settings.agent_timeout_s
 
     def _finalize_orphan(self, job: Job, exit_code: int | None, output: str) -> None:
         error = None if exit_code is not None else "the job's engine died before it ended"

@@ -6,24 +6,50 @@ bytes in a tail file, and writes the exit code into an exit file when the comman
 Because the job never writes into a pipe held by the engine, it survives an engine crash;
 the next engine adopts it and, when it ends, reads its exit code and tail from the files.
 
-The launcher ignores SIGTERM so that a tree-kill's SIGTERM reaches the command and the
-launcher can still record how it ended; a SIGKILL ends both and leaves no exit file.
+**Nothing the job started outlives it.** A process group is not enough: Claude Code runs
+each Bash tool command in a session of its own, and ``setsid`` or a double fork leaves
+any group. So the launcher makes itself the job's *child subreaper*
+(``prctl(PR_SET_CHILD_SUBREAPER)``, Linux): whatever the job starts, however it
+detaches, is re-parented to the launcher when its parent dies, never to init, and stays
+in the launcher's tree. When the command exits, or when the launcher is told to stop
+(SIGTERM: the engine's kill, a timeout, a cancelled task, also of an adopted job), it
+kills its whole tree (every descendant found under its pid in ``/proc``, found again and
+again: SIGTERM, a grace period, then SIGKILL until none is left), and only then records
+the exit. A SIGKILL of the launcher itself is the one thing it cannot answer: the engine
+sends it only after the launcher's own grace, and first SIGKILLs the launcher's tree
+(:func:`kill_tree`), which is still the launcher's while it lives.
 
 Standard library only: it starts fast and cannot fail on an import of ours.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import deque
 from pathlib import Path
+from types import FrameType
+from typing import IO
+
+__all__ = ["STOP_GRACE_S", "become_subreaper", "descendants", "kill_tree", "main", "run"]
 
 TAIL_BYTES = 256 * 1024
 READ_CHUNK_BYTES = 64 * 1024
 USAGE = "usage: python -m orchestrator.launcher LOG TAIL EXIT MAX_BYTES -- COMMAND..."
+# prctl(2) option: orphaned descendants are re-parented to us instead of init.
+PR_SET_CHILD_SUBREAPER = 36
+# Between the SIGTERM to the job's tree and the SIGKILL (the engine waits longer).
+STOP_GRACE_S = 3.0
+POLL_S = 0.05
+# SIGKILL sweeps before giving up on a tree that keeps changing (a fork bomb).
+MAX_KILL_SWEEPS = 200
+# After the tree is dead, how long the output may take to reach its end.
+DRAIN_TIMEOUT_S = 5.0
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -32,43 +58,178 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def run(log: Path, tail_path: Path, exit_path: Path, max_bytes: int, argv: list[str]) -> int:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def become_subreaper() -> bool:
+    """Make orphaned descendants ours (Linux); False where the kernel cannot."""
     try:
-        child = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            # The command must react to SIGTERM even though we ignore it.
-            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),  # noqa: PLW1509
-        )
+        import ctypes  # noqa: PLC0415 - only on the launcher's path
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state) of every process in /proc."""
+    table: dict[int, tuple[int, str]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return table
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as handle:
+                stat = handle.read()
+        except OSError:
+            continue  # exited while we looked
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1:
+            table[int(name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every process under ``root`` (not ``root`` itself): pid -> state (``Z`` = zombie)."""
+    children: dict[int, list[int]] = {}
+    table = _process_table()
+    for pid, (ppid, _state) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: dict[int, str] = {}
+    stack = list(children.get(root, ()))
+    while stack:
+        pid = stack.pop()
+        if pid in found:
+            continue
+        found[pid] = table[pid][1]
+        stack.extend(children.get(pid, ()))
+    return found
+
+
+def _living(root: int) -> list[int]:
+    return [pid for pid, state in descendants(root).items() if state not in ("Z", "X")]
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def reap_orphans(keep: int | None = None) -> None:
+    """Collect our exited children except ``keep`` (the job's command: Popen reaps it)."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid == keep:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, 0)
+
+
+def kill_tree(
+    root: int, grace_s: float = STOP_GRACE_S, *, keep: int | None = None, reap: bool = False
+) -> bool:
+    """SIGTERM every process under ``root``, wait up to ``grace_s`` for them to end, then
+    SIGKILL what is left, sweep after sweep, until nothing under ``root`` lives.
+
+    ``reap``: ``root`` is us, so collect our exited children as we go (all but ``keep``).
+    Returns whether anything was found running.
+    """
+    living = _living(root)
+    if not living:
+        return False
+    _signal(living, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    termed = set(living)
+    while living and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        if reap:
+            reap_orphans(keep)
+        living = _living(root)
+        # Started meanwhile: they get their SIGTERM too.
+        _signal([pid for pid in living if pid not in termed], signal.SIGTERM)
+        termed.update(living)
+    for _ in range(MAX_KILL_SWEEPS):
+        if not living:
+            break
+        _signal(living, signal.SIGKILL)
+        time.sleep(0.01)
+        if reap:
+            reap_orphans(keep)
+        living = _living(root)
+    return True
+
+
+class _Output:
+    """Copies the job's output into the log (capped) and keeps its tail, on a thread."""
+
+    def __init__(self, stream: IO[bytes], log: Path, max_bytes: int) -> None:
+        self.tail: deque[bytes] = deque()
+        self._tail_size = 0
+        self._stream = stream
+        self._log = log
+        self._max_bytes = max_bytes
+        self.thread = threading.Thread(target=self._copy, name="launcher-output", daemon=True)
+        self.thread.start()
+
+    def _copy(self) -> None:
+        written = 0
+        with self._log.open("ab") as sink:
+            while chunk := self._stream.read1(READ_CHUNK_BYTES):  # type: ignore[attr-defined]
+                self.tail.append(chunk)
+                self._tail_size += len(chunk)
+                while self._tail_size - len(self.tail[0]) >= TAIL_BYTES:
+                    self._tail_size -= len(self.tail.popleft())
+                if written < self._max_bytes:
+                    room = self._max_bytes - written
+                    sink.write(chunk[:room])
+                    written += min(room, len(chunk))
+                    if written >= self._max_bytes:
+                        sink.write(f"\n[orch: log capped at {self._max_bytes} bytes]\n".encode())
+                    sink.flush()
+
+    def tail_bytes(self) -> bytes:
+        return b"".join(list(self.tail))
+
+
+def run(log: Path, tail_path: Path, exit_path: Path, max_bytes: int, argv: list[str]) -> int:
+    stop = threading.Event()
+
+    def on_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    # Not ignored: a handler, so the command gets the default SIGTERM (exec resets
+    # handlers, not ignored signals) and we can still record how it ended.
+    signal.signal(signal.SIGTERM, on_stop)
+    become_subreaper()
+    me = os.getpid()
+    try:
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except OSError as exc:
         message = f"[orch: cannot start {argv[0]!r}: {exc.strerror}]\n".encode()
         log.write_bytes(message)
         _write_atomic(tail_path, message)
         _write_atomic(exit_path, b"127")
         return 127
-    tail: deque[bytes] = deque()
-    tail_size = 0
-    written = 0
     assert child.stdout is not None
-    with log.open("ab") as sink:
-        while chunk := child.stdout.read1(READ_CHUNK_BYTES):  # type: ignore[attr-defined]
-            tail.append(chunk)
-            tail_size += len(chunk)
-            while tail_size - len(tail[0]) >= TAIL_BYTES:
-                tail_size -= len(tail.popleft())
-            if written < max_bytes:
-                room = max_bytes - written
-                sink.write(chunk[:room])
-                written += min(room, len(chunk))
-                if written >= max_bytes:
-                    sink.write(f"\n[orch: log capped at {max_bytes} bytes]\n".encode())
-                sink.flush()
+    output = _Output(child.stdout, log, max_bytes)
+    while child.poll() is None and not stop.is_set():
+        reap_orphans(keep=child.pid)
+        stop.wait(POLL_S)
+    # The command ended, or we were told to stop: nothing it started may stay.
+    kill_tree(me, keep=child.pid, reap=True)
     code = child.wait()
+    reap_orphans()
+    # Every writer of the pipe is dead now, so its end comes at once.
+    output.thread.join(DRAIN_TIMEOUT_S)
     if code < 0:
         code = 128 - code  # killed by a signal: the shell's convention
-    _write_atomic(tail_path, b"".join(tail))
+    _write_atomic(tail_path, output.tail_bytes())
     _write_atomic(exit_path, str(code).encode())
     return code
 

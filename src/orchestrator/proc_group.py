@@ -1,8 +1,13 @@
 """Child processes in their own process group, with a capped log and a tree-kill.
 
 Every job runs in a new session (``start_new_session=True``) led by the launcher
-(:mod:`orchestrator.launcher`), so stopping it is SIGTERM to the whole group, a grace
-period, then SIGKILL to the group: no grandchild survives. The launcher copies the
+(:mod:`orchestrator.launcher`), which is the job's child subreaper: whatever the job
+starts, in whatever session or group, stays in the launcher's process tree, and the
+launcher kills that whole tree when the job's command ends or when it gets SIGTERM.
+Stopping a job is SIGTERM to its group (the command and the launcher), a grace period
+in which the launcher kills the tree and records the exit, then, only if the launcher
+did not finish, SIGKILL to every process under it (:func:`~orchestrator.launcher.kill_tree`)
+and to the group: no grandchild survives, detached or not. The launcher copies the
 output (stdout and stderr merged) into the run's log up to a size cap and keeps the last
 bytes in a tail file, so the result line an agent prints at the end (Claude Code's JSON)
 is never lost to the cap, and records the exit code in a file: a job outlives an engine
@@ -23,16 +28,20 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Final
 
+from orchestrator.launcher import STOP_GRACE_S, kill_tree
+
 __all__ = ["KILL_GRACE_S", "RunningProcess", "kill_group", "spawn"]
 
-KILL_GRACE_S: Final = 5.0
+# Longer than the launcher's own grace (STOP_GRACE_S), so it can kill its tree itself.
+KILL_GRACE_S: Final = STOP_GRACE_S + 2.0
 TAIL_BYTES: Final = 256 * 1024
 
 
 def kill_group(
     pid: int, grace_s: float = KILL_GRACE_S, reap: Callable[[], object] | None = None
 ) -> None:
-    """SIGTERM the process group of ``pid``, wait ``grace_s``, then SIGKILL it.
+    """SIGTERM the process group of ``pid``, wait ``grace_s``, then SIGKILL every
+    process under ``pid`` and the group.
 
     ``reap`` collects our own exited child meanwhile: an unreaped zombie still belongs
     to the group and would make the wait last the whole grace period.
@@ -50,6 +59,12 @@ def kill_group(
         if not _group_has_live_members(pgid):
             return
         time.sleep(0.05)
+    # The launcher did not finish its own stop in time. Freeze the group (the launcher
+    # stays the parent of the orphans and does nothing more), SIGKILL everything under
+    # it (after its death they would belong to init), then the group itself.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGSTOP)
+    kill_tree(pid, grace_s=0)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
 

@@ -91,6 +91,12 @@ def start(tmp_path: Path) -> Iterator[Start]:
         if popen.stdin is not None:
             with contextlib.suppress(OSError):
                 popen.stdin.close()
+    # A detached sleeper a failed test left behind (its pid written by itself).
+    pid_file = tmp_path / "pids"
+    for pid in pid_file.read_text().split() if pid_file.is_file() else ():
+        with contextlib.suppress(OSError):
+            if b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(int(pid), signal.SIGKILL)
 
 
 def wait_exit(process: RunningProcess) -> int:
@@ -183,8 +189,9 @@ def test_a_job_that_ignores_sigterm_is_sigkilled_after_the_grace(
         # kill_group calls this between its SIGTERM and its SIGKILL: the job got the
         # SIGTERM, outlived it, and so did the grandchild.
         if not during_the_grace:
+            # (The launcher's own stop sends the tree a second SIGTERM: more marks.)
             wait_for(
-                lambda: marks.is_file() and marks.read_text() == "term\nalive\n",
+                lambda: marks.is_file() and marks.read_text().startswith("term\nalive\n"),
                 "the job marks the SIGTERM and outlives it",
             )
             during_the_grace.append(not pid_gone(grandchild) and popen.poll() is None)
@@ -271,3 +278,83 @@ def test_a_missing_program_raises_file_not_found(tmp_path: Path) -> None:
             log_path=tmp_path / "missing.log",
             max_log_bytes=LOG_CAP_BYTES,
         )
+
+
+# --- detached descendants: the launcher is their subreaper ----------------------------------
+
+# Two processes that leave the job's session and group: `setsid` (a session of its own,
+# as Claude Code gives each Bash command) and a double fork into a new session (the
+# daemon's way: its parent exits at once, so it is an orphan). Each writes its own pid
+# before it becomes the long sleep (so the pid is the sleep's).
+_SLEEPER: Final = (
+    "setsid sh -c 'echo $$ >> \"$OUT/pids\"; exec sleep {never}' >/dev/null 2>&1 </dev/null"
+)
+DETACHED: Final = (
+    f"{_SLEEPER} & ( {_SLEEPER} & ) ; "
+    'while [ "$(wc -l < "$OUT/pids" 2>/dev/null || echo 0)" -lt 2 ]; do sleep 0.02; done; '
+).format(never=f"{NEVER_S:.0f}")
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X")
+
+
+def detached_pids(tmp_path: Path, process: RunningProcess) -> list[int]:
+    pids = grandchildren(tmp_path / "pids", 2)
+    for pid in pids:
+        assert running(pid)
+        assert os.getsid(pid) not in (process.pid, os.getsid(0)), "not detached"
+    return pids
+
+
+def test_nothing_a_job_started_outlives_its_end(start: Start, tmp_path: Path) -> None:
+    process = start(DETACHED + "exit 0")
+    pids = detached_pids(tmp_path, process)
+
+    # The exit is recorded only once the launcher killed its whole tree.
+    assert wait_exit(process) == 0
+    assert [pid for pid in pids if running(pid)] == []
+
+
+def test_a_kill_leaves_no_detached_descendant(start: Start, tmp_path: Path) -> None:
+    process = start(DETACHED + f"exec sleep {NEVER_S:.0f}")
+    pids = detached_pids(tmp_path, process)
+
+    process.kill("timed out after 1s")
+
+    assert wait_exit(process) == KILLED_BY_SIGTERM
+    assert [pid for pid in pids if running(pid)] == []
+
+
+def test_the_kill_of_an_adopted_job_reaches_its_detached_descendants(
+    start: Start, tmp_path: Path
+) -> None:
+    # A new engine knows only the launcher's pid and the job's files.
+    process = start(DETACHED + f"exec sleep {NEVER_S:.0f}")
+    pids = detached_pids(tmp_path, process)
+    adopted = RunningProcess.adopt(process.pid, process.log_path, running_for_s=60.0)
+
+    adopted.kill("timed out after 60s")
+
+    assert adopted.recorded_exit() == KILLED_BY_SIGTERM
+    assert [pid for pid in pids if running(pid)] == []
+
+
+def test_a_detached_descendant_that_ignores_sigterm_is_sigkilled(
+    start: Start, tmp_path: Path
+) -> None:
+    process = start(
+        'setsid sh -c \'trap "" TERM; echo $$ >> "$OUT/pids"; '
+        f"exec sleep {NEVER_S:.0f}' >/dev/null 2>&1 </dev/null & "
+        'while [ ! -s "$OUT/pids" ]; do sleep 0.02; done; exit 0'
+    )
+    [pid] = grandchildren(tmp_path / "pids", 1)
+    assert running(pid)
+
+    assert wait_exit(process) == 0
+    assert not running(pid)
