@@ -120,6 +120,8 @@ def _signal(pids: list[int], signum: int) -> None:
 
 def reap_orphans(keep: int | None = None) -> None:
     """Collect our exited children except ``keep`` (the job's command: Popen reaps it)."""
+    if not hasattr(os, "waitid"):
+        return  # not Linux: no subreaper, so no orphan of the job is ours to collect
     while True:
         try:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)

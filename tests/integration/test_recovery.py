@@ -478,7 +478,15 @@ def test_an_effect_in_flight_at_sigkill_completes_exactly_once_after_restart(
     deploy = world.tmp_path / "deploy.sh"
     deploy.write_text(f"OUT={world.out}\n" + DEPLOY.format(await_release=AWAIT_RELEASE))
     deploys = world.out / "deploys.log"
-    body = "".join(f'\n[stages.{stage}]\nagent = "scripted"\n' for stage in SCRIPTED_STAGES)
+    recipe = world.tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE)
+    # The recipe reaches the agent through its own env (orch's environment does not).
+    body = (
+        "\n[agents.scripted]\n"
+        'command = ["{python}", "-m", "orchestrator.agents.scripted", "--stage", "{stage}"]\n'
+        f"env = {{ ORCH_SCRIPTED_RECIPE = {json.dumps(str(recipe))} }}\n"
+    )
+    body += "".join(f'\n[stages.{stage}]\nagent = "scripted"\n' for stage in SCRIPTED_STAGES)
     check = f"tail -n 1 {deploys} 2>/dev/null | cut -d' ' -f2"
     body += (
         f"\n[repos.{world.repo.name}]\n"
@@ -488,11 +496,8 @@ def test_an_effect_in_flight_at_sigkill_completes_exactly_once_after_restart(
     # No grace: the restarted reconciler may repair the interrupted transition at once.
     world.configure(body, skip=["brd-approval"], reaper_finalize_grace_s=0, port=free_port())
     task = world.create("D-1")
-    recipe = world.tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE)
-    env = {"ORCH_SCRIPTED_RECIPE": str(recipe)}
 
-    first = world.orch("serve", log="serve-1.log", env=env)
+    first = world.orch("serve", log="serve-1.log")
     wait_for(lambda: lines(world.out / "deploy-starts") == ["D-1"], "the deploy started", 60)
     wait_for(lambda: deploy_intent_pid(world.store, task) is not None, "the deploy's pid")
     first.send_signal(signal.SIGKILL)
@@ -503,7 +508,7 @@ def test_an_effect_in_flight_at_sigkill_completes_exactly_once_after_restart(
     assert world.task(task).stage == "deploy"
     assert merges_of(world.repo, "D-1") == 1  # merged before the deploy started
 
-    second = world.orch("serve", log="serve-2.log", env=env)
+    second = world.orch("serve", log="serve-2.log")
 
     def waiting_or_rerun() -> bool:
         waits = [e for e in kinds(world.events(task), "transition.deferred") if "still" in e.reason]
