@@ -408,7 +408,14 @@ def task_show(context: Context, ref: str, repo: Path | None, as_json: bool) -> N
     if found.failed_reason:
         out.print(f"failed:     {found.failed_reason}", markup=False)
     out.print(f"repository: {found.repository}  (branch {found.branch} from {found.base_branch})")
-    out.print(f"worktree:   {found.worktree}")
+    if found.worktree_removed_at is None:
+        out.print(f"worktree:   {found.worktree}", markup=False)
+    else:
+        removed = time.strftime("%Y-%m-%d %H:%M", time.localtime(found.worktree_removed_at))
+        out.print(
+            f"worktree:   removed {removed} (the branch {found.branch} keeps the commits)",
+            markup=False,
+        )
     _print_next_steps(steps, found)
     runs = store.task_runs(found.id)
     summary = Table("stage", "agent", "attempts", "duration", "cost", "result", box=None)
@@ -692,6 +699,73 @@ def serve(context: Context) -> None:
         context.settings, context.store, notifier=notifier, engine=engine, delivery=delivery
     )
     sys.exit(code)
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+@cli.command("gc")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def gc_command(context: Context, dry_run: bool, as_json: bool) -> None:
+    """Remove what ended tasks left behind and report the space freed.
+
+    \b
+    - worktrees of done and cancelled tasks (at once, by default) and of
+      failed tasks older than worktree_retention_failed_s (7 days);
+    - directories under <data_dir>/worktrees that no task owns;
+    - git's entries of worktrees whose directory is gone (git worktree prune).
+
+    Branches are kept (delete_branch_on_done deletes merged ones of done tasks),
+    and so are run logs. A running engine does the first sweep every minute by
+    itself. Exit code 1 when something could not be removed.
+    """
+    from orchestrator.gc import GcReport, collect_garbage  # noqa: PLC0415 - keep --help fast
+
+    report = (
+        collect_garbage(context.store, context.settings, dry_run=dry_run)
+        if context.has_database()  # no database: no tasks, nothing they left behind
+        else GcReport(dry_run=dry_run)
+    )
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        verb = "would remove" if dry_run else "removed"
+        for item in report.released:
+            branch = f" and branch orch/{item.work_item}" if item.branch_deleted else ""
+            out.print(
+                f"{verb} {item.work_item} ({item.reason}): {item.path}{branch}, "
+                f"{_size(item.bytes)}",
+                markup=False,
+            )
+        for orphan in report.orphans:
+            out.print(f"{verb} orphan {orphan.path}, {_size(orphan.bytes)}", markup=False)
+        for pruned in report.pruned:
+            out.print(
+                f"{'would prune' if dry_run else 'pruned'} {len(pruned.entries)} stale worktree "
+                f"entries in {pruned.repository}",
+                markup=False,
+            )
+        for kept in report.kept:
+            until = (
+                f" until {time.strftime('%Y-%m-%d %H:%M', time.localtime(kept.until))}"
+                if kept.until
+                else ""
+            )
+            out.print(f"kept {kept.work_item}: {kept.reason}{until}", markup=False)
+        for failure in report.failed:
+            err.print(f"could not remove {failure['path']}: {failure['error']}", markup=False)
+        freed = _size(report.bytes_freed)
+        out.print(f"would free {freed}" if dry_run else f"freed {freed}")
+    if report.failed:
+        sys.exit(1)
 
 
 @cli.command()

@@ -76,7 +76,7 @@ from orchestrator.kernel.gates import (
     Verdict,
     run_gates,
 )
-from orchestrator.kernel.stages import JOB_STAGES
+from orchestrator.kernel.stages import JOB_STAGES, TERMINAL_STAGES
 from orchestrator.leases import pid_alive, process_start_ticks
 from orchestrator.notifier import Notifier, notify_safely
 from orchestrator.outbox import enqueue_card_updates
@@ -95,6 +95,7 @@ from orchestrator.transitions import (
     enqueue_stage_job,
     enter_transition,
 )
+from orchestrator.worktrees import WorktreeJanitor, ensure_worktree, release_quietly
 
 __all__ = ["ENGINE_TICK_S", "MAINTENANCE_INTERVAL_S", "Engine"]
 
@@ -165,6 +166,7 @@ class Engine:
         self._last_maintenance = 0.0
         self._recovered = False
         self.started_at = time.time()
+        self.janitor = WorktreeJanitor(self.store, self.settings)
 
     # --- loop --------------------------------------------------------------------------
     def tick(self) -> bool:
@@ -223,7 +225,12 @@ class Engine:
         from orchestrator.reaper import Reaper  # noqa: PLC0415 - they import the engine
         from orchestrator.reconciler import Reconciler  # noqa: PLC0415
 
-        for name, sweep in (("reaper", Reaper(self).sweep), ("reconciler", Reconciler(self).sweep)):
+        sweeps: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("reaper", Reaper(self).sweep),
+            ("reconciler", Reconciler(self).sweep),
+            ("worktree janitor", self.janitor.maybe_sweep),
+        )
+        for name, sweep in sweeps:
             try:
                 sweep()
             except Exception:
@@ -358,6 +365,8 @@ class Engine:
             # a person fixes orch.toml, retrying cannot.
             return self._start_failed(job, task, log_path, spec, str(exc), cause=ENVIRONMENT)
         try:
+            # A retried task's worktree may have been removed while it was failed.
+            ensure_worktree(self.store, self.settings, task, actor=ACTOR)
             start_sha = git(worktree, "rev-parse", "HEAD").stdout.strip()
             process = spawn(
                 argv,
@@ -611,6 +620,8 @@ class Engine:
             task = self.store.get_task(job.task_id)
             if task.stage != job.stage or task.failed:
                 self._lost(job, task, f"task moved to {task.stage} while the job ran", actor)
+                # E.g. cancelled while the job ran: its worktree was kept for the job.
+                release_quietly(self.store, self.settings, task.id, actor=actor)
                 return False
             job_error = error
             facts = _runner_facts(output)
@@ -878,6 +889,10 @@ class Engine:
         if alert is not None:
             message = alert
             notify_safely(lambda: self.notifier.alert(current, message))
+        if current.stage in TERMINAL_STAGES or current.failed:
+            # Done (a pipeline without deploy) or failed: worktrees.py decides whether
+            # the worktree goes now or after its retention.
+            release_quietly(self.store, self.settings, current.id, actor=actor)
         return True
 
 

@@ -8,8 +8,12 @@ carrying git's own first line of complaint.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
+import shutil
+import stat
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ __all__ = [
     "MergeResult",
     "Repo",
     "git",
+    "remove_tree",
 ]
 
 GIT_TIMEOUT_S: Final = 120
@@ -141,6 +146,83 @@ class Repo:
             git(self.path, "worktree", "remove", "--force", str(worktree), check=False)
         git(self.path, "worktree", "prune", check=False)
 
+    def release_worktree(self, worktree: Path, *, owned_root: Path | None = None) -> None:
+        """Remove a task's worktree and its administrative entry; idempotent.
+
+        Uncommitted changes in it are discarded (the branch keeps every commit). What
+        ``git worktree remove`` refuses (a directory a crash left half-deleted, no longer
+        a worktree) is deleted only when it is ours: under ``owned_root`` (the data
+        directory's worktrees) or still pointing at this repository's worktree entries.
+        Anything else raises :class:`RepositoryError` for a person.
+        """
+        if worktree.exists() or worktree.is_symlink():
+            # Twice --force: also a worktree someone locked (`git worktree lock`).
+            removed = git(
+                self.path, "worktree", "remove", "--force", "--force", str(worktree), check=False
+            )
+            if removed.returncode != 0 and (worktree.exists() or worktree.is_symlink()):
+                if not self._owns(worktree, owned_root):
+                    detail = (removed.stderr or removed.stdout).strip().splitlines()
+                    raise RepositoryError(
+                        f"cannot remove worktree {worktree}: "
+                        f"{detail[0] if detail else 'git refused'}; remove it by hand"
+                    )
+                remove_tree(worktree)
+        git(self.path, "worktree", "prune", check=False)
+
+    def _owns(self, worktree: Path, owned_root: Path | None) -> bool:
+        if worktree.is_symlink():
+            return False
+        if owned_root is not None and worktree.resolve().is_relative_to(owned_root.resolve()):
+            return True
+        dot_git = worktree / ".git"
+        if not dot_git.is_file():
+            return False
+        pointer = dot_git.read_text(encoding="utf-8", errors="replace").strip()
+        admin = Path(pointer.removeprefix("gitdir:").strip())
+        return admin.resolve().is_relative_to((self.common_dir() / "worktrees").resolve())
+
+    def restore_worktree(self, worktree: Path, branch: str, *, owned_root: Path | None) -> bool:
+        """Make ``worktree`` again from ``branch`` (a retried task whose worktree was
+        removed); False when it is there already. Idempotent."""
+        if worktree.is_dir() and (worktree / ".git").exists():
+            return False
+        if not self.has_branch(branch):
+            raise RepositoryError(
+                f"cannot recreate worktree {worktree}: branch {branch} no longer exists in "
+                f"{self.path}; restore the branch or cancel the task"
+            )
+        if worktree.exists() and not (worktree.is_dir() and not any(worktree.iterdir())):
+            # What a crash left half-removed: only ours is cleared.
+            self.release_worktree(worktree, owned_root=owned_root)
+        # A stale entry of the removed worktree would keep the branch "checked out".
+        git(self.path, "worktree", "prune", check=False)
+        worktree.parent.mkdir(parents=True, exist_ok=True)
+        git(self.path, "worktree", "add", "--quiet", str(worktree), branch)
+        return True
+
+    def prune_worktrees(self, *, dry_run: bool = False) -> list[str]:
+        """Drop the entries of worktrees whose directory is gone; what git said for each."""
+        args = ["worktree", "prune", "--verbose"] + (["--dry-run"] if dry_run else [])
+        result = git(self.path, *args, check=False)
+        return [line.strip() for line in (result.stdout + result.stderr).splitlines() if line]
+
+    def delete_branch(self, branch: str) -> bool:
+        """Delete ``branch`` (checked by the caller: merged); False if it was gone."""
+        return git(self.path, "branch", "-D", branch, check=False).returncode == 0
+
+    def common_dir(self) -> Path:
+        """The repository's git directory shared by all its worktrees."""
+        return _common_dir(self.path)
+
+    @contextmanager
+    def worktree_lock(self) -> Iterator[None]:
+        """Hold the repository's worktree lock: removing a task's worktree and bringing
+        it back never interleave (a file lock: all processes on this host). Separate
+        from the merge lock, which a deploy may hold for minutes."""
+        with _flock(self.common_dir() / "orch-worktrees.lock"):
+            yield
+
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         result = git(self.path, "merge-base", "--is-ancestor", ancestor, descendant, check=False)
         return result.returncode == 0
@@ -168,14 +250,8 @@ class Repo:
         Tasks are leased one by one, but they all merge into the same default branch:
         two merges at once would race on the branch ref and on the checked-out tree.
         """
-        common = Path(git(self.path, "rev-parse", "--git-common-dir").stdout.strip())
-        lock_path = (self.path / common if not common.is_absolute() else common) / "orch.lock"
-        with lock_path.open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with _flock(self.common_dir() / "orch.lock"):
+            yield
 
     def is_merged(self, branch: str, into: str) -> bool:
         """Whether ``branch``'s head has landed on ``into``: by ancestry (a merge commit
@@ -259,6 +335,39 @@ class Repo:
                 f"{holder} has {branch} checked out with local changes to files this "
                 "change touches; commit or stash them, then retry the task"
             )
+
+
+@functools.lru_cache(maxsize=256)
+def _common_dir(path: Path) -> Path:
+    # Asked before every job start (the worktree lock): one git process per repository.
+    common = Path(git(path, "rev-parse", "--git-common-dir").stdout.strip())
+    return common if common.is_absolute() else path / common
+
+
+@contextmanager
+def _flock(lock_path: Path) -> Iterator[None]:
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree, also read-only files in it (git objects, venvs)."""
+
+    def retry_writable(function: Callable[..., object], name: str, _exc: BaseException) -> None:
+        os.chmod(name, stat.S_IRWXU)
+        function(name)
+
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry_writable)
+    else:
+        shutil.rmtree(path, onerror=lambda f, n, e: retry_writable(f, n, e[1]))
 
 
 def _land(scratch: Path, method: str, head: str, target: str, message: str, what: str) -> str:

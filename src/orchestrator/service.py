@@ -41,6 +41,7 @@ from orchestrator.transitions import (
     enqueue_stage_job,
     plan_job,
 )
+from orchestrator.worktrees import ensure_worktree, release_quietly
 
 __all__ = [
     "MAX_DESCRIPTION_CHARS",
@@ -354,7 +355,10 @@ class TaskService:
             ):
                 raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
             tx.cancel_waiting_jobs(task.id, why)
-        return self._changed(task, "cancelled")
+        changed = self._changed(task, "cancelled")
+        # A running job is still being stopped: then the engine or the janitor removes it.
+        release_quietly(self.store, self.settings, task.id, actor=actor)
+        return changed
 
     def rollback(self, task: Task, *, actor: str = "cli", reason: str = "") -> Task:
         """Send the task back to development from testing, staging or deploy."""
@@ -365,6 +369,7 @@ class TaskService:
                 f"task {task.work_item} is in {task.stage}; rollback applies from {stages}"
             )
         self._refuse_during_side_effects(task, "roll back")
+        self._check_worktree_restorable(task)
         why = reason or f"rolled back by {actor}"
         with self.store.transaction() as tx:
             tx.cancel_waiting_jobs(task.id, why)
@@ -382,6 +387,7 @@ class TaskService:
                 clear_failure=True,
             ):
                 raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
+        ensure_worktree(self.store, self.settings, task, actor=actor)
         return self._changed(task, f"rolled back to {target}")
 
     def retry(self, task: Task, *, actor: str = "cli") -> Task:
@@ -390,6 +396,7 @@ class TaskService:
             raise ConflictError(f"task {task.work_item} has not failed; nothing to retry")
         if task.stage not in JOB_STAGES:
             raise ConflictError(f"task {task.work_item} is in {task.stage}; nothing to retry")
+        self._check_worktree_restorable(task)
         with self.store.transaction() as tx:
             if not tx.update_task_counters(
                 task.id,
@@ -415,7 +422,20 @@ class TaskService:
                 actor=actor,
                 feedback=f"previous failure: {task.failed_reason}",
             )
+        # Its worktree may have been removed after worktree_retention_failed_s.
+        ensure_worktree(self.store, self.settings, task, actor=actor)
         return self._changed(task, "retried")
+
+    def _check_worktree_restorable(self, task: Task) -> None:
+        """Refuse before writing anything when a removed worktree cannot come back."""
+        worktree = Path(task.worktree)
+        if worktree.is_dir() and (worktree / ".git").exists():
+            return
+        if not Repo(Path(task.repository)).has_branch(task.branch):
+            raise ConflictError(
+                f"task {task.work_item}'s worktree was removed and its branch {task.branch} "
+                f"no longer exists in {task.repository}: restore the branch, or cancel the task"
+            )
 
     def _move(self, task: Task, target: str, *, actor: str, reason: str, event_kind: str) -> Task:
         if task.failed:

@@ -392,6 +392,17 @@ class Settings(BaseSettings):
     commit_max_files: int = Field(default=2_000, ge=1)
     commit_max_bytes: int = Field(default=20_000_000, ge=1)
 
+    # --- worktree lifecycle (docs/architecture.md, "Worktree lifecycle") -------------------
+    # Seconds the worktree of a done or cancelled task is kept; 0 = removed as it ends.
+    # Its branch keeps every commit; uncommitted changes go with the worktree.
+    worktree_retention_done_s: float = Field(default=0.0, ge=0)
+    # Seconds the worktree of a failed task is kept for a person to look at (7 days);
+    # `orch task retry` recreates it from the branch when it is gone.
+    worktree_retention_failed_s: float = Field(default=604800.0, ge=0)
+    # Also delete a done task's branch orch/<ID> when its worktree goes, once the branch
+    # is merged into the default branch. Off: the branch is kept.
+    delete_branch_on_done: bool = False
+
     # --- kill-switches and their scopes (empty list = every repository) -------------------
     # Deterministic test runner on the testing stage instead of the tester agent.
     test_runner_enabled: bool = True

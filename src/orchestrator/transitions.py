@@ -23,7 +23,12 @@ from orchestrator.agents import resolve_agent
 from orchestrator.feedback import post_deploy_feedback
 from orchestrator.journal import EffectFailedError, EffectInFlightError, Journal
 from orchestrator.kernel.gates import ARTIFACT_ROOT
-from orchestrator.kernel.stages import JOB_STAGES, ROLLBACK_TARGET, check_transition
+from orchestrator.kernel.stages import (
+    JOB_STAGES,
+    ROLLBACK_TARGET,
+    TERMINAL_STAGES,
+    check_transition,
+)
 from orchestrator.leases import Lease, LeaseLostError, LeaseManager, Owner
 from orchestrator.monitor import pending_rollback, report_of, rollback_effects, watch_deploy
 from orchestrator.notifier import Notifier, NullNotifier, notify_safely
@@ -31,6 +36,7 @@ from orchestrator.outbox import enqueue_card_updates
 from orchestrator.settings import Settings, in_scope
 from orchestrator.side_effects import deploy_effect, effects_for
 from orchestrator.store import Store, Task, Tx
+from orchestrator.worktrees import ensure_worktree, release_quietly
 
 __all__ = [
     "Crossing",
@@ -271,6 +277,9 @@ def _roll_back_deploy(
     the task back to development with the monitor's report and alert once; with its
     rollbacks used up, fail it in ``deploy`` for a human instead."""
     store, settings = runtime.store, runtime.settings
+    # The reapply commits on the task branch in the task's worktree: a failed task's
+    # worktree may have been removed after its retention, so it is made again first.
+    ensure_worktree(store, settings, task, actor=actor)
     undo = rollback_effects(
         settings, task, rollback, lambda name: deploy_effect(settings, task, name)
     )
@@ -371,6 +380,10 @@ def enter_transition(
             return Crossing.LOST
         moved = store.get_task(current.id)
         notify_safely(lambda: runtime.notifier.on_task_changed(moved, f"{transition} by {actor}"))
+        if moved.stage in TERMINAL_STAGES:
+            # The health window is over (it is watched above, before the move): the
+            # worktree of the finished task goes now (worktrees.py).
+            release_quietly(store, settings, moved.id, actor=actor)
         return Crossing.DONE
     except LeaseLostError as exc:
         with store.transaction() as tx:

@@ -38,6 +38,7 @@ from orchestrator.testing.actors import (
     add_finalizing_deploy_job,
     prepare_deploy_task,
 )
+from orchestrator.worktrees import WorktreeJanitor
 
 CONFIG = """\
 database_url = "{db_url}"
@@ -79,8 +80,13 @@ class Health(BaseHTTPRequestHandler):
 
     root: Path
     repo: Path
+    # A worktree whose presence each check records (the monitor must not lose it).
+    watched: ClassVar[Path | None] = None
+    seen: ClassVar[list[bool]] = []
 
     def do_GET(self) -> None:
+        if self.watched is not None:
+            self.seen.append(self.watched.is_dir())
         deployed = self.root / "deployed"
         commit = deployed.read_text().strip() if deployed.exists() else ""
         listed = git(self.repo, "ls-tree", "--name-only", commit, "broken", check=False)
@@ -148,6 +154,7 @@ def max_rollbacks() -> int:
 def world(tmp_path: Path, db_url: str, merge_method: str, max_rollbacks: int) -> Iterator[World]:
     repo = make_repo(tmp_path / "repo")
     Health.root, Health.repo = tmp_path, repo
+    Health.watched, Health.seen = None, []
     server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -481,3 +488,67 @@ def test_a_rollback_that_failed_closed_is_resumed_by_retry_and_a_second_one_is_i
     kinds = [e.kind for e in world.store.task_events(task.id)]
     assert kinds.count("task.rollback") == 2
     assert kinds.count("deploy.unhealthy") == 2
+
+
+def test_the_worktree_stays_through_the_health_window_and_goes_when_done(world: World) -> None:
+    """The monitor watches inside ``deploy -> done``: the worktree (where a rollback's
+    reapply would commit) is there at every health check and goes only once the task
+    is done; with ``delete_branch_on_done`` the merged branch goes too. Seen failing
+    before the lifecycle: the worktree stayed after done."""
+    task = world.task("OK-2", broken=False)
+    Health.watched = Path(task.worktree)
+    settings = world.settings.model_copy(update={"delete_branch_on_done": True})
+    engine = Engine(world.store, settings, Recorder())
+    assert act("monitor", engine, task.id) == "won"
+    assert world.store.get_task(task.id).stage == "done"
+    assert Health.seen, "the monitor never checked"
+    assert all(Health.seen), Health.seen
+    assert not Path(task.worktree).exists()
+    assert not Repo(world.repo).has_branch(task.branch)
+    assert "ok-2.txt" in world.main_files()
+
+
+def test_a_rollback_resumed_after_the_worktree_was_removed_makes_it_again(world: World) -> None:
+    """A rollback fails closed (the revert is refused by a local edit on main), the
+    failed task's worktree is removed after its retention (0 here), and the person's
+    retry brings it back from the branch. If it is lost again before the rollback
+    resumes, the rollback makes it again itself before its reapply commits in it."""
+    task = world.task("BAD-8", broken=True)
+    worktree = Path(task.worktree)
+    (worktree / "fix.txt").write_text("part of the change\n")
+    git(worktree, "add", "fix.txt")
+    git(worktree, "commit", "--quiet", "-m", "BAD-8: more")
+    settings = world.settings.model_copy(update={"worktree_retention_failed_s": 0.0})
+    engine = Engine(world.store, settings, Recorder())
+    (world.root / "dirty-on-deploy").touch()
+    act("monitor", engine, task.id)
+    failed = world.store.get_task(task.id)
+    assert failed.failed_reason is not None
+    assert "local changes" in failed.failed_reason
+
+    swept = WorktreeJanitor(world.store, settings).sweep()
+    assert [r.work_item for r in swept.released] == ["BAD-8"]
+    assert not worktree.exists()
+
+    git(world.repo, "checkout", "--", "fix.txt")
+    retried = TaskService(world.store, settings).retry(world.store.get_task(task.id))
+    assert worktree.is_dir()
+    git(world.repo, "worktree", "remove", "--force", str(worktree))
+    assert act("cli", engine, retried.id) == "rolled-back"
+
+    assert worktree.is_dir()
+    after = world.store.get_task(task.id)
+    assert (after.stage, after.failed_reason, after.worktree_removed_at) == (
+        "development",
+        None,
+        None,
+    )
+    assert "broken" not in world.main_files()
+    branch = git(world.repo, "log", "--format=%s", task.branch).stdout.splitlines()
+    assert sum(s.startswith("Reapply BAD-8") for s in branch) == 1, branch
+    assert (
+        git(worktree, "rev-parse", "HEAD").stdout
+        == git(world.repo, "rev-parse", task.branch).stdout
+    )
+    restored = [e for e in world.store.task_events(task.id) if e.kind == "worktree.restored"]
+    assert len(restored) == 2

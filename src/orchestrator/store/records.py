@@ -31,6 +31,8 @@ class Task(_Record):
     worktree: str
     created_at: float
     updated_at: float
+    # When its worktree was removed (the task ended); None while it exists.
+    worktree_removed_at: float | None = None
 
     @property
     def failed(self) -> bool:

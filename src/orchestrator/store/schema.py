@@ -69,6 +69,8 @@ tasks = Table(
     Column("worktree", String(2048), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # When the janitor removed the worktree of the ended task; NULL while it exists.
+    Column("worktree_removed_at", Float, nullable=True),
     UniqueConstraint("repository", "work_item"),
 )
 

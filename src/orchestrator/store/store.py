@@ -224,6 +224,23 @@ class Tx:
         )
         return result.rowcount == 1
 
+    def set_worktree_removed(
+        self, task_id: int, removed_at: float | None, *, expected_version: int | None = None
+    ) -> bool:
+        """Record that the task's worktree is gone (``removed_at``) or back (None).
+
+        With ``expected_version`` only if the task did not change meanwhile (a retry in
+        between brings the worktree back). Neither the version nor ``updated_at`` moves:
+        the worktree is not the task's state, and ``updated_at`` dates a failure.
+        """
+        condition = tasks.c.id == task_id
+        if expected_version is not None:
+            condition = sa.and_(condition, tasks.c.version == expected_version)
+        result = self.conn.execute(
+            tasks.update().where(condition).values(worktree_removed_at=removed_at)
+        )
+        return result.rowcount == 1
+
     # --- jobs --------------------------------------------------------------------------
     def enqueue_job(
         self,
@@ -519,6 +536,34 @@ class Store:
         query = sa.select(sa.func.count()).select_from(tasks)
         query = query.where(tasks.c.repository == repository)
         return int(self._all(query)[0][0])
+
+    def tasks_with_worktree_to_release(self, terminal: Sequence[str]) -> list[Task]:
+        """Tasks that ended (a ``terminal`` stage, or failed) whose worktree is still
+        recorded as present: the janitor's candidates, oldest first."""
+        query = (
+            sa.select(tasks)
+            .where(
+                tasks.c.worktree_removed_at.is_(None),
+                sa.or_(tasks.c.stage.in_(list(terminal)), tasks.c.failed_reason.is_not(None)),
+            )
+            .order_by(tasks.c.id)
+        )
+        return [_task(row) for row in self._all(query)]
+
+    def worktree_paths(self) -> dict[str, Task]:
+        """Every task by its worktree path (for telling orphaned directories apart)."""
+        return {task.worktree: task for task in map(_task, self._all(sa.select(tasks)))}
+
+    def repositories(self) -> list[str]:
+        """The repositories tasks were created in."""
+        query = sa.select(tasks.c.repository).distinct().order_by(tasks.c.repository)
+        return [str(row[0]) for row in self._all(query)]
+
+    def has_pending_job(self, task_id: int) -> bool:
+        """Whether a job of the task is queued, deferred, running or finalizing."""
+        pending = (*WAITING_JOB_STATUSES, *ACTIVE_JOB_STATUSES)
+        query = sa.select(jobs.c.id).where(jobs.c.task_id == task_id, jobs.c.status.in_(pending))
+        return bool(self._all(query.limit(1)))
 
     def get_job(self, job_id: int) -> Job:
         rows = self._all(sa.select(jobs).where(jobs.c.id == job_id))
