@@ -81,6 +81,7 @@ TASK_KEYS: Final = {
     "worktree",
     "created_at",
     "updated_at",
+    "worktree_removed_at",
     "failed",
 }
 QUEUE_ENTRY_KEYS: Final = {
