@@ -3,6 +3,10 @@
 Human-first output (tables, live progress) with ``--json`` on every read command for
 scripts. Errors are one line on stderr: exit code 2 for usage errors, 1 for failures,
 and no traceback unless ``--debug``.
+
+Both consoles have Rich markup off: titles, reasons, paths and setting values are user
+text, and ``[bug] crash`` must print as written. Styling is applied with ``style=`` or
+:class:`rich.text.Text`, never by formatting markup around user text.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import click
 import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator import __version__
 from orchestrator.auth import (
@@ -41,14 +46,22 @@ from orchestrator.next_steps import NextSteps, next_steps
 from orchestrator.notifier import Notifier
 from orchestrator.progress import EventPrinter, format_age, task_summary_rows
 from orchestrator.service import TaskService, prepare_create
-from orchestrator.settings import Settings, describe_settings, load_settings
-from orchestrator.store import Store, Task
+from orchestrator.settings import (
+    Settings,
+    SettingSource,
+    describe_settings,
+    find_config_file,
+    load_settings,
+)
+from orchestrator.store import AgentRun, Store, Task
 
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+# Variables that name where the data lives without an orch.toml (see require_config).
+LOCATION_VARIABLES = ("ORCH_CONFIG", "ORCH_DATABASE_URL", "ORCH_DATA_DIR")
 
 
 @dataclass
@@ -69,6 +82,45 @@ class Context:
         if self._store is None:
             self._store = Store.open(self.settings.effective_database_url)
         return self._store
+
+    def override_settings(self, values: dict[str, Any]) -> None:
+        """Command-line options over every other source (e.g. `serve --port`)."""
+        self._settings = self.settings.model_copy(update=values)
+
+    @property
+    def config_path(self) -> Path | None:
+        """The orch.toml in use: --config, $ORCH_CONFIG or ./orch.toml; None when none."""
+        return find_config_file(self.config)
+
+    def where(self) -> str:
+        """One line naming the orch.toml and the database this command uses."""
+        path = self.config_path
+        config = str(path.resolve()) if path is not None else "none found"
+        return f"config: {config} · database: {display_database(self.settings)}"
+
+    def warn_without_config(self) -> None:
+        """On stderr: no orch.toml was found, so defaults (and ORCH_*) are in use."""
+        if self.config_path is None:
+            err.print(
+                f"warning: no orch.toml in {Path.cwd()} (nor --config or ORCH_CONFIG); "
+                "using defaults and ORCH_* variables",
+                style="yellow",
+            )
+
+    def require_config(self, command: str) -> None:
+        """Refuse to create a database in a directory nobody configured.
+
+        Without orch.toml (here, --config or $ORCH_CONFIG) and without
+        ORCH_DATABASE_URL / ORCH_DATA_DIR, ``command`` would silently make
+        ``.orch/orch.db`` in whatever directory it was started from.
+        """
+        if self.config_path is not None or any(os.environ.get(v) for v in LOCATION_VARIABLES):
+            return
+        raise ConfigError(
+            f"no orch.toml in {Path.cwd()} (nor --config or ORCH_CONFIG): run `orch init` "
+            f"here first, or pass --config PATH; `orch {command}` does not create a database "
+            "without one"
+        )
 
     def has_database(self) -> bool:
         """False when the SQLite file does not exist yet: reads must not create it."""
@@ -101,8 +153,16 @@ pass_context = click.make_pass_decorator(Context)
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"error: {message}", markup=False)
+    err.print(f"error: {message}")
     sys.exit(code)
+
+
+def display_database(settings: Settings) -> str:
+    """The database URL for people: a SQLite file as its path, passwords hidden."""
+    url = sa.make_url(settings.effective_database_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        return f"SQLite {url.database}"
+    return url.render_as_string(hide_password=True)
 
 
 def _print_json(value: Any) -> None:
@@ -187,7 +247,7 @@ def cli(ctx: click.Context, config: Path | None, debug: bool) -> None:
 # --- init / db / config -----------------------------------------------------------------
 INIT_TEMPLATE = """\
 # orchestrator settings. ORCH_* environment variables override these values.
-# Every key is documented in `orch config show` and docs/architecture.md.
+# Every key is explained by `orch config show` and in docs/settings.md.
 
 # data_dir = ".orch"                # database, worktrees and logs (next to this file)
 # database_url = "postgresql+psycopg://postgres@127.0.0.1:5432/orch"
@@ -294,16 +354,44 @@ def config() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_context
 def config_show(context: Context, as_json: bool) -> None:
-    """Print every setting, its value and where it came from."""
+    """Print every setting, its value, where it came from and what it means."""
     described = describe_settings(context.settings, context.config)
+    database = display_database(context.settings)
     if as_json:
-        _print_json({d.name: {"value": d.value, "source": d.source} for d in described})
+        shown = {d.name: _setting_json(d) for d in described}
+        shown["database_url"]["effective"] = database
+        _print_json(shown)
         return
-    table = Table("setting", "value", "source", box=None)
+    path = context.config_path
+    out.print(f"config:   {path.resolve() if path else 'none found (defaults and ORCH_* only)'}")
+    out.print(f"database: {database}")
     for item in described:
-        value = item.value if isinstance(item.value, str) else json.dumps(item.value, default=str)
-        table.add_row(item.name, value, item.source)
-    out.print(table)
+        text = _setting_text(item)
+        if item.name == "database_url" and item.value is None:
+            text = _setting_text(item, shown=f"unset: {database}")
+        out.print()
+        out.print(text)
+
+
+def _setting_json(item: SettingSource) -> dict[str, Any]:
+    return {"value": item.value, "source": item.source, "description": item.description}
+
+
+def _setting_text(item: SettingSource, shown: str | None = None) -> Text:
+    """``name = value  (source)`` and the meaning under it; never truncated (no table)."""
+    value = shown if shown is not None else json.dumps(item.value, default=str)
+    text = Text.assemble((item.name, "bold"), " = ", value, (f"  ({item.source})", "dim"))
+    if item.description:
+        text.append(f"\n    {item.description}")
+    return text
+
+
+@config.command("reference")
+def config_reference() -> None:
+    """Print the settings reference (markdown) kept in docs/settings.md."""
+    from orchestrator.settings_reference import render_settings_reference  # noqa: PLC0415
+
+    click.echo(render_settings_reference(), nl=False)
 
 
 # --- tasks ------------------------------------------------------------------------------
@@ -331,6 +419,7 @@ def task_create(
 ) -> None:
     """Create a task; its first job is queued for `orch run` or `orch serve`."""
     refuse_inside_job(os.environ, "creating a task")
+    context.require_config("task create")
     # Check everything before the database is even opened: bad input writes nothing.
     prepare_create(
         context.settings, repo_path=repo, title=title, work_item=work_item, description=description
@@ -358,10 +447,12 @@ def task_create(
 @pass_context
 def task_list(context: Context, stage: str | None, as_json: bool) -> None:
     """List tasks, newest first."""
+    context.warn_without_config()
     tasks = context.store.list_tasks(stage=stage) if context.has_database() else []
     if as_json:
         _print_json([_task_json(context.store, t) for t in tasks])
         return
+    out.print(context.where(), style="dim")
     if not tasks:
         out.print("no tasks yet: orch task create --repo PATH --title TEXT")
         return
@@ -403,10 +494,10 @@ def task_show(context: Context, ref: str, repo: Path | None, as_json: bool) -> N
         _print_json(_task_json(store, found, full=True, steps=steps))
         return
     language = context.settings.language
-    out.print(f"[bold]{found.work_item}[/bold]  {found.title}")
+    out.print(Text.assemble((found.work_item, "bold"), "  ", found.title))
     out.print(f"stage:      {_state(found, language)}")
     if found.failed_reason:
-        out.print(f"failed:     {found.failed_reason}", markup=False)
+        out.print(f"failed:     {found.failed_reason}")
     out.print(f"repository: {found.repository}  (branch {found.branch} from {found.base_branch})")
     if found.worktree_removed_at is None:
         out.print(f"worktree:   {found.worktree}", markup=False)
@@ -425,7 +516,7 @@ def task_show(context: Context, ref: str, repo: Path | None, as_json: bool) -> N
     out.print(summary)
     out.print(f"total cost: ${sum(r.cost_usd for r in runs):.4f}")
     out.print()
-    out.print("[bold]events[/bold]")
+    out.print("events", style="bold")
     for event in store.task_events(found.id):
         stage = (
             f"{event.from_stage} -> {event.to_stage}"
@@ -433,10 +524,7 @@ def task_show(context: Context, ref: str, repo: Path | None, as_json: bool) -> N
             else (event.to_stage or "")
         )
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.created_at))
-        out.print(
-            f"{when}  {event.kind:<14} {stage:<28} {event.actor:<10} {event.reason}",
-            markup=False,
-        )
+        out.print(f"{when}  {event.kind:<14} {stage:<28} {event.actor:<10} {event.reason}")
 
 
 def _print_next_steps(steps: NextSteps, task: Task) -> None:
@@ -519,9 +607,15 @@ _human_action("retry", "Resume a failed task at its stage with fresh attempt bud
 @repo_option
 @click.option("--stage", default=None, help="Only runs of this stage.")
 @click.option("--all", "all_runs", is_flag=True, help="Every run, not just the last.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: the runs with their logs.")
 @pass_context
 def task_logs(
-    context: Context, ref: str, repo: Path | None, stage: str | None, all_runs: bool
+    context: Context,
+    ref: str,
+    repo: Path | None,
+    stage: str | None,
+    all_runs: bool,
+    as_json: bool,
 ) -> None:
     """Print the log of the task's last run (or of all runs)."""
     found = context.task(ref, repo)
@@ -530,18 +624,30 @@ def task_logs(
         for run in context.store.task_runs(found.id)
         if stage is None or _run_stage(context.store, run.job_id) == stage
     ]
+    chosen = runs if all_runs else runs[-1:]
+    if as_json:
+        _print_json(
+            [
+                {**run.to_dict(), "stage": _run_stage(context.store, run.job_id), "log": _log(run)}
+                for run in chosen
+            ]
+        )
+        return
     if not runs:
         out.print(f"{found.work_item} has no runs yet")
         return
-    for run in runs if all_runs else runs[-1:]:
+    for run in chosen:
         header = (
             f"== {_run_stage(context.store, run.job_id)} · {run.agent} · attempt {run.attempt} "
             f"· exit {run.exit_code} · {run.log_path}"
         )
-        out.print(header, markup=False, style="bold")
-        path = Path(run.log_path)
-        text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-        click.echo(text or "(empty log)")
+        out.print(header, style="bold")
+        click.echo(_log(run) or "(empty log)")
+
+
+def _log(run: AgentRun) -> str:
+    path = Path(run.log_path)
+    return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
 
 def _run_stage(store: Store, job_id: int) -> str:
@@ -654,18 +760,30 @@ def run(context: Context, as_json: bool) -> None:
     """Run queued jobs in the foreground until nothing is left to do.
 
     Tasks waiting for a human (BRD approval) or failed are left as they are;
-    `orch run` returns then. Use `orch serve` to keep the pipeline running.
+    `orch run` returns then: exit code 1 when a task failed during this run.
+    Use `orch serve` to keep the pipeline running.
     """
+    context.require_config("run")
+    if not as_json:
+        out.print(context.where(), style="dim")
     printer = EventPrinter(context.store, out, context.settings.language, quiet=as_json)
     printer.skip_existing()
+    failed_before = {t.id for t in context.store.list_tasks() if t.failed}
     with _engine_running(context) as (engine, stop):
         engine.run(stop, until=engine.idle, on_tick=printer.poll)
         _deliver_outbox(context, engine)
     printer.poll()
     tasks = context.store.list_tasks()
+    failed_now = [t for t in tasks if t.failed and t.id not in failed_before]
     if as_json:
         _print_json([_task_json(context.store, t) for t in tasks])
-        return
+    else:
+        _print_run_summary(tasks, failed_now)
+    if failed_now:
+        sys.exit(1)
+
+
+def _print_run_summary(tasks: list[Task], failed_now: list[Task]) -> None:
     waiting = [t for t in tasks if t.stage not in TERMINAL_STAGES and not t.failed]
     failed = [t for t in tasks if t.failed]
     done = [t for t in tasks if t.stage == "done"]
@@ -673,13 +791,34 @@ def run(context: Context, as_json: bool) -> None:
     for t in waiting:
         if t.stage == "brd-approval":
             out.print(f"  {t.work_item} waits for approval: orch task approve {t.work_item}")
+    for t in failed_now:
+        out.print(f"  {t.work_item} failed: {t.failed_reason}", style="red")
+        out.print(
+            f"    see orch task show {t.work_item}; after fixing: orch task retry {t.work_item}"
+        )
 
 
 @cli.command()
+@click.option("--host", default=None, help="Address to listen on (default: the `host` setting).")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port to listen on (default: the `port` setting).",
+)
 @pass_context
-def serve(context: Context) -> None:
+def serve(context: Context, host: str | None, port: int | None) -> None:
     """Run the engine and the HTTP API (GET /health, /status, /queue, /tasks)."""
     from orchestrator.serve import run_server  # noqa: PLC0415 - pulls in the web stack
+
+    context.require_config("serve")
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if overrides:
+        context.override_settings(overrides)
 
     if not context.debug:
         logging.getLogger("orchestrator").setLevel(logging.INFO)

@@ -17,6 +17,7 @@ from typing import Final
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.demo_project import (
     DEMO_BRANCH,
@@ -84,7 +85,9 @@ def _run(root: Path, console: Console, temporary: bool) -> int:
     config_path.write_text(DEMO_CONFIG, encoding="utf-8")
     settings = load_settings(config_path)
     repo_path = create_demo_repository(root / "textkit")
-    console.print(f"demo project: {repo_path} (git, pytest suite, branch {DEMO_BRANCH})")
+    console.print(
+        f"demo project: {repo_path} (git, pytest suite, branch {DEMO_BRANCH})", markup=False
+    )
     store = Store.open(settings.effective_database_url)
     try:
         service = TaskService(store, settings)
@@ -104,8 +107,11 @@ def _run(root: Path, console: Console, temporary: bool) -> int:
             current = store.get_task(task.id)
             if current.stage == "brd-approval" and not current.failed:
                 console.print(
-                    f"[bold]{DEMO_WORK_ITEM}[/bold]   BRD gate: auto-approved by the demo "
-                    f"(in real use a person runs `orch task approve {DEMO_WORK_ITEM}`)"
+                    Text.assemble(
+                        (DEMO_WORK_ITEM, "bold"),
+                        "   BRD gate: auto-approved by the demo "
+                        f"(in real use a person runs `orch task approve {DEMO_WORK_ITEM}`)",
+                    )
                 )
                 service.approve(current, actor="demo (auto-approve)")
             return (
@@ -129,20 +135,26 @@ def _run(root: Path, console: Console, temporary: bool) -> int:
         console.print(f"total cost ${total_cost:.4f} in {format_age(time.monotonic() - started)}")
         if final.stage != "done":
             reason = final.failed_reason or f"stopped in {final.stage}"
-            console.print(f"[red]demo did not finish: {reason}[/red]")
+            console.print(f"demo did not finish: {reason}", style="red", markup=False)
             return 1
         merged = git(repo_path, "log", "-1", "--format=%h %s", DEMO_BRANCH).stdout.strip()
-        console.print(f"merged on {DEMO_BRANCH}: {merged}")
+        console.print(f"merged on {DEMO_BRANCH}: {merged}", markup=False)
         docs = repo_path / ARTIFACT_ROOT / DEMO_WORK_ITEM
         missing = [name for name in EXPECTED_ARTIFACTS if not (docs / name).exists()]
         if missing:
-            console.print(f"[red]missing artifacts on {DEMO_BRANCH}: {', '.join(missing)}[/red]")
+            console.print(
+                f"missing artifacts on {DEMO_BRANCH}: {', '.join(missing)}",
+                style="red",
+                markup=False,
+            )
             return 1
-        console.print(f"artifacts on {DEMO_BRANCH}: {docs}")
+        console.print(f"artifacts on {DEMO_BRANCH}: {docs}", markup=False)
         if temporary:
             console.print("(the demo ran in a temporary directory; --keep DIR keeps it)")
         else:
-            console.print(f"inspect: orch --config {config_path} task show {DEMO_WORK_ITEM}")
+            console.print(
+                f"inspect: orch --config {config_path} task show {DEMO_WORK_ITEM}", markup=False
+            )
         return 0
     finally:
         store.close()

@@ -6,6 +6,7 @@ from collections import defaultdict
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from orchestrator.kernel.stages import STAGE_ORDER, stage_label
 from orchestrator.store import Event, Store, Task
@@ -48,7 +49,8 @@ class EventPrinter:
             self.last_id = event.id
             line = self._line(event)
             if line and not self.quiet:
-                self.console.print(line)
+                # The line is markup built with every user part escaped (see _line).
+                self.console.print(Text.from_markup(line))
 
     def _work_item(self, task_id: int | None) -> str:
         if task_id is None:

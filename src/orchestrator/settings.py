@@ -14,7 +14,7 @@ import re
 import shlex
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,7 +88,10 @@ class AgentConfig(_Strict):
     # command: the whole argument list. claude-code / codex: the program and any leading
     # arguments; empty = "claude" / "codex" from PATH.
     command: list[str] | str = Field(default_factory=list, validate_default=True)
+    # Model the CLI is asked for ({model}; claude-code --model); "" = the CLI's default.
     model: str = ""
+    # Reasoning effort ({effort}; claude-code --effort, codex model_reasoning_effort).
+    # "" = the CLI's default.
     effort: str = ""
     # Seconds before the agent's process group is killed; 0 = use agent_timeout_s.
     timeout_s: float = Field(default=0, ge=0)
@@ -176,6 +179,8 @@ def _refuse_prompt_in_code(command: list[str] | str) -> None:
 class StageConfig(_Strict):
     """Who works on a stage and which gates judge it."""
 
+    # The agent: a name under [agents], a built-in ("claude", "scripted") or a runner
+    # ("runner:tests", "runner:staging", "runner:deploy"); None = the stage's default.
     agent: str | None = None
     # A Jinja2 template file for the prompt, relative to the repository; None = built-in.
     prompt: str | None = None
@@ -223,6 +228,7 @@ class RepoConfig(_Strict):
     default_branch: str | None = None
     # Stages this repository's pipeline leaves out.
     skip: list[str] = Field(default_factory=list)
+    # This repository's stage settings, [repos.<name>.stages.<stage>], over the global ones.
     stages: dict[str, StageConfig] = Field(default_factory=dict)
     # Command the tests run with in the worktree (argument list or one string).
     test_command: list[str] | str | None = None
@@ -360,7 +366,8 @@ class Settings(BaseSettings):
     )
 
     # --- where things live -------------------------------------------------------------
-    # Directory for the SQLite database, worktrees and run logs (relative to cwd).
+    # Directory for the SQLite database, worktrees and run logs; a relative path is
+    # relative to orch.toml's directory (without orch.toml: the working directory).
     data_dir: Path = Path(".orch")
     # SQLAlchemy URL; None = SQLite file <data_dir>/orch.db. PostgreSQL:
     # postgresql+psycopg://user@host/db
@@ -406,6 +413,7 @@ class Settings(BaseSettings):
     # --- kill-switches and their scopes (empty list = every repository) -------------------
     # Deterministic test runner on the testing stage instead of the tester agent.
     test_runner_enabled: bool = True
+    # Repositories (directory names or paths) the test runner is on for; empty = all.
     test_runner_repos: list[str] = Field(default_factory=list)
     # Wall-clock limit of the test runner's setup + test commands (a repo may set its own).
     test_runner_timeout_s: float = Field(default=1800.0, gt=0)
@@ -421,6 +429,7 @@ class Settings(BaseSettings):
     test_runner_hybrid_agent: str = ""
     # Durable transition lease + compare-and-swap stage writes.
     transition_lease_enabled: bool = True
+    # Repositories (directory names or paths) the transition lease is on for; empty = all.
     transition_lease_repos: list[str] = Field(default_factory=list)
 
     # --- presentation ----------------------------------------------------------------------
@@ -466,6 +475,7 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = Field(default=10, ge=1)
 
     # --- server ----------------------------------------------------------------------------
+    # Address and port `orch serve` listens on (`orch serve --host/--port` override them).
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=1, le=65535)
 
@@ -671,6 +681,8 @@ class SettingSource:
     name: str
     value: Any
     source: str  # "default", "env ORCH_X", or "orch.toml:LINE"
+    # The comment above the field (orchestrator.field_docs); not part of the identity.
+    description: str = field(default="", compare=False)
 
 
 def find_config_file(explicit: Path | None, cwd: Path | None = None) -> Path | None:
@@ -787,6 +799,9 @@ def _config_error(
 
 def describe_settings(settings: Settings, config: Path | None = None) -> list[SettingSource]:
     """Each top-level setting with its effective value and where it came from."""
+    from orchestrator.field_docs import field_docs  # noqa: PLC0415 - reads source text
+
+    descriptions = {doc.name: doc.description for doc in field_docs(Settings)}
     path = find_config_file(config)
     data, lines = _read_toml(path) if path else ({}, {})
     described: list[SettingSource] = []
@@ -810,5 +825,5 @@ def describe_settings(settings: Settings, config: Path | None = None) -> list[Se
             source = f"{path}:{lines.get((name,), '?')}"
         else:
             source = "default"
-        described.append(SettingSource(name, value, source))
+        described.append(SettingSource(name, value, source, descriptions.get(name, "")))
     return described

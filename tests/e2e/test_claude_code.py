@@ -195,7 +195,7 @@ agent = "claude"
     )
 
 
-def orch(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def orch(workdir: Path, *args: str, exit_code: int = 0) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "ANTHROPIC_"))}
     result = subprocess.run(
         [*ORCH, *args],
@@ -206,7 +206,7 @@ def orch(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=240,
         check=False,
     )
-    if result.returncode != 0:
+    if result.returncode != exit_code:
         pytest.fail(f"orch {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
     return result
 
@@ -339,7 +339,7 @@ def test_an_api_error_fails_the_run_with_claudes_own_reason(workdir: Path, repo:
     with ModelServer(script) as server:
         write_config(workdir, server)
         create(workdir, repo)
-        orch(workdir, "run")
+        orch(workdir, "run", exit_code=1)  # the task failed during this run
     shown = show(workdir)
     assert shown["failed"]
     assert shown["stage"] == "analysis"
@@ -393,7 +393,7 @@ def test_a_hung_model_gets_claude_tree_killed_at_the_stage_timeout(
     with ModelServer(script) as server:
         write_config(workdir, server, analysis="timeout_s = 3")
         create(workdir, repo)
-        orch(workdir, "run")
+        orch(workdir, "run", exit_code=1)  # the task failed during this run
     shown = show(workdir)
     assert shown["failed"]
     assert "timed out after 3s" in shown["failed_reason"]

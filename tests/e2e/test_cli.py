@@ -150,7 +150,14 @@ def test_testing_gate_failing_twice_fails_the_task_with_the_reason(
     )
     orch(workdir, "run")
     orch(workdir, "task", "approve", "FAIL-1")
-    orch(workdir, "run")
+    # The task failed during this run: `orch run` says so and exits 1 (README: failures
+    # exit 1); seen exiting 0 before.
+    failing_run = orch(workdir, "run", check=False)
+    assert failing_run.returncode == 1, failing_run.stderr
+    assert "FAIL-1 failed: testing gate failed" in failing_run.stdout
+    assert "orch task retry FAIL-1" in failing_run.stdout
+    # A failure from an earlier run is not this run's: nothing ran, exit 0.
+    assert orch(workdir, "run").returncode == 0
 
     shown = json.loads(orch(workdir, "task", "show", "FAIL-1", "--json").stdout)
     assert shown["failed"]
@@ -267,9 +274,11 @@ def test_config_show_says_where_values_come_from(workdir: Path) -> None:
         check=True,
     )
     shown = json.loads(env_result.stdout)
-    assert shown["agent_timeout_s"] == {"value": 12.0, "source": "env ORCH_AGENT_TIMEOUT_S"}
+    assert shown["agent_timeout_s"]["value"] == 12.0
+    assert shown["agent_timeout_s"]["source"] == "env ORCH_AGENT_TIMEOUT_S"
     assert shown["max_attempts"]["source"].endswith("orch.toml:3")
-    assert shown["reaper_finalize_grace_s"] == {"value": 300.0, "source": "default"}
+    assert shown["reaper_finalize_grace_s"]["value"] == 300.0
+    assert shown["reaper_finalize_grace_s"]["source"] == "default"
 
 
 def test_usage_errors_exit_2(workdir: Path) -> None:
