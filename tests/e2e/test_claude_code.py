@@ -371,7 +371,7 @@ def test_an_overloaded_api_is_an_api_error_after_the_retries_the_agent_env_allow
     with ModelServer(script) as server:
         write_config(workdir, server, env={"CLAUDE_CODE_MAX_RETRIES": "1"})
         create(workdir, repo)
-        orch(workdir, "run")
+        orch(workdir, "run", exit_code=1)  # the task failed during this run
         asked = [e for e in server.exchanges if e.path.startswith("/v1/messages")]
     shown = show(workdir)
     assert shown["failed"]
