@@ -182,7 +182,7 @@ agent = "codex"
     )
 
 
-def orch(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def orch(workdir: Path, *args: str, exit_code: int = 0) -> subprocess.CompletedProcess[str]:
     env = {
         key: value
         for key, value in os.environ.items()
@@ -197,7 +197,7 @@ def orch(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=240,
         check=False,
     )
-    if result.returncode != 0:
+    if result.returncode != exit_code:
         pytest.fail(f"orch {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
     return result
 
@@ -333,7 +333,7 @@ def test_a_stream_that_stays_down_fails_the_run_with_codexs_reason(
             "--work-item",
             "DEMO-1",
         )
-        orch(workdir, "run")
+        orch(workdir, "run", exit_code=1)  # the task failed during this run
     shown = show(workdir)
     assert shown["failed"]
     assert shown["stage"] == "analysis"
