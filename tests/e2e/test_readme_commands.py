@@ -74,6 +74,9 @@ EXPECTED = {
     ("db", "upgrade"),
     ("config", "show"),
     ("config", "reference"),
+    ("token", "create"),
+    ("token", "list"),
+    ("token", "revoke"),
     *(("task", name) for name in TASK_STATE),
 }
 SLOW = {("demo",), ("serve",)}  # run with every option only, not also without
@@ -224,6 +227,7 @@ def _value(world: World, command: Command, placeholder: str) -> str:
             return f"NEW-{next(world.fresh)}"
         return world.tasks[_task_key(command)]
     values = {
+        "NAME": "readme-token",  # `token create NAME` then `token revoke NAME`
         "PATH": str(world.repo),
         "TEXT": "a [bracketed] title",
         "DIR": str(world.root / f"keep-{next(world.fresh)}"),
@@ -241,9 +245,10 @@ def _value(world: World, command: Command, placeholder: str) -> str:
 
 def _argv(world: World, command: Command, *, with_optional: bool) -> list[str]:
     argv = list(command.path)
-    for token, optional in zip(command.tokens, command.optional, strict=True):
+    for written, optional in zip(command.tokens, command.optional, strict=True):
         if optional and not with_optional:
             continue
+        token = written.split("|")[0]  # `--role viewer|operator|admin`: one of them
         argv.append(
             _value(world, command, token) if re.fullmatch(r"[A-Z][A-Z_]*", token) else token
         )
