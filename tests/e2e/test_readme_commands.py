@@ -74,6 +74,7 @@ EXPECTED = {
     ("db", "upgrade"),
     ("config", "show"),
     ("config", "reference"),
+    ("gc",),
     ("token", "create"),
     ("token", "list"),
     ("token", "revoke"),
