@@ -95,6 +95,11 @@ from orchestrator.transitions import (
     enqueue_stage_job,
     enter_transition,
 )
+from orchestrator.workspace import (
+    prepare_workspace,
+    record_runner_leftovers,
+    recorded_patterns,
+)
 from orchestrator.worktrees import WorktreeJanitor, ensure_worktree, release_quietly
 
 __all__ = ["ENGINE_TICK_S", "MAINTENANCE_INTERVAL_S", "Engine"]
@@ -368,6 +373,11 @@ class Engine:
             # A retried task's worktree may have been removed while it was failed.
             ensure_worktree(self.store, self.settings, task, actor=ACTOR)
             start_sha = git(worktree, "rev-parse", "HEAD").stdout.strip()
+            repository = Path(task.repository)
+            # Included files copied once; the hooks run in the job, before its command.
+            wrapper = prepare_workspace(
+                self.settings.repo_config(repository), repository, worktree, log_path
+            )
             process = spawn(
                 argv,
                 cwd=worktree,
@@ -375,6 +385,7 @@ class Engine:
                 log_path=log_path,
                 max_log_bytes=self.settings.log_max_bytes,
                 stdin_text=prompt,
+                wrapper=wrapper,
             )
         except (OSError, OrchestratorError) as exc:
             reason = f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
@@ -690,7 +701,10 @@ class Engine:
         """What the commit after ``job`` may take: a runner only its own reports."""
         config = self.settings.repo_config(Path(task.repository))
         return CommitPolicy(
-            exclude=effective_excludes(config.commit_exclude),
+            exclude=(
+                *effective_excludes(config.commit_exclude),
+                *recorded_patterns(Path(task.worktree)),
+            ),
             only=(artifact_dir(task.work_item),) if job.kind == "runner" else (),
             max_bytes=self.settings.commit_max_bytes,
             max_files=self.settings.commit_max_files,
@@ -787,6 +801,8 @@ class Engine:
             )
             if plan.problem is not None:
                 log.warning("job %s: nothing committed: %s", job.id, plan.problem)
+        if worktree.is_dir() and job.kind == "runner":
+            record_runner_leftovers(worktree, artifact_dir(task.work_item))
         return self._act(task, job, decision, actor)
 
     def _rollback_feedback(self, task: Task, stage: str, reason: str) -> str:

@@ -59,6 +59,7 @@ from orchestrator.leases import Lease, LeaseManager
 from orchestrator.settings import RepoConfig, Settings
 from orchestrator.store import Store, Task
 from orchestrator.store.schema import events
+from orchestrator.workspace import recorded_patterns
 
 __all__ = [
     "UNHEALTHY_EVENT",
@@ -452,7 +453,10 @@ def rollback_effects(
     if deploy is not None:
         built.append(deploy)
     policy = CommitPolicy(
-        exclude=effective_excludes(config.commit_exclude),
+        exclude=(
+            *effective_excludes(config.commit_exclude),
+            *recorded_patterns(Path(task.worktree)),
+        ),
         max_bytes=settings.commit_max_bytes,
         max_files=settings.commit_max_files,
     )

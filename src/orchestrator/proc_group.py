@@ -184,8 +184,12 @@ def spawn(
     log_path: Path,
     max_log_bytes: int,
     stdin_text: str | None = None,
+    wrapper: Sequence[str] = (),
 ) -> RunningProcess:
     """Start ``argv`` under the launcher in a new session; OSError if it cannot start.
+
+    ``wrapper`` goes between the launcher and ``argv`` (the workspace hooks, which then
+    exec ``argv``); ``argv[0]`` must exist all the same.
 
     The launcher writes ``<log>.tail`` and ``<log>.exit`` next to the log, so the job's
     outcome is known even to an engine that did not start it.
@@ -202,6 +206,7 @@ def spawn(
         str(log_path.with_suffix(".exit")),
         str(max_log_bytes),
         "--",
+        *wrapper,
         *argv,
     ]
     program = argv[0]

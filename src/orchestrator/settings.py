@@ -292,6 +292,16 @@ class RepoConfig(_Strict):
     # built-in list (virtualenvs, node_modules, caches, .env*, coverage and build
     # output); "!<pattern>" drops that pattern from the built-in list.
     commit_exclude: list[str] = Field(default_factory=list)
+    # Run once in a new worktree, before its first job (e.g. create the venv); argument
+    # list or one string. Its failure fails the task for a person, never for the agent.
+    after_create: list[str] | str | None = None
+    # Run in the worktree before every agent or runner job; failure as after_create.
+    before_run: list[str] | str | None = None
+    # Seconds one hook may run before its process group is killed (a failure).
+    hook_timeout_s: float = Field(default=600.0, gt=0)
+    # Patterns (relative to the repository) of ignored files copied from the main
+    # checkout into a new worktree, e.g. [".env"]; never committed.
+    worktree_include: list[str] = Field(default_factory=list)
 
     @field_validator("skip")
     @classmethod
@@ -302,7 +312,7 @@ class RepoConfig(_Strict):
     _stages_known = field_validator("stages")(_check_stage_keys)
     _forge_repo_shape = field_validator("forge_repo")(_check_forge_repo)
 
-    @field_validator("commit_exclude")
+    @field_validator("commit_exclude", "worktree_include")
     @classmethod
     def _patterns(cls, value: list[str], info: ValidationInfo) -> list[str]:
         for pattern in value:

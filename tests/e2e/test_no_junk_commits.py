@@ -146,3 +146,57 @@ def test_tool_and_agent_leftovers_never_reach_a_commit(tmp_path: Path) -> None:
     # The testing stage passed the first time: the runner no longer DEFERs on a venv.
     started = [e["to_stage"] for e in shown["events"] if e["kind"] == "job.started"]
     assert started.count("testing") == 1, reasons
+
+
+HOOKS_CONFIG = """\
+data_dir = ".orch"
+retry_backoff_s = 0
+max_attempts = 2
+test_runner_hybrid = false
+
+[stages.analysis]
+agent = "scripted"
+[stages.architecture]
+agent = "scripted"
+[stages.development]
+agent = "scripted"
+
+[repos.calc]
+worktree_include = [".env.local"]
+after_create = [{python}, "-m", "venv", "--without-pip", "hooks-venv"]
+before_run = ["sh", "-c", "echo preparing > before-run.txt"]
+test_command = [{python}, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+"""
+
+
+def test_hooks_and_included_files_set_up_the_worktree_and_stay_out_of_commits(
+    tmp_path: Path,
+) -> None:
+    repo = _make_repository(tmp_path / "calc")
+    # An ignored file of the main checkout, which jobs need in their worktree.
+    (repo / ".env.local").write_text("DATABASE_URL=sqlite:///dev.db\n", encoding="utf-8")
+    workdir = tmp_path / "orch"
+    workdir.mkdir()
+    python = json.dumps(sys.executable)
+    (workdir / "orch.toml").write_text(HOOKS_CONFIG.format(python=python), encoding="utf-8")
+
+    orch(workdir, "task", "create", "--repo", str(repo), "--title", "Add double()",
+         "--work-item", WORK_ITEM)  # fmt: skip
+    orch(workdir, "run")
+    orch(workdir, "task", "approve", WORK_ITEM)
+    orch(workdir, "run")
+
+    shown = json.loads(orch(workdir, "task", "show", WORK_ITEM, "--json").stdout)
+    assert shown["stage"] == "done", [event["reason"] for event in shown["events"]]
+    worktree = Path(shown["worktree"])
+    assert (worktree / "hooks-venv" / "pyvenv.cfg").is_file()
+    assert (worktree / ".env.local").read_text() == "DATABASE_URL=sqlite:///dev.db\n"
+    assert (worktree / "before-run.txt").is_file()
+    logs = orch(workdir, "task", "logs", WORK_ITEM, "--all").stdout
+    assert logs.count("[orch: hook after_create:") == 1
+    assert logs.count("[orch: hook before_run:") == 6  # one per job
+    for ref in ("main", f"orch/{WORK_ITEM}"):
+        paths = _committed_paths(repo, ref)
+        assert "calc/double.py" in paths
+        assert _junk(paths) == []
+        assert not {".env.local", "before-run.txt"} & paths

@@ -28,8 +28,10 @@ import subprocess
 from pathlib import Path
 from typing import Final
 
+from orchestrator.commit_policy import DEFAULT_COMMIT_EXCLUDE
 from orchestrator.runners.config import RunnerConfig
 from orchestrator.runners.process import run_command
+from orchestrator.workspace import recorded_patterns
 
 __all__ = ["EXPLANATION_FILE", "Explanation", "explain_defer", "explain_prompt"]
 
@@ -72,9 +74,11 @@ def _git(worktree: Path, *args: str) -> None:
 
 def _discard_changes(worktree: Path) -> None:
     """Back to the job's starting commit: tracked files restored, new files removed
-    (ignored files, such as a venv made by the setup command, are kept)."""
+    (ignored files are kept, and so is what the commit policy never commits: a venv made
+    by the setup command, a `.env` copied into the worktree)."""
     _git(worktree, "checkout", "--force", "HEAD", "--", ".")
-    _git(worktree, "clean", "-d", "--force", "--quiet")
+    kept = (*DEFAULT_COMMIT_EXCLUDE, *recorded_patterns(worktree))
+    _git(worktree, "clean", "-d", "--force", "--quiet", *(f"--exclude={p}" for p in kept))
 
 
 def explain_defer(
