@@ -97,7 +97,6 @@ from orchestrator.transitions import (
 )
 from orchestrator.workspace import (
     prepare_workspace,
-    record_runner_leftovers,
     recorded_patterns,
 )
 from orchestrator.worktrees import WorktreeJanitor, ensure_worktree, release_quietly
@@ -801,8 +800,6 @@ class Engine:
             )
             if plan.problem is not None:
                 log.warning("job %s: nothing committed: %s", job.id, plan.problem)
-        if worktree.is_dir() and job.kind == "runner":
-            record_runner_leftovers(worktree, artifact_dir(task.work_item))
         return self._act(task, job, decision, actor)
 
     def _rollback_feedback(self, task: Task, stage: str, reason: str) -> str:

@@ -8,8 +8,7 @@ Before a job starts the engine calls :func:`prepare_workspace`:
   the wrapper (:mod:`orchestrator.hooks`) the launcher runs before the job's command:
   ``after_create`` once per worktree, ``before_run`` before every job.
 
-Whatever those copies and hooks created, and whatever a runner stage left outside its
-reports (:func:`record_runner_leftovers`), is written to a record in the worktree's git
+Whatever those copies and hooks created is written to a record in the worktree's git
 directory; :func:`recorded_patterns` turns it into exclude patterns, so the engine's
 commit never takes those paths (:mod:`orchestrator.commit_policy`).
 """
@@ -32,7 +31,6 @@ from orchestrator.settings import RepoConfig
 __all__ = [
     "HOOK_FAILED_EXIT",
     "prepare_workspace",
-    "record_runner_leftovers",
     "recorded_patterns",
 ]
 
@@ -129,19 +127,3 @@ def prepare_workspace(
     spec = {"hooks": hooks, "log": str(log_path), "created_record": str(state / CREATED_RECORD)}
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     return [sys.executable, "-m", "orchestrator.hooks", str(spec_path), "--"]
-
-
-def record_runner_leftovers(worktree: Path, reports: str) -> None:
-    """Record what a runner stage left outside its reports (a venv, a database file), so
-    that no later agent stage commits it as its own work."""
-    listed = git(worktree, "ls-files", "-z", "--others", "--exclude-standard", "--directory").stdout
-    prefix = f"{reports.strip('/')}/"
-    # Neither the reports nor a directory holding them (an untracked docs/ is listed
-    # whole): recording one would keep later reports out of their commits.
-    left = [
-        p
-        for p in listed.split("\0")
-        if p and not (p + "/").startswith(prefix) and not prefix.startswith(p.rstrip("/") + "/")
-    ]
-    known = set(recorded_patterns(worktree))
-    _record(worktree, [p for p in left if _escape(p) not in known])

@@ -15,13 +15,12 @@ from tests.integration.support import GIT_IDENTITY
 from tests.integration.test_engine import World, run_git, world  # noqa: F401
 
 from orchestrator import hooks
-from orchestrator.commit_policy import DEFAULT_COMMIT_EXCLUDE, CommitPolicy, plan_commit
+from orchestrator.commit_policy import CommitPolicy, plan_commit
 from orchestrator.kernel.decisions import ENVIRONMENT
 from orchestrator.runners.context import RESULT_PREFIX, TOOL_ERROR_EXIT
 from orchestrator.settings import load_settings
 from orchestrator.workspace import (
     CREATED_RECORD,
-    record_runner_leftovers,
     recorded_patterns,
     state_dir,
 )
@@ -192,25 +191,6 @@ def make_git_repo(path: Path) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=path, check=True)
     subprocess.run(["git", "commit", "-qm", "init"], cwd=path, check=True, env=env)
     return path
-
-
-def test_runner_leftovers_are_recorded_but_never_the_reports(tmp_path: Path) -> None:
-    repo = make_git_repo(tmp_path / "r")
-    for name in ("app.db", "logs/run.log", "docs/work-items/T-1/13-test-report.md"):
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text("x\n")
-
-    record_runner_leftovers(repo, "docs/work-items/T-1")
-    record_runner_leftovers(repo, "docs/work-items/T-1")  # idempotent
-
-    record = (state_dir(repo) / CREATED_RECORD).read_text().splitlines()
-    assert record == ["app.db", "logs/"]
-    (repo / "code.py").write_text("x\n")
-    policy = CommitPolicy(exclude=(*DEFAULT_COMMIT_EXCLUDE, *recorded_patterns(repo)))
-    assert plan_commit(repo, policy).paths == (
-        "code.py",
-        "docs/work-items/T-1/13-test-report.md",
-    )
 
 
 NAME = st.text(
