@@ -53,6 +53,8 @@ data_dir = ".orch"
 retry_backoff_s = 0
 max_attempts = 2
 test_runner_hybrid = false
+# Keep the worktree after done: the test looks at what was left in it.
+worktree_retention_done_s = 3600
 
 [stages.analysis]
 agent = "scripted"
@@ -153,6 +155,8 @@ data_dir = ".orch"
 retry_backoff_s = 0
 max_attempts = 2
 test_runner_hybrid = false
+# Keep the worktree after done: the test looks at what was left in it.
+worktree_retention_done_s = 3600
 
 [stages.analysis]
 agent = "scripted"

@@ -45,7 +45,7 @@ def tracked(worktree: Path) -> list[str]:
 
 def test_after_create_runs_once_and_before_run_before_every_job(world: World) -> None:  # noqa: F811
     out = world.out
-    world.configure()
+    world.configure(worktree_retention_done_s=3600)
     after = f"echo once >> {out}/after; mkdir -p gen && echo made > gen/tool.txt"
     reconfigure(
         world,
@@ -162,7 +162,7 @@ def test_included_files_are_copied_once_and_never_committed(world: World) -> Non
     (world.repo / "local").mkdir()
     (world.repo / "local" / "settings.json").write_text("{}\n")
     (world.repo / "local" / "notes.txt").write_text("not included\n")
-    world.configure('cat .env > "$OUT/seen-$ORCH_STAGE"')
+    world.configure('cat .env > "$OUT/seen-$ORCH_STAGE"', worktree_retention_done_s=3600)
     reconfigure(world, 'worktree_include = [".env", "local/*.json"]')
     task = world.create("T-1")
     engine = world.engine()
