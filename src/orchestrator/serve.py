@@ -6,7 +6,8 @@ The API (uvicorn) runs in the main thread, so uvicorn owns SIGTERM and SIGINT. T
 engine loop runs in a background thread named ``engine``, started only once the server
 listens (a port already in use must not leave jobs started behind it).
 
-* SIGTERM / SIGINT: uvicorn finishes its requests and returns; then the stop event is
+* SIGTERM / SIGINT: uvicorn finishes its requests (for ``http_graceful_shutdown_s`` at
+  most: a client that stalled mid-request is then cut off) and returns; then the stop event is
   set, the engine thread joined, and :meth:`Engine.shutdown` called. Running agents are
   left running and stay recorded; the next start adopts or reaps them. Exit code 0.
 * The engine thread dies with an exception: the supervisor logs it and tells uvicorn to
@@ -151,7 +152,18 @@ def run_server(
         if delivery is not None:
             outbox_thread.start()
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        http="h11",  # the limits below are h11's; never a parser picked by what is installed
+        h11_max_incomplete_event_size=settings.http_max_header_bytes,
+        timeout_keep_alive=settings.http_keep_alive_s,
+        limit_concurrency=settings.http_limit_concurrency,
+        # A client stalled mid-request must not hold SIGTERM up for ever.
+        timeout_graceful_shutdown=settings.http_graceful_shutdown_s,
+    )
     server = _Server(config, on_started)
     exit_code = EXIT_OK
     with _shutdown_signals(server) as received:

@@ -10,6 +10,8 @@ Errors are always one JSON line, ``{"error": "..."}``::
                                422 usage/config, 400 repository/agent/other)
     RequestValidationError     422, naming the first field that is wrong
     HTTPException (routing)    its status (404 unknown path, 405 wrong method)
+    body over the cap          413 (Content-Length before reading; chunked as it arrives)
+    client hung up             no answer; one log line, no traceback
     anything else              500 "internal error", logged with its traceback
 
 Every request passes :class:`~orchestrator.http_guard.HttpGuard` first (Host check,
@@ -17,10 +19,14 @@ browser safety, the API token and its role; docs/security.md) and acts as the to
 actor (``token:<name>``) in the audit trail. The signed webhooks of Telegram, Gitea,
 GitHub and Plane (``POST /webhooks/...``) need no token; they answer 4xx with one clear
 line for anything a sender controls; see :mod:`orchestrator.webhooks`.
+
+Text in a body is checked at the edge (:mod:`orchestrator.text_input`): lone
+surrogates, NUL and over-long path components are a 422 naming the field.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -32,8 +38,9 @@ import sqlalchemy as sa
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator import __version__
@@ -41,6 +48,7 @@ from orchestrator.auth import Principal, check_repo_allowed
 from orchestrator.engine import Engine
 from orchestrator.errors import NotAuthenticatedError, OrchestratorError, UsageError
 from orchestrator.http_guard import PRINCIPAL_STATE_KEY, HttpGuard
+from orchestrator.http_limits import BodyLimit, client_hung_up
 from orchestrator.integrations.telegram_webhook import telegram_webhook_router
 from orchestrator.kernel.stages import STAGE_TRANSITIONS
 from orchestrator.leases import LeaseManager, Owner
@@ -48,6 +56,7 @@ from orchestrator.service import MAX_FEEDBACK_CHARS, TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import ACTIVE_JOB_STATUSES, Job, Store, Task
 from orchestrator.store.schema import outbox
+from orchestrator.text_input import check_path, lone_surrogate_at
 from orchestrator.transitions import Runtime
 from orchestrator.webhook_routes import webhook_router
 
@@ -65,17 +74,33 @@ OUTBOX_OPEN_STATUSES: Final = ("pending", "sending", "failed")
 WAITING_JOB_STATUSES: Final = ("queued", "deferred")
 
 
+def _valid_text(value: str) -> str:
+    """Text the database, git and the OS can take (checked again, by name, by the service)."""
+    index = lone_surrogate_at(value)
+    if index is not None:
+        raise ValueError(
+            f"contains a lone UTF-16 surrogate (\\u{ord(value[index]):04x}); send valid Unicode"
+        )
+    if "\x00" in value:
+        raise ValueError("contains a NUL character; remove it")
+    return value
+
+
+# Every string field of a request body is one of these.
+Text = Annotated[str, AfterValidator(_valid_text)]
+
+
 class CreateTaskBody(BaseModel):
     """A new task. Lengths and formats are checked by the service, as for the CLI."""
 
     model_config = ConfigDict(extra="forbid")
 
-    repo: str = Field(description="Absolute path of the git repository on the server.")
-    title: str = Field(description="One line saying what the task is.")
-    work_item: str | None = Field(
+    repo: Text = Field(description="Absolute path of the git repository on the server.")
+    title: Text = Field(description="One line saying what the task is.")
+    work_item: Text | None = Field(
         default=None, description="Id such as PROJ-42; TASK-<n> when omitted."
     )
-    description: str = Field(default="", description="What to build, in detail.")
+    description: Text = Field(default="", description="What to build, in detail.")
 
 
 class ReasonBody(BaseModel):
@@ -83,7 +108,7 @@ class ReasonBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(default="", max_length=MAX_REASON_CHARS)
+    reason: Text = Field(default="", max_length=MAX_REASON_CHARS)
 
 
 class RejectBody(BaseModel):
@@ -91,7 +116,7 @@ class RejectBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    feedback: str = Field(
+    feedback: Text = Field(
         max_length=MAX_FEEDBACK_CHARS,
         description="What must change (not empty; goes into the next analysis prompt).",
     )
@@ -145,6 +170,16 @@ class _InternalErrors:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            client_hung_up(scope)  # nobody is left to answer; not our error
+        except asyncio.CancelledError:
+            # uvicorn's graceful shutdown ran out (a client stalled mid-request): one line,
+            # a 503 if still possible, and the task ends here as uvicorn asked.
+            log.info(
+                "%s %s cut off: the server is shutting down", scope.get("method"), scope.get("path")
+            )
+            if not response_started:
+                await _error(503, "the server is shutting down; try again")(scope, receive, send)
         except Exception:
             log.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
             if response_started:
@@ -181,13 +216,8 @@ def _actor(request: Request) -> str:
 
 
 def _repo_path(text: str) -> Path:
-    """A repository path from a request: absolute, no NUL (the OS would refuse it)."""
-    if "\x00" in text:
-        raise UsageError("repo contains a NUL character; give the repository's path")
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        raise UsageError(f"repo {text[:200]!r} is not an absolute path; give the full path")
-    return path
+    """A repository path from a request: absolute, and one the OS can take."""
+    return check_path(text, "repo")
 
 
 def _outbox_counts(store: Store) -> dict[str, int]:
@@ -225,6 +255,8 @@ def create_app(
     # Added first = runs inside _InternalErrors: a database error while checking a token
     # is a logged 500, not a dropped connection.
     app.add_middleware(HttpGuard, store=store, settings=settings)
+    # Outside the guard: a body over the cap is refused before anything else.
+    app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(_InternalErrors)
 
     @app.exception_handler(OrchestratorError)

@@ -34,6 +34,7 @@ from orchestrator.leases import LeaseManager, Owner
 from orchestrator.notifier import Notifier, NullNotifier, notify_safely
 from orchestrator.settings import Settings
 from orchestrator.store import Store, Task
+from orchestrator.text_input import check_text
 from orchestrator.transitions import (
     EventKind,
     advance_stage,
@@ -84,14 +85,16 @@ def validate_title(title: str) -> str:
             f"the title is {len(cleaned)} characters; keep it under {MAX_TITLE_CHARS} and put "
             "details in --description"
         )
-    if any(unicodedata.category(ch).startswith("C") for ch in cleaned):
+    check_text(cleaned, "the title")
+    # Controls (Cc) and lone surrogates (Cs) are refused; format characters (Cf: the
+    # zero-width joiner of an emoji, a right-to-left mark) are text.
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in cleaned):
         raise UsageError("the title contains control characters or newlines; use one line")
     return cleaned
 
 
 def validate_description(description: str) -> str:
-    if "\x00" in description:
-        raise UsageError("the description contains a NUL character; remove it")
+    check_text(description, "the description")
     if len(description) > MAX_DESCRIPTION_CHARS:
         raise UsageError(
             f"the description is {len(description)} characters; the limit is "
@@ -105,8 +108,7 @@ def validate_feedback(feedback: str) -> str:
     cleaned = feedback.strip()
     if not cleaned:
         raise UsageError("the feedback is empty; say what the BRD must change (--feedback TEXT)")
-    if "\x00" in cleaned:
-        raise UsageError("the feedback contains a NUL character; remove it")
+    check_text(cleaned, "the feedback")
     if len(cleaned) > MAX_FEEDBACK_CHARS:
         raise UsageError(
             f"the feedback is {len(cleaned)} characters; the limit is {MAX_FEEDBACK_CHARS}: "
@@ -338,6 +340,7 @@ class TaskService:
                 )
 
     def cancel(self, task: Task, *, actor: str = "cli", reason: str = "") -> Task:
+        check_text(reason, "the reason")
         if task.stage in TERMINAL_STAGES:
             raise ConflictError(f"task {task.work_item} is already {task.stage}")
         self._refuse_during_side_effects(task, "cancel")
@@ -361,6 +364,7 @@ class TaskService:
         return changed
 
     def rollback(self, task: Task, *, actor: str = "cli", reason: str = "") -> Task:
+        check_text(reason, "the reason")
         """Send the task back to development from testing, staging or deploy."""
         target = ROLLBACK_TARGET.get(task.stage)
         if target is None:

@@ -514,6 +514,20 @@ class Settings(BaseSettings):
     plane_webhook_secret: str = ""
     # Largest webhook body accepted, in bytes; a larger one gets 413.
     webhook_max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    # --- HTTP input limits (docs/security.md, "Input") ---
+    # Largest body of any other request (POST /tasks, reject, cancel, ...), in bytes: a
+    # larger Content-Length gets 413 before the body is read, a chunked body as it passes.
+    api_max_body_bytes: int = Field(default=262_144, ge=1024)
+    # Largest request line plus headers uvicorn buffers, in bytes (h11's
+    # max_incomplete_event_size); a larger head gets 431/400 and the connection closes.
+    http_max_header_bytes: int = Field(default=65_536, ge=4096)
+    # Seconds an idle keep-alive connection is held open between requests.
+    http_keep_alive_s: int = Field(default=5, ge=1)
+    # Connections (and requests) served at once; more are answered 503 at once.
+    http_limit_concurrency: int = Field(default=200, ge=1)
+    # On SIGTERM, seconds to let requests in flight finish; then connections still open
+    # (a client that stalled mid-request) are closed and the server stops.
+    http_graceful_shutdown_s: int = Field(default=10, ge=1)
     # Where work items come from and where stage outcomes are written back: "local" (CLI
     # and API only), "plane" or "github" (issues).
     tracker: Literal["local", "plane", "github"] = "local"

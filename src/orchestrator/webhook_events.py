@@ -32,10 +32,13 @@ plane       ``issue`` ``updated``, state group        :class:`IssueReopened`
 plane       ``issue`` ``deleted``                     :class:`IssueCancelled`
 ==========  ========================================  ====================================
 
-Any other documented event of the service is :class:`Ignored` (answered 200, so the
-sender does not retry it); an event name the service does not document raises
-:class:`UnknownEventError` and a payload of the wrong shape :class:`MalformedPayloadError`
-(both answered 400 with the message).
+Any other event is :class:`Ignored` (answered 200, so the sender neither retries it nor
+marks the hook as failing): every event the service documents (the ``*_EVENTS`` sets,
+each proven by a contract test with a payload of that event), and any other well-formed
+event name too, since vendors add events (GitHub's ``sub_issues``, ``repository_ruleset``)
+and a new one must not turn our endpoint red. An event name that is not a name at all
+raises :class:`UnknownEventError`, and a payload of the wrong shape for an event we act
+on :class:`MalformedPayloadError` (both answered 400 with the message).
 """
 
 from __future__ import annotations
@@ -160,7 +163,8 @@ WebhookEvent = (
     | Ignored
 )
 
-# Gitea's hook event types (X-Gitea-Event-Type) and event names (X-Gitea-Event).
+# Gitea's hook event types (X-Gitea-Event-Type) and event names (X-Gitea-Event), as its
+# webhook documentation and modules/webhook list them.
 GITEA_EVENTS: Final = frozenset(
     {
         "create",
@@ -191,33 +195,60 @@ GITEA_EVENTS: Final = frozenset(
         "status",
         "workflow_run",
         "workflow_job",
+        "schedule",
     }
 )
-# GitHub's webhook event names (X-GitHub-Event) that a repository webhook can receive.
+# GitHub's webhook event names (X-GitHub-Event), as "Webhook events and payloads" in
+# GitHub's documentation lists them (repository, organization and app webhooks alike: an
+# organization's hook can point here too).
 GITHUB_EVENTS: Final = frozenset(
     {
         "ping",
+        "branch_protection_configuration",
         "branch_protection_rule",
         "check_run",
         "check_suite",
+        "code_scanning_alert",
         "commit_comment",
         "create",
+        "custom_property",
+        "custom_property_values",
         "delete",
+        "dependabot_alert",
+        "deploy_key",
         "deployment",
+        "deployment_protection_rule",
+        "deployment_review",
         "deployment_status",
         "discussion",
         "discussion_comment",
         "fork",
+        "github_app_authorization",
         "gollum",
+        "installation",
+        "installation_repositories",
+        "installation_target",
         "issue_comment",
+        "issue_dependencies",
         "issues",
         "label",
+        "marketplace_purchase",
         "member",
+        "membership",
         "merge_group",
         "meta",
         "milestone",
+        "org_block",
+        "organization",
         "package",
         "page_build",
+        "personal_access_token_request",
+        "project",
+        "project_card",
+        "project_column",
+        "projects_v2",
+        "projects_v2_item",
+        "projects_v2_status_update",
         "public",
         "pull_request",
         "pull_request_review",
@@ -227,17 +258,31 @@ GITHUB_EVENTS: Final = frozenset(
         "registry_package",
         "release",
         "repository",
+        "repository_advisory",
         "repository_dispatch",
+        "repository_import",
+        "repository_ruleset",
+        "repository_vulnerability_alert",
+        "secret_scanning_alert",
+        "secret_scanning_alert_location",
+        "secret_scanning_scan",
         "security_advisory",
+        "security_and_analysis",
+        "sponsorship",
         "star",
         "status",
+        "sub_issues",
+        "team",
+        "team_add",
         "watch",
         "workflow_dispatch",
         "workflow_job",
         "workflow_run",
     }
 )
-# Plane's webhook events (payload "event"; v2's dot names are split at the dot).
+# Plane's webhook events (payload "event" and X-Plane-Event; v2's dot names are split at
+# the dot): project, cycle, module, work item (issue), work item comment, a work item
+# added to a cycle or module, intake.
 PLANE_EVENTS: Final = frozenset(
     {
         "project",
@@ -264,6 +309,9 @@ _PLANE_ACTIONS: Final = {
     "delete": "delete",
 }
 _REF_HEADS: Final = "refs/heads/"
+# What an event name looks like (any vendor): a well-formed name we do not know is
+# ignored, anything else is not an event name.
+_EVENT_NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TAG: Final = re.compile(r"<[^>]*>")
 _SPACES: Final = re.compile(r"[ \t]+")
 
@@ -316,10 +364,21 @@ def _push(payload: Mapping[str, Any]) -> BranchPushed | Ignored:
     )
 
 
+def _unknown(vendor: str, event: str, known: frozenset[str]) -> Ignored | None:
+    """``Ignored`` for a well-formed event name ``known`` lacks; None when it is known."""
+    if event in known:
+        return None
+    if not _EVENT_NAME.fullmatch(event):
+        shown = event[:60].encode("utf-8", "backslashreplace").decode("utf-8")
+        raise UnknownEventError(f"{vendor} event {shown!r} is not an event name")
+    return Ignored(f"{vendor.lower()} {event} is not an event orch knows")
+
+
 def parse_gitea(event: str, payload: Mapping[str, Any]) -> WebhookEvent:
     """The meaning of a Gitea delivery (``event``: X-Gitea-Event-Type, else X-Gitea-Event)."""
-    if event not in GITEA_EVENTS:
-        raise UnknownEventError(f"unknown Gitea event {event[:60]!r}")
+    unknown = _unknown("Gitea", event, GITEA_EVENTS)
+    if unknown is not None:
+        return unknown
     action = payload.get("action")
     if event == "pull_request":
         if action == "closed":
@@ -343,8 +402,9 @@ def parse_gitea(event: str, payload: Mapping[str, Any]) -> WebhookEvent:
 
 def parse_github(event: str, payload: Mapping[str, Any], *, intake_label: str) -> WebhookEvent:
     """The meaning of a GitHub delivery (``event``: X-GitHub-Event)."""
-    if event not in GITHUB_EVENTS:
-        raise UnknownEventError(f"unknown GitHub event {event[:60]!r}")
+    unknown = _unknown("GitHub", event, GITHUB_EVENTS)
+    if unknown is not None:
+        return unknown
     action = payload.get("action")
     if event == "ping":
         return Ignored("ping")
@@ -422,8 +482,9 @@ def parse_plane(payload: Mapping[str, Any]) -> WebhookEvent:
         raise MalformedPayloadError("event is missing or not a string")
     if "." in event:  # v2: "workitem.created"
         event, _, action = event.partition(".")
-    if event not in PLANE_EVENTS:
-        raise UnknownEventError(f"unknown Plane event {event[:60]!r}")
+    unknown = _unknown("Plane", event, PLANE_EVENTS)
+    if unknown is not None:
+        return unknown
     if event not in ("issue", "workitem", "work_item"):
         return Ignored(f"plane {event} is not used")
     data = _object(payload.get("data"), "data")

@@ -11,9 +11,12 @@ and answers ``(http_status, json_body)``. In order, nothing written before step 
    ``X-Plane-Signature: <hex>``. Missing or wrong: 401, and nothing else is looked at.
 2. **Delivery id** (``X-Gitea-Delivery``, ``X-GitHub-Delivery``, ``X-Plane-Delivery``):
    missing, 400.
-3. **Body.** Not JSON, or not an object: 400. (Size is capped before: 413.)
-4. **Meaning.** :mod:`orchestrator.webhook_events` turns it into a value; an unknown
-   event or a payload of the wrong shape: 400.
+3. **Body.** Not JSON, not an object, nested too deeply, or a lone UTF-16 surrogate
+   anywhere in it: 400 (:func:`~orchestrator.text_input.parse_json_object`; NUL
+   characters are dropped). Size is capped before: 413.
+4. **Meaning.** :mod:`orchestrator.webhook_events` turns it into a value; an event we
+   do not use (any well-formed name) is ``ignored``; a name that is no event name, or a
+   payload of the wrong shape for an event we act on: 400.
 5. **Replay.** The delivery id is claimed by a unique row in ``webhook_deliveries``
    (source, delivery id); a replay finds it and gets 200 ``{"status": "duplicate"}``
    with no change.
@@ -33,13 +36,16 @@ task's events only), ``ignored``, ``refused`` (repository not listed), ``rejecte
 (the service refused; the reason says why) or ``duplicate``. A deferred or refused
 delivery is not remembered, so a redelivery retries it. A tracker that cannot be
 reached during intake gives 502 (not remembered either).
+Input the service refuses (a :class:`~orchestrator.errors.UsageError`: a title it cannot
+take) gives 422 with the reason and is not remembered either: nothing was decided about
+the work item, so a corrected redelivery is processed, never answered ``duplicate``
+(decision 0013).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -50,12 +56,19 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from orchestrator.auth import check_repo_allowed
-from orchestrator.errors import ConflictError, ForbiddenError, IntegrationError, OrchestratorError
+from orchestrator.errors import (
+    ConflictError,
+    ForbiddenError,
+    IntegrationError,
+    OrchestratorError,
+    UsageError,
+)
 from orchestrator.kernel.stages import ROLLBACK_TARGET, TERMINAL_STAGES
 from orchestrator.service import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import Store, Task
 from orchestrator.store.schema import events, tasks, webhook_deliveries
+from orchestrator.text_input import BadJSONError, parse_json_object
 from orchestrator.trackers.base import Origin
 from orchestrator.transitions import EventKind, Runtime, enter_transition
 from orchestrator.webhook_events import (
@@ -212,11 +225,9 @@ class WebhookReceiver:
         if not delivery or len(delivery) > MAX_DELIVERY_ID_CHARS:
             return 400, {"error": f"missing or overlong {source.delivery_header} header"}
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return 400, {"error": f"the body is not JSON: {str(exc)[:200]}"}
-        if not isinstance(payload, dict):
-            return 400, {"error": "the body is JSON but not an object"}
+            payload = parse_json_object(body)
+        except BadJSONError as exc:
+            return 400, {"error": str(exc)}
         try:
             event = self._parse(source, headers, payload)
         except (UnknownEventError, MalformedPayloadError) as exc:
@@ -228,6 +239,11 @@ class WebhookReceiver:
         except IntegrationError as exc:
             self._release(source.name, delivery)
             return 502, {"error": str(exc)}
+        except UsageError as exc:
+            # Refused input decides nothing: forget the delivery (decision 0013).
+            self._release(source.name, delivery)
+            log.info("%s delivery %s refused: %s", source.name, delivery, exc)
+            return 422, {"error": str(exc)[:500]}
         except BaseException:
             self._release(source.name, delivery)
             raise
@@ -321,7 +337,7 @@ class WebhookReceiver:
                 if task is not None and event.state and self._own_state(task, event.state):
                     return Outcome("ignored", f"{event.state} is the state we set", task)
                 return self._rollback(actor, task, event.reason, _describe(event.ref))
-        except IntegrationError:
+        except (IntegrationError, UsageError):
             raise
         except OrchestratorError as exc:  # the service refused: conflict, bad input, git
             return Outcome("rejected", str(exc))

@@ -47,6 +47,7 @@ from orchestrator.kernel.stages import (
 )
 from orchestrator.settings import Settings
 from orchestrator.store import AgentRun, Store, Task
+from orchestrator.text_input import display_safe
 
 __all__ = [
     "ACTIONS",
@@ -284,7 +285,8 @@ def _status_line(view: CardView, language: str, words: Mapping[str, str]) -> str
 def render_card(view: CardView, language: str = "en") -> RenderedCard:
     """The card as Telegram shows it: plain text (no parse mode) and inline buttons."""
     words = _words(language)
-    lines = [f"📋 {view.work_item} · {_clip(view.title, 200)}", _status_line(view, language, words)]
+    title = _clip(display_safe(view.title), 200)
+    lines = [f"📋 {view.work_item} · {title}", _status_line(view, language, words)]
     lines.append("")
     for row in view.rows:
         line = f"{row.mark} {stage_label(row.stage, language)}"
@@ -306,7 +308,8 @@ def render_card(view: CardView, language: str = "en") -> RenderedCard:
 
 def render_alert(message: str, *, work_item: str | None = None, title: str | None = None) -> str:
     """An alert: its own message, naming the task it is about."""
-    head = "⚠️ " + (f"{work_item} · {_clip(title or '', 200)}" if work_item else "orchestrator")
+    shown = _clip(display_safe(title or ""), 200)
+    head = "⚠️ " + (f"{work_item} · {shown}" if work_item else "orchestrator")
     text = f"{head}\n{message.strip()}"
     return text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
 

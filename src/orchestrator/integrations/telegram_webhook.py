@@ -35,7 +35,6 @@ so Telegram's redelivery gets another chance.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 from typing import Any, Final
@@ -58,6 +57,7 @@ from orchestrator.service import TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.store.schema import webhook_deliveries
+from orchestrator.text_input import BadJSONError, parse_json_object
 from orchestrator.webhook_routes import BodyTooLargeError, read_capped
 
 __all__ = ["MAX_BODY_BYTES", "SECRET_HEADER", "telegram_webhook_router"]
@@ -143,11 +143,9 @@ def telegram_webhook_router(store: Store, settings: Settings, service: TaskServi
         except BodyTooLargeError:
             return _error(413, f"the body is over {limit} bytes (webhook_max_body_bytes)")
         try:
-            update = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "the body is not JSON; expected a Telegram Update")
-        if not isinstance(update, dict):
-            return _error(400, "expected a Telegram Update (a JSON object)")
+            update = parse_json_object(body)
+        except BadJSONError as exc:
+            return _error(400, f"{exc}; expected a Telegram Update")
         update_id = update.get("update_id")
         if not isinstance(update_id, int) or isinstance(update_id, bool):
             return _error(400, "the Update has no integer update_id")

@@ -9,8 +9,9 @@ Calls the Plane tracker makes, in the documented shapes (``X-API-Key`` required,
 * ``POST .../projects/{project_id}/issues/{issue_id}/comments/`` — 201 the comment; a
   second comment with the same ``external_source`` and ``external_id``: 409.
 
-:meth:`FakePlane.webhook` builds a delivery (``{"event", "action", "webhook_id",
-"workspace_id", "data", "activity"}``) signed with ``X-Plane-Signature`` (hex
+:meth:`FakePlane.webhook` builds a delivery in Plane's real shape (``{"event", "action",
+"webhook_id", "workspace_id", "data", "activity"}``; ``data`` carries no
+``project_detail``, only the project's id) signed with ``X-Plane-Signature`` (hex
 HMAC-SHA256 of the body), ``X-Plane-Delivery`` and ``X-Plane-Event``.
 """
 
@@ -29,6 +30,8 @@ from orchestrator.testing.fake_http import FakeService, hmac_sha256
 __all__ = ["FakePlane", "FakeWorkItem"]
 
 DEFAULT_API_KEY: Final = "plane_api_fake"
+# The workspace member every fake delivery names as its actor.
+ACTOR_ID: Final = "6bb20d1c-4960-41ca-af4f-cee01de160c4"
 PROJECT: Final = r"/api/v1/workspaces/(?P<slug>[^/]+)/projects/(?P<project>[^/]+)"
 STATES: Final = (
     ("Backlog", "backlog"),
@@ -171,16 +174,20 @@ class FakePlane(FakeService):
         return 201, comment
 
     def item_json(self, item: FakeWorkItem) -> dict[str, Any]:
+        """The work item as the REST API answers it (``project`` an id, no details)."""
         return {
             "id": item.id,
             "name": item.name,
             "description_html": item.description_html,
             "sequence_id": item.sequence_id,
             "project": item.project,
-            "workspace": self.workspace,
+            "workspace": self.workspace_id,
             "state": item.state,
-            "project_detail": {"id": item.project, "identifier": self.projects[item.project]},
         }
+
+    @property
+    def workspace_id(self) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_DNS, self.workspace))
 
     # --- webhooks out ----------------------------------------------------------------------
     def webhook(
@@ -190,20 +197,76 @@ class FakePlane(FakeService):
         secret: str,
         *,
         delivery: str | None = None,
-        with_state_detail: bool = True,
+        field: str | None = None,
     ) -> tuple[bytes, dict[str, str]]:
-        """A signed ``issue`` delivery about ``item`` (``created``, ``updated``, ...)."""
-        data = self.item_json(item)
-        if with_state_detail:  # Plane expands the state in issue deliveries
+        """A signed ``issue`` delivery about ``item`` (``created``, ``updated``, ``deleted``).
+
+        The shape Plane's webhook task sends: ``data`` is the work item as its expand
+        serializer writes it (every column, ``state`` expanded to ``{id, name, color,
+        group}``, labels and assignees as lists, ``project`` and ``workspace`` as ids,
+        no ``project_detail``), or only ``{"id"}`` for a deletion; ``activity`` says which
+        ``field`` changed and who did it. The body is signed as Plane signs it, over
+        ``json.dumps(payload)``.
+        """
+        if action.startswith("delete"):
+            data: dict[str, Any] = {"id": item.id}
+        else:
             state = next(s for s in self.states[item.project] if s["id"] == item.state)
-            data["state"] = dict(state)
+            data = {
+                **self.item_json(item),
+                "state": {
+                    "id": state["id"],
+                    "name": state["name"],
+                    "color": "#60646C",
+                    "group": state["group"],
+                },
+                "description_stripped": _strip_html(item.description_html) or None,
+                "description_binary": None,
+                "priority": "none",
+                "estimate_point": None,
+                "start_date": None,
+                "target_date": None,
+                "point": None,
+                "completed_at": None,
+                "archived_at": None,
+                "is_draft": False,
+                "external_source": None,
+                "external_id": None,
+                "created_by": ACTOR_ID,
+                "updated_by": ACTOR_ID,
+                "parent": None,
+                "type": None,
+                "cycle": None,
+                "module": None,
+                "labels": [],
+                "assignees": [],
+                "created_at": "2026-01-05T10:00:00.000000Z",
+                "updated_at": "2026-01-05T10:00:00.000000Z",
+                "deleted_at": None,
+                "sort_order": 65535.0,
+            }
         payload = {
             "event": "issue",
             "action": action,
             "webhook_id": str(uuid.uuid4()),
-            "workspace_id": str(uuid.uuid5(uuid.NAMESPACE_DNS, self.workspace)),
+            "workspace_id": self.workspace_id,
             "data": data,
-            "activity": {"actor": {"id": str(uuid.uuid4()), "display_name": "Bob"}},
+            "activity": {
+                "field": field,
+                "new_value": None,
+                "old_value": None,
+                "actor": {
+                    "id": ACTOR_ID,
+                    "first_name": "Bob",
+                    "last_name": "",
+                    "avatar": "",
+                    "avatar_url": None,
+                    "is_bot": False,
+                    "display_name": "Bob",
+                },
+                "old_identifier": None,
+                "new_identifier": None,
+            },
         }
         body = json.dumps(payload).encode()
         return body, {
@@ -211,3 +274,7 @@ class FakePlane(FakeService):
             "X-Plane-Event": "issue",
             "X-Plane-Signature": hmac_sha256(secret, body),
         }
+
+
+def _strip_html(text: str) -> str:
+    return " ".join(re.sub(r"<[^>]*>", " ", text).split())
