@@ -514,8 +514,7 @@ class Settings(BaseSettings):
     plane_webhook_secret: str = ""
     # Largest webhook body accepted, in bytes; a larger one gets 413.
     webhook_max_body_bytes: int = Field(default=1_000_000, ge=1024)
-    # --- HTTP input limits (docs/security.md, "Input") ---
-    # Largest body of any other request (POST /tasks, reject, cancel, ...), in bytes: a
+    # Largest body of any other request (POST /tasks, reject, ...; docs/security.md), in bytes: a
     # larger Content-Length gets 413 before the body is read, a chunked body as it passes.
     api_max_body_bytes: int = Field(default=262_144, ge=1024)
     # Largest request line plus headers uvicorn buffers, in bytes (h11's
