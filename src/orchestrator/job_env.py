@@ -13,6 +13,11 @@ token, the database URL). So a job's environment is built, not inherited:
    explicit choice, passed as written) and the ``ORCH_*`` task variables the engine
    sets for the job.
 
+The deploy command (an effect, not a job) is the one exception: it needs the operator's
+own credentials (``KUBECONFIG``, a cloud profile, an SSH agent), which no allow-list can
+name in advance, so it gets orch's environment less orch's own settings (``ORCH_*``) and
+any value holding one of orch's secrets (:func:`deploy_environment`).
+
 Runners (tests, staging, deploy) are jobs too: the repository's commands they start get
 this environment (less ``ORCH_*``), so they see no secret of orch's either.
 
@@ -31,6 +36,7 @@ __all__ = [
     "MIN_SUBSTRING_SECRET",
     "ORCH_PREFIX",
     "check_passthrough",
+    "deploy_environment",
     "job_environment",
     "passes",
 ]
@@ -91,6 +97,29 @@ def job_environment(
         name: value
         for name, value in parent.items()
         if passes(name, patterns) and not _holds_secret(value, secret_list)
+    }
+    for layer in layers:
+        env.update(layer)
+    return env
+
+
+def deploy_environment(
+    parent: Mapping[str, str],
+    *,
+    secrets: Iterable[str] = (),
+    layers: Iterable[Mapping[str, str]] = (),
+) -> dict[str, str]:
+    """The deploy command's environment: ``parent`` less orch's settings (``ORCH_*``)
+    and every value holding one of ``secrets``, then ``layers`` over it.
+
+    After a merge the deploy script may be an agent's work, so orch's webhook secrets
+    and tokens must not reach it; the operator's deploy credentials must.
+    """
+    secret_list = [secret for secret in secrets if secret]
+    env = {
+        name: value
+        for name, value in parent.items()
+        if not name.startswith(ORCH_PREFIX) and not _holds_secret(value, secret_list)
     }
     for layer in layers:
         env.update(layer)

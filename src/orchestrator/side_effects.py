@@ -29,6 +29,7 @@ from typing import Any, Final
 from orchestrator.errors import OrchestratorError
 from orchestrator.forges.base import Forge
 from orchestrator.git import Repo
+from orchestrator.job_env import deploy_environment
 from orchestrator.journal import Effect, Observation, Seen
 from orchestrator.proc_group import kill_group
 from orchestrator.settings import Settings
@@ -98,17 +99,19 @@ class DeployEffect:
     # The task branch whose change this deploy delivers: a deployed commit that already
     # carries it counts as done (None: only the target itself does).
     delivers: str | None = None
+    # orch's secret values: kept out of the deploy command's environment.
+    secrets: frozenset[str] = frozenset()
 
     def _target(self) -> str:
         return self.repo.rev(self.task.base_branch)
 
     def _env(self, target: str) -> dict[str, str]:
-        return {
-            **os.environ,
+        task_variables = {
             "ORCH_DEPLOY_COMMIT": target,
             "ORCH_WORK_ITEM": self.task.work_item,
             "ORCH_REPOSITORY": self.task.repository,
         }
+        return deploy_environment(os.environ, secrets=self.secrets, layers=(task_variables,))
 
     def observe(self) -> Observation:
         if self.check_command is None:
@@ -216,5 +219,10 @@ def deploy_effect(settings: Settings, task: Task, name: str = "deploy") -> Deplo
         return None
     check = _argv(config.deploy_check_command) if config.deploy_check_command else None
     return DeployEffect(
-        Repo(Path(task.repository)), task, _argv(config.deploy_command), check, name
+        Repo(Path(task.repository)),
+        task,
+        _argv(config.deploy_command),
+        check,
+        name,
+        secrets=settings.secret_values,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 from support import make_repo
 
 from orchestrator.forges.local import LocalForge
@@ -65,3 +66,34 @@ def test_two_deploys_of_one_repository_run_one_after_the_other(tmp_path: Path, d
     assert [line.split()[0] for line in lines] == ["start", "end", "start", "end"], lines
     head = git(repo, "rev-parse", "main").stdout.strip()
     assert lines[-1].split()[2] == head
+
+
+def test_the_deploy_command_sees_no_secret_of_orchs(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen failing before: the deploy got all of orch's environment, webhook secrets too.
+    The operator's own variables (a deploy's credentials) still reach it."""
+    monkeypatch.setenv("ORCH_GITHUB_WEBHOOK_SECRET", "sentinel-webhook-secret")
+    monkeypatch.setenv("PROXY_WITH_TOKEN", "http://u:sentinel-bot-token@proxy")
+    monkeypatch.setenv("KUBECONFIG", "/etc/deploy/kubeconfig")
+    repo = make_repo(tmp_path / "repo")
+    store = Store.open(db_url)
+    try:
+        task = prepare_deploy_task(store, repo, tmp_path / "wt", "E-1")
+    finally:
+        store.close()
+    LocalForge(Repo(repo)).merge(task)
+    dump = tmp_path / "env.txt"
+    effect = DeployEffect(
+        Repo(repo),
+        task,
+        ["sh", "-c", f"env > {dump}"],
+        None,
+        secrets=frozenset({"sentinel-webhook-secret", "sentinel-bot-token"}),
+    )
+    effect.perform(lambda pid: None)
+    seen = dump.read_text()
+    assert "sentinel" not in seen
+    assert "ORCH_GITHUB_WEBHOOK_SECRET" not in seen
+    assert "KUBECONFIG=/etc/deploy/kubeconfig" in seen
+    assert "ORCH_WORK_ITEM=E-1" in seen
