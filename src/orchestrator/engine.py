@@ -684,9 +684,11 @@ class Engine:
             work_item=task.work_item,
         )
 
-    def evaluate(self, task: Task, job: Job) -> Verdict:
-        """The stage's gates over the worktree as it is: read-only, nothing committed."""
-        return run_gates(self._gates(task, job.stage), self.collect_facts(task, job))
+    def evaluate(self, task: Task, job: Job, plan: CommitPlan | None = None) -> Verdict:
+        """The stage's gates over the worktree as it is (and, given ``plan``, as the
+        commit would take it): read-only, nothing committed. Every judgement of a job
+        comes through here, the reaper's and the finalizer's alike."""
+        return run_gates(self._gates(task, job.stage), self.collect_facts(task, job, plan))
 
     def judge(self, task: Task, job: Job) -> tuple[str | None, Verdict | None]:
         """A successful job's (error, verdict): a commit over the size limits is the
@@ -694,7 +696,7 @@ class Engine:
         plan = self.plan_commit(task, job)
         if plan.problem is not None:
             return plan.problem, None
-        return None, run_gates(self._gates(task, job.stage), self.collect_facts(task, job, plan))
+        return None, self.evaluate(task, job, plan)
 
     def commit_policy(self, task: Task, job: Job) -> CommitPolicy:
         """What the commit after ``job`` may take: a runner only its own reports."""

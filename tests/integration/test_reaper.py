@@ -36,6 +36,7 @@ from typing import Any, Final
 import pytest
 from support import make_repo
 
+from orchestrator.commit_policy import CommitPlan
 from orchestrator.engine import Engine
 from orchestrator.kernel.gates import Verdict
 from orchestrator.reaper import Reaper
@@ -143,8 +144,8 @@ class Actor(Engine):
         [(job, exit_code, error, output)] = self.held
         return self.finalize(job, exit_code, error, output)
 
-    def evaluate(self, task: Task, job: Job) -> Verdict:
-        verdict = super().evaluate(task, job)
+    def evaluate(self, task: Task, job: Job, plan: CommitPlan | None = None) -> Verdict:
+        verdict = super().evaluate(task, job, plan)
         hook, self.during_evaluate = self.during_evaluate, None
         if hook is not None:
             hook()
