@@ -469,6 +469,8 @@ HOSTILE_TEXT = st.one_of(
         ]
     ),
 )
+# Text each layer behind the edge has choked on.
+POISON = st.sampled_from(["\ud800", "a\udfffb", "nul\x00inside", "/tmp/" + "y" * 300])
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), HOSTILE_TEXT
 )
@@ -556,7 +558,8 @@ def hostile_requests(
     url = path
     query = []
     for parameter in operation.get("parameters", []):
-        value = draw(st.one_of(HOSTILE_TEXT, st.just(str(repo)), st.just("TASK-1")))
+        known = str(repo) if parameter["name"] == "repo" else "TASK-1"
+        value = known if draw(st.integers(0, 2)) else draw(HOSTILE_TEXT)
         if parameter["in"] == "path":
             url = url.replace("{" + parameter["name"] + "}", url_part(value))
         elif parameter["in"] == "query" and draw(st.booleans()):
@@ -576,18 +579,19 @@ def hostile_requests(
         if schema is None:
             body = draw(st.sampled_from([b"", b"{}"]))
         else:
-            fields = {
-                name: draw(
-                    st.one_of(
-                        HOSTILE_TEXT,
-                        JSON_VALUES,
-                        st.just(str(repo)) if name == "repo" else HOSTILE_TEXT,
-                    )
-                )
-                for name in schema.get("properties", {})
-                if draw(st.integers(0, 9)) < 9
-            }
-            body = draw(st.one_of(st.just(dumps(fields)), st.binary(max_size=50)))
+            # Mostly valid fields with one or two poisoned: the poison must get past the
+            # fields checked first (repo, title) to reach the layers behind them.
+            valid = {"repo": str(repo), "title": "Fix the cart", "work_item": None}
+            fields = {}
+            for name in schema.get("properties", {}):
+                pick = draw(st.integers(0, 7))
+                if pick <= 3:
+                    fields[name] = valid.get(name, "Looks fine")
+                elif pick <= 6:
+                    fields[name] = draw(POISON)
+                else:
+                    fields[name] = draw(JSON_VALUES)
+            body = dumps(fields) if draw(st.integers(0, 9)) else draw(st.binary(max_size=50))
     if draw(st.integers(0, 19)) == 0:
         headers["Content-Type"] = draw(st.sampled_from(["text/plain", "application/x-www"]))
     return method, url, body, headers
