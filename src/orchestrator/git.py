@@ -74,6 +74,10 @@ def git(
             check=False,
         )
     except FileNotFoundError:
+        if not Path(cwd).is_dir():  # the same error as a missing git binary
+            raise RepositoryError(
+                f"{cwd}: no such directory; is the repository or worktree still there?"
+            ) from None
         raise RepositoryError("git is not installed or not on PATH; install git") from None
     except subprocess.TimeoutExpired:
         raise RepositoryError(f"git {args[0]} timed out after {GIT_TIMEOUT_S}s in {cwd}") from None

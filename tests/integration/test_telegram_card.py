@@ -15,6 +15,7 @@ check (the takeover test: two cards).
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.integration.support import api_client
+from tests.integration.support import api_client, make_repo
 
 from orchestrator.integrations import build_delivery
 from orchestrator.integrations.card import load_card_view
@@ -243,7 +244,7 @@ def make_world(
         f"telegram_api_base_url = {json.dumps(fake.url)}\n"
         f"telegram_webhook_secret = {json.dumps(SECRET)}\n"
         "outbox_backoff_s = 0\n"
-        'telegram_allowed_users = ["@alice"]\n' + extra + SCRIPTED
+        'telegram_allowed_users = ["@alice", "@bob"]\n' + extra + SCRIPTED
     )
     settings = load_settings(config)
     delivery = build_delivery(settings, store, owner="boot-test")
@@ -573,6 +574,9 @@ def test_cancel_and_refusals_answer_the_query(webhook: tuple[World, httpx.Client
 def test_retry_from_the_card(webhook: tuple[World, httpx.Client]) -> None:
     world, client = webhook
     task = world.create()
+    # A retry brings a removed worktree back from the task's branch: give it a real one.
+    repo = make_repo(Path(task.repository))
+    subprocess.run(["git", "branch", task.branch], cwd=repo, check=True)
     with world.store.transaction() as tx:
         tx.update_task_counters(task.id, expected_stage="analysis", failed_reason="agent died")
     world.delivery.deliver_due()
