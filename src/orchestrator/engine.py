@@ -53,7 +53,7 @@ from orchestrator.commit_policy import (
     effective_excludes,
     plan_commit,
 )
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, RepositoryError
 from orchestrator.feedback import rollback_feedback
 from orchestrator.git import Repo, git
 from orchestrator.job_env import job_environment
@@ -646,7 +646,16 @@ class Engine:
                 )
             verdict = None
             if job_error is None:
-                job_error, verdict = self.judge(task, job)
+                try:
+                    job_error, verdict = self.judge(task, job)
+                except RepositoryError:
+                    # Another actor finished the task meanwhile and its worktree went
+                    # with it: this actor lost the race, it has nothing to judge.
+                    current = self.store.get_task(job.task_id)
+                    if current.stage == job.stage and not current.failed:
+                        raise
+                    self._lost(job, current, f"task moved to {current.stage} meanwhile", actor)
+                    return False
             decision = self.decide(task, job, job_error, verdict, cause)
             return self.apply_decision(task, job, verdict, job_error, decision, actor=actor)
         except Exception as exc:  # finalization must not kill the loop
