@@ -646,19 +646,16 @@ class Engine:
                 )
             verdict = None
             if job_error is None:
-                try:
-                    job_error, verdict = self.judge(task, job)
-                except RepositoryError:
-                    # Another actor finished the task meanwhile and its worktree went
-                    # with it: this actor lost the race, it has nothing to judge.
-                    current = self.store.get_task(job.task_id)
-                    if current.stage == job.stage and not current.failed:
-                        raise
-                    self._lost(job, current, f"task moved to {current.stage} meanwhile", actor)
-                    return False
+                job_error, verdict = self.judge(task, job)
             decision = self.decide(task, job, job_error, verdict, cause)
             return self.apply_decision(task, job, verdict, job_error, decision, actor=actor)
         except Exception as exc:  # finalization must not kill the loop
+            current = self.store.get_task(job.task_id)
+            if current.stage != job.stage or current.failed:
+                # Another actor finished the task while this one judged or committed,
+                # and the worktree went with it: this actor lost the race, quietly.
+                self._lost(job, current, f"task moved to {current.stage} meanwhile", actor)
+                return False
             log.exception("finalizing job %s failed", job.id)
             with self.store.transaction() as tx:
                 if tx.set_job_status_cas(
@@ -806,9 +803,17 @@ class Engine:
         judged = verdict is not None and verdict.outcome is not Outcome.DEFER
         if worktree.is_dir() and job_error is None and judged:
             message = f"{task.work_item}: {job.stage} (attempt {job.attempt})"
-            _, plan = commit_work(
-                worktree, self.commit_policy(task, job), message, f"the {job.stage} job"
-            )
+            try:
+                _, plan = commit_work(
+                    worktree, self.commit_policy(task, job), message, f"the {job.stage} job"
+                )
+            except RepositoryError:
+                current = self.store.get_task(task.id)
+                if current.stage == job.stage and not current.failed:
+                    raise
+                # Another actor finished the task meanwhile and removed its worktree.
+                self._lost(job, current, f"task moved to {current.stage} meanwhile", actor)
+                return False
             if plan.problem is not None:
                 log.warning("job %s: nothing committed: %s", job.id, plan.problem)
         return self._act(task, job, decision, actor)

@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -140,15 +141,17 @@ class Repo:
         if worktree.is_dir() and (worktree / ".git").exists():
             return
         worktree.parent.mkdir(parents=True, exist_ok=True)
-        if self.has_branch(branch):
-            git(self.path, "worktree", "add", "--quiet", str(worktree), branch)
-        else:
-            git(self.path, "worktree", "add", "--quiet", "-b", branch, str(worktree), base)
+        with self.worktree_lock():
+            if self.has_branch(branch):
+                git(self.path, "worktree", "add", "--quiet", str(worktree), branch)
+            else:
+                git(self.path, "worktree", "add", "--quiet", "-b", branch, str(worktree), base)
 
     def remove_worktree(self, worktree: Path) -> None:
-        if worktree.exists():
-            git(self.path, "worktree", "remove", "--force", str(worktree), check=False)
-        git(self.path, "worktree", "prune", check=False)
+        with self.worktree_lock():
+            if worktree.exists():
+                git(self.path, "worktree", "remove", "--force", str(worktree), check=False)
+            git(self.path, "worktree", "prune", check=False)
 
     def release_worktree(self, worktree: Path, *, owned_root: Path | None = None) -> None:
         """Remove a task's worktree and its administrative entry; idempotent.
@@ -159,20 +162,20 @@ class Repo:
         directory's worktrees) or still pointing at this repository's worktree entries.
         Anything else raises :class:`RepositoryError` for a person.
         """
-        if worktree.exists() or worktree.is_symlink():
-            # Twice --force: also a worktree someone locked (`git worktree lock`).
-            removed = git(
-                self.path, "worktree", "remove", "--force", "--force", str(worktree), check=False
-            )
-            if removed.returncode != 0 and (worktree.exists() or worktree.is_symlink()):
-                if not self._owns(worktree, owned_root):
-                    detail = (removed.stderr or removed.stdout).strip().splitlines()
-                    raise RepositoryError(
-                        f"cannot remove worktree {worktree}: "
-                        f"{detail[0] if detail else 'git refused'}; remove it by hand"
-                    )
-                remove_tree(worktree)
-        git(self.path, "worktree", "prune", check=False)
+        with self.worktree_lock():
+            if worktree.exists() or worktree.is_symlink():
+                # Twice --force: also a worktree someone locked (`git worktree lock`).
+                force = ("--force", "--force")
+                removed = git(self.path, "worktree", "remove", *force, str(worktree), check=False)
+                if removed.returncode != 0 and (worktree.exists() or worktree.is_symlink()):
+                    if not self._owns(worktree, owned_root):
+                        detail = (removed.stderr or removed.stdout).strip().splitlines()
+                        raise RepositoryError(
+                            f"cannot remove worktree {worktree}: "
+                            f"{detail[0] if detail else 'git refused'}; remove it by hand"
+                        )
+                    remove_tree(worktree)
+            git(self.path, "worktree", "prune", check=False)
 
     def _owns(self, worktree: Path, owned_root: Path | None) -> bool:
         if worktree.is_symlink():
@@ -189,27 +192,29 @@ class Repo:
     def restore_worktree(self, worktree: Path, branch: str, *, owned_root: Path | None) -> bool:
         """Make ``worktree`` again from ``branch`` (a retried task whose worktree was
         removed); False when it is there already. Idempotent."""
-        if worktree.is_dir() and (worktree / ".git").exists():
-            return False
-        if not self.has_branch(branch):
-            raise RepositoryError(
-                f"cannot recreate worktree {worktree}: branch {branch} no longer exists in "
-                f"{self.path}; restore the branch or cancel the task"
-            )
-        if worktree.exists() and not (worktree.is_dir() and not any(worktree.iterdir())):
-            # What a crash left half-removed: only ours is cleared.
-            self.release_worktree(worktree, owned_root=owned_root)
-        # A stale entry of the removed worktree would keep the branch "checked out".
-        git(self.path, "worktree", "prune", check=False)
-        worktree.parent.mkdir(parents=True, exist_ok=True)
-        git(self.path, "worktree", "add", "--quiet", str(worktree), branch)
-        return True
+        with self.worktree_lock():
+            if worktree.is_dir() and (worktree / ".git").exists():
+                return False
+            if not self.has_branch(branch):
+                raise RepositoryError(
+                    f"cannot recreate worktree {worktree}: branch {branch} no longer exists in "
+                    f"{self.path}; restore the branch or cancel the task"
+                )
+            if worktree.exists() and not (worktree.is_dir() and not any(worktree.iterdir())):
+                # What a crash left half-removed: only ours is cleared.
+                self.release_worktree(worktree, owned_root=owned_root)
+            # A stale entry of the removed worktree would keep the branch "checked out".
+            git(self.path, "worktree", "prune", check=False)
+            worktree.parent.mkdir(parents=True, exist_ok=True)
+            git(self.path, "worktree", "add", "--quiet", str(worktree), branch)
+            return True
 
     def prune_worktrees(self, *, dry_run: bool = False) -> list[str]:
         """Drop the entries of worktrees whose directory is gone; what git said for each."""
-        args = ["worktree", "prune", "--verbose"] + (["--dry-run"] if dry_run else [])
-        result = git(self.path, *args, check=False)
-        return [line.strip() for line in (result.stdout + result.stderr).splitlines() if line]
+        with self.worktree_lock():
+            args = ["worktree", "prune", "--verbose"] + (["--dry-run"] if dry_run else [])
+            result = git(self.path, *args, check=False)
+            return [line.strip() for line in (result.stdout + result.stderr).splitlines() if line]
 
     def delete_branch(self, branch: str) -> bool:
         """Delete ``branch`` (checked by the caller: merged); False if it was gone."""
@@ -221,10 +226,12 @@ class Repo:
 
     @contextmanager
     def worktree_lock(self) -> Iterator[None]:
-        """Hold the repository's worktree lock: removing a task's worktree and bringing
-        it back never interleave (a file lock: all processes on this host). Separate
-        from the merge lock, which a deploy may hold for minutes."""
-        with _flock(self.common_dir() / "orch-worktrees.lock"):
+        """Hold the repository's worktree lock: adding, removing and pruning worktrees
+        never interleave (a file lock: all processes on this host; re-entrant within a
+        thread). ``git worktree prune`` running beside ``git worktree add`` deletes the
+        entry the add is still writing. Separate from the merge lock, which a deploy may
+        hold for minutes."""
+        with _reentrant_flock(self.common_dir() / "orch-worktrees.lock"):
             yield
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
@@ -315,9 +322,10 @@ class Repo:
         Commits meant for a branch others may have checked out are made here, never in
         the user's checkout. ``make`` returns the tip it committed.
         """
-        if scratch.exists():
-            self.remove_worktree(scratch)
-        git(self.path, "worktree", "add", "--quiet", "--detach", str(scratch), start)
+        with self.worktree_lock():
+            if scratch.exists():
+                self.remove_worktree(scratch)
+            git(self.path, "worktree", "add", "--quiet", "--detach", str(scratch), start)
         try:
             return make(scratch)
         finally:
@@ -346,6 +354,29 @@ def _common_dir(path: Path) -> Path:
     # Asked before every job start (the worktree lock): one git process per repository.
     common = Path(git(path, "rev-parse", "--git-common-dir").stdout.strip())
     return common if common.is_absolute() else path / common
+
+
+_held = threading.local()
+
+
+@contextmanager
+def _reentrant_flock(lock_path: Path) -> Iterator[None]:
+    """:func:`_flock`, taken once per thread however deeply it is nested (a second
+    ``flock`` on a new descriptor of the same file would wait for the first)."""
+    depth: dict[Path, int] = _held.__dict__.setdefault("depth", {})
+    if depth.get(lock_path):
+        depth[lock_path] += 1
+        try:
+            yield
+        finally:
+            depth[lock_path] -= 1
+        return
+    with _flock(lock_path):
+        depth[lock_path] = 1
+        try:
+            yield
+        finally:
+            depth[lock_path] = 0
 
 
 @contextmanager

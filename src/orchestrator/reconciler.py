@@ -21,6 +21,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Final
 
+from orchestrator.errors import RepositoryError
 from orchestrator.kernel.stages import JOB_STAGES, TERMINAL_STAGES
 from orchestrator.transitions import enqueue_stage_job
 
@@ -69,6 +70,16 @@ class Reconciler:
         return time.time() - last < self.engine.settings.reaper_finalize_grace_s
 
     def repair(self, task: Task) -> bool:
+        """Repair ``task``; False when there was nothing to do or another actor won."""
+        try:
+            return self._repair(task)
+        except RepositoryError:
+            current = self.store.get_task(task.id)
+            if current.stage == task.stage and not current.failed:
+                raise
+            return False  # another actor finished the task meanwhile; its worktree went
+
+    def _repair(self, task: Task) -> bool:
         job = self.store.latest_job(task.id)
         if job is None or job.stage != task.stage:
             with self.store.transaction() as tx:

@@ -93,12 +93,27 @@ def journal_done(store: Store) -> Counter[tuple[int, str]]:
     )
 
 
+def trail(store: Store, work_item: str) -> str:
+    """The task's state and every event, for the message of a failed check."""
+    task = store.find_task(work_item)
+    lines = [f"{work_item}: stage {task.stage}, failed {task.failed_reason!r}"]
+    lines += [f"  job {job.id} {job.status} {job.error!r}" for job in store.task_jobs(task.id)]
+    lines += [
+        f"  {event.kind} by {event.actor}: {event.reason}" for event in store.task_events(task.id)
+    ]
+    return "\n".join(lines)
+
+
 def assert_exactly_once(tmp_path: Path, repo: Path, store: Store, work_items: list[str]) -> None:
     merges = merges_per_task(repo)
     deploys = deploys_per_task(tmp_path)
     for work_item in work_items:
-        assert merges[work_item] == 1, f"{work_item} merged {merges[work_item]} times"
-        assert deploys[work_item] == 1, f"{work_item} deployed {deploys[work_item]} times"
+        assert merges[work_item] == 1, (
+            f"{work_item} merged {merges[work_item]} times\n{trail(store, work_item)}"
+        )
+        assert deploys[work_item] == 1, (
+            f"{work_item} deployed {deploys[work_item]} times\n{trail(store, work_item)}"
+        )
     done = journal_done(store)
     for task in store.list_tasks(limit=100_000):
         assert task.stage == "done", f"{task.work_item} ended in {task.stage}"

@@ -405,3 +405,31 @@ def test_the_churn_benchmark_runs_and_leaves_no_worktree_registered() -> None:
     figures = json.loads(result.stdout)
     assert (figures["tasks"], figures["worktrees_registered_at_end"]) == (4, 0)
     assert figures["ratio_last_to_first"] > 0
+
+
+def test_adding_a_worktree_never_races_a_prune(tmp_path: Path) -> None:
+    """``git worktree prune`` beside ``git worktree add`` deletes the entry the add is
+    still writing ("could not open .git/worktrees/X/locked"): a merge's scratch worktree
+    failed that way while another actor released a finished task's worktree (TC-01).
+    Every add, remove and prune holds the repository's worktree lock."""
+    repo = Repo(make_repo(tmp_path / "repo"))
+    base = repo.rev("main")
+    adds_done = threading.Event()
+    errors: list[BaseException] = []
+
+    def prune() -> None:
+        try:
+            while not adds_done.is_set():
+                repo.prune_worktrees()
+        except BaseException as exc:
+            errors.append(exc)
+
+    pruner = threading.Thread(target=prune)
+    pruner.start()
+    try:
+        for number in range(40):
+            repo.commit_in_scratch(tmp_path / f"scratch-{number}", base, lambda _tree: base)
+    finally:
+        adds_done.set()
+        pruner.join()
+    assert not errors, errors
