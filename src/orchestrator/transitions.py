@@ -17,11 +17,12 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from orchestrator.agents import resolve_agent
 from orchestrator.feedback import post_deploy_feedback
 from orchestrator.journal import EffectFailedError, EffectInFlightError, Journal
+from orchestrator.kernel.events import EventKind
 from orchestrator.kernel.gates import ARTIFACT_ROOT
 from orchestrator.kernel.stages import (
     JOB_STAGES,
@@ -49,29 +50,6 @@ __all__ = [
     "lease_enabled",
     "plan_job",
 ]
-
-
-class EventKind:
-    """Names of the audit trail's events."""
-
-    TASK_CREATED: Final = "task.created"
-    STAGE_CHANGED: Final = "stage.changed"
-    JOB_ENQUEUED: Final = "job.enqueued"
-    JOB_STARTED: Final = "job.started"
-    JOB_EXITED: Final = "job.exited"
-    JOB_KILLED: Final = "job.killed"
-    JOB_LOST_RACE: Final = "job.lost_race"
-    GATE_VERDICT: Final = "gate.verdict"
-    RETRY: Final = "job.retry"
-    ROLLBACK: Final = "task.rollback"
-    FAILED: Final = "task.failed"
-    APPROVED: Final = "task.approved"
-    REJECTED: Final = "task.rejected"  # a human gate sent back, with the person's feedback
-    CANCELLED: Final = "task.cancelled"
-    RETRIED: Final = "task.retried"
-    EFFECT: Final = "effect"
-    DEFERRED: Final = "transition.deferred"
-    LOST: Final = "transition.lost"
 
 
 @dataclass(frozen=True)

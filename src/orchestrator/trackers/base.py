@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from orchestrator.kernel.events import EventKind
 from orchestrator.store import Store, Task
-from orchestrator.transitions import EventKind
 
 __all__ = ["Origin", "Tracker", "state_for", "task_origin"]
 
