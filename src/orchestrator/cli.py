@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -53,7 +52,7 @@ from orchestrator.settings import (
     find_config_file,
     load_settings,
 )
-from orchestrator.store import AgentRun, Store, Task
+from orchestrator.store import AgentRun, Store, Task, database_label, sqlite_path
 
 __all__ = ["main"]
 
@@ -124,10 +123,8 @@ class Context:
 
     def has_database(self) -> bool:
         """False when the SQLite file does not exist yet: reads must not create it."""
-        url = sa.make_url(self.settings.effective_database_url)
-        if url.get_backend_name() != "sqlite" or not url.database:
-            return True
-        return Path(url.database).exists()
+        path = sqlite_path(self.settings.effective_database_url)
+        return path is None or path.exists()
 
     def service(self) -> TaskService:
         return TaskService(self.store, self.settings, self.notifier())
@@ -159,10 +156,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def display_database(settings: Settings) -> str:
     """The database URL for people: a SQLite file as its path, passwords hidden."""
-    url = sa.make_url(settings.effective_database_url)
-    if url.get_backend_name() == "sqlite" and url.database:
-        return f"SQLite {url.database}"
-    return url.render_as_string(hide_password=True)
+    return database_label(settings.effective_database_url)
 
 
 def _print_json(value: Any) -> None:

@@ -19,16 +19,13 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Final
 
-import sqlalchemy as sa
-
 from orchestrator.errors import ConfigError, IntegrationError, NotFoundError, RepositoryError
 from orchestrator.forges.base import CommitState, Forge
 from orchestrator.git import Repo
 from orchestrator.kernel.stages import DONE, STAGE_ORDER, stage_label
 from orchestrator.outbox import Claim, DeliveryError, enqueue
 from orchestrator.settings import Settings
-from orchestrator.store import Store, Task
-from orchestrator.store.schema import outbox
+from orchestrator.store import DuplicateError, Store, Task
 
 __all__ = ["FORGE", "STATUS", "STATUS_CONTEXT", "ForgeChannel", "ForgeNotifier", "remote_forge"]
 
@@ -66,14 +63,11 @@ class ForgeNotifier:
         payload = {"stage": task.stage, "failed": task.failed, "summary": summary[:500]}
         try:
             with self.store.transaction() as tx:
-                queued = tx.conn.execute(
-                    sa.select(outbox.c.id).where(outbox.c.idempotency_key == key)
-                ).first()
-                if queued is None:
+                if not tx.outbox_key_queued(key):
                     enqueue(
                         tx, channel=FORGE, kind=STATUS, payload=payload, task_id=task.id, key=key
                     )
-        except sa.exc.IntegrityError:
+        except DuplicateError:
             pass  # queued by a concurrent call: the key is unique
 
     def alert(self, task: Task | None, message: str) -> None:

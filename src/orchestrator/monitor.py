@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
-import sqlalchemy as sa
 
 from orchestrator.commit_policy import CommitPolicy, commit_work, effective_excludes
 from orchestrator.errors import RepositoryError
@@ -58,7 +57,6 @@ from orchestrator.journal import Effect, EffectFailedError, Observation, Seen
 from orchestrator.leases import Lease, LeaseManager
 from orchestrator.settings import RepoConfig, Settings
 from orchestrator.store import Store, Task
-from orchestrator.store.schema import events
 from orchestrator.workspace import recorded_patterns
 
 __all__ = [
@@ -213,16 +211,7 @@ _ROLLBACK_ENDS: Final = ("task.rollback", "task.cancelled", "stage.changed")
 
 def pending_rollback(store: Store, task: Task) -> int | None:
     """The id of the unhealthy verdict this task is still rolling back, if any."""
-    with store.engine.connect() as conn:
-        latest = conn.execute(
-            sa.select(events.c.id, events.c.kind)
-            .where(
-                events.c.task_id == task.id,
-                events.c.kind.in_((UNHEALTHY_EVENT, *_ROLLBACK_ENDS)),
-            )
-            .order_by(events.c.id.desc())
-            .limit(1)
-        ).first()
+    latest = store.latest_event_of(task.id, (UNHEALTHY_EVENT, *_ROLLBACK_ENDS))
     if latest is None or latest.kind != UNHEALTHY_EVENT:
         return None
     return int(latest.id)
@@ -230,9 +219,8 @@ def pending_rollback(store: Store, task: Task) -> int | None:
 
 def report_of(store: Store, rollback: int) -> str:
     """The monitor's report recorded with the unhealthy verdict ``rollback``."""
-    with store.engine.connect() as conn:
-        data = conn.execute(sa.select(events.c.data).where(events.c.id == rollback)).scalar()
-    report = (data or {}).get("report")
+    event = store.get_event(rollback)
+    report = ((event.data if event else None) or {}).get("report")
     return str(report) if report else "The post-deploy monitor found the deploy unhealthy.\n"
 
 

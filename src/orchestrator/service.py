@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import sqlalchemy as sa
-
 from orchestrator.agents import check_available, resolve_agent
 from orchestrator.errors import AgentError, ConflictError, UsageError
 from orchestrator.git import Repo, git
@@ -33,7 +31,7 @@ from orchestrator.kernel.stages import (
 from orchestrator.leases import LeaseManager, Owner
 from orchestrator.notifier import Notifier, NullNotifier, notify_safely
 from orchestrator.settings import Settings
-from orchestrator.store import Store, Task
+from orchestrator.store import DuplicateError, Store, Task
 from orchestrator.text_input import check_text
 from orchestrator.transitions import (
     EventKind,
@@ -245,7 +243,7 @@ class TaskService:
                 advance_stage(
                     tx, self.settings, task, CREATED, first, actor=actor, reason="task created"
                 )
-        except sa.exc.IntegrityError:
+        except DuplicateError:
             repo.remove_worktree(worktree)
             git_branch_delete(repo, branch)
             raise ConflictError(f"task {work_item} already exists in {repository}") from None

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.errors import NotFoundError, UsageError
-from orchestrator.store import Store, Tx
+from orchestrator.store import DuplicateError, Store, Tx
 
 RACERS = 8
 BARRIER_TIMEOUT_S = 10
@@ -100,7 +100,8 @@ def test_list_tasks_newest_first_filtered_by_stage(store: Store) -> None:
 def test_work_item_is_unique_per_repository(store: Store) -> None:
     first = new_task(store, work_item="DEMO-1", repository="/repos/a")
 
-    with pytest.raises(sa.exc.IntegrityError):
+    # The store's own error, so callers outside store/ need no SQLAlchemy.
+    with pytest.raises(DuplicateError):
         new_task(store, work_item="DEMO-1", repository="/repos/a")
     other = new_task(store, work_item="DEMO-1", repository="/repos/b")
 
@@ -492,3 +493,35 @@ def test_event_without_data_is_sql_null(store: Store) -> None:
         ).scalars()
         assert list(null_kinds) == ["x.none"]
     assert [e.data for e in store.task_events(task_id)][-2:] == [None, {}]
+
+
+def test_task_card_points_at_the_newest_message(store: Store) -> None:
+    task_id = new_task(store)
+    assert store.task_card(task_id, "chat") is None
+    with store.transaction() as tx:
+        tx.point_task_card(task_id, "chat", 10, "digest-1")
+    with store.transaction() as tx:
+        tx.point_task_card(task_id, "chat", 11, "digest-2")  # an upsert, not a second row
+    card = store.task_card(task_id, "chat")
+    assert card is not None
+    assert (card.message_id, card.text_hash) == (11, "digest-2")
+    assert store.task_of_card("chat", 11) == task_id
+    assert store.task_of_card("chat", 10) is None
+    assert store.task_card(task_id, "other chat") is None
+
+
+def test_latest_event_of_kinds(store: Store) -> None:
+    task_id = new_task(store)
+    with store.transaction() as tx:
+        first = tx.add_event("a", actor="t", task_id=task_id, data={"n": 1})
+        tx.add_event("b", actor="t", task_id=task_id)
+        third = tx.add_event("a", actor="t", task_id=task_id, data={"n": 3})
+        tx.add_event("c", actor="t", task_id=task_id)
+    latest = store.latest_event_of(task_id, ("a", "b"))
+    assert latest is not None
+    assert latest.id == third
+    assert store.latest_event_of(task_id, ("z",)) is None
+    event = store.get_event(first)
+    assert event is not None
+    assert event.data == {"n": 1}
+    assert store.get_event(third + 100) is None

@@ -29,18 +29,11 @@ STORE: Final = "orchestrator.store"
 # The storage seam's debt: modules outside store/ that still run their own SQL.
 SQL_OUTSIDE_STORE: Final = frozenset(
     {
-        "orchestrator.cli",
-        "orchestrator.forge_sync",
-        "orchestrator.integrations.reject_prompt",
-        "orchestrator.integrations.telegram",
         "orchestrator.integrations.telegram_webhook",
         "orchestrator.journal",
         "orchestrator.leases",
-        "orchestrator.monitor",
         "orchestrator.outbox",
         "orchestrator.server",
-        "orchestrator.service",
-        "orchestrator.trackers.writeback",
         "orchestrator.webhooks",
     }
 )

@@ -28,13 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import sqlalchemy as sa
-
 from orchestrator.kernel.gates import HUMAN_GATE_ARTIFACTS
 from orchestrator.kernel.stages import REJECT_TARGET
-from orchestrator.outbox import TELEGRAM, Status, enqueue
+from orchestrator.outbox import TELEGRAM, enqueue
 from orchestrator.store import Event, Store, Task, Tx
-from orchestrator.store.schema import outbox
 
 __all__ = [
     "PROMPT_LOOKBACK_ROWS",
@@ -125,19 +122,7 @@ def prompt_message(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any], dic
 
 def find_prompt(store: Store, chat_id: str, message_id: int) -> Prompt | None:
     """The reject prompt we sent as ``message_id`` in ``chat_id``, if it is one."""
-    query = (
-        sa.select(outbox.c.task_id, outbox.c.payload)
-        .where(
-            outbox.c.channel == TELEGRAM,
-            outbox.c.kind == REJECT_PROMPT,
-            outbox.c.status == Status.SENT,
-        )
-        .order_by(outbox.c.id.desc())
-        .limit(PROMPT_LOOKBACK_ROWS)
-    )
-    with store.engine.connect() as conn:
-        rows = conn.execute(query).all()
-    for task_id, payload in rows:
+    for task_id, payload in store.sent_outbox(TELEGRAM, REJECT_PROMPT, PROMPT_LOOKBACK_ROWS):
         data = payload if isinstance(payload, dict) else {}
         result = data.get("result")
         sent_as = result.get("message_id") if isinstance(result, dict) else None

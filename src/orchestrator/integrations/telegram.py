@@ -36,12 +36,10 @@ A 429 becomes a :class:`~orchestrator.outbox.DeliveryError` with ``retry_after_s
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any, Final
 
 import httpx
-import sqlalchemy as sa
 
 from orchestrator.errors import NotFoundError, OrchestratorError
 from orchestrator.integrations.card import load_card_view, render_alert, render_card
@@ -49,7 +47,6 @@ from orchestrator.integrations.reject_prompt import REJECT_PROMPT, prompt_messag
 from orchestrator.outbox import ALERT, CARD, Claim, DeliveryError
 from orchestrator.settings import Settings
 from orchestrator.store import Store
-from orchestrator.store.schema import task_cards
 
 __all__ = [
     "DEFAULT_API_BASE_URL",
@@ -251,7 +248,7 @@ class TelegramChannel:
         except NotFoundError:
             return {"action": "skipped", "why": "the task no longer exists"}
         card = render_card(view, self.settings.language)
-        stored = self._stored(task_id, chat_id)
+        stored = self.store.task_card(task_id, chat_id)
         if stored is None or stored.message_id is None:
             message_id = self.client.send_message(
                 chat_id, card.text, reply_markup=card.reply_markup
@@ -305,20 +302,7 @@ class TelegramChannel:
         self._record(task_id, chat_id, message_id, digest)
         return {"action": "bumped", "message_id": message_id, "deleted": deleted}
 
-    def _stored(self, task_id: int, chat_id: str) -> sa.Row[Any] | None:
-        with self.store.engine.connect() as conn:
-            return conn.execute(
-                sa.select(task_cards).where(
-                    task_cards.c.task_id == task_id, task_cards.c.chat_id == chat_id
-                )
-            ).first()
-
     def _record(self, task_id: int, chat_id: str, message_id: int, digest: str) -> None:
         """Point the task's card at ``message_id`` (an upsert)."""
-        values = {"message_id": message_id, "text_hash": digest, "updated_at": time.time()}
-        where = sa.and_(task_cards.c.task_id == task_id, task_cards.c.chat_id == chat_id)
         with self.store.transaction() as tx:
-            if tx.conn.execute(task_cards.update().where(where).values(**values)).rowcount == 0:
-                tx.conn.execute(
-                    task_cards.insert().values(task_id=task_id, chat_id=chat_id, **values)
-                )
+            tx.point_task_card(task_id, chat_id, message_id, digest)

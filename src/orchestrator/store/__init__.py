@@ -1,16 +1,28 @@
 """Persistence: SQLAlchemy Core over SQLite (WAL) or PostgreSQL, migrated by Alembic."""
 
-from orchestrator.store.records import AgentRun, ApiToken, Event, Job, Task
-from orchestrator.store.store import ACTIVE_JOB_STATUSES, JOB_STATUSES, Store, Tx
+from orchestrator.store.records import AgentRun, ApiToken, Event, Job, Task, TaskCard
+from orchestrator.store.store import (
+    ACTIVE_JOB_STATUSES,
+    JOB_STATUSES,
+    DuplicateError,
+    Store,
+    Tx,
+    database_label,
+    sqlite_path,
+)
 
 __all__ = [
     "ACTIVE_JOB_STATUSES",
     "JOB_STATUSES",
     "AgentRun",
     "ApiToken",
+    "DuplicateError",
     "Event",
     "Job",
     "Store",
     "Task",
+    "TaskCard",
     "Tx",
+    "database_label",
+    "sqlite_path",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["AgentRun", "ApiToken", "Event", "Job", "Task"]
+__all__ = ["AgentRun", "ApiToken", "Event", "Job", "Task", "TaskCard"]
 
 
 class _Record:
@@ -92,6 +92,17 @@ class Event(_Record):
     reason: str
     data: dict[str, Any] | None
     created_at: float
+
+
+@dataclass(frozen=True)
+class TaskCard(_Record):
+    """Where a task's live card is in one chat, and the digest of its text there."""
+
+    task_id: int
+    chat_id: str
+    message_id: int | None
+    text_hash: str | None
+    updated_at: float
 
 
 @dataclass(frozen=True)

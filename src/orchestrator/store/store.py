@@ -23,10 +23,26 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from orchestrator.errors import ConflictError, NotFoundError, OrchestratorError, UsageError
-from orchestrator.store.records import AgentRun, ApiToken, Event, Job, Task
-from orchestrator.store.schema import agent_runs, api_tokens, events, jobs, task_cards, tasks
+from orchestrator.store.records import AgentRun, ApiToken, Event, Job, Task, TaskCard
+from orchestrator.store.schema import (
+    agent_runs,
+    api_tokens,
+    events,
+    jobs,
+    outbox,
+    task_cards,
+    tasks,
+)
 
-__all__ = ["ACTIVE_JOB_STATUSES", "JOB_STATUSES", "Store", "Tx"]
+__all__ = [
+    "ACTIVE_JOB_STATUSES",
+    "JOB_STATUSES",
+    "DuplicateError",
+    "Store",
+    "Tx",
+    "database_label",
+    "sqlite_path",
+]
 
 JOB_STATUSES: Final = ("queued", "running", "finalizing", "done", "failed", "deferred")
 # Jobs that hold a concurrency slot.
@@ -44,6 +60,29 @@ PG_MIGRATION_LOCK_ID: Final = 7_114_065
 
 def _now() -> float:
     return time.time()
+
+
+class DuplicateError(sa.exc.IntegrityError):
+    """A write met a unique key that is already there (a concurrent writer won).
+
+    Raised by :meth:`Store.transaction` in place of SQLAlchemy's ``IntegrityError``
+    (it still is one), so callers outside the store catch it without SQLAlchemy."""
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite database URL; None for another database or memory."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return None if parsed.database == ":memory:" else Path(parsed.database)
+
+
+def database_label(url: str) -> str:
+    """The database URL for people: a SQLite file as its path, passwords hidden."""
+    path = sqlite_path(url)
+    if path is not None:
+        return f"SQLite {path}"
+    return sa.make_url(url).render_as_string(hide_password=True)
 
 
 def _create_engine(url: str, synchronous: str = "FULL") -> Engine:
@@ -419,6 +458,20 @@ class Tx:
         assert key is not None
         return int(key[0])
 
+    def outbox_key_queued(self, key: str) -> bool:
+        """Whether an outbox row with idempotency key ``key`` exists (any status)."""
+        query = sa.select(outbox.c.id).where(outbox.c.idempotency_key == key)
+        return self.conn.execute(query).first() is not None
+
+    def point_task_card(self, task_id: int, chat_id: str, message_id: int, digest: str) -> None:
+        """Point the task's card in ``chat_id`` at ``message_id`` (an upsert)."""
+        values = {"message_id": message_id, "text_hash": digest, "updated_at": _now()}
+        where = sa.and_(task_cards.c.task_id == task_id, task_cards.c.chat_id == chat_id)
+        if self.conn.execute(task_cards.update().where(where).values(**values)).rowcount == 0:
+            self.conn.execute(
+                task_cards.insert().values(task_id=task_id, chat_id=chat_id, **values)
+            )
+
 
 class Store:
     """The database of one orchestrator: open it, migrate it, read and write it."""
@@ -481,10 +534,15 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """One atomic unit of writes; commits on exit, rolls back on an exception."""
-        with self.engine.connect() as plain:
-            conn = plain.execution_options(**{WRITE_OPTION: True})
-            with conn.begin():
-                yield Tx(conn)
+        try:
+            with self.engine.connect() as plain:
+                conn = plain.execution_options(**{WRITE_OPTION: True})
+                with conn.begin():
+                    yield Tx(conn)
+        except DuplicateError:
+            raise
+        except sa.exc.IntegrityError as exc:
+            raise DuplicateError(exc.statement, exc.params, exc.orig or exc) from exc
 
     # Convenience: a single compare-and-swap in its own transaction.
     def update_task_stage_cas(self, task_id: int, expected: str, new: str) -> bool:
@@ -720,6 +778,44 @@ class Store:
         return int(self._all(sa.select(sa.func.count()).select_from(api_tokens))[0][0])
 
     # --- Telegram cards ---------------------------------------------------------------
+    def task_card(self, task_id: int, chat_id: str) -> TaskCard | None:
+        """The task's live card in ``chat_id``, if it has one."""
+        query = sa.select(
+            task_cards.c.task_id,
+            task_cards.c.chat_id,
+            task_cards.c.message_id,
+            task_cards.c.text_hash,
+            task_cards.c.updated_at,
+        ).where(task_cards.c.task_id == task_id, task_cards.c.chat_id == chat_id)
+        rows = self._all(query)
+        return TaskCard(**rows[0]._mapping) if rows else None
+
+    def sent_outbox(self, channel: str, kind: str, limit: int) -> list[tuple[int | None, Any]]:
+        """(task id, payload) of the newest ``limit`` sent outbox rows of a kind."""
+        query = (
+            sa.select(outbox.c.task_id, outbox.c.payload)
+            .where(outbox.c.channel == channel, outbox.c.kind == kind, outbox.c.status == "sent")
+            .order_by(outbox.c.id.desc())
+            .limit(limit)
+        )
+        rows = self._all(query)
+        return [(None if row.task_id is None else int(row.task_id), row.payload) for row in rows]
+
+    def latest_event_of(self, task_id: int, kinds: Sequence[str]) -> Event | None:
+        """The task's newest event of one of ``kinds``."""
+        query = (
+            sa.select(events)
+            .where(events.c.task_id == task_id, events.c.kind.in_(tuple(kinds)))
+            .order_by(events.c.id.desc())
+            .limit(1)
+        )
+        rows = self._all(query)
+        return Event(**rows[0]._mapping) if rows else None
+
+    def get_event(self, event_id: int) -> Event | None:
+        rows = self._all(sa.select(events).where(events.c.id == event_id))
+        return Event(**rows[0]._mapping) if rows else None
+
     def task_of_card(self, chat_id: str, message_id: int) -> int | None:
         """The task whose live card in ``chat_id`` is message ``message_id``, if any."""
         query = sa.select(task_cards.c.task_id).where(

@@ -18,13 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-import sqlalchemy as sa
-
 from orchestrator.errors import IntegrationError
 from orchestrator.kernel.stages import stage_label
 from orchestrator.outbox import Claim, DeliveryError, enqueue
-from orchestrator.store import Store, Task
-from orchestrator.store.schema import outbox
+from orchestrator.store import DuplicateError, Store, Task
 from orchestrator.trackers.base import Tracker, task_origin
 
 __all__ = [
@@ -73,10 +70,7 @@ class TrackerNotifier:
         }
         try:
             with self.store.transaction() as tx:
-                queued = tx.conn.execute(
-                    sa.select(outbox.c.id).where(outbox.c.idempotency_key == key)
-                ).first()
-                if queued is None:
+                if not tx.outbox_key_queued(key):
                     enqueue(
                         tx,
                         channel=TRACKER,
@@ -85,7 +79,7 @@ class TrackerNotifier:
                         task_id=task.id,
                         key=key,
                     )
-        except sa.exc.IntegrityError:
+        except DuplicateError:
             pass  # queued by a concurrent call: the key is unique
 
     def alert(self, task: Task | None, message: str) -> None:
