@@ -42,6 +42,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
+from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.notifier import Notifier, NullNotifier, notify_safely
 from orchestrator.settings import Settings, in_scope
 from orchestrator.store import Store, Task, Tx
@@ -223,11 +224,13 @@ class LeaseManager:
         settings: Settings,
         owner: Owner,
         notifier: Notifier | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.store = store
         self.settings = settings
         self.owner = owner
         self.notifier: Notifier = notifier or NullNotifier()
+        self.clock = clock
 
     def enabled_for(self, repository: str) -> bool:
         return self.settings.transition_lease_enabled and in_scope(
@@ -263,7 +266,7 @@ class LeaseManager:
                     owner_host=self.owner.host,
                     owner_pid=self.owner.pid,
                     owner_boot_id=self.owner.boot_id,
-                    acquired_at=time.time(),
+                    acquired_at=self.clock.now(),
                     released_at=None,
                 )
             ).rowcount
@@ -296,7 +299,7 @@ class LeaseManager:
         if row["owner_boot_id"] is None:
             return False
         acquired_at = row["acquired_at"] or 0.0
-        if time.time() - acquired_at > self.settings.reaper_max_running_s:
+        if self.clock.now() - acquired_at > self.settings.reaper_max_running_s:
             return False  # the hard ceiling: the reaper's backstop
         return self.instance_alive(row["owner_boot_id"])
 
@@ -315,7 +318,7 @@ class LeaseManager:
                 None,
                 found.pid_start,
             )
-        return time.time() - float(found.heartbeat_at) < INSTANCE_STALE_S
+        return self.clock.now() - float(found.heartbeat_at) < INSTANCE_STALE_S
 
     # --- fencing -------------------------------------------------------------------------
     @staticmethod
@@ -352,7 +355,7 @@ class LeaseManager:
                         transition_lease.c.lease_epoch == lease.epoch,
                         transition_lease.c.owner_boot_id == lease.boot_id,
                     )
-                    .values(_RELEASED | {"released_at": time.time()})
+                    .values(_RELEASED | {"released_at": self.clock.now()})
                 ).rowcount
                 == 1
             )
@@ -371,7 +374,7 @@ class LeaseManager:
                     transition_lease.c.task_id == task.id,
                     transition_lease.c.lease_epoch == row.lease_epoch,
                 )
-                .values(_RELEASED | {"released_at": time.time()})
+                .values(_RELEASED | {"released_at": self.clock.now()})
             )
             description = _describe_owner(dict(row._mapping), "lease force-released from")
             tx.add_event(
@@ -407,7 +410,7 @@ class LeaseManager:
                 .where(transition_lease.c.owner_boot_id.is_not(None))
                 .order_by(transition_lease.c.task_id)
             ).all()
-        now = time.time()
+        now = self.clock.now()
         return [
             LeaseInfo(
                 task_id=int(row.task_id),

@@ -17,7 +17,6 @@ Every decision is an event.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -53,7 +52,7 @@ class Reaper:
         """Finalize jobs whose exit was recorded more than the grace period ago."""
         reaped = 0
         for job, finished_age_s in self.store.overdue_finalizing(
-            self.settings.reaper_finalize_grace_s
+            self.settings.reaper_finalize_grace_s, self.engine.runtime.clock.now()
         ):
             task = self.store.get_task(job.task_id)
             if self._lease_live(task.id):
@@ -78,7 +77,7 @@ class Reaper:
     def reap_overdue(self) -> int:
         """Kill and fail jobs running longer than ``reaper_max_running_s``."""
         reaped = 0
-        now = time.time()
+        now = self.engine.runtime.clock.now()
         for job, task in self.store.jobs_by_status(("running",)):
             if job.started_at is None or now - job.started_at <= self.settings.reaper_max_running_s:
                 continue

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.agents import resolve_agent
+from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.feedback import post_deploy_feedback
 from orchestrator.journal import EffectFailedError, EffectInFlightError, Journal
 from orchestrator.kernel.events import EventKind
@@ -174,7 +175,8 @@ def enqueue_stage_job(
 
 @dataclass
 class Runtime:
-    """What every actor of one process shares: store, settings, notifier, lease owner."""
+    """What every actor of one process shares: store, settings, notifier, lease owner,
+    and the clock that judges ages (a fake one in tests)."""
 
     store: Store
     settings: Settings
@@ -182,6 +184,7 @@ class Runtime:
     owner: Owner
     leases: LeaseManager
     journal: Journal
+    clock: Clock = SYSTEM_CLOCK
 
     @classmethod
     def create(
@@ -191,12 +194,13 @@ class Runtime:
         notifier: Notifier | None = None,
         *,
         boot_id: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> Runtime:
         owner = Owner.current(settings.instance_name or None, boot_id)
         owner.register(store)
         chosen: Notifier = notifier or NullNotifier()
-        leases = LeaseManager(store, settings, owner, chosen)
-        return cls(store, settings, chosen, owner, leases, Journal(store, leases))
+        leases = LeaseManager(store, settings, owner, chosen, clock)
+        return cls(store, settings, chosen, owner, leases, Journal(store, leases), clock)
 
 
 class Crossing(enum.Enum):

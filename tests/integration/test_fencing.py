@@ -25,6 +25,8 @@ from orchestrator.settings import load_settings
 from orchestrator.store import Store
 from orchestrator.store.schema import effects
 from orchestrator.testing.actors import act, prepare_deploy_task
+from orchestrator.testing.clock import FakeClock
+from orchestrator.transitions import Runtime
 
 WAIT_S = 60
 
@@ -32,8 +34,9 @@ CONFIG = """\
 database_url = "{db_url}"
 data_dir = ".orch"
 retry_backoff_s = 0
-# The lease's hard ceiling: a paused owner loses it after this.
-reaper_max_running_s = 2
+# The lease's hard ceiling: a paused owner loses it after this (the test skips past it
+# on a fake clock instead of sleeping).
+reaper_max_running_s = 600
 
 [repos.repo]
 deploy_command = ["sh", "-c", "echo \\"$ORCH_WORK_ITEM $ORCH_DEPLOY_COMMIT\\" >> {tmp}/deploys.log"]
@@ -84,8 +87,9 @@ def test_a_resumed_zombie_owner_is_fenced(tmp_path: Path, db_url: str) -> None:
         os.kill(zombie.pid, signal.SIGSTOP)
         try:
             flag.unlink()
-            time.sleep(settings.reaper_max_running_s + 0.5)  # past the lease's ceiling
-            engine = Engine(store, settings)
+            clock = FakeClock()
+            clock.advance(settings.reaper_max_running_s + 0.5)  # past the lease's ceiling
+            engine = Engine(store, settings, runtime=Runtime.create(store, settings, clock=clock))
             assert act("cli", engine, task.id) == "done"
         finally:
             os.kill(zombie.pid, signal.SIGCONT)

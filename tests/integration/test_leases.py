@@ -21,6 +21,7 @@ from orchestrator.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.store.schema import instances, transition_lease
+from orchestrator.testing.clock import FakeClock
 
 
 class RecordingNotifier:
@@ -63,10 +64,12 @@ def store(db_url: str) -> Any:
     store.close()
 
 
-def manager(store: Store, settings: Settings, notifier: Any = None) -> LeaseManager:
+def manager(
+    store: Store, settings: Settings, notifier: Any = None, clock: FakeClock | None = None
+) -> LeaseManager:
     owner = Owner.current()
     owner.register(store)
-    return LeaseManager(store, settings, owner, notifier)
+    return LeaseManager(store, settings, owner, notifier, clock or FakeClock())
 
 
 def test_acquire_excludes_a_live_owner_and_epochs_grow(
@@ -147,15 +150,29 @@ def test_other_host_liveness_is_the_heartbeat(tmp_path: Path, db_url: str, store
 def test_the_lease_ceiling_is_reaper_max_running_s(
     tmp_path: Path, db_url: str, store: Store
 ) -> None:
-    leases = manager(store, settings_for(tmp_path, db_url, "reaper_max_running_s = 1\n"))
+    clock = FakeClock()
+    leases = manager(
+        store, settings_for(tmp_path, db_url, "reaper_max_running_s = 60\n"), None, clock
+    )
     task = new_task(store)
     assert leases.acquire(task, "deploy->done", "a") is not None
     assert leases.acquire(task, "deploy->done", "b") is None
-    time.sleep(1.2)
+    clock.advance(59)
+    assert leases.acquire(task, "deploy->done", "b") is None  # not yet
+    clock.advance(2)
     # The owner (this process) is alive, but past the ceiling the lease is stale.
     taken = leases.acquire(task, "deploy->done", "b")
     assert taken is not None
     assert taken.epoch == 2
+
+
+def _heartbeat_at(store: Store, owner: Owner) -> float:
+    with store.engine.connect() as conn:
+        return float(
+            conn.execute(
+                sa.select(instances.c.heartbeat_at).where(instances.c.boot_id == owner.boot_id)
+            ).scalar_one()
+        )
 
 
 def test_heartbeat_thread_beats_and_marks_the_stop(
@@ -164,11 +181,10 @@ def test_heartbeat_thread_beats_and_marks_the_stop(
     owner = Owner.current()
     heartbeat = Heartbeat(store, owner, interval_s=0.05)
     heartbeat.start()
-    with store.engine.connect() as conn:
-        first = conn.execute(
-            sa.select(instances.c.heartbeat_at).where(instances.c.boot_id == owner.boot_id)
-        ).scalar_one()
-    time.sleep(0.3)
+    first = _heartbeat_at(store, owner)
+    deadline = time.monotonic() + 30  # generous; never the pass criterion
+    while _heartbeat_at(store, owner) <= first and time.monotonic() < deadline:
+        time.sleep(0.02)
     heartbeat.stop()
     with store.engine.connect() as conn:
         row = conn.execute(sa.select(instances).where(instances.c.boot_id == owner.boot_id)).one()

@@ -43,6 +43,8 @@ from orchestrator.reaper import Reaper
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Event, Job, Store, Task
+from orchestrator.testing.clock import FakeClock
+from orchestrator.transitions import Runtime
 
 WAIT_S: Final = 20.0
 POLL_S: Final = 0.02
@@ -117,8 +119,8 @@ class Actor(Engine):
     """An engine whose monitor can pause after recording an exit, and whose gate
     evaluation can let another actor run first (between its read and its claim)."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
-        super().__init__(store, settings)
+    def __init__(self, store: Store, settings: Settings, clock: FakeClock) -> None:
+        super().__init__(store, settings, runtime=Runtime.create(store, settings, clock=clock))
         self.hold_monitor = False
         self.held: list[tuple[Job, int | None, str | None, str]] = []
         self.during_evaluate: Callable[[], None] | None = None
@@ -161,6 +163,8 @@ class World:
     out: Path
     settings: Settings | None = None
     engines: list[Engine] = field(default_factory=list)
+    # Every actor's clock: tier 3 skips ahead past the ceiling instead of sleeping.
+    clock: FakeClock = field(default_factory=FakeClock)
 
     def configure(self, agent_lines: str = "", **values: Any) -> Settings:
         script = self.tmp_path / "agent.sh"
@@ -182,7 +186,7 @@ class World:
 
     def actor(self, **overrides: Any) -> Actor:
         assert self.settings is not None
-        engine = Actor(self.store, self.settings.model_copy(update=overrides))
+        engine = Actor(self.store, self.settings.model_copy(update=overrides), self.clock)
         self.engines.append(engine)
         return engine
 
@@ -367,11 +371,9 @@ def hung_pids(world: World) -> list[int]:
     return [int(line) for line in path.read_text().split()] if path.exists() else []
 
 
-def wait_until_overdue(job: Job, max_running_s: float) -> None:
+def skip_until_overdue(world: World, job: Job, max_running_s: float) -> None:
     assert job.started_at is not None
-    remaining = job.started_at + max_running_s + 0.05 - time.time()
-    if remaining > 0:
-        time.sleep(remaining)
+    world.clock.advance(max(0.0, job.started_at + max_running_s + 0.05 - world.clock.now()))
 
 
 def assert_tree_gone(pids: list[int]) -> None:
@@ -385,7 +387,7 @@ def test_tier3_tree_kills_a_hung_job_of_its_own_engine_and_releases_the_lease(
 ) -> None:
     """Seen failing with ``reap_overdue`` disabled (nothing reaped) and with its
     ``force_release`` removed (the lease stayed held by its live owner)."""
-    world.configure(HANG, reaper_max_running_s=1, agent_timeout_s=3600, max_attempts=2)
+    world.configure(HANG, reaper_max_running_s=600, agent_timeout_s=3600, max_attempts=2)
     task = world.create()
     engine = world.actor()
     drive(engine, lambda: len(hung_pids(world)) == HANG_PIDS, "the hung agent's grandchildren")
@@ -395,7 +397,7 @@ def test_tier3_tree_kills_a_hung_job_of_its_own_engine_and_releases_the_lease(
     lease = engine.runtime.leases.acquire(world.task(task), "analysis->development", "test")
     assert lease is not None
     assert not lease.inert
-    wait_until_overdue(job, 1)
+    skip_until_overdue(world, job, 600)
 
     assert Reaper(engine).reap_overdue() == 1
 
@@ -429,7 +431,7 @@ def test_tier3_tree_kills_the_hung_job_of_another_engine_instance(
     Seen failing with the foreign-job branch of ``reap_overdue`` skipped (only
     ``kill_job``): nothing was reaped; and with only its ``kill_group`` removed: every
     process of the tree was still running."""
-    world.configure(HANG, reaper_max_running_s=1, agent_timeout_s=3600, max_attempts=1)
+    world.configure(HANG, reaper_max_running_s=600, agent_timeout_s=3600, max_attempts=1)
     task = world.create()
     with (tmp_path / "engine-a.log").open("w") as log:
         engine_a = subprocess.Popen(
@@ -453,7 +455,7 @@ def test_tier3_tree_kills_the_hung_job_of_another_engine_instance(
     assert engine_b.boot_id != job.owner_boot_id
     lease = engine_b.runtime.leases.acquire(world.task(task), "analysis->development", "test")
     assert lease is not None
-    wait_until_overdue(job, 1)
+    skip_until_overdue(world, job, 600)
 
     assert Reaper(engine_b).reap_overdue() == 1
 

@@ -680,10 +680,13 @@ class Store:
         rows = self._all(query.limit(1))
         return _job(rows[0]) if rows else None
 
-    def overdue_finalizing(self, grace_s: float) -> list[tuple[Job, float]]:
-        """Finalizing jobs whose exit was recorded at least ``grace_s`` ago, with that
-        age (``finished_age_s``, computed here so every caller agrees)."""
-        now = _now()
+    def overdue_finalizing(
+        self, grace_s: float, now: float | None = None
+    ) -> list[tuple[Job, float]]:
+        """Finalizing jobs whose exit was recorded at least ``grace_s`` before ``now``
+        (default: the wall clock), with that age (``finished_age_s``, computed here so
+        every caller agrees)."""
+        now = _now() if now is None else now
         query = (
             sa.select(jobs, agent_runs.c.exit_recorded_at)
             .join(agent_runs, agent_runs.c.job_id == jobs.c.id)
