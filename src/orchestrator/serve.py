@@ -16,6 +16,10 @@ listens (a port already in use must not leave jobs started behind it).
 * The outbox delivery loop (thread ``outbox``, when a channel such as Telegram is
   configured) is supervised the same way: if it dies, the server stops with exit code 1;
   what it had not delivered stays in the outbox for the next start.
+* The inbox loop (thread ``inbox``) applies the intents webhooks recorded (cancel,
+  rollback, a merged pull request's ``deploy -> done``) when the transition lease
+  allows; it is supervised the same way, and an intent it had claimed when the process
+  died is taken over by the next start (see :mod:`orchestrator.inbox`).
 
 uvicorn re-raises a signal it handled once it returns (so a default handler would end
 the process by that signal); :func:`run_server` holds its own handlers around the server
@@ -37,6 +41,7 @@ from typing import Final
 import uvicorn
 
 from orchestrator.engine import Engine
+from orchestrator.inbox import InboxApplier
 from orchestrator.leases import Heartbeat
 from orchestrator.notifier import Notifier, NullNotifier
 from orchestrator.outbox import OutboxDelivery
@@ -56,6 +61,7 @@ EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 ENGINE_THREAD_NAME: Final = "engine"
 OUTBOX_THREAD_NAME: Final = "outbox"
+INBOX_THREAD_NAME: Final = "inbox"
 SHUTDOWN_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -114,7 +120,10 @@ def run_server(
     notifier = notifier or NullNotifier()
     engine = engine or Engine(store, settings, notifier)
     service = TaskService(store, settings, notifier)
-    app = create_app(store=store, settings=settings, service=service, engine=engine)
+    inbox = InboxApplier(service, engine.runtime)
+    app = create_app(
+        store=store, settings=settings, service=service, engine=engine, on_intent=inbox.wake
+    )
     stop = threading.Event()
     engine_failure: list[BaseException] = []
     database = store.engine.url.set(password=None).render_as_string(hide_password=False)
@@ -145,10 +154,21 @@ def run_server(
 
     outbox_thread = threading.Thread(target=outbox_loop, name=OUTBOX_THREAD_NAME, daemon=True)
 
+    def inbox_loop() -> None:
+        try:
+            inbox.run(stop)
+        except BaseException as exc:
+            log.exception("the inbox loop died; stopping the server")
+            engine_failure.append(exc)
+            server.should_exit = True
+
+    inbox_thread = threading.Thread(target=inbox_loop, name=INBOX_THREAD_NAME, daemon=True)
+
     def on_started() -> None:
         print(f"orch serve: listening on {address} (database: {database})", flush=True)
         heartbeat.start()
         thread.start()
+        inbox_thread.start()
         if delivery is not None:
             outbox_thread.start()
 
@@ -185,6 +205,9 @@ def run_server(
                 engine.shutdown()
             if outbox_thread.is_alive():
                 outbox_thread.join(ENGINE_JOIN_TIMEOUT_S)
+            if inbox_thread.is_alive():
+                inbox.wake()
+                inbox_thread.join(ENGINE_JOIN_TIMEOUT_S)
             if delivery is not None:
                 delivery.close()
             heartbeat.stop()

@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -54,10 +53,9 @@ from orchestrator.kernel.stages import STAGE_TRANSITIONS
 from orchestrator.leases import LeaseManager, Owner
 from orchestrator.service import MAX_FEEDBACK_CHARS, TaskService
 from orchestrator.settings import Settings
-from orchestrator.store import ACTIVE_JOB_STATUSES, Job, Store, Task
+from orchestrator.store import ACTIVE_JOB_STATUSES, InboxStore, Job, Store, Task
 from orchestrator.store.schema import outbox
 from orchestrator.text_input import check_path, lone_surrogate_at
-from orchestrator.transitions import Runtime
 from orchestrator.webhook_routes import webhook_router
 
 __all__ = ["MAX_ERROR_CHARS", "MAX_REASON_CHARS", "create_app"]
@@ -239,8 +237,13 @@ def create_app(
     settings: Settings,
     service: TaskService,
     engine: Engine | None = None,
+    on_intent: Callable[[], None] | None = None,
 ) -> FastAPI:
-    """The API over ``store`` and ``service``; ``engine`` (if any) is only reported on."""
+    """The API over ``store`` and ``service``; ``engine`` (if any) is only reported on.
+
+    ``on_intent`` is called when a webhook recorded an intent in the inbox (``orch
+    serve`` wakes its inbox loop); without it the intent waits for the next sweep.
+    """
     app = FastAPI(
         title="orchestrator",
         version=__version__,
@@ -303,6 +306,8 @@ def create_app(
             "boot_id": engine.boot_id if engine is not None else None,
             # Undelivered outbound calls (cards, write-back, forge statuses) by status.
             "outbox": _outbox_counts(store),
+            # Webhook intents not applied yet (waiting for a lease, or retried).
+            "inbox": InboxStore(store).inbox_summary(time.time()),
         }
 
     @app.get("/queue", summary="Jobs waiting and running, and held transition leases")
@@ -417,19 +422,7 @@ def create_app(
         return _task_dict(service.retry(find(ref, repo), actor=_actor(request)))
 
     # --- inbound webhooks ----------------------------------------------------------------
-    runtimes: list[Runtime] = []
-    runtime_lock = threading.Lock()
-
-    def runtime() -> Runtime:
-        """The engine's runtime; without an engine (tests, embedding) one of our own."""
-        if engine is not None:
-            return engine.runtime
-        with runtime_lock:
-            if not runtimes:
-                runtimes.append(Runtime.create(store, settings, service.notifier))
-            return runtimes[0]
-
     app.include_router(telegram_webhook_router(store, settings, service))
-    app.include_router(webhook_router(store, settings, service, runtime))
+    app.include_router(webhook_router(store, settings, service, on_intent))
 
     return app

@@ -5,7 +5,9 @@ The route reads the body under ``webhook_max_body_bytes`` (a declared ``Content-
 over it is refused before a byte is read, a body that grows past it while arriving is
 refused as soon as it does: 413), then hands the headers and the raw bytes to
 :meth:`~orchestrator.webhooks.WebhookReceiver.receive` in a worker thread (it talks to
-the database and may run ``deploy -> done``) and answers its status and JSON body. The
+the database; a cancel, a rollback or a merged pull request's ``deploy -> done`` is
+only recorded in the inbox, never run in the request) and answers its status and JSON
+body. The
 signature is checked over those exact bytes, so nothing here parses them.
 """
 
@@ -21,7 +23,6 @@ from starlette.concurrency import run_in_threadpool
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import Store
-from orchestrator.transitions import Runtime
 from orchestrator.webhooks import SOURCES, WebhookReceiver
 
 __all__ = ["BodyTooLargeError", "read_capped", "webhook_router"]
@@ -48,12 +49,12 @@ def webhook_router(
     store: Store,
     settings: Settings,
     service: TaskService,
-    runtime: Callable[[], Runtime],
+    on_intent: Callable[[], None] | None = None,
 ) -> APIRouter:
     """The signed webhook endpoints of the forges and trackers over ``service``.
 
-    ``runtime`` gives the process's :class:`~orchestrator.transitions.Runtime` (the
-    engine's in ``orch serve``): a merged pull request enters ``deploy -> done`` as it.
+    ``on_intent`` is called after a delivery recorded an intent in the inbox (``orch
+    serve`` wakes its inbox loop with it).
     """
     router = APIRouter()
     lock = threading.Lock()
@@ -63,7 +64,7 @@ def webhook_router(
         # Built on first use: a server that never gets a webhook opens no clients.
         with lock:
             if not receivers:
-                receivers.append(WebhookReceiver(store, settings, service, runtime))
+                receivers.append(WebhookReceiver(store, settings, service, on_intent=on_intent))
             return receivers[0]
 
     def route(source: str) -> None:

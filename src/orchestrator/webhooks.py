@@ -63,14 +63,15 @@ from orchestrator.errors import (
     OrchestratorError,
     UsageError,
 )
+from orchestrator.inbox import Action
+from orchestrator.kernel.events import EventKind
 from orchestrator.kernel.stages import ROLLBACK_TARGET, TERMINAL_STAGES
 from orchestrator.service import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, TaskService
 from orchestrator.settings import Settings
-from orchestrator.store import Store, Task
+from orchestrator.store import InboxStore, Store, Task
 from orchestrator.store.schema import events, tasks, webhook_deliveries
-from orchestrator.text_input import BadJSONError, parse_json_object
+from orchestrator.text_input import BadJSONError, check_text, parse_json_object
 from orchestrator.trackers.base import Origin
-from orchestrator.transitions import EventKind, Runtime, enter_transition
 from orchestrator.webhook_events import (
     BranchPushed,
     ChangesRequested,
@@ -168,8 +169,9 @@ class Outcome:
     status: str
     reason: str = ""
     task: Task | None = None
-    remember: bool = True  # False: the delivery may be retried (deferred, tracker down)
+    remember: bool = True  # False: the delivery may be retried (refused, tracker down)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    http_status: int = 200
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"status": self.status}
@@ -179,6 +181,15 @@ class Outcome:
         if self.reason:
             body["reason"] = self.reason[:500]
         return body | dict(self.extra)
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """The verified delivery being acted on: its source, id and sender."""
+
+    source: str
+    delivery: str
+    actor: str
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
@@ -197,14 +208,16 @@ class WebhookReceiver:
         store: Store,
         settings: Settings,
         service: TaskService,
-        runtime: Callable[[], Runtime],
         integrations: Integrations | None = None,
+        *,
+        on_intent: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.service = service
-        self._runtime = runtime
+        self.inbox = InboxStore(store)
         self.integrations = integrations or Integrations(store, settings)
+        self._on_intent = on_intent
 
     # --- the pipeline of one delivery -----------------------------------------------
     def receive(
@@ -233,9 +246,14 @@ class WebhookReceiver:
         except (UnknownEventError, MalformedPayloadError) as exc:
             return 400, {"error": str(exc)}
         if not self._claim(source.name, delivery):
-            return 200, {"status": "duplicate", "delivery": delivery}
+            answer: dict[str, Any] = {"status": "duplicate", "delivery": delivery}
+            intent = self.inbox.intent_of_delivery(source.name, delivery)
+            if intent is not None:
+                answer["intent"] = intent.id
+            return 200, answer
         try:
-            outcome = self._act(source.name, event, sender_actor(source.name, payload))
+            ctx = _Delivery(source.name, delivery, sender_actor(source.name, payload))
+            outcome = self._act(ctx, event)
         except IntegrationError as exc:
             self._release(source.name, delivery)
             return 502, {"error": str(exc)}
@@ -252,7 +270,7 @@ class WebhookReceiver:
         else:
             self._release(source.name, delivery)
         log.info("%s delivery %s: %s %s", source.name, delivery, outcome.status, outcome.reason)
-        return 200, outcome.body()
+        return outcome.http_status, outcome.body()
 
     def _parse(
         self, source: WebhookSource, headers: Mapping[str, str], payload: dict[str, Any]
@@ -305,23 +323,24 @@ class WebhookReceiver:
             tx.conn.execute(webhook_deliveries.delete().where(self._where(source, delivery)))
 
     # --- acting ------------------------------------------------------------------------
-    def _act(self, source: str, event: WebhookEvent, actor: str) -> Outcome:
+    def _act(self, ctx: _Delivery, event: WebhookEvent) -> Outcome:
+        source, actor = ctx.source, ctx.actor
         try:
             if isinstance(event, Ignored):
                 return Outcome("ignored", event.reason)
             if isinstance(event, PullRequestMerged):
-                return self._merged(actor, source, event)
+                return self._merged(ctx, event)
             if isinstance(event, PullRequestClosed):
                 task = self._task_on_branch(event.repo, event.branch)
                 why = f"pull request #{event.number} closed without merging on {source}"
-                return self._cancel(actor, task, why, event.branch)
+                return self._cancel(ctx, task, why, event.branch)
             if isinstance(event, ChangesRequested):
                 task = self._task_on_branch(event.repo, event.branch)
                 who = f" by {event.reviewer}" if event.reviewer else ""
                 why = f"changes requested{who} on pull request #{event.number}"
                 if event.body.strip():
                     why += f": {event.body.strip()[:MAX_REVIEW_CHARS]}"
-                return self._rollback(actor, task, why, event.branch)
+                return self._rollback(ctx, task, why, event.branch)
             if isinstance(event, BranchPushed):
                 task = self._task_on_branch(event.repo, event.branch)
                 if task is None:
@@ -331,64 +350,66 @@ class WebhookReceiver:
                 return self._intake(actor, event)
             if isinstance(event, IssueCancelled):
                 task = self._task_of_issue(event.ref)
-                return self._cancel(actor, task, event.reason, _describe(event.ref))
+                return self._cancel(ctx, task, event.reason, _describe(event.ref))
             if isinstance(event, IssueReopened):
                 task = self._task_of_issue(event.ref)
                 if task is not None and event.state and self._own_state(task, event.state):
                     return Outcome("ignored", f"{event.state} is the state we set", task)
-                return self._rollback(actor, task, event.reason, _describe(event.ref))
+                return self._rollback(ctx, task, event.reason, _describe(event.ref))
         except (IntegrationError, UsageError):
             raise
         except OrchestratorError as exc:  # the service refused: conflict, bad input, git
             return Outcome("rejected", str(exc))
         raise AssertionError(f"unhandled webhook event {event!r}")
 
-    def _merged(self, actor: str, source: str, event: PullRequestMerged) -> Outcome:
+    def _merged(self, ctx: _Delivery, event: PullRequestMerged) -> Outcome:
         task = self._task_on_branch(event.repo, event.branch)
         if task is None:
             return Outcome("ignored", f"no task works on branch {event.branch}")
-        reason = f"pull request #{event.number} merged on {source}"
+        reason = f"pull request #{event.number} merged on {ctx.source}"
         if task.stage != "deploy" or task.failed:
             state = "failed" if task.failed else task.stage
-            return self._note(actor, task, f"{reason} (task {state}: not moved)")
-        crossing = enter_transition(
-            self._runtime(), task, "deploy", "done", actor=actor, reason=reason
-        )
-        current = self.store.get_task(task.id)
-        return Outcome(crossing.value, reason, current, remember=crossing.value != "deferred")
+            return self._note(ctx.actor, task, f"{reason} (task {state}: not moved)")
+        # The crossing (merge check, deploy, health window) never runs in the request.
+        return self._intend(ctx, task, Action.MERGED, reason)
 
-    def _deferred(self, actor: str, task: Task, what: str) -> Outcome | None:
-        """``deferred`` while a live transition lease shows side effects under way."""
-        runtime = self._runtime()
-        live = [info for info in runtime.leases.held() if info.task_id == task.id and info.live]
-        if not live:
-            return None
-        reason = f"{what} deferred: {live[0].transition} is under way ({live[0].actor})"
-        with self.store.transaction() as tx:
-            tx.add_event(EventKind.DEFERRED, actor=actor, task_id=task.id, reason=reason)
-        return Outcome("deferred", reason, task, remember=False)
-
-    def _cancel(self, actor: str, task: Task | None, why: str, what: str) -> Outcome:
+    def _cancel(self, ctx: _Delivery, task: Task | None, why: str, what: str) -> Outcome:
         if task is None:
             return Outcome("ignored", f"no task for {what}")
         if task.stage in TERMINAL_STAGES:
             return Outcome("ignored", f"task is already {task.stage}", task)
-        deferred = self._deferred(actor, task, "cancel")
-        if deferred is not None:
-            return deferred
-        return Outcome("cancelled", why, self.service.cancel(task, actor=actor, reason=why))
+        return self._intend(ctx, task, Action.CANCEL, why)
 
-    def _rollback(self, actor: str, task: Task | None, why: str, what: str) -> Outcome:
+    def _rollback(self, ctx: _Delivery, task: Task | None, why: str, what: str) -> Outcome:
         if task is None:
             return Outcome("ignored", f"no task for {what}")
         if task.stage not in ROLLBACK_TARGET:
             allowed = ", ".join(ROLLBACK_TARGET)
             return Outcome("ignored", f"task is in {task.stage}; rollback applies from {allowed}")
-        deferred = self._deferred(actor, task, "rollback")
-        if deferred is not None:
-            return deferred
-        moved = self.service.rollback(task, actor=actor, reason=why)
-        return Outcome("rolled_back", why, moved)
+        return self._intend(ctx, task, Action.ROLLBACK, why)
+
+    def _intend(self, ctx: _Delivery, task: Task, action: str, reason: str) -> Outcome:
+        """Record the intent in the inbox (applied by the inbox loop): 202."""
+        check_text(reason, "the reason")  # refused input: 422, nothing recorded
+        intent, _new = self.inbox.record_intent(
+            task_id=task.id,
+            action=action,
+            actor=ctx.actor,
+            reason=reason,
+            source=ctx.source,
+            delivery_id=ctx.delivery,
+            event_kind=EventKind.INBOX_RECORDED,
+            event_reason=f"{action} from {ctx.source} recorded: {reason}",
+        )
+        if self._on_intent is not None:
+            self._on_intent()
+        return Outcome(
+            "accepted",
+            reason,
+            task,
+            http_status=202,
+            extra={"intent": intent.id, "action": action},
+        )
 
     def _note(self, actor: str, task: Task, reason: str) -> Outcome:
         with self.store.transaction() as tx:

@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from orchestrator.store import Store
 from orchestrator.store.schema import metadata
 
-HEAD = "0006"  # bump with every new migration
+HEAD = "0008"  # bump with every new migration
 
 
 def _unquote(default: str) -> str:
@@ -77,6 +77,7 @@ def test_migrated_database_matches_schema(empty_db_url: str) -> None:
         "task_cards",
         "webhook_deliveries",
         "api_tokens",
+        "inbox",
     }
 
 

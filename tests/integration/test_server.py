@@ -206,6 +206,7 @@ def test_status_reports_version_counts_and_boot_id(
         "running_jobs",
         "boot_id",
         "outbox",
+        "inbox",
     }
     assert status["version"] == __version__
     assert status["boot_id"] == engine.boot_id
@@ -216,6 +217,7 @@ def test_status_reports_version_counts_and_boot_id(
     assert status["failed_tasks"] == 0
     assert status["running_jobs"] == 0
     assert status["outbox"] == {"pending": 0, "sending": 0, "failed": 0}
+    assert status["inbox"] == {"pending": 0, "oldest_pending_age_s": None, "failed": 0}
 
 
 def test_queue_lists_queued_then_running_jobs(

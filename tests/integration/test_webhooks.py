@@ -6,9 +6,13 @@ merge goes to a fake Gitea over HTTP. Safety: 401 for a missing or wrong signatu
 nothing written), replays ignored, 413 over the cap, 400 with one clear line for
 malformed JSON, an unknown event or a wrong shape.
 
+A cancel, a rollback or a merged pull request is recorded in the inbox and answered
+202; the test applies the inbox as ``orch serve``'s inbox loop does
+(:class:`~orchestrator.inbox.InboxApplier`), under a real transition lease.
+
 Seen failing: with ``verify_signature`` answering True (the unsigned-delivery test got
-200, not 401) and with a deferred delivery remembered (the redelivery after the lease
-was released was answered "duplicate" and the task stayed in deploy).
+200, not 401); on the code before the inbox, a cancel sent while the lease was held was
+answered ``deferred`` and lost (the task was never cancelled).
 """
 
 from __future__ import annotations
@@ -25,16 +29,18 @@ import pytest
 import sqlalchemy as sa
 from tests.integration.support import api_client, make_repo
 
+from orchestrator.inbox import INBOX_WAIT_S, InboxApplier
 from orchestrator.leases import LeaseManager, Owner
 from orchestrator.server import create_app
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings, load_settings
-from orchestrator.store import Store, Task
+from orchestrator.store import InboxStatus, InboxStore, Intent, Store, Task
 from orchestrator.store.schema import webhook_deliveries
+from orchestrator.testing.clock import FakeClock
 from orchestrator.testing.fake_forge import DEFAULT_TOKEN, FakeGitea, FakeGitHub
 from orchestrator.testing.fake_http import hmac_sha256
 from orchestrator.testing.fake_plane import FakePlane
-from orchestrator.transitions import EventKind, advance_stage
+from orchestrator.transitions import EventKind, Runtime, advance_stage
 
 GITEA_SECRET = "gitea-hook-secret"
 GITHUB_SECRET = "github-hook-secret"
@@ -62,6 +68,19 @@ class Hub:
     plane: FakePlane
     project: str
     repo: Path
+    applier: InboxApplier
+    clock: FakeClock
+
+    def later(self, seconds: float) -> None:
+        """Move the applier's clock on (an intent waiting on a lease becomes due)."""
+        self.clock.advance(seconds)
+
+    def apply(self) -> int:
+        """One sweep of the inbox loop; how many intents finished."""
+        return self.applier.apply_due()
+
+    def intents(self) -> list[Intent]:
+        return InboxStore(self.store).intents()
 
     def create(self, work_item: str = "SHOP-1", stage: str = "analysis") -> Task:
         task = self.service.create_task(
@@ -133,8 +152,24 @@ def make_hub(tmp_path: Path, db_url: str, store: Store) -> Iterator[Hub]:
         settings = hub_settings(tmp_path, db_url, repo, gitea, project)
         service = TaskService(store, settings)
         app = create_app(store=store, settings=settings, service=service)
+        clock = FakeClock()
+        applier = InboxApplier(
+            service, Runtime.create(store, settings, service.notifier, clock=clock)
+        )
         with api_client(app) as client:
-            yield Hub(store, settings, service, client, gitea, github, plane, project, repo)
+            yield Hub(
+                store,
+                settings,
+                service,
+                client,
+                gitea,
+                github,
+                plane,
+                project,
+                repo,
+                applier,
+                clock,
+            )
 
 
 @pytest.fixture
@@ -143,35 +178,131 @@ def hub(tmp_path: Path, db_url: str, store: Store) -> Iterator[Hub]:
 
 
 # --- forges: a merged pull request -------------------------------------------------------------
-def test_gitea_merged_moves_deploy_to_done_without_a_second_merge(hub: Hub) -> None:
+def test_gitea_merged_is_recorded_then_crosses_deploy_to_done_without_a_second_merge(
+    hub: Hub,
+) -> None:
     task = hub.create(stage="deploy")
     response = hub.gitea_merged(task)
-    assert response.status_code == 200
-    assert response.json()["status"] == "done"
+    # Answered at once: the crossing (merge check, deploy, health window) is not run here.
+    assert response.status_code == 202
+    answer = response.json()
+    assert (answer["status"], answer["action"], answer["stage"]) == ("accepted", "merged", "deploy")
+    assert hub.store.get_task(task.id).stage == "deploy"
+    [intent] = hub.intents()
+    assert (intent.id, intent.status, intent.source) == (answer["intent"], "pending", "gitea")
+
+    assert hub.apply() == 1
     assert hub.store.get_task(task.id).stage == "done"
     assert len(hub.gitea.merges) == 1  # the web UI's merge; the effect saw it and did not repeat
+    [intent] = hub.intents()
+    assert intent.status == InboxStatus.APPLIED
+    assert intent.outcome == "deploy->done done: task is done"
+    kinds = [e.kind for e in hub.store.task_events(task.id)]
+    assert kinds.count(EventKind.INBOX_RECORDED) == kinds.count(EventKind.INBOX_APPLIED) == 1
 
 
-def test_merged_while_the_lease_is_held_is_deferred_then_redelivered(hub: Hub) -> None:
-    task = hub.create(stage="deploy")
+def hold_lease(hub: Hub, task: Task) -> tuple[LeaseManager, Any]:
+    """A live transition lease on ``task``, held by another owner in this process."""
     other = Owner.current("finalizer", "boot-finalizer")  # this pid: a live owner
     other.register(hub.store)
     leases = LeaseManager(hub.store, hub.settings, other, hub.service.notifier)
     lease = leases.acquire(task, "deploy->done", "engine")
     assert lease is not None
+    return leases, lease
 
-    deferred = hub.gitea_merged(task, delivery="d-1")
-    assert deferred.json()["status"] == "deferred"
+
+def test_a_cancel_while_the_lease_is_held_waits_in_the_inbox_and_is_applied_once_it_frees(
+    hub: Hub,
+) -> None:
+    task = hub.create(stage="deploy")
+    pull = hub.github.add_pull(REPO, task.branch)
+    leases, lease = hold_lease(hub, task)
+
+    body, headers = hub.github.webhook(
+        "pull_request", hub.github.pull_request_event(pull, "closed"), GITHUB_SECRET, "d-1"
+    )
+    accepted = hub.post("github", body, headers)
+    assert accepted.status_code == 202
+    assert accepted.json()["status"] == "accepted"
+    assert accepted.json()["action"] == "cancel"
+
+    # While the lease's owner lives, the intent waits (and says why); nothing moves.
+    assert hub.apply() == 0
+    [intent] = hub.intents()
+    assert intent.status == InboxStatus.PENDING
+    assert intent.outcome == "waiting: deploy->done (engine) is under way"
+    assert intent.attempts == 0
     assert hub.store.get_task(task.id).stage == "deploy"
-    assert any(e.kind == EventKind.DEFERRED for e in hub.store.task_events(task.id))
-    assert hub.deliveries() == []  # not remembered: a redelivery gets another chance
+
+    # The same delivery again (a manual redelivery): one intent, answered as a duplicate.
+    again = hub.post("github", body, headers)
+    assert again.json() == {"status": "duplicate", "delivery": "d-1", "intent": intent.id}
+    assert len(hub.intents()) == 1
 
     assert leases.release(lease)
-    redelivered = hub.gitea_merged(task, delivery="d-1")
-    assert redelivered.json()["status"] == "done"
-    assert hub.store.get_task(task.id).stage == "done"
-    again = hub.gitea_merged(task, delivery="d-1")
-    assert again.json() == {"status": "duplicate", "delivery": "d-1"}
+    # The inbox loop does not wait for the sender: the cancel is applied, exactly once.
+    hub.later(INBOX_WAIT_S)
+    assert hub.apply() == 1
+    assert hub.apply() == 0
+    assert hub.store.get_task(task.id).stage == "cancelled"
+    [intent] = hub.intents()
+    assert intent.status == InboxStatus.APPLIED
+    events = hub.store.task_events(task.id)
+    assert [e.kind for e in events].count(EventKind.CANCELLED) == 1
+    [applied] = [e for e in events if e.kind == EventKind.INBOX_APPLIED]
+    assert applied.actor == "github:bob"
+    assert applied.data == {
+        "intent": intent.id,
+        "action": "cancel",
+        "source": "github",
+        "delivery": "d-1",
+        "status": "applied",
+    }
+
+
+def test_an_intent_refused_when_the_task_moved_on_before_it_was_applied(hub: Hub) -> None:
+    task = hub.create(stage="deploy")
+    assert hub.gitea_merged(task).status_code == 202
+    hub.service.cancel(hub.store.get_task(task.id), actor="alice", reason="not now")
+    assert hub.apply() == 1
+    [intent] = hub.intents()
+    assert (intent.status, intent.outcome) == ("refused", "task SHOP-1 is cancelled: not moved")
+    assert len(hub.gitea.merges) == 1  # the web UI's; none of ours
+    assert any(e.kind == EventKind.INBOX_REFUSED for e in hub.store.task_events(task.id))
+
+
+def test_an_intent_claimed_by_a_dead_applier_is_applied_exactly_once(hub: Hub) -> None:
+    first = hub.create("SHOP-1", stage="development")
+    second = hub.create("SHOP-2", stage="development")
+    inbox = InboxStore(hub.store)
+    for task, delivery in ((first, "k-1"), (second, "k-2")):
+        pull = hub.github.add_pull(REPO, task.branch)
+        body, headers = hub.github.webhook(
+            "pull_request", hub.github.pull_request_event(pull, "closed"), GITHUB_SECRET, delivery
+        )
+        assert hub.post("github", body, headers).status_code == 202
+    one, two = hub.intents()
+    # A dead applier (a boot id no process has) claimed both; it committed the first
+    # cancel and died before marking it, and died before acting on the second.
+    dead = "boot-that-died"
+    claimed = inbox.claim_intent(one, dead, 1.0)
+    assert claimed is not None
+    assert inbox.claim_intent(two, dead, 1.0) is not None
+    hub.service.cancel(first, actor=one.actor, reason=one.reason)
+
+    assert hub.apply() == 2
+    by_id = {intent.id: intent for intent in hub.intents()}
+    assert by_id[one.id].status == by_id[two.id].status == InboxStatus.APPLIED
+    assert by_id[one.id].outcome == "found applied by an earlier owner"
+    assert by_id[two.id].outcome == "cancelled"
+    for task in (first, second):
+        kinds = [e.kind for e in hub.store.task_events(task.id)]
+        assert kinds.count(EventKind.CANCELLED) == 1
+        assert hub.store.get_task(task.id).stage == "cancelled"
+    # The dead owner's late write (had it lived on) is fenced out.
+    assert not inbox.finish_intent(
+        claimed, status="failed", outcome="late", event_kind="inbox.failed", actor="x"
+    )
 
 
 def test_github_closed_unmerged_cancels_and_review_rolls_back(hub: Hub) -> None:
@@ -181,16 +312,18 @@ def test_github_closed_unmerged_cancels_and_review_rolls_back(hub: Hub) -> None:
     review["review"] = {"state": "changes_requested", "body": "no tests", "user": {"login": "eve"}}
     body, headers = hub.github.webhook("pull_request_review", review, GITHUB_SECRET)
     answer = hub.post("github", body, headers).json()
-    assert answer["status"] == "rolled_back"
-    assert answer["stage"] == "development"
+    assert (answer["status"], answer["action"]) == ("accepted", "rollback")
     assert "changes requested by eve on pull request #1: no tests" in answer["reason"]
+    assert hub.apply() == 1
+    assert hub.store.get_task(testing.id).stage == "development"
 
     other = hub.create("SHOP-2", stage="development")
     closed = hub.github.add_pull(REPO, other.branch)
     body, headers = hub.github.webhook(
         "pull_request", hub.github.pull_request_event(closed, "closed"), GITHUB_SECRET
     )
-    assert hub.post("github", body, headers).json()["status"] == "cancelled"
+    assert hub.post("github", body, headers).json()["action"] == "cancel"
+    assert hub.apply() == 1
     assert hub.store.get_task(other.id).stage == "cancelled"
 
 
@@ -227,10 +360,13 @@ def test_plane_intake_cancel_and_reopen(hub: Hub) -> None:
     hub.move(task, "testing")
     item.state = hub.plane.state_id(hub.project, "Todo")
     reopened = hub.post("plane", *hub.plane.webhook(item, "updated", PLANE_SECRET))
-    assert reopened.json()["status"] == "rolled_back"
+    assert (reopened.status_code, reopened.json()["action"]) == (202, "rollback")
+    assert hub.apply() == 1
+    assert hub.store.get_task(task.id).stage == "development"
     item.state = hub.plane.state_id(hub.project, "Cancelled")
     cancelled = hub.post("plane", *hub.plane.webhook(item, "updated", PLANE_SECRET))
-    assert cancelled.json()["status"] == "cancelled"
+    assert (cancelled.status_code, cancelled.json()["action"]) == (202, "cancel")
+    assert hub.apply() == 1
     assert hub.store.get_task(task.id).stage == "cancelled"
 
 
@@ -311,6 +447,7 @@ def test_missing_or_wrong_signature_is_401_and_changes_nothing(hub: Hub) -> None
     assert hub.post("github", body, bare).status_code == 401
     assert hub.store.get_task(task.id).version == task.version
     assert hub.deliveries() == []
+    assert hub.intents() == []  # checked before anything is written
 
 
 def test_an_unconfigured_secret_refuses_everything(tmp_path: Path, hub: Hub) -> None:

@@ -29,3 +29,8 @@ class EventKind:
     EFFECT: Final = "effect"
     DEFERRED: Final = "transition.deferred"
     LOST: Final = "transition.lost"
+    # A webhook's intent (cancel, rollback, merged) in the inbox, and how it ended.
+    INBOX_RECORDED: Final = "inbox.recorded"
+    INBOX_APPLIED: Final = "inbox.applied"
+    INBOX_REFUSED: Final = "inbox.refused"
+    INBOX_FAILED: Final = "inbox.failed"

@@ -1,5 +1,6 @@
 """Persistence: SQLAlchemy Core over SQLite (WAL) or PostgreSQL, migrated by Alembic."""
 
+from orchestrator.store.inbox import InboxStatus, InboxStore, Intent
 from orchestrator.store.records import AgentRun, ApiToken, Event, Job, Task, TaskCard
 from orchestrator.store.store import (
     ACTIVE_JOB_STATUSES,
@@ -18,6 +19,9 @@ __all__ = [
     "ApiToken",
     "DuplicateError",
     "Event",
+    "InboxStatus",
+    "InboxStore",
+    "Intent",
     "Job",
     "Store",
     "Task",

@@ -27,6 +27,7 @@ __all__ = [
     "api_tokens",
     "effects",
     "events",
+    "inbox",
     "instances",
     "jobs",
     "metadata",
@@ -256,4 +257,33 @@ api_tokens = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_by", String(100), nullable=False),
     Column("created_at", Float, nullable=False),
+)
+
+# The inbox: what an inbound webhook asked for (cancel, rollback, the crossing a merged
+# pull request starts), recorded before the answer and applied later by the inbox loop
+# when the task's transition lease allows, exactly once (claim, compare-and-swap, fenced
+# marks: the pattern of the outbox). One row per delivery.
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("action", String(32), nullable=False),  # cancel | rollback | merged
+    Column("actor", String(100), nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("source", String(32), nullable=False),  # gitea | github | plane
+    Column("delivery_id", String(200), nullable=False),
+    # pending | applying | applied | refused | failed
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Float, nullable=False),
+    # Why it waits (a lease held), why it was refused or failed, or how it was applied.
+    Column("outcome", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    # The boot id of the process applying it (status 'applying'), and since when.
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_at", Float, nullable=True),
+    UniqueConstraint("source", "delivery_id"),
+    Index(None, "status", "next_attempt_at"),
 )
