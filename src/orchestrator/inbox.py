@@ -24,10 +24,11 @@ task as it is now and whether a live transition lease is held on it:
   :func:`enter_transition` for ``deploy -> done``. Marked ``applied`` with what
   happened, with an ``inbox.applied`` event, in a transaction fenced by the claim.
 
-A failure that may pass (the database, a forge that does not answer, a lost race) puts
-the intent back with exponential backoff from ``INBOX_BACKOFF_S``; after
-``INBOX_MAX_ATTEMPTS`` it is marked ``failed`` (and alerted). A refusal by the service
-(bad input, a git error) is ``refused`` with its message.
+A failure that may pass (the database, a forge that does not answer, a race lost to
+another move of the task) puts the intent back with exponential backoff from
+``INBOX_BACKOFF_S``; after ``INBOX_MAX_ATTEMPTS`` it is marked ``failed`` (and
+alerted). A refusal by the service with the task unchanged (a rollback whose worktree
+and branch are gone, bad input, a git error) is ``refused`` with its message.
 
 **Exactly once.** A claim whose owner died (``orch serve`` killed mid-apply) is taken
 over by the next applier. Before acting again it looks at the task's trail: an event
@@ -262,8 +263,10 @@ class InboxApplier:
                 count_attempt=False,
             )
             return 0
-        except ConflictError as exc:  # a race with another move: decide again later
-            return self._retry(claim, str(exc))
+        except ConflictError as exc:
+            if self._moved_since(task):  # a race with another move: decide again later
+                return self._retry(claim, str(exc))
+            return self._finish(claim, InboxStatus.REFUSED, str(exc))
         except OrchestratorError as exc:
             if exc.http_status >= 500:  # an integration that did not answer
                 return self._retry(claim, str(exc))
@@ -291,6 +294,14 @@ class InboxApplier:
             raise ConflictError(f"task {task.work_item} moved on before deploy->done")
         current = self.store.get_task(task.id)
         return f"deploy->done {crossing.value}: task is {current.stage}"
+
+    def _moved_since(self, task: Task) -> bool:
+        """Whether the task changed after ``task`` was read (a lost race, not a refusal)."""
+        try:
+            current = self.store.get_task(task.id)
+        except OrchestratorError:
+            return False
+        return (current.stage, current.version) != (task.stage, task.version)
 
     def _refuse_if_leased(self, task: Task) -> None:
         for info in self.runtime.leases.held():

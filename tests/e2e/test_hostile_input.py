@@ -101,12 +101,13 @@ class Hostile:
     repo: Path
     headers: dict[str, str]
 
-    def counts(self) -> tuple[int, int]:
-        """Tasks and webhook deliveries in the server's database."""
+    def counts(self) -> tuple[int, int, int]:
+        """Tasks, webhook deliveries and inbox intents in the server's database."""
         with sqlite3.connect(self.workdir / ".orch" / "orch.db") as db:
             tasks = db.execute("SELECT count(*) FROM tasks").fetchone()[0]
             deliveries = db.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0]
-        return int(tasks), int(deliveries)
+            intents = db.execute("SELECT count(*) FROM inbox").fetchone()[0]
+        return int(tasks), int(deliveries), int(intents)
 
     def log(self) -> str:
         return self.serve.log.read_text(errors="replace")
@@ -371,14 +372,14 @@ def test_a_refused_delivery_is_not_remembered_so_a_corrected_one_is_processed(
     hostile: Hostile,
 ) -> None:
     since = len(hostile.log())
-    before_tasks, before_deliveries = hostile.counts()
+    before_tasks, before_deliveries, intents = hostile.counts()
     bad = dumps(github_issue(11, "Cart \x07 beep", "The title holds a control character."))
     refused = hostile.request(
         "POST", "/webhooks/github", content=bad, headers=signed("github", bad, "issues", "d-11")
     )
     assert refused.status_code == 422, refused.text
     assert "control characters" in refused.json()["error"]
-    assert hostile.counts() == (before_tasks, before_deliveries)
+    assert hostile.counts() == (before_tasks, before_deliveries, intents)
     # The same delivery again, corrected (a ZWJ emoji title), is processed, not "duplicate".
     good = dumps(github_issue(11, "👩‍💻 Cart beep", "Fixed title."))
     created = hostile.request(
@@ -386,7 +387,7 @@ def test_a_refused_delivery_is_not_remembered_so_a_corrected_one_is_processed(
     )
     assert created.status_code == 200, created.text
     assert created.json()["status"] == "created"
-    assert hostile.counts() == (before_tasks + 1, before_deliveries + 1)
+    assert hostile.counts() == (before_tasks + 1, before_deliveries + 1, intents)
     hostile.assert_no_traceback(since)
 
 
@@ -521,7 +522,10 @@ SHAPED = st.recursive(
 )
 EVENTS = st.one_of(
     st.sampled_from(sorted(GITHUB_EVENTS | GITEA_EVENTS | PLANE_EVENTS)),
-    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20),
+    # Without edge whitespace: httpx itself refuses to send such a header value.
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20).filter(
+        lambda text: text == text.strip()
+    ),
 )
 
 

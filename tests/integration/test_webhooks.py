@@ -29,6 +29,7 @@ import pytest
 import sqlalchemy as sa
 from tests.integration.support import api_client, make_repo
 
+from orchestrator.git import Repo
 from orchestrator.inbox import INBOX_WAIT_S, InboxApplier
 from orchestrator.leases import LeaseManager, Owner
 from orchestrator.server import create_app
@@ -269,6 +270,30 @@ def test_an_intent_refused_when_the_task_moved_on_before_it_was_applied(hub: Hub
     assert (intent.status, intent.outcome) == ("refused", "task SHOP-1 is cancelled: not moved")
     assert len(hub.gitea.merges) == 1  # the web UI's; none of ours
     assert any(e.kind == EventKind.INBOX_REFUSED for e in hub.store.task_events(task.id))
+
+
+def test_a_rollback_the_service_refuses_is_refused_with_its_reason_not_retried(
+    hub: Hub,
+) -> None:
+    task = hub.create(stage="testing")
+    # Its worktree and its branch are gone: nothing can bring the work back.
+    repo = Repo(hub.repo)
+    repo.remove_worktree(Path(task.worktree))
+    assert repo.delete_branch(task.branch)
+    pull = hub.github.add_pull(REPO, task.branch)
+    review = hub.github.pull_request_event(pull, "submitted")
+    review["review"] = {"state": "changes_requested", "body": "redo", "user": {"login": "eve"}}
+    body, headers = hub.github.webhook("pull_request_review", review, GITHUB_SECRET)
+    assert hub.post("github", body, headers).status_code == 202
+
+    assert hub.apply() == 1
+    [intent] = hub.intents()
+    assert intent.status == InboxStatus.REFUSED
+    assert intent.outcome is not None
+    assert f"its branch {task.branch} no longer exists" in intent.outcome
+    assert hub.store.get_task(task.id).stage == "testing"
+    [refused] = [e for e in hub.store.task_events(task.id) if e.kind == EventKind.INBOX_REFUSED]
+    assert refused.reason == intent.outcome
 
 
 def test_an_intent_claimed_by_a_dead_applier_is_applied_exactly_once(hub: Hub) -> None:
