@@ -10,8 +10,9 @@ and the demo all call it). A tick
    evaluate the stage's gates read-only, ask the kernel what next
    (:func:`decide_after_job`), **claim** the job's terminal status with a
    compare-and-swap, and only if that claim won, commit the stage's artifacts and apply
-   the decision (stage CAS + next job + events in one transaction, or
-   :func:`enter_transition` when the move has side effects);
+   the decision (stage CAS + next job + events in one transaction, or, when the move
+   has side effects, :func:`enter_transition` handed to the crossing pool, so a merge,
+   a deploy or a health window never holds up the tick; see :mod:`crossings`);
 2. **dispatches** queued jobs whose time has come, within the global and per-repository
    limits: claim (CAS ``queued -> running``), render prompt and command, spawn under
    the launcher in the task's worktree in a new process group, record pid and run;
@@ -53,6 +54,7 @@ from orchestrator.commit_policy import (
     effective_excludes,
     plan_commit,
 )
+from orchestrator.crossings import CrossingPool
 from orchestrator.errors import OrchestratorError, RepositoryError
 from orchestrator.feedback import rollback_feedback
 from orchestrator.git import Repo, git
@@ -171,16 +173,20 @@ class Engine:
         self._recovered = False
         self.started_at = time.time()
         self.janitor = WorktreeJanitor(self.store, self.settings)
+        # Side-effectful crossings run here, beside the tick (one per task at once).
+        self.crossings = CrossingPool(self.settings.crossing_workers)
 
     # --- loop --------------------------------------------------------------------------
     def tick(self) -> bool:
         """One pass: recover once, finalize what finished, start what is due."""
         if not self._recovered:
             self.recover_on_startup()
+        self.crossings.supervise()
+        crossed = bool(self.crossings.forget_ended())
         finished = self._collect()
         started = self._dispatch()
         self._maybe_maintain()
-        return finished or started
+        return finished or started or crossed
 
     def run(
         self,
@@ -200,16 +206,37 @@ class Engine:
                 stop.wait(ENGINE_TICK_S)
 
     def idle(self) -> bool:
-        """No job queued, deferred, running or finalizing anywhere."""
+        """No crossing in flight here, no job queued, deferred, running or finalizing."""
+        # The pool first: a crossing that ends meanwhile has committed what it queued
+        # (a rollback's development job) before it leaves the pool, so the store sees it.
+        if self.crossings.pending() or self._live:
+            return False
         pending = self.store.jobs_by_status(("queued", "deferred", "running", "finalizing"))
         return not pending and not self._live
+
+    def wait_for_crossings(self, timeout_s: float | None = None) -> bool:
+        """Block until no crossing of this engine is in flight; False on timeout."""
+        return self.crossings.wait(timeout_s)
 
     def running_jobs(self) -> list[Job]:
         return [live.job for live in self._live.values()]
 
-    def shutdown(self, *, kill: bool = False) -> None:
+    def shutdown(self, *, kill: bool = False, crossing_wait_s: float | None = None) -> None:
         """Stop watching. Running agents are left running (and stay recorded) unless
-        ``kill``; the next engine adopts them (:meth:`requeue_running_jobs`)."""
+        ``kill``; the next engine adopts them (:meth:`requeue_running_jobs`).
+
+        Crossings in flight are waited for up to ``crossing_wait_s`` (default
+        ``crossing_shutdown_wait_s``); one still going then is left to the next engine,
+        as after a crash: its lease expires and the journal finds what it did."""
+        wait_s = (
+            self.settings.crossing_shutdown_wait_s if crossing_wait_s is None else crossing_wait_s
+        )
+        if not self.crossings.wait(wait_s):
+            log.warning(
+                "%d crossing(s) still in flight after %ss; the next engine completes them",
+                self.crossings.pending(),
+                wait_s,
+            )
         for live in list(self._live.values()):
             if kill and live.process is not None:
                 live.process.kill("engine shutdown")
@@ -324,7 +351,8 @@ class Engine:
             return False
         counts = self.store.active_job_counts()
         total = sum(counts.values())
-        busy_tasks = {live.task.id for live in self._live.values()}
+        # A task being crossed (merge, deploy, health window) gets no job meanwhile.
+        busy_tasks = {live.task.id for live in self._live.values()} | self.crossings.busy_tasks()
         started = False
         for job, repository in ready:
             if total >= self.settings.max_running_jobs:
@@ -829,13 +857,23 @@ class Engine:
             report = None
         return rollback_feedback(stage=stage, reason=reason, report_path=path, report=report)
 
+    def _cross(self, task: Task, expected: str, new: str, actor: str, reason: str) -> bool:
+        """Hand a side-effectful crossing to the pool; False if this engine is crossing
+        the task already. Its outcome (done, rolled back, deferred, lost, failed closed)
+        is written by :func:`enter_transition` in the pool's thread, as it was inline."""
+
+        def cross() -> Crossing:
+            return enter_transition(self.runtime, task, expected, new, actor=actor, reason=reason)
+
+        if self.crossings.submit(task.id, cross) is None:
+            log.info("task %s: its %s->%s crossing is in flight already", task.id, expected, new)
+            return False
+        return True
+
     def _act(self, task: Task, job: Job, decision: Decision, actor: str) -> bool:
         stage = job.stage
         if isinstance(decision, Advance) and (stage, decision.to_stage) in TRANSITION_EFFECTS:
-            crossing = enter_transition(
-                self.runtime, task, stage, decision.to_stage, actor=actor, reason=decision.reason
-            )
-            return crossing in (Crossing.DONE, Crossing.ROLLED_BACK)
+            return self._cross(task, stage, decision.to_stage, actor, decision.reason)
         alert: str | None = None
         with self.store.transaction() as tx:
             won = True

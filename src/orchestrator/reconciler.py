@@ -48,11 +48,13 @@ class Reconciler:
         """Repair every task that needs it; returns how many were repaired."""
         pending_tasks = {job.task_id for job, _ in self.store.jobs_by_status(PENDING)}
         live_leases = {info.task_id for info in self.engine.runtime.leases.held() if info.live}
+        # This engine's own crossings in flight (they may not hold their lease yet).
+        crossing = self.engine.crossings.busy_tasks()
         repaired = 0
         for task in self.store.list_tasks(limit=10_000):
             if task.stage in TERMINAL_STAGES or task.failed or task.stage not in JOB_STAGES:
                 continue
-            if task.id in pending_tasks:
+            if task.id in pending_tasks or task.id in crossing:
                 continue
             if task.id in live_leases:
                 self._event(task, "reconciler.deferred", "a live owner holds the lease")

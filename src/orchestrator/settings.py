@@ -402,6 +402,13 @@ class Settings(BaseSettings):
     # Running jobs at once, over all repositories and per repository.
     max_running_jobs: int = Field(default=4, ge=1)
     max_running_jobs_per_repo: int = Field(default=2, ge=1)
+    # Threads that run side-effectful crossings (merge, deploy, post-deploy health window,
+    # rollback) beside the engine's loop, which keeps dispatching and enforcing timeouts;
+    # more crossings at once wait their turn.
+    crossing_workers: int = Field(default=4, ge=1, le=64)
+    # How long stopping the engine waits for crossings in flight; one still going then is
+    # left to the next engine (its lease expires, the effect journal finds what it did).
+    crossing_shutdown_wait_s: float = Field(default=30.0, ge=0)
     # Size cap of one run's log file; output beyond it is dropped with a marker.
     log_max_bytes: int = Field(default=5_000_000, ge=1024)
     # The engine's commit after a job: over this many files or bytes it commits nothing

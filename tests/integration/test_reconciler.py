@@ -99,6 +99,7 @@ def test_a_done_job_whose_stage_never_moved_is_advanced_once(world: World) -> No
     world.job_to(task, "done")  # claimed; the claimer died before its transition
 
     assert Reconciler(world.engine).sweep() == 1
+    assert world.engine.wait_for_crossings(60)  # the crossing runs in the engine's pool
 
     done = world.store.get_task(task.id)
     assert (done.stage, done.failed_reason) == ("done", None)
@@ -135,6 +136,7 @@ def test_the_reconciler_defers_while_a_live_owner_holds_the_lease(world: World) 
 
     holder.leases.release(lease)
     assert Reconciler(world.engine).sweep() == 1
+    assert world.engine.wait_for_crossings(60)
     assert world.store.get_task(task.id).stage == "done"
     assert world.merges("R-1") == 1
     assert world.deployed() == ["R-1"]

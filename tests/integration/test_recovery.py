@@ -600,6 +600,8 @@ def test_a_deploy_left_running_by_a_killed_owner_holds_back_the_next_deploy_of_i
 
     engine = world.engine()
     engine.recover_on_startup()  # D-1's lease: its owner is gone
+    # Recovery's finalizations hand both crossings to the engine's pool: let them end.
+    assert engine.wait_for_crossings(60)
     crossing = enter_transition(engine.runtime, second, "deploy", "done", actor="cli", reason="x")
     assert crossing is Crossing.DEFERRED
     # Recovery's finalization of D-2's job deferred already; the explicit entry again.
@@ -675,6 +677,7 @@ def test_a_deploy_finished_unrecorded_is_not_rerun_after_the_default_branch_move
 
     engine = world.engine()
     engine.recover_on_startup()  # reclaims the lease, and finalizes D-1's job
+    assert engine.wait_for_crossings(60)  # the crossing recovery handed over
     if world.task(task).stage != "done":
         crossing = enter_transition(engine.runtime, task, "deploy", "done", actor="cli", reason="x")
         assert crossing is Crossing.DONE
@@ -740,6 +743,7 @@ def test_a_deploy_that_prints_outlives_its_killed_owner(world: World) -> None:
 
     engine = world.engine()
     engine.recover_on_startup()
+    assert engine.wait_for_crossings(60)  # the crossing recovery handed over
     if world.task(task).stage != "done":
         crossing = enter_transition(engine.runtime, task, "deploy", "done", actor="cli", reason="x")
         assert crossing is Crossing.DONE

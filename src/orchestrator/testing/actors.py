@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Final
 
+from orchestrator.crossings import CrossingRun
 from orchestrator.engine import Engine
 from orchestrator.git import Repo, git
 from orchestrator.kernel.gates import DEPLOY_REPORT_FILE
@@ -23,7 +24,7 @@ from orchestrator.reaper import Reaper
 from orchestrator.reconciler import Reconciler
 from orchestrator.settings import load_settings
 from orchestrator.store import Store, Task, Tx
-from orchestrator.transitions import artifact_dir, enter_transition
+from orchestrator.transitions import Crossing, artifact_dir, enter_transition
 
 __all__ = ["ROLES", "act", "add_finalizing_deploy_job", "prepare_deploy_task"]
 
@@ -93,23 +94,34 @@ def act(role: str, engine: Engine, task_id: int) -> str:
     job = store.latest_job(task_id)
     if job is None:
         return "no job"
+    before = engine.crossings.latest(task_id)
     if role == "monitor":
-        return "won" if engine.finalize(job, 0, None, "") else "lost"
+        return _outcome(engine, task_id, before, engine.finalize(job, 0, None, ""))
     if role == "reaper":
         # Tier 2's own path: a finalizing job past the grace period, claim before act.
         if job.status != "finalizing":
             return "nothing to reap"
-        return "won" if engine.finalize(job, 0, None, "", actor="reaper") else "lost"
+        won = engine.finalize(job, 0, None, "", actor="reaper")
+        return _outcome(engine, task_id, before, won)
     if role == "reconciler":
         if job.status == "finalizing" or task.stage != "deploy":
             return "nothing to repair"
-        return "won" if Reconciler(engine).repair(task) else "lost"
+        return _outcome(engine, task_id, before, Reconciler(engine).repair(task))
     if role in ("webhook", "cli"):
         crossing = enter_transition(
             engine.runtime, task, "deploy", "done", actor=role, reason=f"{role}: merged"
         )
         return crossing.value
     raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+
+
+def _outcome(engine: Engine, task_id: int, before: CrossingRun | None, won: bool) -> str:
+    """ "won" or "lost" as when crossings ran inline: an actor that handed the task's
+    crossing to the engine's pool waits for it, and won if it moved the task."""
+    run = engine.crossings.latest(task_id)
+    if won and run is not None and run is not before:
+        won = run.wait() in (Crossing.DONE, Crossing.ROLLED_BACK)
+    return "won" if won else "lost"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{task_id} {act(role, engine, int(task_id))}", flush=True)
     if role == "reaper":
         Reaper(engine).sweep()
+    engine.wait_for_crossings()  # a daemon thread would die with this process
     store.close()
     return 0
 
