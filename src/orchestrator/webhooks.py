@@ -19,21 +19,24 @@ and answers ``(http_status, json_body)``. In order, nothing written before step 
    payload of the wrong shape for an event we act on: 400.
 5. **Replay.** The delivery id is claimed by a unique row in ``webhook_deliveries``
    (source, delivery id); a replay finds it and gets 200 ``{"status": "duplicate"}``
-   with no change.
-6. **Act**, only through the existing paths: ``deploy -> done`` through
-   :func:`~orchestrator.transitions.enter_transition` (it defers on a live transition
-   lease: ``"deferred"``); cancel and rollback through
-   :class:`~orchestrator.service.TaskService`, deferred while a live lease shows side
-   effects under way; a new work item through ``TaskService.create_task``, only into a
-   repository orch.toml lists (``[repos.<name>] path``) unless ``allow_any_repo``:
-   otherwise ``"refused"``, not remembered. The audit trail names the sender
-   (``github:<login>``, ``gitea:<login>``, ``plane:<name>``), not just the source.
+   (with the ``intent`` it recorded, if any) and no change.
+6. **Act or intend.** A cancel, a rollback, or a merged pull request's ``deploy ->
+   done`` is never run in the request: it is recorded as an intent in the inbox (one
+   per delivery id, with an ``inbox.recorded`` event) and answered 202; the inbox loop
+   (:mod:`orchestrator.inbox`) applies it through :class:`~orchestrator.service.TaskService`
+   or :func:`~orchestrator.transitions.enter_transition` once no live transition lease
+   is held (decision 0015). A new work item goes through ``TaskService.create_task``,
+   only into a repository orch.toml lists (``[repos.<name>] path``) unless
+   ``allow_any_repo``: otherwise ``"refused"``, not remembered. The audit trail names
+   the sender (``github:<login>``, ``gitea:<login>``, ``plane:<name>``), not just the
+   source.
 
-Answers: 200 with ``{"status": ..., "task": ..., "reason": ...}``, status one of
-``done``, ``deferred``, ``lost``, ``failed`` (the crossing of ``deploy -> done``),
-``cancelled``, ``rolled_back``, ``created``, ``exists``, ``recorded`` (noted in the
-task's events only), ``ignored``, ``refused`` (repository not listed), ``rejected``
-(the service refused; the reason says why) or ``duplicate``. A deferred or refused
+Answers: 202 ``{"status": "accepted", "intent": ..., "action": "cancel" | "rollback" |
+"merged", "task": ..., "stage": ..., "reason": ...}`` for an intent; otherwise 200 with
+``{"status": ..., "task": ..., "reason": ...}``, status one of ``created``, ``exists``,
+``recorded`` (noted in the task's events only), ``ignored`` (also: nothing to cancel or
+roll back, the task is already there), ``refused`` (repository not listed),
+``rejected`` (the service refused; the reason says why) or ``duplicate``. A refused
 delivery is not remembered, so a redelivery retries it. A tracker that cannot be
 reached during intake gives 502 (not remembered either).
 Input the service refuses (a :class:`~orchestrator.errors.UsageError`: a title it cannot
