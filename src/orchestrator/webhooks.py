@@ -19,7 +19,9 @@ and answers ``(http_status, json_body)``. In order, nothing written before step 
    payload of the wrong shape for an event we act on: 400.
 5. **Replay.** The delivery id is claimed by a unique row in ``webhook_deliveries``
    (source, delivery id); a replay finds it and gets 200 ``{"status": "duplicate"}``
-   (with the ``intent`` it recorded, if any) and no change.
+   (with the ``intent`` it recorded, if any) and no change. A claim left undecided for
+   ``WEBHOOK_CLAIM_STALE_S`` (its request died mid-way; the sender saw no answer) is
+   taken over by the redelivery instead (:mod:`orchestrator.store.deliveries`).
 6. **Act or intend.** A cancel, a rollback, or a merged pull request's ``deploy ->
    done`` is never run in the request: it is recorded as an intent in the inbox (one
    per delivery id, with an ``inbox.recorded`` event) and answered 202; the inbox loop
@@ -50,13 +52,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-
-import sqlalchemy as sa
 
 from orchestrator.auth import check_repo_allowed
 from orchestrator.errors import (
@@ -72,7 +71,7 @@ from orchestrator.kernel.stages import ROLLBACK_TARGET, TERMINAL_STAGES
 from orchestrator.service import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import InboxStore, Store, Task
-from orchestrator.store.schema import events, tasks, webhook_deliveries
+from orchestrator.store.deliveries import DeliveryStore
 from orchestrator.text_input import BadJSONError, check_text, parse_json_object
 from orchestrator.trackers.base import Origin
 from orchestrator.webhook_events import (
@@ -114,7 +113,10 @@ log = logging.getLogger("orchestrator.webhooks")
 # The event kind of a delivery noted in a task's trail without moving it.
 WEBHOOK_EVENT: Final = "webhook"
 MAX_DELIVERY_ID_CHARS: Final = 200
-MAX_OUTCOME_CHARS: Final = 200
+# A claimed delivery still undecided after this long was abandoned by a request that
+# died (the process was killed mid-request): its redelivery is processed, not a duplicate.
+# Far above the slowest request (an intake that calls a tracker within its timeout).
+WEBHOOK_CLAIM_STALE_S: Final = 300.0
 MAX_REVIEW_CHARS: Final = 1000
 MAX_SENDER_CHARS: Final = 60
 
@@ -175,6 +177,7 @@ class Outcome:
     remember: bool = True  # False: the delivery may be retried (refused, tracker down)
     extra: Mapping[str, Any] = field(default_factory=dict)
     http_status: int = 200
+    recorded: bool = False  # the delivery's outcome was written with the change itself
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"status": self.status}
@@ -219,6 +222,7 @@ class WebhookReceiver:
         self.settings = settings
         self.service = service
         self.inbox = InboxStore(store)
+        self.deliveries = DeliveryStore(store)
         self.integrations = integrations or Integrations(store, settings)
         self._on_intent = on_intent
 
@@ -268,10 +272,10 @@ class WebhookReceiver:
         except BaseException:
             self._release(source.name, delivery)
             raise
-        if outcome.remember:
-            self._record(source.name, delivery, outcome)
-        else:
+        if not outcome.remember:
             self._release(source.name, delivery)
+        elif not outcome.recorded:
+            self._record(source.name, delivery, outcome)
         log.info("%s delivery %s: %s %s", source.name, delivery, outcome.status, outcome.reason)
         return outcome.http_status, outcome.body()
 
@@ -289,41 +293,15 @@ class WebhookReceiver:
 
     # --- replay protection -------------------------------------------------------------
     def _claim(self, source: str, delivery: str) -> bool:
-        try:
-            with self.store.transaction() as tx:
-                tx.conn.execute(
-                    webhook_deliveries.insert().values(
-                        source=source,
-                        delivery_id=delivery,
-                        outcome="received",
-                        received_at=time.time(),
-                    )
-                )
-        except sa.exc.IntegrityError:
-            return False
-        return True
-
-    def _where(self, source: str, delivery: str) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            webhook_deliveries.c.source == source,
-            webhook_deliveries.c.delivery_id == delivery,
-        )
+        return self.deliveries.claim_delivery(source, delivery, stale_after_s=WEBHOOK_CLAIM_STALE_S)
 
     def _record(self, source: str, delivery: str, outcome: Outcome) -> None:
         text = f"{outcome.status}: {outcome.reason}" if outcome.reason else outcome.status
-        with self.store.transaction() as tx:
-            tx.conn.execute(
-                webhook_deliveries.update()
-                .where(self._where(source, delivery))
-                .values(
-                    outcome=text[:MAX_OUTCOME_CHARS],
-                    task_id=outcome.task.id if outcome.task is not None else None,
-                )
-            )
+        task_id = outcome.task.id if outcome.task is not None else None
+        self.deliveries.record_delivery(source, delivery, text, task_id)
 
     def _release(self, source: str, delivery: str) -> None:
-        with self.store.transaction() as tx:
-            tx.conn.execute(webhook_deliveries.delete().where(self._where(source, delivery)))
+        self.deliveries.release_delivery(source, delivery)
 
     # --- acting ------------------------------------------------------------------------
     def _act(self, ctx: _Delivery, event: WebhookEvent) -> Outcome:
@@ -394,7 +372,7 @@ class WebhookReceiver:
     def _intend(self, ctx: _Delivery, task: Task, action: str, reason: str) -> Outcome:
         """Record the intent in the inbox (applied by the inbox loop): 202."""
         check_text(reason, "the reason")  # refused input: 422, nothing recorded
-        intent, _new = self.inbox.record_intent(
+        intent, created = self.inbox.record_intent(
             task_id=task.id,
             action=action,
             actor=ctx.actor,
@@ -412,6 +390,7 @@ class WebhookReceiver:
             task,
             http_status=202,
             extra={"intent": intent.id, "action": action},
+            recorded=created,
         )
 
     def _note(self, actor: str, task: Task, reason: str) -> Outcome:
@@ -480,12 +459,9 @@ class WebhookReceiver:
     # --- finding the task ------------------------------------------------------------------
     def _task_on_branch(self, repo: str, branch: str) -> Task | None:
         """The task working on ``branch`` in the forge repository ``repo``, if exactly one."""
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(sa.select(tasks).where(tasks.c.branch == branch)).all()
-        candidates = [Task(**row._mapping) for row in rows]
         matching = [
             task
-            for task in candidates
+            for task in self.deliveries.tasks_on_branch(branch)
             if (forge_choice(self.settings, Path(task.repository)).repo or repo).lower()
             == repo.lower()
         ]
@@ -495,16 +471,9 @@ class WebhookReceiver:
 
     def _task_of_issue(self, ref: IssueRef) -> Task | None:
         """The task created from the tracker issue ``ref`` (by the origin it recorded)."""
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(events.c.task_id, events.c.data).where(
-                    events.c.kind == EventKind.TASK_CREATED, events.c.data.is_not(None)
-                )
-            ).all()
-        for task_id, data in rows:
-            origin = (data or {}).get("origin") if isinstance(data, dict) else None
-            if isinstance(origin, dict) and _origin_matches(origin, ref):
-                return self.store.get_task(int(task_id))
+        for task_id, origin in self.deliveries.task_origins(EventKind.TASK_CREATED):
+            if _origin_matches(origin, ref):
+                return self.store.get_task(task_id)
         return None
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +37,14 @@ from orchestrator.server import create_app
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import InboxStatus, InboxStore, Intent, Store, Task
+from orchestrator.store.deliveries import DeliveryStore
 from orchestrator.store.schema import webhook_deliveries
 from orchestrator.testing.clock import FakeClock
 from orchestrator.testing.fake_forge import DEFAULT_TOKEN, FakeGitea, FakeGitHub
 from orchestrator.testing.fake_http import hmac_sha256
 from orchestrator.testing.fake_plane import FakePlane
 from orchestrator.transitions import EventKind, Runtime, advance_stage
+from orchestrator.webhooks import WEBHOOK_CLAIM_STALE_S
 
 GITEA_SECRET = "gitea-hook-secret"
 GITHUB_SECRET = "github-hook-secret"
@@ -270,6 +273,34 @@ def test_an_intent_refused_when_the_task_moved_on_before_it_was_applied(hub: Hub
     assert (intent.status, intent.outcome) == ("refused", "task SHOP-1 is cancelled: not moved")
     assert len(hub.gitea.merges) == 1  # the web UI's; none of ours
     assert any(e.kind == EventKind.INBOX_REFUSED for e in hub.store.task_events(task.id))
+
+
+def test_a_delivery_whose_request_died_after_claiming_it_is_processed_when_redelivered(
+    hub: Hub,
+) -> None:
+    task = hub.create(stage="development")
+    pull = hub.github.add_pull(REPO, task.branch)
+    body, headers = hub.github.webhook(
+        "pull_request", hub.github.pull_request_event(pull, "closed"), GITHUB_SECRET, "d-9"
+    )
+    deliveries = DeliveryStore(hub.store)
+    # A request claimed the delivery and was killed before it recorded anything.
+    abandoned_at = time.time() - WEBHOOK_CLAIM_STALE_S - 1
+    assert deliveries.claim_delivery("github", "d-9", stale_after_s=0, now=abandoned_at)
+    # The sender saw no answer; its redelivery is processed, not answered "duplicate".
+    redelivered = hub.post("github", body, headers)
+    assert redelivered.status_code == 202, redelivered.text
+    [intent] = hub.intents()
+    assert deliveries.delivery_outcome("github", "d-9") == f"accepted: intent {intent.id}"
+    # A claim that is not abandoned (a request still at work, or done) stays a duplicate.
+    again = hub.post("github", body, headers)
+    assert again.json() == {"status": "duplicate", "delivery": "d-9", "intent": intent.id}
+    assert deliveries.claim_delivery("github", "d-10", stale_after_s=WEBHOOK_CLAIM_STALE_S)
+    _, other = hub.github.webhook(
+        "pull_request", hub.github.pull_request_event(pull, "closed"), GITHUB_SECRET, "d-10"
+    )
+    assert hub.post("github", body, other).json()["status"] == "duplicate"
+    assert len(hub.intents()) == 1
 
 
 def test_a_rollback_the_service_refuses_is_refused_with_its_reason_not_retried(

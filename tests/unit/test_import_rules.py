@@ -34,7 +34,6 @@ SQL_OUTSIDE_STORE: Final = frozenset(
         "orchestrator.leases",
         "orchestrator.outbox",
         "orchestrator.server",
-        "orchestrator.webhooks",
     }
 )
 ADAPTERS: Final = frozenset(

@@ -17,7 +17,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from orchestrator.store.records import _Record
-from orchestrator.store.schema import inbox
+from orchestrator.store.schema import inbox, webhook_deliveries
 from orchestrator.store.store import Store
 
 __all__ = ["INBOX_OPEN_STATUSES", "InboxStatus", "InboxStore", "Intent"]
@@ -84,7 +84,8 @@ class InboxStore:
         event_reason: str,
         now: float | None = None,
     ) -> tuple[Intent, bool]:
-        """Record an intent and its event in one transaction; ``(intent, True)``.
+        """Record an intent, its event and its delivery's outcome (``accepted: intent
+        <id>``) in one transaction; ``(intent, True)``.
 
         A delivery already recorded (same source and delivery id) is not recorded again:
         ``(the existing intent, False)``.
@@ -114,6 +115,14 @@ class InboxStore:
                     task_id=task_id,
                     reason=event_reason,
                     data=_event_data(intent_id, action, source, delivery_id),
+                )
+                tx.conn.execute(
+                    webhook_deliveries.update()
+                    .where(
+                        webhook_deliveries.c.source == source,
+                        webhook_deliveries.c.delivery_id == delivery_id,
+                    )
+                    .values(outcome=f"accepted: intent {intent_id}", task_id=task_id)
                 )
         except sa.exc.IntegrityError:
             existing = self.intent_of_delivery(source, delivery_id)
