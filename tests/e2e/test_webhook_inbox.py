@@ -1,6 +1,6 @@
-"""The webhook inbox end to end: the real ``orch serve`` as a subprocess, a real
-transition lease held by this test process, a Gitea-signed "closed without merging"
-delivery posted over HTTP.
+"""The webhook inbox end to end: the real ``orch serve`` as a subprocess (on SQLite and
+PostgreSQL), a real transition lease held by this test process, a Gitea-signed "closed
+without merging" delivery posted over HTTP.
 
 The cancel arrives while the lease's owner lives: it is answered 202 with the intent's
 id and recorded; the server's inbox loop looks at it and leaves it waiting. The server
@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tests.e2e.test_integrations import SCRIPTED, Serve, free_port, wait_for
@@ -30,7 +28,7 @@ from tests.integration.support import make_repo
 from orchestrator.leases import LeaseManager, Owner
 from orchestrator.service import TaskService
 from orchestrator.settings import load_settings
-from orchestrator.store import Store
+from orchestrator.store import InboxStore, Store
 from orchestrator.testing.fake_forge import DEFAULT_TOKEN, FakeGitea
 from orchestrator.transitions import EventKind, advance_stage
 
@@ -40,19 +38,14 @@ GITEA_SECRET = "gitea-secret"
 REPO = "acme/shop"
 
 
-def inbox_rows(workdir: Path) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(workdir / ".orch" / "orch.db") as db:
-        return list(db.execute("SELECT id, status, outcome, attempts FROM inbox ORDER BY id"))
-
-
 def test_a_cancel_recorded_while_the_lease_is_held_survives_a_sigkill_and_is_applied_once(
-    tmp_path: Path,
+    tmp_path: Path, db_url: str
 ) -> None:
     repo = make_repo(tmp_path / "shop")
     with FakeGitea() as gitea:
         config = tmp_path / "orch.toml"
         config.write_text(
-            'data_dir = ".orch"\nretry_backoff_s = 0\n'
+            f'data_dir = ".orch"\ndatabase_url = {json.dumps(db_url)}\nretry_backoff_s = 0\n'
             f'forge = "gitea"\nforge_base_url = "{gitea.api_url}"\n'
             f'forge_token = "{DEFAULT_TOKEN}"\nforge_remote = ""\n'
             f'gitea_webhook_secret = "{GITEA_SECRET}"\n'
@@ -62,6 +55,7 @@ def test_a_cancel_recorded_while_the_lease_is_held_survives_a_sigkill_and_is_app
         )
         settings = load_settings(config)
         store = Store.open(settings.effective_database_url)
+        inbox = InboxStore(store)
         try:
             # A task waiting for a person (no job runs), and a live lease on it: ours.
             service = TaskService(store, settings)
@@ -90,7 +84,7 @@ def test_a_cancel_recorded_while_the_lease_is_held_survives_a_sigkill_and_is_app
                 # The inbox loop saw it and left it waiting for the lease.
                 wait_for(
                     lambda: (
-                        inbox_rows(tmp_path)[0][2] == "waiting: deploy->done (the-test) "
+                        inbox.intents()[0].outcome == "waiting: deploy->done (the-test) "
                         "is under way"
                     ),
                     "the inbox loop waits for the lease",
@@ -121,8 +115,8 @@ def test_a_cancel_recorded_while_the_lease_is_held_survives_a_sigkill_and_is_app
                 assert again.json() == duplicate
             finally:
                 second.stop()
-            [(row_id, row_status, outcome, _attempts)] = inbox_rows(tmp_path)
-            assert (row_id, row_status, outcome) == (intent_id, "applied", "cancelled")
+            [intent] = inbox.intents()
+            assert (intent.id, intent.status, intent.outcome) == (intent_id, "applied", "cancelled")
             kinds = [event.kind for event in store.task_events(task.id)]
             assert kinds.count(EventKind.CANCELLED) == 1
             assert kinds.count(EventKind.INBOX_RECORDED) == 1
