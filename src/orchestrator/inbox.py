@@ -181,6 +181,9 @@ class InboxApplier:
         """One sweep: every due intent decided and, when it may, applied; returns how
         many intents finished (applied, refused or failed)."""
         now = self._clock()
+        due = self.inbox.open_intents(now)
+        if not due:
+            return 0  # the common case: one indexed query a sweep
         held = {
             info.task_id: f"{info.transition} ({info.actor})"
             for info in self.runtime.leases.held()
@@ -188,7 +191,7 @@ class InboxApplier:
         }
         alive: dict[str, bool] = {}
         finished = 0
-        for intent in self.inbox.open_intents(now):
+        for intent in due:
             taken_over = intent.status == InboxStatus.APPLYING
             if taken_over and not self._owner_dead(intent, alive):
                 continue
