@@ -23,6 +23,7 @@ observes the world before redoing anything).
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -48,6 +49,8 @@ class CrossingRun:
 
     task_id: int
     work: Callable[[], Crossing]
+    # Crossings with the same key (the repository) run one after another.
+    key: str | None = None
     ended: threading.Event = field(default_factory=threading.Event)
     # How it ended; None while in flight or when it raised (see ``error``).
     outcome: Crossing | None = None
@@ -74,19 +77,33 @@ class CrossingPool:
         self._in_flight: dict[int, CrossingRun] = {}
         # The latest run of each task, ended or not (for callers that wait on it).
         self._latest: dict[int, CrossingRun] = {}
+        # Keys with a crossing queued or running, and the runs parked behind it.
+        self._parked: dict[str, collections.deque[CrossingRun]] = {}
         self._started = 0
         self.replaced = 0
 
     # --- submitting -------------------------------------------------------------------
-    def submit(self, task_id: int, work: Callable[[], Crossing]) -> CrossingRun | None:
-        """Queue ``work`` for ``task_id``; None if a crossing of that task is in flight."""
+    def submit(
+        self, task_id: int, work: Callable[[], Crossing], *, key: str | None = None
+    ) -> CrossingRun | None:
+        """Queue ``work`` for ``task_id``; None if a crossing of that task is in flight.
+
+        Runs that share ``key`` (the engine passes the repository) run one after
+        another, in the order submitted: two crossings of one repository would only
+        defer each other (a merge waits while the repository's deploy runs), and a
+        deferred crossing is left for the reconciler's next sweep."""
         with self._lock:
             if task_id in self._in_flight:
                 return None
-            run = CrossingRun(task_id, work)
+            run = CrossingRun(task_id, work, key)
             self._in_flight[task_id] = run
             self._latest[task_id] = run
             self._ensure_workers()
+            if key is not None:
+                if key in self._parked:
+                    self._parked[key].append(run)  # queued when the one before ends
+                    return run
+                self._parked[key] = collections.deque()
         self._queue.put(run)
         return run
 
@@ -182,5 +199,11 @@ class CrossingPool:
         with self._changed:
             if self._in_flight.get(run.task_id) is run:
                 del self._in_flight[run.task_id]
+            if run.key is not None and run.key in self._parked:
+                parked = self._parked[run.key]
+                if parked:
+                    self._queue.put(parked.popleft())
+                else:
+                    del self._parked[run.key]
             run.ended.set()
             self._changed.notify_all()

@@ -865,7 +865,7 @@ class Engine:
         def cross() -> Crossing:
             return enter_transition(self.runtime, task, expected, new, actor=actor, reason=reason)
 
-        if self.crossings.submit(task.id, cross) is None:
+        if self.crossings.submit(task.id, cross, key=task.repository) is None:
             log.info("task %s: its %s->%s crossing is in flight already", task.id, expected, new)
             return False
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -88,3 +89,53 @@ def test_a_dead_worker_is_replaced_and_its_crossing_ends(
     assert after is not None
     assert after.wait(WAIT_S) is Crossing.DONE
     assert pool.supervise() == 0
+
+
+def test_crossings_of_one_repository_run_one_after_another_in_order() -> None:
+    """Two crossings of one repository at once only defer each other (a merge waits
+    while the repository's deploy runs) and the deferred one waited for the
+    reconciler: `orch run` ended with the second task still in deploy."""
+    pool = CrossingPool(4)
+    release = threading.Event()
+    order: list[str] = []
+    running: set[str] = set()
+    overlaps: list[set[str]] = []
+    lock = threading.Lock()
+
+    def crossing(name: str, wait: bool) -> Callable[[], Crossing]:
+        def work() -> Crossing:
+            with lock:
+                running.add(name)
+                overlaps.append(set(running))
+                order.append(name)
+            if wait:
+                release.wait(WAIT_S)
+            with lock:
+                running.discard(name)
+            return Crossing.DONE
+
+        return work
+
+    first = pool.submit(1, crossing("repo-a:1", True), key="repo-a")
+    second = pool.submit(2, crossing("repo-a:2", False), key="repo-a")
+    third = pool.submit(3, crossing("repo-a:3", False), key="repo-a")
+    other = pool.submit(4, crossing("repo-b:4", False), key="repo-b")
+    assert first is not None
+    assert second is not None
+    assert third is not None
+    assert other is not None
+    assert other.wait(WAIT_S) is Crossing.DONE  # another repository does not wait
+    assert not second.ended.is_set()
+    assert pool.busy_tasks() == {1, 2, 3}
+    release.set()
+    assert pool.wait(WAIT_S)
+    assert [name for name in order if name.startswith("repo-a")] == [
+        "repo-a:1",
+        "repo-a:2",
+        "repo-a:3",
+    ]
+    assert all(len({n for n in seen if n.startswith("repo-a")}) <= 1 for seen in overlaps)
+    # The key is free again: a new crossing of repo-a starts at once.
+    again = pool.submit(5, crossing("repo-a:5", False), key="repo-a")
+    assert again is not None
+    assert again.wait(WAIT_S) is Crossing.DONE
