@@ -5,8 +5,10 @@ Theory of operation
 One engine per process, driven by :meth:`Engine.tick` (the ``serve`` loop, ``orch run``
 and the demo all call it). A tick
 
-1. collects jobs whose process exited (or kills those past their timeout, or whose
-   task moved on under them, e.g. cancelled), records the exit, and **finalizes** them:
+1. collects jobs whose process exited (or stops those past their timeout or budget, or
+   whose task moved on under them, e.g. cancelled: SIGTERM now, SIGKILL from a deadline
+   heap at the grace deadline, so a job that ignores SIGTERM never holds the tick),
+   records the exit, and **finalizes** them:
    evaluate the stage's gates read-only, ask the kernel what next
    (:func:`decide_after_job`), **claim** the job's terminal status with a
    compare-and-swap, and only if that claim won, commit the stage's artifacts and apply
@@ -25,6 +27,7 @@ nothing. Notifications go out only after the transaction that caused them commit
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -82,7 +85,7 @@ from orchestrator.kernel.stages import JOB_STAGES, TERMINAL_STAGES
 from orchestrator.leases import pid_alive, process_start_ticks
 from orchestrator.notifier import Notifier, notify_safely
 from orchestrator.outbox import enqueue_card_updates
-from orchestrator.proc_group import RunningProcess, spawn
+from orchestrator.proc_group import LAUNCHER_MARGIN_S, RunningProcess, spawn
 from orchestrator.runners.context import RESULT_PREFIX
 from orchestrator.runners.environment import runner_environment
 from orchestrator.settings import Settings
@@ -168,6 +171,8 @@ class Engine:
         # A random id per process start: rows it owns are recognisably this boot's.
         self.boot_id = self.runtime.owner.boot_id
         self._live: dict[int, _Live] = {}
+        # (monotonic deadline, job id): when a SIGTERMed job's group gets its SIGKILL.
+        self._kill_deadlines: list[tuple[float, int]] = []
         self._last_stage_check = 0.0
         self._last_maintenance = 0.0
         self._recovered = False
@@ -237,12 +242,24 @@ class Engine:
                 self.crossings.pending(),
                 wait_s,
             )
-        for live in list(self._live.values()):
-            if kill and live.process is not None:
-                live.process.kill("engine shutdown")
         if kill:
-            self._collect(final=True)
+            self._kill_all("engine shutdown")
         self._live.clear()
+
+    def _kill_all(self, reason: str) -> None:
+        """SIGTERM every job at once, collect them as they end; SIGKILL what is left at
+        the grace deadline (each job's own, from the deadline heap)."""
+        for live in self._live.values():
+            if live.process is not None and live.process.killed_reason is None:
+                self._stop(live, reason)
+        give_up = time.monotonic() + self._stop_grace_s() + ENGINE_TICK_S
+        while self._live and time.monotonic() < give_up:
+            if not self._collect(final=True):
+                time.sleep(ENGINE_TICK_S)
+        for live in self._live.values():
+            if live.process is not None:
+                live.process.force_kill()
+        self._collect(final=True)
 
     def _maybe_maintain(self) -> None:
         now = time.monotonic()
@@ -413,6 +430,7 @@ class Engine:
                 max_log_bytes=self.settings.log_max_bytes,
                 stdin_text=prompt,
                 wrapper=wrapper,
+                grace_s=self.settings.kill_grace_s,
             )
         except (OSError, OrchestratorError) as exc:
             reason = f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
@@ -547,6 +565,7 @@ class Engine:
     def _collect(self, *, final: bool = False) -> bool:
         if not self._live:
             return False
+        self._enforce_kill_deadlines()
         moved = self._stage_moved_tasks() if not final else set()
         progressed = False
         for job_id, live in list(self._live.items()):
@@ -555,15 +574,15 @@ class Engine:
                 exit_code = None
             else:
                 if live.task.id in moved and live.process.killed_reason is None:
-                    live.process.kill("the task moved to another stage")
+                    self._stop(live, "the task moved to another stage")
                 elif (
                     live.process.killed_reason is None and live.process.elapsed_s() > live.timeout_s
                 ):
-                    live.process.kill(f"timed out after {live.timeout_s:.0f}s")
+                    self._stop(live, f"timed out after {live.timeout_s:.0f}s")
                 elif live.process.killed_reason is None and live.budget is not None:
                     over = live.budget.over_budget(live.process.tail_text)
                     if over is not None:
-                        live.process.kill(f"{live.job.agent} went {over}")
+                        self._stop(live, f"{live.job.agent} went {over}")
                 exit_code = live.process.poll()
                 if exit_code is None:
                     continue
@@ -573,12 +592,38 @@ class Engine:
         return progressed
 
     def kill_job(self, job_id: int, reason: str) -> bool:
-        """Tree-kill one of this engine's running jobs (the reaper's tier 3)."""
+        """Stop one of this engine's running jobs (the reaper's tier 3): SIGTERM now,
+        SIGKILL at the grace deadline; the watch pass collects it when it ended."""
         live = self._live.get(job_id)
         if live is None or live.process is None:
             return False
-        live.process.kill(reason)
+        if live.process.killed_reason is None:
+            self._stop(live, reason)
         return True
+
+    def _stop_grace_s(self) -> float:
+        # The launcher kills the job's tree at kill_grace_s; the engine SIGKILLs the
+        # group itself only if the launcher has not ended LAUNCHER_MARGIN_S later.
+        return self.settings.kill_grace_s + LAUNCHER_MARGIN_S
+
+    def _stop(self, live: _Live, reason: str) -> None:
+        """SIGTERM the job's group without waiting; schedule its SIGKILL."""
+        assert live.process is not None
+        deadline = live.process.terminate(reason, self._stop_grace_s())
+        heapq.heappush(self._kill_deadlines, (deadline, live.job.id))
+
+    def _enforce_kill_deadlines(self) -> None:
+        """SIGKILL the groups of stopped jobs whose grace deadline has passed."""
+        now = time.monotonic()
+        while self._kill_deadlines and self._kill_deadlines[0][0] <= now:
+            _, job_id = heapq.heappop(self._kill_deadlines)
+            live = self._live.get(job_id)
+            if live is None or live.process is None:
+                continue  # it ended within its grace and was collected
+            if live.process.force_kill():
+                log.warning(
+                    "job %s outlived its kill grace; its process group is SIGKILLed", job_id
+                )
 
     def _stage_moved_tasks(self) -> set[int]:
         now = time.monotonic()

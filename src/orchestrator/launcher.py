@@ -40,10 +40,11 @@ __all__ = ["STOP_GRACE_S", "become_subreaper", "descendants", "kill_tree", "main
 
 TAIL_BYTES = 256 * 1024
 READ_CHUNK_BYTES = 64 * 1024
-USAGE = "usage: python -m orchestrator.launcher LOG TAIL EXIT MAX_BYTES -- COMMAND..."
+USAGE = "usage: python -m orchestrator.launcher LOG TAIL EXIT MAX_BYTES [GRACE_S] -- COMMAND..."
 # prctl(2) option: orphaned descendants are re-parented to us instead of init.
 PR_SET_CHILD_SUBREAPER = 36
-# Between the SIGTERM to the job's tree and the SIGKILL (the engine waits longer).
+# Between the SIGTERM to the job's tree and the SIGKILL, unless the engine passes its
+# kill_grace_s (GRACE_S); the engine's own SIGKILL comes only after it.
 STOP_GRACE_S = 3.0
 POLL_S = 0.05
 # SIGKILL sweeps before giving up on a tree that keeps changing (a fork bomb).
@@ -199,7 +200,14 @@ class _Output:
         return b"".join(list(self.tail))
 
 
-def run(log: Path, tail_path: Path, exit_path: Path, max_bytes: int, argv: list[str]) -> int:
+def run(
+    log: Path,
+    tail_path: Path,
+    exit_path: Path,
+    max_bytes: int,
+    argv: list[str],
+    grace_s: float = STOP_GRACE_S,
+) -> int:
     stop = threading.Event()
 
     def on_stop(_signum: int, _frame: FrameType | None) -> None:
@@ -224,7 +232,7 @@ def run(log: Path, tail_path: Path, exit_path: Path, max_bytes: int, argv: list[
         reap_orphans(keep=child.pid)
         stop.wait(POLL_S)
     # The command ended, or we were told to stop: nothing it started may stay.
-    kill_tree(me, keep=child.pid, reap=True)
+    kill_tree(me, grace_s, keep=child.pid, reap=True)
     code = child.wait()
     reap_orphans()
     # Every writer of the pipe is dead now, so its end comes at once.
@@ -238,11 +246,19 @@ def run(log: Path, tail_path: Path, exit_path: Path, max_bytes: int, argv: list[
 
 def main(args: list[str] | None = None) -> int:
     args = sys.argv[1:] if args is None else args
+    grace_s = STOP_GRACE_S
+    if len(args) >= 7 and args[4] != "--" and args[5] == "--":
+        try:
+            grace_s = float(args[4])
+        except ValueError:
+            print(USAGE, file=sys.stderr)
+            return 2
+        args = [*args[:4], *args[5:]]
     if len(args) < 6 or args[4] != "--":
         print(USAGE, file=sys.stderr)
         return 2
     log, tail, exit_file, max_bytes = Path(args[0]), Path(args[1]), Path(args[2]), int(args[3])
-    return run(log, tail, exit_file, max_bytes, args[5:])
+    return run(log, tail, exit_file, max_bytes, args[5:], grace_s)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,13 @@ Every job runs in a new session (``start_new_session=True``) led by the launcher
 starts, in whatever session or group, stays in the launcher's process tree, and the
 launcher kills that whole tree when the job's command ends or when it gets SIGTERM.
 Stopping a job is SIGTERM to its group (the command and the launcher), a grace period
-in which the launcher kills the tree and records the exit, then, only if the launcher
-did not finish, SIGKILL to every process under it (:func:`~orchestrator.launcher.kill_tree`)
-and to the group: no grandchild survives, detached or not. The launcher copies the
+(``kill_grace_s``, passed to the launcher) in which the launcher kills the tree and
+records the exit, then, only if the launcher did not finish, SIGKILL to every process
+under it (:func:`~orchestrator.launcher.kill_tree`) and to the group: no grandchild
+survives, detached or not. The engine never waits that grace out:
+:meth:`RunningProcess.terminate` sends the SIGTERM and returns the deadline of the
+SIGKILL, which the engine's watch pass sends with :meth:`RunningProcess.force_kill`;
+:meth:`RunningProcess.kill` (shutdown, the reaper) does both and waits. The launcher copies the
 output (stdout and stderr merged) into the run's log up to a size cap and keeps the last
 bytes in a tail file, so the result line an agent prints at the end (Claude Code's JSON)
 is never lost to the cap, and records the exit code in a file: a job outlives an engine
@@ -30,10 +34,12 @@ from typing import IO, Final
 
 from orchestrator.launcher import STOP_GRACE_S, kill_tree
 
-__all__ = ["KILL_GRACE_S", "RunningProcess", "kill_group", "spawn"]
+__all__ = ["KILL_GRACE_S", "LAUNCHER_MARGIN_S", "RunningProcess", "kill_group", "spawn"]
 
-# Longer than the launcher's own grace (STOP_GRACE_S), so it can kill its tree itself.
-KILL_GRACE_S: Final = STOP_GRACE_S + 2.0
+# After the launcher's own grace, the time it may take to kill its tree and record the
+# exit before its group is SIGKILLed from outside.
+LAUNCHER_MARGIN_S: Final = 2.0
+KILL_GRACE_S: Final = STOP_GRACE_S + LAUNCHER_MARGIN_S
 TAIL_BYTES: Final = 256 * 1024
 
 
@@ -46,12 +52,9 @@ def kill_group(
     ``reap`` collects our own exited child meanwhile: an unreaped zombie still belongs
     to the group and would make the wait last the whole grace period.
     """
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
+    pgid = _terminate_group(pid)
+    if pgid is None:
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         if reap is not None:
@@ -59,6 +62,21 @@ def kill_group(
         if not _group_has_live_members(pgid):
             return
         time.sleep(0.05)
+    _force_kill_group(pid, pgid)
+
+
+def _terminate_group(pid: int) -> int | None:
+    """SIGTERM the process group of ``pid``; its pgid, None if it is gone."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    return pgid
+
+
+def _force_kill_group(pid: int, pgid: int) -> None:
     # The launcher did not finish its own stop in time. Freeze the group (the launcher
     # stays the parent of the orphans and does nothing more), SIGKILL everything under
     # it (after its death they would belong to init), then the group itself.
@@ -86,6 +104,7 @@ class RunningProcess:
         self.exit_path = log_path.with_suffix(".exit")
         self.started_monotonic = started_monotonic or time.monotonic()
         self.killed_reason: str | None = None
+        self._pgid: int | None = None
 
     @classmethod
     def adopt(cls, pid: int, log_path: Path, running_for_s: float) -> RunningProcess:
@@ -123,12 +142,36 @@ class RunningProcess:
                 continue
         return ""
 
-    def kill(self, reason: str) -> None:
-        """Tree-kill the job's process group, remembering why."""
+    def kill(self, reason: str, grace_s: float = KILL_GRACE_S) -> None:
+        """Tree-kill the job's process group, remembering why; waits out the grace."""
         self.killed_reason = reason
-        kill_group(self.pid, reap=self.popen.poll if self.popen is not None else None)
+        kill_group(self.pid, grace_s, reap=self.popen.poll if self.popen is not None else None)
         if self.popen is not None:
             self.popen.wait()
+
+    def terminate(self, reason: str, grace_s: float = KILL_GRACE_S) -> float:
+        """SIGTERM the job's group without waiting, remembering why; returns the
+        monotonic deadline after which :meth:`force_kill` is due."""
+        self.killed_reason = reason
+        self._pgid = _terminate_group(self.pid)
+        return time.monotonic() + grace_s
+
+    def force_kill(self) -> bool:
+        """SIGKILL whatever of the job's tree outlived its grace; True if anything had."""
+        if self.popen is not None:
+            self.popen.poll()  # an exited launcher is not a live member
+        pgid = self._pgid
+        if pgid is None:
+            try:
+                pgid = os.getpgid(self.pid)
+            except ProcessLookupError:
+                return False
+        if not _group_has_live_members(pgid):
+            return False
+        _force_kill_group(self.pid, pgid)
+        if self.popen is not None:
+            self.popen.wait()
+        return True
 
 
 def _group_has_live_members(pgid: int) -> bool:
@@ -185,6 +228,7 @@ def spawn(
     max_log_bytes: int,
     stdin_text: str | None = None,
     wrapper: Sequence[str] = (),
+    grace_s: float = STOP_GRACE_S,
 ) -> RunningProcess:
     """Start ``argv`` under the launcher in a new session; OSError if it cannot start.
 
@@ -205,6 +249,7 @@ def spawn(
         str(log_path.with_suffix(".tail")),
         str(log_path.with_suffix(".exit")),
         str(max_log_bytes),
+        f"{grace_s:g}",
         "--",
         *wrapper,
         *argv,

@@ -392,6 +392,9 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(default=5.0, ge=0)
     # Wall-clock limit of one agent run; its process group is killed after it.
     agent_timeout_s: float = Field(default=3600.0, gt=0)
+    # Seconds between the SIGTERM to a stopped job (timeout, budget, cancel) and the
+    # SIGKILL of whatever of it is left; the engine never waits it out.
+    kill_grace_s: float = Field(default=3.0, gt=0, le=600)
     # Dollars a task may spend on agent runs since it was created or last retried by a
     # person; past it no new agent job starts and the task fails for a human. 0 = no limit.
     task_budget_usd: float = Field(default=0.0, ge=0)

@@ -289,6 +289,8 @@ def test_a_task_runs_to_done_and_its_branch_is_merged(world: World) -> None:
     exited = [e for e in events if e.kind == "job.exited" and e.to_stage == "analysis"]
     [data] = [e.data or {} for e in exited]
     assert (data["exit_code"], data["cost_usd"], data["model"]) == (0, COST_USD, "m-1")
+    # The crossing (its own thread) moved the task to done, then released the worktree.
+    assert engine.wait_for_crossings(60)
     assert engine.idle()
 
 

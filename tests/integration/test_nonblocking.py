@@ -3,6 +3,8 @@ on SQLite and PostgreSQL.
 
 * While one task's ``deploy -> done`` crossing runs its deploy command, the engine
   dispatches another task's job, and it is not idle until the crossing has ended.
+* An agent that ignores SIGTERM is stopped at its timeout without holding the engine:
+  another task's job is dispatched before the stubborn one is SIGKILLed.
 
 The deploy command and the agents never sleep a fixed time: they wait for files the
 test writes, and every wait has a generous deadline that is never the pass criterion.
@@ -122,6 +124,7 @@ def write_config(path: Path, db_url: str, tmp_path: Path, *, hang_timeout: bool 
         "retry_backoff_s = 0\n"
         "reaper_finalize_grace_s = 0\n"
         "max_attempts = 1\n"
+        f"kill_grace_s = {KILL_GRACE_S}\n"
         + "".join(
             f"\n[agents.{name}]\ncommand = {json.dumps(command)}\n{limits.get(name, '')}"
             for name, command in agents.items()
@@ -200,3 +203,33 @@ def test_another_tasks_job_is_dispatched_while_a_deploy_runs(world: World) -> No
     ]
     assert started.id < moved.id  # dispatched while D-1's crossing ran
     assert (world.out / "deploys.log").read_text().split()[0] == "D-1"
+
+
+def test_an_agent_that_ignores_sigterm_does_not_hold_up_another_tasks_dispatch(
+    world: World,
+) -> None:
+    """Seen failing with the kill waiting out the grace in the engine's tick
+    (``RunningProcess.kill``): the other task's job started only after the stubborn
+    job had been SIGKILLed and recorded."""
+    stubborn = world.create("S-1", world.tmp_path / "stubborn")
+    engine = Engine(world.store, world.settings)
+    stop = threading.Event()
+    thread, failures = world.run_engine(engine, stop)
+    try:
+        # Its 1 s timeout fires: SIGTERM, which it outlives for the whole grace.
+        wait_for((world.out / "termed").exists, "S-1's agent got its SIGTERM")
+        other = world.create("A-1")
+        wait_for(lambda: world.events(other, "job.started") != [], "A-1's job started")
+        wait_for(lambda: world.store.get_task(stubborn.id).failed, "S-1 stopped and failed")
+    finally:
+        stop.set()
+        thread.join(WAIT_S)
+        engine.shutdown(kill=True)
+    assert not failures, failures
+
+    [started] = world.events(other, "job.started")
+    [killed] = world.events(stubborn, "job.killed")
+    assert killed.reason == "timed out after 1s"
+    assert started.id < killed.id  # dispatched while the stubborn one outlived SIGTERM
+    [run] = world.store.task_runs(stubborn.id)
+    assert run.exit_code == 128 + 9  # it took the SIGKILL to end it

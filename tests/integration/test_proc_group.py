@@ -68,7 +68,11 @@ def start(tmp_path: Path) -> Iterator[Start]:
     started: list[RunningProcess] = []
 
     def _start(
-        script: str, *, stdin_text: str | None = None, max_log_bytes: int = 1_000_000
+        script: str,
+        *,
+        stdin_text: str | None = None,
+        max_log_bytes: int = 1_000_000,
+        grace_s: float = 3.0,
     ) -> RunningProcess:
         process = spawn(
             ["sh", "-c", script],
@@ -77,6 +81,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
             log_path=tmp_path / "logs" / f"{len(started)}.log",
             max_log_bytes=max_log_bytes,
             stdin_text=stdin_text,
+            grace_s=grace_s,
         )
         started.append(process)
         return process
@@ -204,6 +209,41 @@ def test_a_job_that_ignores_sigterm_is_sigkilled_after_the_grace(
     assert wait_exit(process) == NO_RECORDED_EXIT
     wait_for(lambda: group_gone(process.pid), "the process group is gone")
     wait_for(lambda: pid_gone(grandchild), "the grandchild is gone")
+
+
+def test_terminate_does_not_wait_and_force_kill_ends_a_job_that_ignores_sigterm(
+    start: Start, tmp_path: Path
+) -> None:
+    """The engine's kill on a deadline: ``terminate`` sends the SIGTERM and returns with
+    the stubborn job alive (the launcher's grace is an hour, so only ``force_kill`` can
+    end it: waiting it out would fail the test by the suite's timeout); ``force_kill``
+    at the deadline leaves no process of the tree."""
+    marks = tmp_path / "marks"
+    process = start(
+        f'trap "" TERM; sleep {NEVER_S:.0f} & sleeper=$!; '
+        """trap 'echo term >> "$OUT/marks"' TERM; """
+        'echo $sleeper >> "$OUT/pids"; '
+        'while :; do wait; echo alive >> "$OUT/marks"; done',
+        grace_s=NEVER_S,
+    )
+    [grandchild] = grandchildren(tmp_path / "pids", 1)
+
+    process.terminate("timed out after 1s", NEVER_S)
+
+    assert process.killed_reason == "timed out after 1s"
+    wait_for(
+        lambda: marks.is_file() and marks.read_text().startswith("term\nalive\n"),
+        "the job marks the SIGTERM and outlives it",
+    )
+    assert process.poll() is None
+    assert not pid_gone(grandchild)
+
+    assert process.force_kill()
+
+    assert wait_exit(process) == NO_RECORDED_EXIT
+    wait_for(lambda: group_gone(process.pid), "the process group is gone")
+    wait_for(lambda: pid_gone(grandchild), "the grandchild is gone")
+    assert not process.force_kill()  # nothing left to kill
 
 
 def test_kill_group_of_a_reaped_process_does_nothing(start: Start) -> None:
