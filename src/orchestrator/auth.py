@@ -9,15 +9,17 @@ the secret is shown once by ``orch token create``. A request presents it as
 ``Authorization: Bearer <token>``: the hash of what was sent is looked up and compared
 in constant time on bytes. Roles are ordered, each includes the ones before it::
 
-    viewer     reads: GET /status, /queue, /tasks, /tasks/{id}
+    viewer     reads: GET /status, /queue, /tasks, /tasks/{id}/..., /metrics
     operator   + create, approve, reject, cancel, retry, roll back tasks
-    admin      + force-release a transition lease (and whatever is admin-only later)
+    admin      + force-release a transition lease, list the API tokens (GET /tokens)
 
 :func:`required_role` maps a request (method, path) to the role it needs: reads need
-``viewer`` (none with ``public_read``), every other method ``operator`` unless listed
-in :data:`ADMIN_PATHS`: a new endpoint is guarded by default. Reading ``/health`` and
-the API's description (``/docs``, ``/openapi.json``), and the signed webhooks
-(``/webhooks/...``, authenticated by their own signatures) need no token.
+``viewer`` (none with ``public_read``) unless listed in :data:`ADMIN_READ_PATHS`
+(``admin`` always), every other method ``operator`` unless listed in
+:data:`ADMIN_PATHS`: a new endpoint is guarded by default. Reading ``/health`` and the
+API's description (``/docs``, its assets under ``/docs/assets/``, ``/openapi.json``),
+and the signed webhooks (``/webhooks/...``, authenticated by their own signatures) need
+no token. ``/metrics`` is a read like the others (decision 0018).
 
 The legacy ``admin_token`` setting still works: it authenticates as an admin called
 ``admin_token``.
@@ -45,6 +47,7 @@ from orchestrator.store import Store
 
 __all__ = [
     "ADMIN_PATHS",
+    "ADMIN_READ_PATHS",
     "JOB_ENVIRONMENT_MARKERS",
     "LEGACY_ADMIN_NAME",
     "ROLES",
@@ -77,11 +80,13 @@ TOKEN_FILE_NAME: Final = "api-token"  # noqa: S105 - a file name
 LEGACY_ADMIN_NAME: Final = "admin_token"
 # Paths whose writes need an admin, not an operator.
 ADMIN_PATHS: Final = frozenset({"/transition-lease/release"})
+# Reads that need an admin even with public_read: who holds which token.
+ADMIN_READ_PATHS: Final = frozenset({"/tokens"})
 # Reads that need no token: liveness, and the API's own description (the same for every
 # install; a browser showing /docs cannot send a bearer token).
-OPEN_READ_PATHS: Final = frozenset(
-    {"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-)
+OPEN_READ_PATHS: Final = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+# Swagger UI's packaged files (orchestrator.api_docs), the same for every install.
+OPEN_READ_PREFIX: Final = "/docs/assets/"
 WEBHOOK_PREFIX: Final = "/webhooks/"
 READ_METHODS: Final = frozenset({"GET", "HEAD"})
 # Variables the engine sets for every job: their presence means "running as an agent".
@@ -196,7 +201,11 @@ def required_role(method: str, path: str, *, public_read: bool) -> str | None:
     if path.startswith(WEBHOOK_PREFIX):
         return None
     if method.upper() in READ_METHODS:
-        return None if public_read or path in OPEN_READ_PATHS else "viewer"
+        if path in ADMIN_READ_PATHS:
+            return "admin"
+        if path in OPEN_READ_PATHS or path.startswith(OPEN_READ_PREFIX):
+            return None
+        return None if public_read else "viewer"
     return "admin" if path in ADMIN_PATHS else "operator"
 
 

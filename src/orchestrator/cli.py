@@ -1,8 +1,9 @@
 """The ``orch`` command line.
 
 Human-first output (tables, live progress) with ``--json`` on every read command for
-scripts. Errors are one line on stderr: exit code 2 for usage errors, 1 for failures,
-and no traceback unless ``--debug``.
+scripts (moments as ISO 8601 UTC strings, as the HTTP API shows them:
+:mod:`orchestrator.api_format`). Errors are one line on stderr: exit code 2 for usage
+errors, 1 for failures, and no traceback unless ``--debug``.
 
 Both consoles have Rich markup off: titles, reasons, paths and setting values are user
 text, and ``[bug] crash`` must print as written. Styling is applied with ``style=`` or
@@ -29,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import __version__
+from orchestrator.api_format import with_iso_times
 from orchestrator.auth import (
     ROLES,
     TokenKind,
@@ -166,15 +168,15 @@ def _print_json(value: Any) -> None:
 def _task_json(
     store: Store, task: Task, *, full: bool = False, steps: NextSteps | None = None
 ) -> dict[str, Any]:
-    data = task.to_dict()
+    data = with_iso_times(task.to_dict())
     data["failed"] = task.failed
     if steps is not None:
         data.update(steps.to_dict())
     if full:
         runs = store.task_runs(task.id)
-        data["events"] = [event.to_dict() for event in store.task_events(task.id)]
-        data["jobs"] = [job.to_dict() for job in store.task_jobs(task.id)]
-        data["runs"] = [run.to_dict() for run in runs]
+        data["events"] = [with_iso_times(event.to_dict()) for event in store.task_events(task.id)]
+        data["jobs"] = [with_iso_times(job.to_dict()) for job in store.task_jobs(task.id)]
+        data["runs"] = [with_iso_times(run.to_dict()) for run in runs]
         data["cost_usd"] = round(sum(run.cost_usd for run in runs), 6)
     return data
 
@@ -622,7 +624,11 @@ def task_logs(
     if as_json:
         _print_json(
             [
-                {**run.to_dict(), "stage": _run_stage(context.store, run.job_id), "log": _log(run)}
+                {
+                    **with_iso_times(run.to_dict()),
+                    "stage": _run_stage(context.store, run.job_id),
+                    "log": _log(run),
+                }
                 for run in chosen
             ]
         )
@@ -683,7 +689,7 @@ def token_list(context: Context, as_json: bool) -> None:
     """List tokens: name, role, who created them and when (never the secrets)."""
     tokens = context.store.api_tokens() if context.has_database() else []
     if as_json:
-        _print_json([t.to_dict() for t in tokens])
+        _print_json([with_iso_times(t.to_dict()) for t in tokens])
         return
     if not tokens:
         out.print("no API tokens: orch token create NAME --role operator")

@@ -204,6 +204,7 @@ class LeaseInfo:
     owner_host: str | None
     owner_pid: int | None
     owner_boot_id: str | None
+    acquired_at: float | None
     age_s: float
     live: bool
 
@@ -422,6 +423,7 @@ class LeaseManager:
                 owner_host=row.owner_host,
                 owner_pid=row.owner_pid,
                 owner_boot_id=row.owner_boot_id,
+                acquired_at=row.acquired_at,
                 age_s=round(now - float(row.acquired_at or now), 3),
                 live=self.is_live(row._mapping),
             )

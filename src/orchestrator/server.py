@@ -34,26 +34,31 @@ from pathlib import Path
 from typing import Annotated, Any, Final
 
 import sqlalchemy as sa
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator import __version__
+from orchestrator.api_docs import docs_router
+from orchestrator.api_format import iso_utc
+from orchestrator.api_reads import read_router, task_view
 from orchestrator.auth import Principal, check_repo_allowed
 from orchestrator.engine import Engine
-from orchestrator.errors import NotAuthenticatedError, OrchestratorError, UsageError
+from orchestrator.errors import NotAuthenticatedError, OrchestratorError
 from orchestrator.http_guard import PRINCIPAL_STATE_KEY, HttpGuard
 from orchestrator.http_limits import BodyLimit, client_hung_up
 from orchestrator.integrations.telegram_webhook import telegram_webhook_router
 from orchestrator.kernel.stages import STAGE_TRANSITIONS
 from orchestrator.leases import LeaseManager, Owner
+from orchestrator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from orchestrator.metrics import render_metrics
 from orchestrator.service import MAX_FEEDBACK_CHARS, TaskService
 from orchestrator.settings import Settings
-from orchestrator.store import ACTIVE_JOB_STATUSES, InboxStore, Job, Store, Task
+from orchestrator.store import ACTIVE_JOB_STATUSES, InboxStore, Store, Task
 from orchestrator.store.schema import outbox
 from orchestrator.text_input import check_path, lone_surrogate_at
 from orchestrator.webhook_routes import webhook_router
@@ -68,8 +73,6 @@ MAX_ERROR_CHARS: Final = 500
 MAX_REASON_CHARS: Final = 2_000
 # Outbox messages /status counts: not sent yet, or never to be.
 OUTBOX_OPEN_STATUSES: Final = ("pending", "sending", "failed")
-# Jobs still to be started (the queue) and jobs holding a slot (running).
-WAITING_JOB_STATUSES: Final = ("queued", "deferred")
 
 
 def _valid_text(value: str) -> str:
@@ -185,26 +188,6 @@ class _InternalErrors:
             await _error(500, "internal error")(scope, receive, send)
 
 
-def _task_dict(task: Task) -> dict[str, Any]:
-    return {**task.to_dict(), "failed": task.failed}
-
-
-def _queue_entry(job: Job, task: Task, age_s: float) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "task_id": task.id,
-        "work_item": task.work_item,
-        "stage": job.stage,
-        "agent": job.agent,
-        "kind": job.kind,
-        "attempt": job.attempt,
-        "status": job.status,
-        "age_s": round(max(age_s, 0.0), 3),
-        "not_before": job.not_before,
-        "pid": job.pid,
-    }
-
-
 def _actor(request: Request) -> str:
     """The audit trail's name for whoever sent ``request`` (set by the guard)."""
     principal = getattr(request.state, PRINCIPAL_STATE_KEY, None)
@@ -248,6 +231,9 @@ def create_app(
         title="orchestrator",
         version=__version__,
         description="A self-hostable delivery pipeline for AI coding agents.",
+        # Served by api_docs from the package's own assets (no CDN); no ReDoc.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.store = store
     app.state.settings = settings
@@ -299,6 +285,7 @@ def create_app(
         counts.update(store.counts_by_stage())
         return {
             "version": __version__,
+            "started_at": iso_utc(started_at),
             "uptime_s": round(time.time() - started_at, 3),
             "tasks_by_stage": counts,
             "failed_tasks": store.count_failed_tasks(),
@@ -308,24 +295,6 @@ def create_app(
             "outbox": _outbox_counts(store),
             # Webhook intents not applied yet (waiting for a lease, or retried).
             "inbox": InboxStore(store).inbox_summary(time.time()),
-        }
-
-    @app.get("/queue", summary="Jobs waiting and running, and held transition leases")
-    def queue() -> dict[str, Any]:
-        now = time.time()
-        waiting = store.jobs_by_status(WAITING_JOB_STATUSES)
-        active = store.jobs_by_status(ACTIVE_JOB_STATUSES)
-        return {
-            "queued": [_queue_entry(job, task, now - job.enqueued_at) for job, task in waiting],
-            "running": [
-                _queue_entry(job, task, now - (job.started_at or job.enqueued_at))
-                for job, task in active
-            ],
-            # Read-only: who holds which task's transition lease, and whether it lives.
-            "transition_lease": {
-                "enabled": settings.transition_lease_enabled,
-                "held": [info.to_dict() for info in leases().held()],
-            },
         }
 
     def leases() -> LeaseManager:
@@ -344,30 +313,7 @@ def create_app(
         )
         return {"work_item": task.work_item, "released": released}
 
-    # --- tasks -------------------------------------------------------------------------
-    @app.get("/tasks", summary="Tasks, newest first")
-    def list_tasks(stage: str | None = None) -> list[dict[str, Any]]:
-        if stage is not None and stage not in STAGE_TRANSITIONS:
-            raise UsageError(
-                f"unknown stage {stage[:40]!r}; stages: {', '.join(STAGE_TRANSITIONS)}"
-            )
-        return [_task_dict(task) for task in store.list_tasks(stage=stage)]
-
-    @app.get("/tasks/{ref}", summary="One task with its events, agent runs, jobs and cost")
-    def get_task(
-        ref: str,
-        repo: Annotated[str | None, Query(description="Repository path, if ids clash")] = None,
-    ) -> dict[str, Any]:
-        task = find(ref, repo)
-        runs = store.task_runs(task.id)
-        return {
-            **_task_dict(task),
-            "events": [event.to_dict() for event in store.task_events(task.id)],
-            "runs": [run.to_dict() for run in runs],
-            "jobs": [job.to_dict() for job in store.task_jobs(task.id)],
-            "cost_usd": round(sum(run.cost_usd for run in runs), 6),
-        }
-
+    # --- tasks (the reads are in orchestrator.api_reads) ----------------------------------
     @app.post("/tasks", status_code=201, summary="Create a task; it starts at analysis")
     def create_task(request: Request, body: CreateTaskBody) -> dict[str, Any]:
         repo_path = _repo_path(body.repo)
@@ -379,11 +325,11 @@ def create_app(
             description=body.description,
             actor=_actor(request),
         )
-        return _task_dict(task)
+        return task_view(store, task)
 
     @app.post("/tasks/{ref}/approve", summary="Pass the human gate (BRD approval)")
     def approve_task(request: Request, ref: str, repo: str | None = None) -> dict[str, Any]:
-        return _task_dict(service.approve(find(ref, repo), actor=_actor(request)))
+        return task_view(store, service.approve(find(ref, repo), actor=_actor(request)))
 
     @app.post(
         "/tasks/{ref}/reject",
@@ -393,7 +339,7 @@ def create_app(
         request: Request, ref: str, body: RejectBody, repo: str | None = None
     ) -> dict[str, Any]:
         task = find(ref, repo)
-        return _task_dict(service.reject(task, feedback=body.feedback, actor=_actor(request)))
+        return task_view(store, service.reject(task, feedback=body.feedback, actor=_actor(request)))
 
     @app.post("/tasks/{ref}/cancel", summary="Cancel a task that is not finished")
     def cancel_task(
@@ -404,7 +350,7 @@ def create_app(
     ) -> dict[str, Any]:
         reason = body.reason if body is not None else ""
         task = find(ref, repo)
-        return _task_dict(service.cancel(task, actor=_actor(request), reason=reason))
+        return task_view(store, service.cancel(task, actor=_actor(request), reason=reason))
 
     @app.post("/tasks/{ref}/rollback", summary="Send a task back to development")
     def rollback_task(
@@ -415,11 +361,18 @@ def create_app(
     ) -> dict[str, Any]:
         reason = body.reason if body is not None else ""
         task = find(ref, repo)
-        return _task_dict(service.rollback(task, actor=_actor(request), reason=reason))
+        return task_view(store, service.rollback(task, actor=_actor(request), reason=reason))
 
     @app.post("/tasks/{ref}/retry", summary="Resume a failed task at its stage")
     def retry_task(request: Request, ref: str, repo: str | None = None) -> dict[str, Any]:
-        return _task_dict(service.retry(find(ref, repo), actor=_actor(request)))
+        return task_view(store, service.retry(find(ref, repo), actor=_actor(request)))
+
+    @app.get("/metrics", summary="Prometheus metrics, read from the database at scrape time")
+    def metrics() -> Response:
+        return Response(render_metrics(store), media_type=METRICS_CONTENT_TYPE)
+
+    app.include_router(read_router(store, settings, leases, find))
+    app.include_router(docs_router(app.title, app.openapi_url or "/openapi.json"))
 
     # --- inbound webhooks ----------------------------------------------------------------
     app.include_router(telegram_webhook_router(store, settings, service))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -94,6 +95,13 @@ def test_a_task_runs_to_done_through_the_cli(workdir: Path, repo: Path) -> None:
     shown = json.loads(orch(workdir, "task", "show", "DEMO-1", "--json").stdout)
     assert shown["stage"] == "done"
     assert not shown["failed"]
+    # --json shows moments as the HTTP API does: ISO 8601 UTC (decision 0018).
+    iso = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+    assert iso.fullmatch(shown["created_at"])
+    assert all(iso.fullmatch(e["created_at"]) for e in shown["events"])
+    assert all(
+        iso.fullmatch(j["enqueued_at"]) and iso.fullmatch(j["not_before"]) for j in shown["jobs"]
+    )
     kinds = [event["kind"] for event in shown["events"]]
     assert kinds[0] == "task.created"
     assert "task.approved" in kinds

@@ -83,6 +83,9 @@ TASK_KEYS: Final = {
     "updated_at",
     "worktree_removed_at",
     "failed",
+    "cost_usd",
+    "current_job",
+    "stage_entered_at",
 }
 QUEUE_ENTRY_KEYS: Final = {
     "id",
@@ -95,6 +98,8 @@ QUEUE_ENTRY_KEYS: Final = {
     "status",
     "age_s",
     "not_before",
+    "enqueued_at",
+    "started_at",
     "pid",
 }
 
@@ -200,6 +205,7 @@ def test_status_reports_version_counts_and_boot_id(
 
     assert set(status) == {
         "version",
+        "started_at",
         "uptime_s",
         "tasks_by_stage",
         "failed_tasks",
@@ -226,6 +232,8 @@ def test_queue_lists_queued_then_running_jobs(
     assert client.get("/queue").json() == {
         "queued": [],
         "running": [],
+        "next_cursor": None,
+        "totals": {"queued": 0, "deferred": 0, "running": 0, "finalizing": 0},
         "transition_lease": {"enabled": True, "held": []},
     }
     assert create(client, repo, work_item="DEMO-1").status_code == 201
@@ -317,13 +325,15 @@ def test_a_task_created_through_the_api_runs_to_done(
     assert run_git(repo, "show", "main:code.txt").split() == ["x1", "x1", "x1"]
     # The same task by numeric id, and by stage filter.
     assert client.get(f"/tasks/{created['id']}").json()["work_item"] == "DEMO-1"
-    assert [t["work_item"] for t in client.get("/tasks", params={"stage": "done"}).json()] == [
-        "DEMO-1"
-    ]
-    assert client.get("/tasks", params={"stage": "analysis"}).json() == []
+    assert [
+        t["work_item"] for t in client.get("/tasks", params={"stage": "done"}).json()["items"]
+    ] == ["DEMO-1"]
+    assert client.get("/tasks", params={"stage": "analysis"}).json()["items"] == []
     assert client.get("/queue").json() == {
         "queued": [],
         "running": [],
+        "next_cursor": None,
+        "totals": {"queued": 0, "deferred": 0, "running": 0, "finalizing": 0},
         "transition_lease": {"enabled": True, "held": []},
     }
 
@@ -332,8 +342,10 @@ def test_tasks_lists_newest_first_with_the_failed_flag(client: httpx.Client, rep
     for work_item in ("DEMO-1", "DEMO-2"):
         assert create(client, repo, work_item=work_item).status_code == 201
 
-    tasks = client.get("/tasks").json()
+    answer = client.get("/tasks").json()
+    tasks = answer["items"]
 
+    assert answer["next_cursor"] is None
     assert [t["work_item"] for t in tasks] == ["DEMO-2", "DEMO-1"]
     assert all(set(t) == TASK_KEYS and t["failed"] is False for t in tasks)
 
@@ -511,7 +523,7 @@ def test_a_directory_that_is_not_a_git_repository_is_refused(
     error = assert_one_line_error(create(client, plain), 400)
 
     assert "not a git repository" in error
-    assert client.get("/tasks").json() == []
+    assert client.get("/tasks").json()["items"] == []
     assert not (tmp_path / ".orch" / "worktrees").exists()
 
 
@@ -519,7 +531,7 @@ def test_a_relative_repository_path_is_refused(client: httpx.Client, repo: Path)
     error = assert_one_line_error(create(client, Path("repo")), 422)
 
     assert "absolute path" in error
-    assert client.get("/tasks").json() == []
+    assert client.get("/tasks").json()["items"] == []
 
 
 def test_a_100_kb_title_is_refused_and_nothing_is_written(
@@ -529,7 +541,7 @@ def test_a_100_kb_title_is_refused_and_nothing_is_written(
 
     assert "title" in error
     assert len(error) < 1000
-    assert client.get("/tasks").json() == []
+    assert client.get("/tasks").json()["items"] == []
     assert task_branches(repo) == ""
     assert not (tmp_path / ".orch" / "worktrees").exists()
 
@@ -539,7 +551,7 @@ def test_an_unsafe_work_item_is_refused(client: httpx.Client, repo: Path, work_i
     error = assert_one_line_error(create(client, repo, work_item=work_item), 422)
 
     assert "work item" in error
-    assert client.get("/tasks").json() == []
+    assert client.get("/tasks").json()["items"] == []
     assert task_branches(repo) == ""
 
 
@@ -558,7 +570,7 @@ def test_a_malformed_body_names_the_field_in_one_line(
     error = assert_one_line_error(client.post("/tasks", json=body), 422)
 
     assert error.startswith(f"{field}: ")
-    assert client.get("/tasks").json() == []
+    assert client.get("/tasks").json()["items"] == []
 
 
 def test_a_missing_or_broken_body_is_one_line_422(client: httpx.Client) -> None:
@@ -814,4 +826,4 @@ def test_create_refuses_a_hybrid_explainer_that_cannot_start(
         error = assert_one_line_error(create(client, repo), 400)
         assert "hybrid test explainer" in error
         assert "/nonexistent/ghost" in error
-        assert client.get("/tasks").json() == []
+        assert client.get("/tasks").json()["items"] == []

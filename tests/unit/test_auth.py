@@ -44,6 +44,14 @@ from orchestrator.settings import load_settings
         ("POST", "/webhooks/github", False, None),
         ("POST", "/webhooks/telegram", False, None),
         ("POST", "/health", False, "operator"),
+        ("GET", "/metrics", False, "viewer"),
+        ("GET", "/metrics", True, None),
+        ("GET", "/tokens", False, "admin"),
+        ("GET", "/tokens", True, "admin"),
+        ("HEAD", "/tokens", True, "admin"),
+        ("GET", "/docs/assets/swagger-ui.css", False, None),
+        ("POST", "/docs/assets/swagger-ui.css", False, "operator"),
+        ("GET", "/redoc", False, "viewer"),
     ],
 )
 def test_required_role(method: str, path: str, public_read: bool, role: str | None) -> None:
