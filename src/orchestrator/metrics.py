@@ -10,6 +10,7 @@ a restart, exports the same figures. The families (``docs/api.md`` explains each
     orch_jobs{stage,status}                           gauge
     orch_stage_duration_seconds{stage}                histogram (time spent in a stage left)
     orch_job_run_seconds{stage,agent}                 histogram (finished jobs)
+    orch_dispatch_latency_seconds{stage}              histogram (ready to started)
     orch_events_total{kind}                           counter (the audit trail: reaper,
                                                               reconciler, effects, ...)
     orch_gate_verdicts_total{gate,result}             counter
@@ -45,6 +46,7 @@ from orchestrator import __version__
 from orchestrator.kernel.stages import HUMAN_GATE_STAGES, STAGE_TRANSITIONS, TERMINAL_STAGES
 from orchestrator.store import Store
 from orchestrator.store.metrics import (
+    DISPATCH_BUCKETS_S,
     INBOX_STATUSES,
     JOB_RUN_BUCKETS_S,
     STAGE_DURATION_BUCKETS_S,
@@ -53,7 +55,14 @@ from orchestrator.store.metrics import (
     MetricsStore,
 )
 
-__all__ = ["CONTENT_TYPE", "METRIC_NAMES", "StoreCollector", "render_metrics", "task_state"]
+__all__ = [
+    "CONTENT_TYPE",
+    "HISTOGRAM_NAMES",
+    "METRIC_NAMES",
+    "StoreCollector",
+    "render_metrics",
+    "task_state",
+]
 
 # What Prometheus expects for the text format 0.0.4.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -65,6 +74,7 @@ METRIC_NAMES: Final = (
     "orch_jobs",
     "orch_stage_duration_seconds",
     "orch_job_run_seconds",
+    "orch_dispatch_latency_seconds",
     "orch_events_total",
     "orch_gate_verdicts_total",
     "orch_retries_total",
@@ -77,6 +87,13 @@ METRIC_NAMES: Final = (
     "orch_transition_leases_held",
     "orch_inbox_intents",
     "orch_webhook_deliveries_total",
+)
+
+# The histograms among them (each also exposes _bucket, _sum and _count series).
+HISTOGRAM_NAMES: Final = (
+    "orch_stage_duration_seconds",
+    "orch_job_run_seconds",
+    "orch_dispatch_latency_seconds",
 )
 
 
@@ -141,6 +158,13 @@ def families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
         ["stage", "agent"],
         snapshot.job_run_times,
         JOB_RUN_BUCKETS_S,
+    )
+    yield _histogram(
+        "orch_dispatch_latency_seconds",
+        "From a job being ready (enqueued, not_before come) to its start",
+        ["stage"],
+        snapshot.dispatch_latencies,
+        DISPATCH_BUCKETS_S,
     )
 
     counters: list[tuple[str, str, list[str], Sequence[tuple[tuple[str, ...], float]]]] = [

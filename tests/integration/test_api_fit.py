@@ -26,7 +26,7 @@ from support import api_client, make_repo
 
 from orchestrator.auth import issue_token
 from orchestrator.engine import Engine
-from orchestrator.metrics import METRIC_NAMES
+from orchestrator.metrics import HISTOGRAM_NAMES, METRIC_NAMES
 from orchestrator.pagination import MAX_LIMIT
 from orchestrator.server import create_app
 from orchestrator.service import TaskService
@@ -418,6 +418,7 @@ def test_metrics_parse_and_move_when_a_task_runs(world: World) -> None:
     )
     assert after[("orch_agent_runs_total", (("agent", "sh"), ("model", "")))] == 1
     assert after[("orch_stage_duration_seconds_count", (("stage", "analysis"),))] == 1
+    assert after[("orch_dispatch_latency_seconds_count", (("stage", "analysis"),))] == 1
     assert after[("orch_events_total", (("kind", "task.created"),))] == 1
     verdicts = [v for (name, _), v in after.items() if name == "orch_gate_verdicts_total"]
     assert sum(verdicts) >= 1
@@ -460,7 +461,7 @@ def test_the_grafana_dashboard_uses_only_exported_metrics() -> None:
     ]
     assert len(expressions) >= 8
     used = {name for expr in expressions for name in re.findall(r"\borch_[a-z_]+", expr)}
-    histograms = {"orch_stage_duration_seconds", "orch_job_run_seconds"}
+    histograms = set(HISTOGRAM_NAMES)
     exported = set(METRIC_NAMES) | {
         f"{name}{suffix}" for name in histograms for suffix in ("_bucket", "_sum", "_count")
     }

@@ -193,6 +193,9 @@ def test_metrics_snapshot_counts_in_sql(store: Store) -> None:
     assert runs.total == pytest.approx(403)
     at = dict(zip(JOB_RUN_BUCKETS_S, runs.buckets, strict=True))
     assert (at[1.0], at[5.0], at[300.0], at[600.0]) == (0, 1, 1, 2)
+    [dispatch] = snap.dispatch_latencies
+    assert (dispatch.labels, dispatch.count) == (("analysis",), 2)
+    assert dispatch.buckets[-1] == 2  # started within the second they were enqueued
     durations = {h.labels[0]: h for h in snap.stage_durations}
     assert set(durations) == {"analysis", "brd-approval"}
     assert durations["analysis"].total == pytest.approx(30)

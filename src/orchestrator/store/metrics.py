@@ -36,6 +36,7 @@ from orchestrator.store.schema import (
 from orchestrator.store.store import Store
 
 __all__ = [
+    "DISPATCH_BUCKETS_S",
     "JOB_RUN_BUCKETS_S",
     "STAGE_DURATION_BUCKETS_S",
     "WEBHOOK_ANSWERS",
@@ -49,6 +50,7 @@ STAGE_DURATION_BUCKETS_S: Final = (
     1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0, 7 * 24 * 3600.0,
 )  # fmt: skip
 JOB_RUN_BUCKETS_S: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+DISPATCH_BUCKETS_S: Final = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 # The first word of a webhook delivery's recorded outcome (webhooks.py, the Telegram
 # webhook): a bounded label; anything else is "other".
 WEBHOOK_ANSWERS: Final = (
@@ -88,6 +90,7 @@ class MetricsSnapshot:
     jobs: list[tuple[str, str, int]] = field(default_factory=list)  # stage, status, n
     stage_durations: list[Histogram] = field(default_factory=list)  # (stage,)
     job_run_times: list[Histogram] = field(default_factory=list)  # (stage, agent)
+    dispatch_latencies: list[Histogram] = field(default_factory=list)  # (stage,)
     events: list[tuple[str, int]] = field(default_factory=list)  # kind, n
     gate_verdicts: list[tuple[str, str, int]] = field(default_factory=list)  # gate, result, n
     retries: list[tuple[str, int]] = field(default_factory=list)  # stage, n
@@ -133,7 +136,7 @@ class MetricsStore:
         self.store = store
 
     def snapshot(self) -> MetricsSnapshot:
-        """Every figure, read in one connection (fourteen grouped queries)."""
+        """Every figure, read in one connection (fifteen grouped queries)."""
         with self.store.engine.connect() as conn:
 
             def rows(query: sa.Select[Any]) -> list[tuple[Any, ...]]:
@@ -161,6 +164,22 @@ class MetricsStore:
                 )
                 .where(jobs.c.started_at.is_not(None), jobs.c.finished_at.is_not(None))
                 .group_by(jobs.c.stage, jobs.c.agent)
+            )
+            # From when a job could start (enqueued, and its not_before come) to its start.
+            ready_at = sa.case(
+                (jobs.c.not_before > jobs.c.enqueued_at, jobs.c.not_before),
+                else_=jobs.c.enqueued_at,
+            )
+            wait_s = jobs.c.started_at - ready_at
+            dispatch_rows = rows(
+                sa.select(
+                    jobs.c.stage,
+                    sa.func.count(),
+                    sa.func.sum(wait_s),
+                    *_bucket_sums(wait_s, DISPATCH_BUCKETS_S),
+                )
+                .where(jobs.c.started_at.is_not(None))
+                .group_by(jobs.c.stage)
             )
             crossings = (
                 sa.select(
@@ -242,6 +261,7 @@ class MetricsStore:
             jobs=[(str(s), str(st), int(n)) for s, st, n in job_rows],
             stage_durations=_histograms(stage_rows, 1, len(STAGE_DURATION_BUCKETS_S)),
             job_run_times=_histograms(run_rows, 2, len(JOB_RUN_BUCKETS_S)),
+            dispatch_latencies=_histograms(dispatch_rows, 1, len(DISPATCH_BUCKETS_S)),
             events=[(str(k), int(n)) for k, n in event_rows],
             gate_verdicts=[(str(g or ""), str(r or ""), int(n)) for g, r, n in verdict_rows],
             retries=[(str(s or ""), int(n)) for s, n in retry_rows],
