@@ -35,7 +35,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -329,8 +329,11 @@ class Engine:
                 if adopted:
                     running_for = time.time() - (job.started_at or time.time())
                     adopted_process = RunningProcess.adopt(job.pid or 0, log_path, running_for)
-                    timeout = self._timeout_of(job, task)
-                    self._live[job.id] = _Live(job, task, run.id, adopted_process, timeout)
+                    timeout = job.timeout_s or self._timeout_of(job, task)
+                    budget = self._budget_of(job, task, log_path)
+                    self._live[job.id] = _Live(
+                        job, task, run.id, adopted_process, timeout, budget=budget
+                    )
                 continue
             process = RunningProcess.adopt(job.pid or 0, log_path, 0.0) if log_path else None
             exit_code = process.recorded_exit() if process else -1
@@ -347,8 +350,22 @@ class Engine:
                 live, None if exit_code == -1 else exit_code, claim_from="running", output=output
             )
 
+    def _budget_of(self, job: Job, task: Task, log_path: Path) -> RunBudgetWatch | None:
+        """The run-budget watch of an adopted job, with the budget it started under."""
+        if not job.budget_usd:
+            return None
+        try:
+            spec = resolve_agent(self.settings, job.agent, Path(task.repository), job.stage)
+        except OrchestratorError as exc:
+            # Its spend is read by its agent's adapter: without it, only the timeout holds.
+            log.warning("job %s: run budget not watched after adoption: %s", job.id, exc)
+            return None
+        config = spec.config.model_copy(update={"budget_usd": job.budget_usd})
+        return RunBudgetWatch(replace(spec, config=config), result_file_for(log_path))
+
     def _timeout_of(self, job: Job, task: Task) -> float:
-        """The job's timeout as when it started: its agent's or stage's, else the global."""
+        """A job's timeout resolved again (a job from before its limits were stored):
+        its agent's or stage's, else the global."""
         try:
             spec = resolve_agent(self.settings, job.agent, Path(task.repository), job.stage)
         except OrchestratorError:
@@ -441,6 +458,9 @@ class Engine:
                 pid=process.pid,
                 start_sha=start_sha,
                 pid_start=process_start_ticks(process.pid),
+                # Stored, so an engine adopting the job after a restart keeps them.
+                timeout_s=timeout_s,
+                budget_usd=spec.config.budget_usd,
             )
             run_id = tx.insert_agent_run(
                 job_id=job.id,

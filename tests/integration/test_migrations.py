@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from orchestrator.store import Store
 from orchestrator.store.schema import metadata
 
-HEAD = "0008"  # bump with every new migration
+HEAD = "0007"  # bump with every new migration
 
 
 def _unquote(default: str) -> str:

@@ -5,6 +5,8 @@ on SQLite and PostgreSQL.
   dispatches another task's job, and it is not idle until the crossing has ended.
 * An agent that ignores SIGTERM is stopped at its timeout without holding the engine:
   another task's job is dispatched before the stubborn one is SIGKILLed.
+* A job adopted after a restart keeps the limits it started with (stored with the job):
+  its agent's ``timeout_s`` and its run budget.
 
 The deploy command and the agents never sleep a fixed time: they wait for files the
 test writes, and every wait has a generous deadline that is never the pass criterion.
@@ -27,7 +29,7 @@ from support import make_repo
 from orchestrator.engine import Engine
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings, load_settings
-from orchestrator.store import Event, Store, Task
+from orchestrator.store import Event, Job, Store, Task
 from orchestrator.testing.actors import prepare_deploy_task
 
 WAIT_S: Final = 60.0
@@ -233,3 +235,79 @@ def test_an_agent_that_ignores_sigterm_does_not_hold_up_another_tasks_dispatch(
     assert started.id < killed.id  # dispatched while the stubborn one outlived SIGTERM
     [run] = world.store.task_runs(stubborn.id)
     assert run.exit_code == 128 + 9  # it took the SIGKILL to end it
+
+
+# --- a job's limits survive a restart --------------------------------------------------------
+
+
+def launched_then_orphaned(world: World, task: Task) -> tuple[Engine, Job]:
+    """A first engine launches ``task``'s job, then its boot is marked dead (as after a
+    SIGKILL): the job runs on with nobody watching it. (The first engine is returned to
+    reap its child, the launcher, at the end.)"""
+    first = Engine(world.store, world.settings)
+    first.recover_on_startup()
+    assert first.launch_job(world.store.latest_job(task.id) or pytest.fail("no job"))
+    first.runtime.owner.stopped(world.store)
+    job = world.store.latest_job(task.id)
+    assert job is not None
+    assert job.status == "running"
+    assert job.pid is not None
+    return first, job
+
+
+def adopt_until_failed(world: World, settings: Settings, task: Task, job: Job) -> Task:
+    """A second engine adopts ``job`` and runs until ``task`` failed."""
+    engine = Engine(world.store, settings)
+    stop = threading.Event()
+    thread, failures = world.run_engine(engine, stop)
+    try:
+        wait_for(lambda: world.store.get_task(task.id).failed, f"{task.work_item} stopped")
+    finally:
+        stop.set()
+        thread.join(WAIT_S)
+        engine.shutdown(kill=True)
+    assert not failures, failures
+    [adopted] = world.events(task, "job.adopted")
+    assert (adopted.actor, adopted.job_id) == ("recovery", job.id)
+    return world.store.get_task(task.id)
+
+
+def test_an_adopted_job_is_killed_at_its_own_timeout_not_the_global_one(world: World) -> None:
+    """The operator dropped the agent's ``timeout_s`` from orch.toml before the restart;
+    the job still runs under the 2 s it started with. Seen failing with the timeout
+    resolved again at adoption (``Engine._timeout_of``): the adopted job was watched
+    with the global ``agent_timeout_s`` (an hour) and never killed."""
+    task = world.create("H-1", world.tmp_path / "hang")
+    first, job = launched_then_orphaned(world, task)
+    assert (job.timeout_s, job.budget_usd) == (2.0, 0.0)
+    relaxed = load_settings(
+        write_config(
+            world.tmp_path / "restart.toml", world.db_url, world.tmp_path, hang_timeout=False
+        )
+    )
+    assert relaxed.agent_timeout_s == 3600
+
+    try:
+        failed = adopt_until_failed(world, relaxed, task, job)
+    finally:
+        first.shutdown(kill=True)
+
+    [killed] = world.events(task, "job.killed")
+    assert killed.reason == "timed out after 2s"
+    assert "timed out after 2s" in (failed.failed_reason or "")
+
+
+def test_an_adopted_job_is_still_stopped_at_its_run_budget(world: World) -> None:
+    """Seen failing with no budget watch on adopted jobs (as before 0007): the spender
+    ran on past its $1 budget until the test's deadline."""
+    task = world.create("B-1", world.tmp_path / "spender")
+    first, job = launched_then_orphaned(world, task)
+    assert job.budget_usd == 1.0
+
+    try:
+        adopt_until_failed(world, world.settings, task, job)
+    finally:
+        first.shutdown(kill=True)
+
+    [killed] = world.events(task, "job.killed")
+    assert killed.reason == "spender went over its run budget of $1.00 ($2.0000 spent)"

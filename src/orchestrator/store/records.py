@@ -59,6 +59,9 @@ class Job(_Record):
     started_at: float | None
     finished_at: float | None
     updated_at: float
+    # Its limits as when it started (migration 0007); None for older jobs.
+    timeout_s: float | None = None
+    budget_usd: float | None = None
 
 
 @dataclass(frozen=True)

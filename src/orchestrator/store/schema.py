@@ -100,6 +100,10 @@ jobs = Table(
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
     Column("updated_at", Float, nullable=False),
+    # The job's limits as when it started (its agent's or stage's timeout, its run budget
+    # in USD, 0 = none): an engine adopting it after a restart keeps them. NULL: before 0007.
+    Column("timeout_s", Float, nullable=True),
+    Column("budget_usd", Float, nullable=True),
     Index(None, "status", "not_before"),
     Index(None, "task_id"),
 )

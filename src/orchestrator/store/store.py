@@ -339,12 +339,27 @@ class Tx:
         return result.rowcount == 1
 
     def set_job_process(
-        self, job_id: int, *, pid: int | None, start_sha: str | None, pid_start: int | None = None
+        self,
+        job_id: int,
+        *,
+        pid: int | None,
+        start_sha: str | None,
+        pid_start: int | None = None,
+        timeout_s: float | None = None,
+        budget_usd: float | None = None,
     ) -> None:
+        """Record a started job's process and the limits it runs under."""
         self.conn.execute(
             jobs.update()
             .where(jobs.c.id == job_id)
-            .values(pid=pid, pid_start=pid_start, start_sha=start_sha, updated_at=_now())
+            .values(
+                pid=pid,
+                pid_start=pid_start,
+                start_sha=start_sha,
+                timeout_s=timeout_s,
+                budget_usd=budget_usd,
+                updated_at=_now(),
+            )
         )
 
     def adopt_job(self, job_id: int, *, old_boot_id: str | None, new_boot_id: str) -> bool:
