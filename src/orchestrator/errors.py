@@ -100,6 +100,12 @@ class AgentError(OrchestratorError):
     """An agent cannot be started: unknown agent, missing binary, bad template."""
 
 
+class DatabaseUnavailableError(OrchestratorError):
+    """The database does not answer; the message is its own first line of complaint."""
+
+    http_status = 503
+
+
 class IntegrationError(OrchestratorError):
     """A forge (Gitea, GitHub) or tracker (Plane, GitHub issues) call failed.
 

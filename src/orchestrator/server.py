@@ -33,7 +33,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-import sqlalchemy as sa
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -48,7 +47,11 @@ from orchestrator.api_format import iso_utc
 from orchestrator.api_reads import read_router, task_view
 from orchestrator.auth import Principal, check_repo_allowed
 from orchestrator.engine import Engine
-from orchestrator.errors import NotAuthenticatedError, OrchestratorError
+from orchestrator.errors import (
+    DatabaseUnavailableError,
+    NotAuthenticatedError,
+    OrchestratorError,
+)
 from orchestrator.http_guard import PRINCIPAL_STATE_KEY, HttpGuard
 from orchestrator.http_limits import BodyLimit, client_hung_up
 from orchestrator.integrations.telegram_webhook import telegram_webhook_router
@@ -59,7 +62,6 @@ from orchestrator.metrics import render_metrics
 from orchestrator.service import MAX_FEEDBACK_CHARS, TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import ACTIVE_JOB_STATUSES, InboxStore, Store, Task
-from orchestrator.store.schema import outbox
 from orchestrator.text_input import check_path, lone_surrogate_at
 from orchestrator.webhook_routes import webhook_router
 
@@ -203,15 +205,7 @@ def _repo_path(text: str) -> Path:
 
 def _outbox_counts(store: Store) -> dict[str, int]:
     """How many outbox messages wait, are being sent, or failed for good."""
-    counts = dict.fromkeys(OUTBOX_OPEN_STATUSES, 0)
-    query = (
-        sa.select(outbox.c.status, sa.func.count())
-        .where(outbox.c.status.in_(OUTBOX_OPEN_STATUSES))
-        .group_by(outbox.c.status)
-    )
-    with store.engine.connect() as conn:
-        counts.update({str(status): int(count) for status, count in conn.execute(query)})
-    return counts
+    return store.outbox_counts(OUTBOX_OPEN_STATUSES)
 
 
 def create_app(
@@ -269,9 +263,8 @@ def create_app(
     def health() -> JSONResponse:
         try:
             store.ping()
-        except sa.exc.SQLAlchemyError as exc:
-            cause = getattr(exc, "orig", None) or exc
-            reason = _one_line(str(cause) or type(cause).__name__)
+        except DatabaseUnavailableError as exc:
+            reason = _one_line(str(exc))
             log.warning("health check: database unreachable: %s", reason)
             return JSONResponse(
                 {"status": "error", "error": f"database unreachable: {reason}"},

@@ -33,7 +33,6 @@ SQL_OUTSIDE_STORE: Final = frozenset(
         "orchestrator.journal",
         "orchestrator.leases",
         "orchestrator.outbox",
-        "orchestrator.server",
     }
 )
 ADAPTERS: Final = frozenset(

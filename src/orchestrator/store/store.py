@@ -22,7 +22,13 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from orchestrator.errors import ConflictError, NotFoundError, OrchestratorError, UsageError
+from orchestrator.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    NotFoundError,
+    OrchestratorError,
+    UsageError,
+)
 from orchestrator.store.records import AgentRun, ApiToken, Event, Job, Task, TaskCard
 from orchestrator.store.schema import (
     agent_runs,
@@ -508,9 +514,25 @@ class Store:
         return store
 
     def ping(self) -> None:
-        """A cheap round trip; raises when the database is unreachable."""
-        with self.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+        """A cheap round trip; :class:`DatabaseUnavailableError` when it fails."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            lines = (str(cause) or type(cause).__name__).strip().splitlines()
+            raise DatabaseUnavailableError(lines[0] if lines else type(cause).__name__) from None
+
+    def outbox_counts(self, statuses: Sequence[str]) -> dict[str, int]:
+        """How many outbox messages are in each of ``statuses`` (0 for none)."""
+        counts = dict.fromkeys(statuses, 0)
+        query = (
+            sa.select(outbox.c.status, sa.func.count().label("n"))
+            .where(outbox.c.status.in_(tuple(statuses)))
+            .group_by(outbox.c.status)
+        )
+        counts.update({str(row.status): int(row.n) for row in self._all(query)})
+        return counts
 
     @property
     def dialect(self) -> str:
