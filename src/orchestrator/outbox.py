@@ -48,12 +48,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-import sqlalchemy as sa
-
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings
 from orchestrator.store import Store, Task, Tx
-from orchestrator.store.schema import outbox
+from orchestrator.store.outbox import (
+    OutboxMessage,
+    OutboxStatus,
+    OutboxStore,
+    insert_message,
+    pending_cards,
+    set_payload,
+)
 
 __all__ = [
     "CARD",
@@ -94,31 +99,8 @@ CARD: Final = "card"
 ALERT: Final = "alert"
 
 
-class Status:
-    PENDING: Final = "pending"
-    SENDING: Final = "sending"
-    SENT: Final = "sent"
-    FAILED: Final = "failed"
-
-
-@dataclass(frozen=True)
-class OutboxMessage:
-    """One outbox row."""
-
-    id: int
-    task_id: int | None
-    channel: str
-    kind: str
-    idempotency_key: str
-    payload: dict[str, Any]
-    status: str
-    attempts: int
-    next_attempt_at: float
-    last_error: str | None
-    created_at: float
-    sent_at: float | None
-    claimed_by: str | None
-    claimed_at: float | None
+# The row's statuses (the table is the store's: store/outbox.py).
+Status = OutboxStatus
 
 
 @dataclass(frozen=True)
@@ -198,41 +180,25 @@ def enqueue(
 ) -> int:
     """Write one outbox row in ``tx``; ``key`` (default: unique) deduplicates it."""
     now = time.time()
-    result = tx.conn.execute(
-        outbox.insert().values(
-            task_id=task_id,
-            channel=channel,
-            kind=kind,
-            idempotency_key=key or f"{channel}:{kind}:{uuid.uuid4().hex}",
-            payload=dict(payload),
-            status=Status.PENDING,
-            attempts=0,
-            next_attempt_at=now + delay_s,
-            created_at=now,
-        )
+    return insert_message(
+        tx,
+        channel=channel,
+        kind=kind,
+        key=key or f"{channel}:{kind}:{uuid.uuid4().hex}",
+        payload=payload,
+        task_id=task_id,
+        next_attempt_at=now + delay_s,
+        created_at=now,
     )
-    inserted = result.inserted_primary_key
-    assert inserted is not None
-    return int(inserted[0])
 
 
 def enqueue_card(tx: Tx, *, channel: str, chat_id: str, task_id: int, summary: str) -> int:
     """Ask for the task's card in ``chat_id`` to be brought up to date (coalesced)."""
     payload = {"chat_id": chat_id, "summary": summary[:500]}
-    pending = tx.conn.execute(
-        sa.select(outbox.c.id, outbox.c.payload)
-        .where(
-            outbox.c.task_id == task_id,
-            outbox.c.channel == channel,
-            outbox.c.kind == CARD,
-            outbox.c.status == Status.PENDING,
-        )
-        .order_by(outbox.c.id)
-    ).all()
-    for row in pending:
-        if dict(row.payload or {}).get("chat_id") == chat_id:
-            tx.conn.execute(outbox.update().where(outbox.c.id == row.id).values(payload=payload))
-            return int(row.id)
+    for pending in pending_cards(tx, task_id=task_id, channel=channel, kind=CARD):
+        if pending.payload.get("chat_id") == chat_id:
+            set_payload(tx, pending.id, payload)
+            return pending.id
     return enqueue(
         tx,
         channel=channel,
@@ -295,12 +261,6 @@ class OutboxNotifier:
 
 
 # --- delivery --------------------------------------------------------------------------
-def _message(row: sa.Row[Any]) -> OutboxMessage:
-    values = dict(row._mapping)
-    values["payload"] = dict(values.get("payload") or {})
-    return OutboxMessage(**values)
-
-
 class OutboxDelivery:
     """Delivers due outbox rows through their channels; one instance per process.
 
@@ -320,6 +280,7 @@ class OutboxDelivery:
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
+        self.rows = OutboxStore(store)
         self.settings = settings
         self.channels = dict(channels)
         self.owner = owner
@@ -387,19 +348,7 @@ class OutboxDelivery:
 
     # --- reads -----------------------------------------------------------------------
     def _candidates(self, now: float, alive: dict[str, bool]) -> list[OutboxMessage]:
-        query = (
-            sa.select(outbox)
-            .where(
-                sa.or_(
-                    sa.and_(outbox.c.status == Status.PENDING, outbox.c.next_attempt_at <= now),
-                    outbox.c.status == Status.SENDING,
-                )
-            )
-            .order_by(outbox.c.id)
-            .limit(OUTBOX_BATCH)
-        )
-        with self.store.engine.connect() as conn:
-            rows = [_message(row) for row in conn.execute(query)]
+        rows = self.rows.candidates(now, OUTBOX_BATCH)
         # A card being delivered right now (a live claim) is not delivered again beside it.
         busy = {
             (m.channel, m.task_id, m.payload.get("chat_id"))
@@ -434,37 +383,15 @@ class OutboxDelivery:
     # --- writes (each its own short transaction) ----------------------------------------
     def _claim(self, message: OutboxMessage, now: float, alive: dict[str, bool]) -> Claim | None:
         claimed_at = self._clock()
-        condition = sa.and_(
-            outbox.c.id == message.id,
-            outbox.c.status == message.status,
-            outbox.c.attempts == message.attempts,
-        )
         taken_over_at: float | None = None
         if message.status == Status.SENDING:
             if not self._stale(message, now, alive):
                 return None
             # The earlier claim may have done part of the work: tell the channel when.
             taken_over_at = message.claimed_at if message.claimed_at is not None else 0.0
-            condition = sa.and_(
-                condition,
-                outbox.c.claimed_by.is_(None)
-                if message.claimed_by is None
-                else outbox.c.claimed_by == message.claimed_by,
-            )
-        with self.store.transaction() as tx:
-            won = tx.conn.execute(
-                outbox.update()
-                .where(condition)
-                .values(
-                    status=Status.SENDING,
-                    attempts=outbox.c.attempts + 1,
-                    claimed_by=self.owner,
-                    claimed_at=claimed_at,
-                )
-            ).rowcount
-            if won != 1:
-                return None
-            row = tx.conn.execute(sa.select(outbox).where(outbox.c.id == message.id)).one()
+        claimed = self.rows.claim(message, owner=self.owner, at=claimed_at)
+        if claimed is None:
+            return None
         if taken_over_at is not None:
             log.warning(
                 "outbox: took over message %s from %s (claimed %.0fs ago)",
@@ -472,32 +399,24 @@ class OutboxDelivery:
                 message.claimed_by,
                 claimed_at - taken_over_at,
             )
-        return Claim(_message(row), self.owner, claimed_at, taken_over_at)
-
-    def _fenced(self, claim: Claim) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            outbox.c.id == claim.message.id,
-            outbox.c.status == Status.SENDING,
-            outbox.c.claimed_by == claim.owner,
-            # Every claim bumps attempts: it is the claim's fencing token.
-            outbox.c.attempts == claim.message.attempts,
-        )
+        return Claim(claimed, self.owner, claimed_at, taken_over_at)
 
     def _mark_sent(self, claim: Claim, result: Mapping[str, Any] | None) -> bool:
         payload = dict(claim.message.payload)
         if result:
             payload["result"] = dict(result)
-        with self.store.transaction() as tx:
-            won = tx.conn.execute(
-                outbox.update()
-                .where(self._fenced(claim))
-                .values(status=Status.SENT, sent_at=self._clock(), payload=payload, last_error=None)
-            ).rowcount
-        if won != 1:
+        won = self.rows.update_claimed(
+            claim.message,
+            status=Status.SENT,
+            sent_at=self._clock(),
+            payload=payload,
+            last_error=None,
+        )
+        if not won:
             log.warning(
                 "outbox: message %s was taken over before it was marked sent", claim.message.id
             )
-        return won == 1
+        return won
 
     def _record_failure(self, claim: Claim, error: str, decision: RetryAt | GiveUp) -> None:
         values: dict[str, Any] = {"last_error": error[:2000], "claimed_by": None}
@@ -514,14 +433,9 @@ class OutboxDelivery:
         else:
             values.update(status=Status.FAILED, last_error=f"{decision.reason}"[:2000])
             log.warning("outbox: message %s failed for good: %s", claim.message.id, decision.reason)
-        with self.store.transaction() as tx:
-            tx.conn.execute(outbox.update().where(self._fenced(claim)).values(**values))
+        self.rows.update_claimed(claim.message, **values)
 
     # --- inspection ------------------------------------------------------------------
     def messages(self, *, status: str | None = None) -> list[OutboxMessage]:
         """Outbox rows, oldest first (for `GET /status`, tests and operators)."""
-        query = sa.select(outbox).order_by(outbox.c.id)
-        if status is not None:
-            query = query.where(outbox.c.status == status)
-        with self.store.engine.connect() as conn:
-            return [_message(row) for row in conn.execute(query)]
+        return self.rows.messages(status=status)

@@ -32,7 +32,6 @@ SQL_OUTSIDE_STORE: Final = frozenset(
         "orchestrator.integrations.telegram_webhook",
         "orchestrator.journal",
         "orchestrator.leases",
-        "orchestrator.outbox",
     }
 )
 ADAPTERS: Final = frozenset(
