@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Final
 
 from orchestrator.errors import ForbiddenError, NotAuthenticatedError, UsageError
+from orchestrator.kernel.events import EventKind
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 
@@ -102,9 +103,9 @@ HOW_TO_CREATE: Final = (
 class TokenKind:
     """Event kinds of token management (the audit trail's task-less events)."""
 
-    CREATED: Final = "token.created"
-    REVOKED: Final = "token.revoked"
-    REFUSED: Final = "access.refused"
+    CREATED: Final = EventKind.TOKEN_CREATED
+    REVOKED: Final = EventKind.TOKEN_REVOKED
+    REFUSED: Final = EventKind.ACCESS_REFUSED
 
 
 @dataclass(frozen=True)

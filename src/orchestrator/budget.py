@@ -15,7 +15,7 @@ A run already going is not stopped by the task budget; a run's own ``budget_usd`
 that (see :class:`orchestrator.agents.RunBudgetWatch`).
 
 :func:`task_spend` and :func:`budget_stop_reason` are pure; :func:`stop_if_over_budget`
-applies the decision in one transaction.
+applies the decision through :mod:`orchestrator.lifecycle`.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from orchestrator.notifier import Notifier, notify_safely
-from orchestrator.settings import Settings
-from orchestrator.store import AgentRun, Event, Job, Store
-from orchestrator.transitions import EventKind
+from orchestrator import lifecycle
+from orchestrator.kernel.events import EventKind
+from orchestrator.store import AgentRun, Event, Job
 
 __all__ = ["TaskSpend", "budget_stop_reason", "stop_if_over_budget", "task_spend"]
 
@@ -64,9 +63,11 @@ def budget_stop_reason(budget_usd: float, spend: TaskSpend, work_item: str) -> s
     )
 
 
-def stop_if_over_budget(store: Store, settings: Settings, notifier: Notifier, job: Job) -> bool:
-    """Fail ``job`` and its task if the task is over budget; True if it did (or lost the
-    job to another actor meanwhile), False when the job may start."""
+def stop_if_over_budget(runtime: lifecycle.Listeners, job: Job) -> bool:
+    """Fail ``job`` and its task if the task is over budget (through the lifecycle, so
+    the card, the tracker, the forge status and the alert all hear it); True if it did
+    (or lost the job to another actor meanwhile), False when the job may start."""
+    store, settings = runtime.store, runtime.settings
     task = store.get_task(job.task_id)
     budget = settings.task_budget_for(Path(task.repository))
     if budget <= 0:
@@ -76,18 +77,15 @@ def stop_if_over_budget(store: Store, settings: Settings, notifier: Notifier, jo
     if reason is None:
         return False
     with store.transaction() as tx:
-        if not tx.set_job_status_cas(job.id, "queued", "failed", error=reason):
-            return True  # someone else claimed it: not ours to start either
-        if tx.update_task_counters(task.id, expected_stage=job.stage, failed_reason=reason):
-            tx.add_event(
-                EventKind.FAILED,
-                actor=ACTOR,
-                task_id=task.id,
-                job_id=job.id,
-                to_stage=job.stage,
-                reason=reason,
-                data={"budget_usd": budget, "spent_usd": spend.spent_usd},
-            )
-    current = store.get_task(task.id)
-    notify_safely(lambda: notifier.alert(current, f"task stopped: {reason}"))
+        change = lifecycle.stop_for_budget(
+            tx,
+            settings,
+            task,
+            job.id,
+            job.stage,
+            reason,
+            actor=ACTOR,
+            data={"budget_usd": budget, "spent_usd": spend.spent_usd},
+        )
+    lifecycle.after_commit(runtime, change)
     return True

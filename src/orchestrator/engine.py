@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+from orchestrator import lifecycle
 from orchestrator.agents import (
     AgentSpec,
     RunBudgetWatch,
@@ -66,8 +67,6 @@ from orchestrator.kernel.decisions import (
     ENVIRONMENT,
     Advance,
     Decision,
-    Fail,
-    Retry,
     Rollback,
     decide_after_job,
 )
@@ -81,10 +80,9 @@ from orchestrator.kernel.gates import (
     Verdict,
     run_gates,
 )
-from orchestrator.kernel.stages import JOB_STAGES, TERMINAL_STAGES
+from orchestrator.kernel.stages import JOB_STAGES
 from orchestrator.leases import pid_alive, process_start_ticks
 from orchestrator.notifier import Notifier, notify_safely
-from orchestrator.outbox import enqueue_card_updates
 from orchestrator.proc_group import LAUNCHER_MARGIN_S, RunningProcess, spawn
 from orchestrator.runners.context import RESULT_PREFIX
 from orchestrator.runners.environment import runner_environment
@@ -95,9 +93,7 @@ from orchestrator.transitions import (
     Crossing,
     EventKind,
     Runtime,
-    advance_stage,
     artifact_dir,
-    enqueue_stage_job,
     enter_transition,
 )
 from orchestrator.workspace import (
@@ -319,7 +315,7 @@ class Engine:
                     )
                     if adopted:
                         tx.add_event(
-                            "job.adopted",
+                            EventKind.JOB_ADOPTED,
                             actor="recovery",
                             task_id=task.id,
                             job_id=job.id,
@@ -395,9 +391,7 @@ class Engine:
                 continue
             if job.task_id in busy_tasks:
                 continue
-            if job.kind == "agent" and stop_if_over_budget(
-                self.store, self.settings, self.notifier, job
-            ):
+            if job.kind == "agent" and stop_if_over_budget(self.runtime, job):
                 continue  # the task's cost budget is spent: a person decides
             if self.launch_job(job):
                 total += 1
@@ -411,9 +405,16 @@ class Engine:
         task = self.store.get_task(job.task_id)
         with self.store.transaction() as tx:
             if task.stage != job.stage or task.failed:
-                tx.set_job_status_cas(
+                if tx.set_job_status_cas(
                     job.id, "queued", "failed", error=f"task is in {task.stage}; job is stale"
-                )
+                ):
+                    tx.add_event(
+                        EventKind.JOB_LOST_RACE,
+                        actor=ACTOR,
+                        task_id=task.id,
+                        job_id=job.id,
+                        reason=f"task is in {task.stage}; the job is stale",
+                    )
                 return False
             if not tx.set_job_status_cas(job.id, "queued", "running", owner_boot_id=self.boot_id):
                 return False
@@ -750,18 +751,21 @@ class Engine:
                 self._lost(job, current, f"task moved to {current.stage} meanwhile", actor)
                 return False
             log.exception("finalizing job %s failed", job.id)
-            with self.store.transaction() as tx:
-                if tx.set_job_status_cas(
-                    job.id, "finalizing", "failed", error=f"finalize failed: {exc}"
-                ):
-                    tx.add_event(
-                        EventKind.FAILED,
-                        actor=actor,
-                        task_id=job.task_id,
-                        job_id=job.id,
-                        reason=f"finalizing {job.stage} failed: {type(exc).__name__}: {exc}",
-                    )
+            self._fail_finalization(job, exc, actor)
             return False
+
+    def _fail_finalization(self, job: Job, exc: Exception, actor: str) -> None:
+        """Finalizing ``job`` raised: the job fails and so does its task, for a person
+        (retrying a finalization that raises would raise again); every listener hears
+        it. A task that moved on meanwhile is left alone."""
+        reason = f"finalizing {job.stage} failed: {type(exc).__name__}: {exc}"
+        with self.store.transaction() as tx:
+            tx.set_job_status_cas(job.id, "finalizing", "failed", error=f"finalize failed: {exc}")
+            task = tx.get_task(job.task_id)
+            change = None
+            if task.stage == job.stage and not task.failed:
+                change = lifecycle.fail(tx, self.settings, task, reason, actor=actor, job_id=job.id)
+        lifecycle.after_commit(self.runtime, change)
 
     def decide(
         self,
@@ -939,74 +943,16 @@ class Engine:
         stage = job.stage
         if isinstance(decision, Advance) and (stage, decision.to_stage) in TRANSITION_EFFECTS:
             return self._cross(task, stage, decision.to_stage, actor, decision.reason)
-        alert: str | None = None
+        feedback = (
+            self._rollback_feedback(task, stage, decision.reason)
+            if isinstance(decision, Rollback)
+            else ""
+        )
         with self.store.transaction() as tx:
-            won = True
-            if isinstance(decision, Advance):
-                won = advance_stage(
-                    tx,
-                    self.settings,
-                    task,
-                    stage,
-                    decision.to_stage,
-                    actor=actor,
-                    reason=decision.reason,
-                )
-            elif isinstance(decision, Rollback):
-                won = advance_stage(
-                    tx,
-                    self.settings,
-                    task,
-                    stage,
-                    decision.to_stage,
-                    actor=actor,
-                    reason=f"rollback: {decision.reason}",
-                    rollback_count=task.rollback_count + 1,
-                    feedback=self._rollback_feedback(task, stage, decision.reason),
-                    event_kind=EventKind.ROLLBACK,
-                )
-                alert = f"rolled back from {stage} to {decision.to_stage}: {decision.reason}"
-            elif isinstance(decision, Retry):
-                won = tx.update_task_counters(
-                    task.id, expected_stage=stage, attempt=decision.attempt
-                )
-                if won:
-                    tx.add_event(
-                        EventKind.RETRY,
-                        actor=actor,
-                        task_id=task.id,
-                        job_id=job.id,
-                        to_stage=stage,
-                        reason=f"attempt {decision.attempt}: {decision.reason}",
-                    )
-                    enqueue_stage_job(
-                        tx,
-                        self.settings,
-                        task,
-                        stage,
-                        attempt=decision.attempt,
-                        actor=actor,
-                        feedback=decision.reason,
-                        delay_s=decision.delay_s,
-                    )
-            elif isinstance(decision, Fail):
-                won = tx.update_task_counters(
-                    task.id, expected_stage=stage, failed_reason=decision.reason
-                )
-                if won:
-                    tx.add_event(
-                        EventKind.FAILED,
-                        actor=actor,
-                        task_id=task.id,
-                        job_id=job.id,
-                        to_stage=stage,
-                        reason=decision.reason,
-                        data={"cause": decision.cause} if decision.cause else None,
-                    )
-                    enqueue_card_updates(tx, self.settings, task.id, f"failed: {decision.reason}")
-                alert = f"task failed: {decision.reason}"
-        if not won:
-            with self.store.transaction() as tx:
+            change = lifecycle.apply_decision(
+                tx, self.settings, task, job.id, stage, decision, actor=actor, feedback=feedback
+            )
+            if change is None:
                 tx.add_event(
                     EventKind.LOST,
                     actor=actor,
@@ -1014,17 +960,9 @@ class Engine:
                     job_id=job.id,
                     reason="another actor moved the task first",
                 )
+        if change is None:
             return False
-        current = self.store.get_task(task.id)
-        summary = f"{stage}: {type(decision).__name__.lower()}"
-        notify_safely(lambda: self.notifier.on_task_changed(current, summary))
-        if alert is not None:
-            message = alert
-            notify_safely(lambda: self.notifier.alert(current, message))
-        if current.stage in TERMINAL_STAGES or current.failed:
-            # Done (a pipeline without deploy) or failed: worktrees.py decides whether
-            # the worktree goes now or after its retention.
-            release_quietly(self.store, self.settings, current.id, actor=actor)
+        lifecycle.after_commit(self.runtime, change)
         return True
 
 

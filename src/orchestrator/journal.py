@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.kernel.events import EventKind
 from orchestrator.leases import Lease, LeaseManager, pid_alive, process_start_ticks
 from orchestrator.store import Store
 from orchestrator.store.schema import effects, tasks
@@ -127,7 +128,7 @@ class Journal:
                 )
                 self._supersede(tx.conn, task_id, transition, effect.name, reason)
                 tx.add_event(
-                    "effect.uncertain",
+                    EventKind.EFFECT_UNCERTAIN,
                     actor=actor,
                     task_id=task_id,
                     reason=reason,
@@ -172,7 +173,7 @@ class Journal:
                 .values(status="done", result=result, completed_at=time.time())
             )
             tx.add_event(
-                "effect.done",
+                EventKind.EFFECT_DONE,
                 actor=actor,
                 task_id=task_id,
                 reason=f"{effect.name} done",

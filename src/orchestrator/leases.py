@@ -43,6 +43,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.kernel.events import EventKind
 from orchestrator.notifier import Notifier, NullNotifier, notify_safely
 from orchestrator.settings import Settings, in_scope
 from orchestrator.store import Store, Task, Tx
@@ -276,7 +277,7 @@ class LeaseManager:
             epoch = int(row.lease_epoch) + 1
             if reclaimed_from is not None:
                 tx.add_event(
-                    "lease.reclaimed",
+                    EventKind.LEASE_RECLAIMED,
                     actor=actor,
                     task_id=task.id,
                     reason=_describe_owner(reclaimed_from, "stale lease reclaimed from"),
@@ -379,7 +380,7 @@ class LeaseManager:
             )
             description = _describe_owner(dict(row._mapping), "lease force-released from")
             tx.add_event(
-                "lease.force_released",
+                EventKind.LEASE_FORCE_RELEASED,
                 actor=actor,
                 task_id=task.id,
                 reason=f"{description}: {reason}",

@@ -54,6 +54,7 @@ from orchestrator.commit_policy import CommitPolicy, commit_work, effective_excl
 from orchestrator.errors import RepositoryError
 from orchestrator.git import LANDED_ON_TRAILER, MERGED_HEAD_TRAILER, Repo, git
 from orchestrator.journal import Effect, EffectFailedError, Observation, Seen
+from orchestrator.kernel.events import EventKind
 from orchestrator.leases import Lease, LeaseManager
 from orchestrator.settings import RepoConfig, Settings
 from orchestrator.store import Store, Task
@@ -74,7 +75,7 @@ __all__ = [
 ]
 
 # The event that records an unhealthy deploy, with the report, before the rollback starts.
-UNHEALTHY_EVENT: Final = "deploy.unhealthy"
+UNHEALTHY_EVENT: Final = EventKind.DEPLOY_UNHEALTHY
 ROLLBACK_TRAILER: Final = "Orch-Rollback"
 REVERTS_TRAILER: Final = "Orch-Reverts"
 REAPPLY_TRAILER: Final = "Orch-Reapply"
@@ -196,7 +197,7 @@ def watch_deploy(
     with store.transaction() as tx:
         leases.check(tx, lease)
         return tx.add_event(
-            UNHEALTHY_EVENT,
+            EventKind.DEPLOY_UNHEALTHY,
             actor=actor,
             task_id=task.id,
             reason=f"{report.url}: {report.failed_in_a_row} failed checks in a row "
@@ -206,7 +207,7 @@ def watch_deploy(
 
 
 # Events after which a task is no longer rolling back a deploy.
-_ROLLBACK_ENDS: Final = ("task.rollback", "task.cancelled", "stage.changed")
+_ROLLBACK_ENDS: Final = (EventKind.ROLLBACK, EventKind.CANCELLED, EventKind.STAGE_CHANGED)
 
 
 def pending_rollback(store: Store, task: Task) -> int | None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from orchestrator.kernel.events import EventKind
 from orchestrator.kernel.gates import HUMAN_GATE_ARTIFACTS
 from orchestrator.kernel.stages import DONE, JOB_STAGES, REJECT_TARGET
 from orchestrator.store import Event, Task
@@ -27,7 +28,7 @@ from orchestrator.transitions import artifact_dir
 __all__ = ["MERGE_EFFECT", "NextSteps", "merge_commit", "next_steps"]
 
 MERGE_EFFECT: Final = "merge"
-EFFECT_DONE: Final = "effect.done"
+EFFECT_DONE: Final = EventKind.EFFECT_DONE
 
 
 @dataclass(frozen=True)

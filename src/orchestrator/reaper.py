@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from orchestrator.kernel.events import EventKind
 from orchestrator.leases import pid_alive, process_start_ticks
 from orchestrator.proc_group import RunningProcess, kill_group
 
@@ -56,7 +57,9 @@ class Reaper:
         ):
             task = self.store.get_task(job.task_id)
             if self._lease_live(task.id):
-                self._event(task.id, job.id, "reaper.deferred", "a live owner holds the lease")
+                self._event(
+                    task.id, job.id, EventKind.REAPER_DEFERRED, "a live owner holds the lease"
+                )
                 continue
             run = self.store.job_run(job.id)
             exit_code = run.exit_code if run else None
@@ -66,7 +69,7 @@ class Reaper:
             self._event(
                 task.id,
                 job.id,
-                "reaper.tier2",
+                EventKind.REAPER_TIER2,
                 f"exit recorded {finished_age_s:.0f}s ago and still not finalized",
             )
             if self.engine.finalize(job, exit_code, None, output, actor=ACTOR):
@@ -85,7 +88,7 @@ class Reaper:
                 f"reaper tier 3: running {now - job.started_at:.0f}s, longer than "
                 f"reaper_max_running_s={self.settings.reaper_max_running_s:.0f}"
             )
-            self._event(task.id, job.id, "reaper.tier3", reason)
+            self._event(task.id, job.id, EventKind.REAPER_TIER3, reason)
             if not self.engine.kill_job(job.id, reason):
                 # Not ours (its engine is gone or hung): kill the group ourselves.
                 same_process = job.pid_start is None or process_start_ticks(job.pid or 0) in (

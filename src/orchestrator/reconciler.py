@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from orchestrator.errors import RepositoryError
+from orchestrator.kernel.events import EventKind
 from orchestrator.kernel.stages import JOB_STAGES, TERMINAL_STAGES
 from orchestrator.transitions import enqueue_stage_job
 
@@ -35,8 +36,6 @@ __all__ = ["ACTOR", "Reconciler"]
 log = logging.getLogger("orchestrator.reconciler")
 ACTOR: Final = "reconciler"
 PENDING: Final = ("queued", "deferred", "running", "finalizing")
-# Errors of jobs that failed because the task moved on: nothing to repair.
-STALE_PREFIXES: Final = ("task moved", "another actor", "task is in")
 
 
 class Reconciler:
@@ -57,7 +56,7 @@ class Reconciler:
             if task.id in pending_tasks or task.id in crossing:
                 continue
             if task.id in live_leases:
-                self._event(task, "reconciler.deferred", "a live owner holds the lease")
+                self._event(task, EventKind.RECONCILER_DEFERRED, "a live owner holds the lease")
                 continue
             if self._recently_moved(task):
                 continue  # its own actor may still be between claim and act
@@ -89,7 +88,7 @@ class Reconciler:
                 if current.stage != task.stage or current.failed:
                     return False
                 tx.add_event(
-                    "reconciler.enqueued",
+                    EventKind.RECONCILER_ENQUEUED,
                     actor=ACTOR,
                     task_id=task.id,
                     to_stage=task.stage,
@@ -102,12 +101,14 @@ class Reconciler:
         if job.status == "done":
             problem, judged = self.engine.judge(task, job)
             decision = self.engine.decide(task, job, problem, judged)
-            self._event(task, "reconciler.advance", f"job {job.id} is done, stage did not move")
+            self._event(
+                task, EventKind.RECONCILER_ADVANCE, f"job {job.id} is done, stage did not move"
+            )
             return self.engine.apply_decision(
                 task, job, judged, problem, decision, actor=ACTOR, claim_from=None
             )
         if job.status == "failed":
-            if (job.error or "").startswith(STALE_PREFIXES):
+            if self.store.job_lost_race(job.id):
                 return False  # a stale job: the task went elsewhere on purpose
             run = self.store.job_run(job.id)
             job_error: str | None = job.error or "the job failed"
@@ -117,7 +118,9 @@ class Reconciler:
                 job_error, verdict = self.engine.judge(task, job)
             decision = self.engine.decide(task, job, job_error, verdict)
             self._event(
-                task, "reconciler.decide", f"job {job.id} failed and no decision was applied"
+                task,
+                EventKind.RECONCILER_DECIDE,
+                f"job {job.id} failed and no decision was applied",
             )
             return self.engine.apply_decision(
                 task, job, verdict, job_error, decision, actor=ACTOR, claim_from=None

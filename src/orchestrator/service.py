@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from orchestrator import lifecycle
 from orchestrator.agents import check_available, resolve_agent
 from orchestrator.errors import AgentError, ConflictError, UsageError
 from orchestrator.git import Repo, git
 from orchestrator.kernel.gates import HUMAN_GATE_ARTIFACTS
 from orchestrator.kernel.stages import (
-    CANCELLED,
     CREATED,
     HUMAN_GATE_STAGES,
     JOB_STAGES,
@@ -29,18 +29,12 @@ from orchestrator.kernel.stages import (
     TERMINAL_STAGES,
 )
 from orchestrator.leases import LeaseManager, Owner
-from orchestrator.notifier import Notifier, NullNotifier, notify_safely
+from orchestrator.notifier import Notifier, NullNotifier
 from orchestrator.settings import Settings
 from orchestrator.store import DuplicateError, Store, Task
 from orchestrator.text_input import check_text
-from orchestrator.transitions import (
-    EventKind,
-    advance_stage,
-    artifact_dir,
-    enqueue_stage_job,
-    plan_job,
-)
-from orchestrator.worktrees import ensure_worktree, release_quietly
+from orchestrator.transitions import EventKind, artifact_dir, plan_job
+from orchestrator.worktrees import ensure_worktree
 
 __all__ = [
     "MAX_DESCRIPTION_CHARS",
@@ -240,8 +234,15 @@ class TaskService:
                 )
                 task = tx.get_task(task_id)
                 first = self.settings.pipeline_for(repo.path).next_stage(CREATED)
-                advance_stage(
-                    tx, self.settings, task, CREATED, first, actor=actor, reason="task created"
+                change = lifecycle.advance(
+                    tx,
+                    self.settings,
+                    task,
+                    CREATED,
+                    first,
+                    actor=actor,
+                    reason="task created",
+                    summary="created",
                 )
         except DuplicateError:
             repo.remove_worktree(worktree)
@@ -252,9 +253,9 @@ class TaskService:
             repo.remove_worktree(worktree)
             git_branch_delete(repo, branch)
             raise
-        created = self.store.get_task(task_id)
-        notify_safely(lambda: self.notifier.on_task_changed(created, "created"))
-        return created
+        if change is None:  # a new task cannot lose its first move
+            raise ConflictError(f"task {work_item} changed meanwhile; try again")
+        return self._after(change)
 
     def _next_work_item(self, repository: str) -> str:
         number = self.store.count_tasks(repository) + 1
@@ -293,21 +294,21 @@ class TaskService:
         if len(one_line) > FEEDBACK_REASON_CHARS:
             one_line = one_line[: FEEDBACK_REASON_CHARS - 1] + "…"
         with self.store.transaction() as tx:
-            if not advance_stage(
-                tx,
-                self.settings,
+            change = self._won(
                 task,
-                task.stage,
-                target,
-                actor=actor,
-                reason=f"rejected by {actor}: {one_line}",
-                feedback=f"{document} was rejected by {actor} at {task.stage}; revise it to "
-                f"address this:\n{feedback}",
-                event_kind=EventKind.REJECTED,
-                data={"feedback": feedback},
-            ):
-                raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
-        return self._changed(task, f"rejected by {actor}, back to {target}")
+                lifecycle.reject(
+                    tx,
+                    self.settings,
+                    task,
+                    target,
+                    actor=actor,
+                    reason=f"rejected by {actor}: {one_line}",
+                    feedback=f"{document} was rejected by {actor} at {task.stage}; revise it to "
+                    f"address this:\n{feedback}",
+                    data={"feedback": feedback},
+                ),
+            )
+        return self._after(change)
 
     def reject_target(self, task: Task) -> str:
         """Where rejecting ``task`` now would send it; ConflictError when it cannot be
@@ -344,22 +345,12 @@ class TaskService:
         self._refuse_during_side_effects(task, "cancel")
         why = reason or f"cancelled by {actor}"
         with self.store.transaction() as tx:
-            if not advance_stage(
-                tx,
-                self.settings,
-                task,
-                task.stage,
-                CANCELLED,
-                actor=actor,
-                reason=why,
-                event_kind=EventKind.CANCELLED,
-            ):
-                raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
-            tx.cancel_waiting_jobs(task.id, why)
-        changed = self._changed(task, "cancelled")
-        # A running job is still being stopped: then the engine or the janitor removes it.
-        release_quietly(self.store, self.settings, task.id, actor=actor)
-        return changed
+            change = self._won(
+                task, lifecycle.cancel(tx, self.settings, task, actor=actor, reason=why)
+            )
+        # The worktree goes (after_commit), unless a job still runs in it: then the
+        # engine or the janitor removes it once the job stopped.
+        return self._after(change)
 
     def rollback(self, task: Task, *, actor: str = "cli", reason: str = "") -> Task:
         check_text(reason, "the reason")
@@ -375,22 +366,23 @@ class TaskService:
         why = reason or f"rolled back by {actor}"
         with self.store.transaction() as tx:
             tx.cancel_waiting_jobs(task.id, why)
-            if not advance_stage(
-                tx,
-                self.settings,
+            change = self._won(
                 task,
-                task.stage,
-                target,
-                actor=actor,
-                reason=why,
-                rollback_count=task.rollback_count + 1,
-                feedback=why,
-                event_kind=EventKind.ROLLBACK,
-                clear_failure=True,
-            ):
-                raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
+                lifecycle.roll_back(
+                    tx,
+                    self.settings,
+                    task,
+                    task.stage,
+                    target,
+                    actor=actor,
+                    reason=why,
+                    feedback=why,
+                    summary=f"rolled back to {target}",
+                    clear_failure=True,
+                ),
+            )
         ensure_worktree(self.store, self.settings, task, actor=actor)
-        return self._changed(task, f"rolled back to {target}")
+        return self._after(change)
 
     def retry(self, task: Task, *, actor: str = "cli") -> Task:
         """Resume a failed task at its stage with fresh budgets."""
@@ -400,33 +392,10 @@ class TaskService:
             raise ConflictError(f"task {task.work_item} is in {task.stage}; nothing to retry")
         self._check_worktree_restorable(task)
         with self.store.transaction() as tx:
-            if not tx.update_task_counters(
-                task.id,
-                expected_stage=task.stage,
-                attempt=1,
-                rollback_count=0,
-                clear_failure=True,
-            ):
-                raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
-            tx.add_event(
-                EventKind.RETRIED,
-                actor=actor,
-                task_id=task.id,
-                to_stage=task.stage,
-                reason=f"retried by {actor} after: {task.failed_reason}",
-            )
-            enqueue_stage_job(
-                tx,
-                self.settings,
-                task,
-                task.stage,
-                attempt=1,
-                actor=actor,
-                feedback=f"previous failure: {task.failed_reason}",
-            )
+            change = self._won(task, lifecycle.resume(tx, self.settings, task, actor=actor))
         # Its worktree may have been removed after worktree_retention_failed_s.
         ensure_worktree(self.store, self.settings, task, actor=actor)
-        return self._changed(task, "retried")
+        return self._after(change)
 
     def _check_worktree_restorable(self, task: Task) -> None:
         """Refuse before writing anything when a removed worktree cannot come back."""
@@ -443,23 +412,32 @@ class TaskService:
         if task.failed:
             raise ConflictError(f"task {task.work_item} has failed; use retry first")
         with self.store.transaction() as tx:
-            if not advance_stage(
-                tx,
-                self.settings,
+            change = self._won(
                 task,
-                task.stage,
-                target,
-                actor=actor,
-                reason=reason,
-                event_kind=event_kind,
-            ):
-                raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
-        return self._changed(task, reason)
+                lifecycle.advance(
+                    tx,
+                    self.settings,
+                    task,
+                    task.stage,
+                    target,
+                    actor=actor,
+                    reason=reason,
+                    summary=reason,
+                    event_kind=event_kind,
+                ),
+            )
+        return self._after(change)
 
-    def _changed(self, task: Task, summary: str) -> Task:
-        current = self.store.get_task(task.id)
-        notify_safely(lambda: self.notifier.on_task_changed(current, summary))
-        return current
+    @staticmethod
+    def _won(task: Task, change: lifecycle.Change | None) -> lifecycle.Change:
+        """Raise inside the transaction when the move lost: a person tries again."""
+        if change is None:
+            raise ConflictError(f"task {task.work_item} changed meanwhile; try again")
+        return change
+
+    def _after(self, change: lifecycle.Change) -> Task:
+        """Every listener hears the committed change (lifecycle.after_commit)."""
+        return lifecycle.after_commit(self, change)
 
 
 def git_branch_delete(repo: Repo, branch: str) -> None:

@@ -1,44 +1,45 @@
-"""Applying stage changes: the compare-and-swap write plus what must go with it.
+"""Transitions with side effects: the lease, the effect journal, then the fenced move.
 
-:func:`advance_stage` is how every actor (engine, CLI, API, reaper, reconciler) moves a
-task: inside the caller's transaction it performs :meth:`Tx.update_task_stage_cas`,
-enqueues the new stage's job and appends the event, so either all of it happens or none
-does. A lost race returns False and the caller performs no side effect.
+:func:`enter_transition` is the side-effectful way a task moves (``deploy -> done``
+merges and deploys): it takes the task's transition lease, runs each effect through the
+journal, then writes the stage fenced by the lease epoch. A second actor that finds a
+live owner defers without starting anything. Every write it makes (the move, the
+rollback of an unhealthy deploy, failing closed) is a :mod:`orchestrator.lifecycle`
+function in a transaction that also checks the lease, and every committed change goes to
+:func:`~orchestrator.lifecycle.after_commit`, which tells the listeners.
 
-:func:`enter_transition` is the side-effectful variant (``deploy -> done`` merges and
-deploys): it takes the task's transition lease, runs each effect through the journal,
-then writes the stage fenced by the lease epoch. A second actor that finds a live owner
-defers without starting anything.
+:func:`advance_stage` (the plain compare-and-swap move) lives in the lifecycle and is
+re-exported here for the callers that know it by this name.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from orchestrator.agents import resolve_agent
+from orchestrator import lifecycle
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.feedback import post_deploy_feedback
 from orchestrator.journal import EffectFailedError, EffectInFlightError, Journal
 from orchestrator.kernel.events import EventKind
 from orchestrator.kernel.gates import ARTIFACT_ROOT
-from orchestrator.kernel.stages import (
-    JOB_STAGES,
-    ROLLBACK_TARGET,
-    TERMINAL_STAGES,
-    check_transition,
-)
+from orchestrator.kernel.stages import ROLLBACK_TARGET
 from orchestrator.leases import Lease, LeaseLostError, LeaseManager, Owner
+from orchestrator.lifecycle import (
+    Change,
+    JobPlan,
+    advance_stage,
+    enqueue_stage_job,
+    lease_enabled,
+    plan_job,
+)
 from orchestrator.monitor import pending_rollback, report_of, rollback_effects, watch_deploy
-from orchestrator.notifier import Notifier, NullNotifier, notify_safely
-from orchestrator.outbox import enqueue_card_updates
-from orchestrator.settings import Settings, in_scope
+from orchestrator.notifier import Notifier, NullNotifier
+from orchestrator.settings import Settings
 from orchestrator.side_effects import deploy_effect, effects_for
 from orchestrator.store import Store, Task, Tx
-from orchestrator.worktrees import ensure_worktree, release_quietly
+from orchestrator.worktrees import ensure_worktree
 
 __all__ = [
     "Crossing",
@@ -47,130 +48,16 @@ __all__ = [
     "Runtime",
     "advance_stage",
     "artifact_dir",
+    "enqueue_stage_job",
     "enter_transition",
     "lease_enabled",
     "plan_job",
 ]
 
 
-@dataclass(frozen=True)
-class JobPlan:
-    kind: str
-    agent: str
-
-
 def artifact_dir(work_item: str) -> str:
     """Where a work item's documents live, relative to the worktree."""
     return f"{ARTIFACT_ROOT}/{work_item}"
-
-
-def lease_enabled(settings: Settings, repository: str) -> bool:
-    """The transition-lease kill-switch and its repository scope."""
-    return settings.transition_lease_enabled and in_scope(
-        settings.transition_lease_repos, Path(repository)
-    )
-
-
-def plan_job(settings: Settings, repository: str, stage: str) -> JobPlan:
-    """Which agent (or runner) works on ``stage`` for this repository."""
-    stage_config = settings.stage_config(Path(repository), stage)
-    spec = resolve_agent(settings, stage_config.agent or "claude")
-    return JobPlan(kind=spec.kind, agent=spec.name)
-
-
-def advance_stage(
-    tx: Tx,
-    settings: Settings,
-    task: Task,
-    expected: str,
-    new: str,
-    *,
-    actor: str,
-    reason: str,
-    attempt: int = 1,
-    rollback_count: int | None = None,
-    feedback: str | None = None,
-    delay_s: float = 0.0,
-    event_kind: str = EventKind.STAGE_CHANGED,
-    clear_failure: bool = False,
-    data: Mapping[str, Any] | None = None,
-) -> bool:
-    """CAS the stage from ``expected`` to ``new`` and enqueue its job; False if lost."""
-    pipeline = settings.pipeline_for(Path(task.repository))
-    check_transition(expected, new, pipeline)
-    if not tx.update_task_stage_cas(
-        task.id,
-        expected,
-        new,
-        attempt=attempt,
-        rollback_count=rollback_count,
-        clear_failure=clear_failure,
-        # Kill-switch off: the CAS degenerates to the old unconditional write.
-        unconditional=not lease_enabled(settings, task.repository),
-    ):
-        return False
-    tx.add_event(
-        event_kind,
-        actor=actor,
-        task_id=task.id,
-        from_stage=expected,
-        to_stage=new,
-        reason=reason,
-        data=dict(data) if data is not None else None,
-    )
-    # The live card's outbox row commits with the move, or not at all.
-    enqueue_card_updates(tx, settings, task.id, f"{expected} -> {new}: {reason}")
-    if new in JOB_STAGES:
-        enqueue_stage_job(
-            tx,
-            settings,
-            task,
-            new,
-            attempt=attempt,
-            actor=actor,
-            feedback=feedback,
-            delay_s=delay_s,
-            card=False,
-        )
-    return True
-
-
-def enqueue_stage_job(
-    tx: Tx,
-    settings: Settings,
-    task: Task,
-    stage: str,
-    *,
-    attempt: int,
-    actor: str,
-    feedback: str | None = None,
-    delay_s: float = 0.0,
-    card: bool = True,
-) -> int:
-    """Queue the job of ``stage`` for ``task`` and record it (and, unless ``card`` is
-    False because the caller wrote it already, the live card's outbox row)."""
-    plan = plan_job(settings, task.repository, stage)
-    job_id = tx.enqueue_job(
-        task_id=task.id,
-        stage=stage,
-        kind=plan.kind,
-        agent=plan.agent,
-        attempt=attempt,
-        feedback=feedback,
-        delay_s=delay_s,
-    )
-    tx.add_event(
-        EventKind.JOB_ENQUEUED,
-        actor=actor,
-        task_id=task.id,
-        job_id=job_id,
-        to_stage=stage,
-        reason=f"{plan.kind} {plan.agent}, attempt {attempt}"
-        + (f", in {delay_s:.0f}s" if delay_s >= 1 else ""),
-    )
-    if card:
-        enqueue_card_updates(tx, settings, task.id, f"{stage}: attempt {attempt}")
-    return job_id
 
 
 @dataclass
@@ -217,38 +104,33 @@ class _LostRace(Exception):
     """Raised inside a transaction to roll it back after a lost compare-and-swap."""
 
 
-def _advance_fenced(
-    runtime: Runtime,
-    lease: Lease,
-    task: Task,
-    expected: str,
-    new: str,
-    **how: Any,
-) -> bool:
-    """``advance_stage`` in a transaction fenced by the lease epoch; False if lost."""
+def _fenced(runtime: Runtime, lease: Lease, write: Callable[[Tx], Change | None]) -> Change | None:
+    """A lifecycle ``write`` in a transaction fenced by the lease epoch; None if lost
+    (nothing of it is committed then)."""
     try:
         with runtime.store.transaction() as tx:
             runtime.leases.check(tx, lease)
-            if not advance_stage(tx, runtime.settings, task, expected, new, **how):
+            change = write(tx)
+            if change is None:
                 raise _LostRace
     except _LostRace:
-        return False
-    return True
+        return None
+    return change
 
 
 def _fail_closed(
     runtime: Runtime, lease: Lease, task: Task, reason: str, *, actor: str
 ) -> Crossing:
-    """Fail the task where it stands, for a human, with the reason (fenced), and alert."""
-    with runtime.store.transaction() as tx:
-        runtime.leases.check(tx, lease)
-        tx.update_task_counters(task.id, expected_stage=task.stage, failed_reason=reason)
-        tx.add_event(
-            EventKind.FAILED, actor=actor, task_id=task.id, to_stage=task.stage, reason=reason
-        )
-        enqueue_card_updates(tx, runtime.settings, task.id, f"failed: {reason}")
-    failed = runtime.store.get_task(task.id)
-    notify_safely(lambda: runtime.notifier.alert(failed, f"task failed: {reason}"))
+    """Fail the task where it stands, for a human, with the reason (fenced); every
+    listener hears it (lifecycle.after_commit)."""
+    change = _fenced(
+        runtime,
+        lease,
+        lambda tx: lifecycle.fail(tx, runtime.settings, task, reason, actor=actor),
+    )
+    if change is None:
+        return Crossing.LOST
+    lifecycle.after_commit(runtime, change)
     return Crossing.FAILED
 
 
@@ -276,23 +158,24 @@ def _roll_back_deploy(
         )
         return _fail_closed(runtime, lease, task, reason, actor=actor)
     reason = "rollback: the post-deploy health check failed"
-    if not _advance_fenced(
+    change = _fenced(
         runtime,
         lease,
-        task,
-        task.stage,
-        target,
-        actor=actor,
-        reason=reason,
-        rollback_count=task.rollback_count + 1,
-        feedback=post_deploy_feedback(report_of(store, rollback)),
-        event_kind=EventKind.ROLLBACK,
-    ):
+        lambda tx: lifecycle.roll_back(
+            tx,
+            settings,
+            task,
+            task.stage,
+            target,
+            actor=actor,
+            reason=reason,
+            feedback=post_deploy_feedback(report_of(store, rollback)),
+            alert=f"deploy rolled back, back to {target}: the post-deploy health check failed",
+        ),
+    )
+    if change is None:
         return Crossing.LOST
-    moved = store.get_task(task.id)
-    message = f"deploy rolled back, back to {target}: the post-deploy health check failed"
-    notify_safely(lambda: runtime.notifier.alert(moved, message))
-    notify_safely(lambda: runtime.notifier.on_task_changed(moved, f"{reason} by {actor}"))
+    lifecycle.after_commit(runtime, change)
     return Crossing.ROLLED_BACK
 
 
@@ -349,23 +232,26 @@ def enter_transition(
             return Crossing.DEFERRED
         except EffectFailedError as exc:
             return _fail_closed(runtime, lease, current, str(exc), actor=actor)
-        if not _advance_fenced(
+        change = _fenced(
             runtime,
             lease,
-            current,
-            expected,
-            new,
-            actor=actor,
-            reason=reason,
-            event_kind=event_kind,
-        ):
+            lambda tx: lifecycle.advance(
+                tx,
+                settings,
+                current,
+                expected,
+                new,
+                actor=actor,
+                reason=reason,
+                summary=f"{transition} by {actor}",
+                event_kind=event_kind,
+            ),
+        )
+        if change is None:
             return Crossing.LOST
-        moved = store.get_task(current.id)
-        notify_safely(lambda: runtime.notifier.on_task_changed(moved, f"{transition} by {actor}"))
-        if moved.stage in TERMINAL_STAGES:
-            # The health window is over (it is watched above, before the move): the
-            # worktree of the finished task goes now (worktrees.py).
-            release_quietly(store, settings, moved.id, actor=actor)
+        # The health window is over (it is watched above, before the move): a finished
+        # task's worktree goes now (after_commit, worktrees.py).
+        lifecycle.after_commit(runtime, change)
         return Crossing.DONE
     except LeaseLostError as exc:
         with store.transaction() as tx:

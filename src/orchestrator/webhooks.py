@@ -111,7 +111,7 @@ __all__ = [
 log = logging.getLogger("orchestrator.webhooks")
 
 # The event kind of a delivery noted in a task's trail without moving it.
-WEBHOOK_EVENT: Final = "webhook"
+WEBHOOK_EVENT: Final = EventKind.WEBHOOK
 MAX_DELIVERY_ID_CHARS: Final = 200
 # A claimed delivery still undecided after this long was abandoned by a request that
 # died (the process was killed mid-request): its redelivery is processed, not a duplicate.
@@ -395,7 +395,7 @@ class WebhookReceiver:
 
     def _note(self, actor: str, task: Task, reason: str) -> Outcome:
         with self.store.transaction() as tx:
-            tx.add_event(WEBHOOK_EVENT, actor=actor, task_id=task.id, reason=reason)
+            tx.add_event(EventKind.WEBHOOK, actor=actor, task_id=task.id, reason=reason)
         return Outcome("recorded", reason, task)
 
     def _own_state(self, task: Task, state: str) -> bool:

@@ -44,6 +44,7 @@ from typing import Any, Final
 
 from orchestrator.errors import OrchestratorError, RepositoryError
 from orchestrator.git import Repo, remove_tree
+from orchestrator.kernel.events import EventKind
 from orchestrator.kernel.retention import (
     Keep,
     Remove,
@@ -73,8 +74,8 @@ __all__ = [
 
 log = logging.getLogger("orchestrator.worktrees")
 
-WORKTREE_REMOVED: Final = "worktree.removed"
-WORKTREE_RESTORED: Final = "worktree.restored"
+WORKTREE_REMOVED: Final = EventKind.WORKTREE_REMOVED
+WORKTREE_RESTORED: Final = EventKind.WORKTREE_RESTORED
 # How often the engine's maintenance sweeps the worktrees of ended tasks.
 WORKTREE_SWEEP_INTERVAL_S: Final = 60.0
 
@@ -223,7 +224,7 @@ def _release(
     with store.transaction() as tx:
         if tx.set_worktree_removed(task.id, when, expected_version=task.version):
             tx.add_event(
-                WORKTREE_REMOVED,
+                EventKind.WORKTREE_REMOVED,
                 actor=actor,
                 task_id=task.id,
                 to_stage=task.stage,
@@ -259,7 +260,7 @@ def ensure_worktree(store: Store, settings: Settings, task: Task, *, actor: str)
                 tx.set_worktree_removed(task.id, None)
                 if recreated:
                     tx.add_event(
-                        WORKTREE_RESTORED,
+                        EventKind.WORKTREE_RESTORED,
                         actor=actor,
                         task_id=task.id,
                         to_stage=current.stage,

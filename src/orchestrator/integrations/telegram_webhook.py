@@ -45,7 +45,6 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.auth import (
-    TokenKind,
     telegram_actor,
     telegram_buttons_enabled,
     telegram_user_allowed,
@@ -53,6 +52,7 @@ from orchestrator.auth import (
 from orchestrator.errors import ConflictError, OrchestratorError
 from orchestrator.integrations.card import parse_callback_data
 from orchestrator.integrations.reject_prompt import enqueue_reject_prompt, find_prompt, gate_visit
+from orchestrator.kernel.events import EventKind
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import Store
@@ -213,7 +213,10 @@ def _refuse(
     """Record a refused press: on the delivery, and in the pressed card's task's trail."""
     with store.transaction() as tx:
         tx.add_event(
-            TokenKind.REFUSED, actor=actor, task_id=task_id, reason=f"telegram {action}: {why}"
+            EventKind.ACCESS_REFUSED,
+            actor=actor,
+            task_id=task_id,
+            reason=f"telegram {action}: {why}",
         )
     _set_outcome(store, update_id, task_id, f"refused: {actor} {action}: {why}")
     log.warning("telegram: %s pressed %s: %s", actor, action, why)

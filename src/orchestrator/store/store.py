@@ -29,6 +29,7 @@ from orchestrator.errors import (
     OrchestratorError,
     UsageError,
 )
+from orchestrator.kernel.events import EventKind
 from orchestrator.store.records import AgentRun, ApiToken, Event, Job, Task, TaskCard
 from orchestrator.store.schema import (
     agent_runs,
@@ -753,6 +754,16 @@ class Store:
     def task_events(self, task_id: int) -> list[Event]:
         query = sa.select(events).where(events.c.task_id == task_id).order_by(events.c.id)
         return [Event(**row._mapping) for row in self._all(query)]
+
+    def job_lost_race(self, job_id: int) -> bool:
+        """Whether ``job`` was given up because its task moved on under it (a
+        ``job.lost_race`` event): a failure nobody needs to repair."""
+        query = (
+            sa.select(events.c.id)
+            .where(events.c.job_id == job_id, events.c.kind == EventKind.JOB_LOST_RACE)
+            .limit(1)
+        )
+        return bool(self._all(query))
 
     def events_after(self, last_id: int, limit: int = 500) -> list[Event]:
         """Events newer than ``last_id``, oldest first (for live progress)."""
