@@ -8,7 +8,8 @@ attempts used up — each driven through the engine's own entry points (``finali
 wires them (``build_notifier``, ``build_delivery``). Each ending must fail the task and
 produce the card row, the alert, the Plane write-back and the forge status ``failure``.
 A new ending path that skips a listener (anything but ``lifecycle.after_commit``) fails
-here: add it to ``ENDINGS``.
+here: add it to ``ENDINGS``. The endings that are not failures (done, cancelled) are the
+second test: the card, the write-back, the forge's ``success``, no alert, the worktree gone.
 
 Seen failing before the lifecycle: the failed merge and deploy (no write-back, no
 ``failure`` status), the budget stop (no card row, no write-back), the finalize
@@ -32,6 +33,7 @@ from orchestrator.engine import Engine
 from orchestrator.git import Repo
 from orchestrator.integrations import build_delivery, build_notifier
 from orchestrator.kernel.gates import DEPLOY_REPORT_FILE
+from orchestrator.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.store.schema import outbox
@@ -280,3 +282,56 @@ def test_every_failure_ending_reaches_every_listener(world: World, ending: str) 
     states = [s["state"] for s in world.gitea.statuses.get(head, [])]
     assert states, world.gitea.statuses
     assert states[-1] == "failure", states
+
+
+# --- the endings that are not failures ------------------------------------------------------
+def done(world: World) -> Task:
+    task = world.deploy_task()
+    world.finalize(task)  # merged on Gitea, deployed (`true`)
+    return task
+
+
+def cancelled(world: World) -> Task:
+    task = world.deploy_task()
+    job = world.store.latest_job(task.id)
+    assert job is not None
+    with world.store.transaction() as tx:
+        # No job in flight (one would keep the worktree until it stopped).
+        tx.set_job_status_cas(job.id, "finalizing", "failed", error="stopped")
+    service = TaskService(world.store, world.settings, build_notifier(world.settings, world.store))
+    service.cancel(world.store.get_task(task.id), actor="alice")
+    return task
+
+
+# ending -> (the stage it ends in, the forge status it leaves; None: not a forge matter)
+OTHER_ENDINGS: Final[dict[str, tuple[Callable[[World], Task], str, str | None]]] = {
+    "done": (done, "done", "success"),
+    "cancelled": (cancelled, "cancelled", None),
+}
+
+
+@pytest.mark.parametrize("ending", list(OTHER_ENDINGS))
+def test_every_other_ending_reaches_its_listeners(world: World, ending: str) -> None:
+    end, stage, forge_state = OTHER_ENDINGS[ending]
+    task = end(world)
+
+    after = world.store.get_task(task.id)
+    assert (after.stage, after.failed) == (stage, False)
+    rows = _rows(world, task)
+    assert ("telegram", "card", "pending") in rows, rows
+    assert ("telegram", "alert", "pending") not in rows, rows  # nothing for a person
+    assert any(channel == "tracker" for channel, _, _ in rows), rows
+
+    _deliver(world)
+    assert all(status == "sent" for _, _, status in _rows(world, task)), _rows(world, task)
+    assert any("SHOP-1" in message.text for message in world.telegram.visible(CHAT))
+    comments = [str(comment.get("comment_html", comment)) for comment in world.item.comments]
+    assert any("is now at" in comment for comment in comments), comments
+    if forge_state is not None:
+        head = Repo(world.repo).rev(task.branch)
+        states = [s["state"] for s in world.gitea.statuses.get(head, [])]
+        assert states, world.gitea.statuses
+        assert states[-1] == forge_state, states
+    # The ended task's worktree went with it (after_commit; retention 0 for done and
+    # cancelled by default).
+    assert not Path(task.worktree).exists()
