@@ -15,13 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -41,11 +43,12 @@ from orchestrator.auth import (
     write_token_file,
 )
 from orchestrator.cli_dev import dev
-from orchestrator.errors import ConfigError, NotFoundError, OrchestratorError
+from orchestrator.errors import ConfigError, NotFoundError, OrchestratorError, UsageError
 from orchestrator.kernel.stages import TERMINAL_STAGES, stage_label
 from orchestrator.next_steps import NextSteps, next_steps
 from orchestrator.notifier import Notifier
-from orchestrator.progress import EventPrinter, format_age, task_summary_rows
+from orchestrator.progress import EventPrinter, JobBoard, format_age, task_summary_rows
+from orchestrator.run_logs import LogFollower, masked_log, read_log, run_ended
 from orchestrator.service import TaskService, prepare_create
 from orchestrator.settings import (
     Settings,
@@ -63,6 +66,10 @@ out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 # Variables that name where the data lives without an orch.toml (see require_config).
 LOCATION_VARIABLES = ("ORCH_CONFIG", "ORCH_DATABASE_URL", "ORCH_DATA_DIR")
+# `orch run` stopped by Ctrl-C (the shell's 128 + SIGINT).
+EXIT_INTERRUPTED = 130
+# How often `orch task logs --follow` looks for new output.
+LOG_FOLLOW_POLL_S = 0.5
 
 
 @dataclass
@@ -604,6 +611,9 @@ _human_action("retry", "Resume a failed task at its stage with fresh attempt bud
 @click.option("--stage", default=None, help="Only runs of this stage.")
 @click.option("--all", "all_runs", is_flag=True, help="Every run, not just the last.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: the runs with their logs.")
+@click.option(
+    "--follow", "-f", is_flag=True, help="Keep printing the last run's log as it is written."
+)
 @pass_context
 def task_logs(
     context: Context,
@@ -612,9 +622,13 @@ def task_logs(
     stage: str | None,
     all_runs: bool,
     as_json: bool,
+    follow: bool,
 ) -> None:
-    """Print the log of the task's last run (or of all runs)."""
+    """Print the log of the task's last run (or of all runs); secrets are masked."""
+    if follow and (all_runs or as_json):
+        raise UsageError("--follow prints one run as it is written; leave out --all and --json")
     found = context.task(ref, repo)
+    secrets = context.settings.secret_values
     runs = [
         run
         for run in context.store.task_runs(found.id)
@@ -627,7 +641,7 @@ def task_logs(
                 {
                     **with_iso_times(run.to_dict()),
                     "stage": _run_stage(context.store, run.job_id),
-                    "log": _log(run),
+                    "log": _log(run, secrets),
                 }
                 for run in chosen
             ]
@@ -637,17 +651,44 @@ def task_logs(
         out.print(f"{found.work_item} has no runs yet")
         return
     for run in chosen:
-        header = (
-            f"== {_run_stage(context.store, run.job_id)} · {run.agent} · attempt {run.attempt} "
-            f"· exit {run.exit_code} · {run.log_path}"
-        )
-        out.print(header, style="bold")
-        click.echo(_log(run) or "(empty log)")
+        out.print(_run_header(context.store, run), style="bold")
+        if follow:
+            _follow_log(context.store, run, secrets)
+        else:
+            click.echo(_log(run, secrets) or "(empty log)")
 
 
-def _log(run: AgentRun) -> str:
-    path = Path(run.log_path)
-    return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+def _run_header(store: Store, run: AgentRun) -> str:
+    return (
+        f"== {_run_stage(store, run.job_id)} · {run.agent} · attempt {run.attempt} "
+        f"· exit {run.exit_code} · {run.log_path}"
+    )
+
+
+def _log(run: AgentRun, secrets: frozenset[str]) -> str:
+    return masked_log(read_log(Path(run.log_path)).text, secrets)
+
+
+def _follow_log(store: Store, run: AgentRun, secrets: frozenset[str]) -> None:
+    """Print the run's log, then what is written to it until the run ends; Ctrl-C
+    leaves quietly (exit 0): the run goes on, only the watching stops."""
+    first = read_log(Path(run.log_path), whole_lines=True)
+    follower = LogFollower(Path(run.log_path), first.end)
+    try:
+        click.echo(masked_log(first.text, secrets), nl=False)
+        while True:
+            ended = run_ended(store, run)
+            # Read after the check: a run that ended wrote all it will write.
+            while text := follower.read_new(final=ended):
+                click.echo(masked_log(text, secrets), nl=False)
+            if ended:
+                break
+            time.sleep(LOG_FOLLOW_POLL_S)
+    except KeyboardInterrupt:
+        sys.exit(0)
+    final = store.agent_run(run.id)
+    code = final.exit_code if final is not None else None
+    out.print(f"\n== the run ended (exit {code})", style="dim")
 
 
 def _run_stage(store: Store, job_id: int) -> str:
@@ -720,7 +761,11 @@ def token_revoke(context: Context, name: str) -> None:
 
 # --- running ----------------------------------------------------------------------------
 @contextmanager
-def _engine_running(context: Context) -> Iterator[tuple[Any, threading.Event]]:
+def _engine_running(
+    context: Context, interrupted: threading.Event | None = None
+) -> Iterator[tuple[Any, threading.Event]]:
+    """An engine for the foreground. On the way out its running jobs are killed, unless
+    ``interrupted`` is set (Ctrl-C): then they are left running for the next engine."""
     from orchestrator.engine import Engine  # noqa: PLC0415 - keep `orch --help` fast
     from orchestrator.integrations import build_outbox_notifier  # noqa: PLC0415
 
@@ -732,7 +777,47 @@ def _engine_running(context: Context) -> Iterator[tuple[Any, threading.Event]]:
         yield engine, stop
     finally:
         stop.set()
-        engine.shutdown(kill=True)
+        engine.shutdown(kill=interrupted is None or not interrupted.is_set())
+
+
+@contextmanager
+def _first_ctrl_c_stops(stop: threading.Event) -> Iterator[threading.Event]:
+    """The first Ctrl-C (SIGINT) sets ``stop`` and the yielded event: the engine ends its
+    tick and returns, so nothing is cut off half-way. A second one interrupts at once."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted  # signals can only be handled in the main thread
+        return
+
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _report_interrupted(store: Store, jobs: list[Any]) -> None:
+    """Say what Ctrl-C left behind: running jobs go on, to be adopted; none failed."""
+    if not jobs:
+        out.print("interrupted: no job was running", style="yellow")
+    for job in jobs:
+        current = store.get_job(job.id)
+        work_item = store.get_task(current.task_id).work_item
+        out.print(
+            f"interrupted: {work_item} {current.stage} ({current.agent}, attempt "
+            f"{current.attempt}, pid {current.pid}) is left running, not counted as failed; "
+            "the next `orch run` or `orch serve` adopts it",
+            style="yellow",
+        )
+    waiting = len(store.jobs_by_status(("queued", "deferred")))
+    if waiting:
+        out.print(f"{waiting} job(s) stay queued for the next `orch run` or `orch serve`")
 
 
 def _deliver_outbox(context: Context, engine: Any) -> None:
@@ -768,9 +853,25 @@ def run(context: Context, as_json: bool) -> None:
         out.print(context.where(), style="dim")
     printer = EventPrinter(context.store, out, context.settings.language, quiet=as_json)
     printer.skip_existing()
+    board = JobBoard(
+        context.store, out, context.settings.secret_values, live=out.is_terminal and not as_json
+    )
     failed_before = {t.id for t in context.store.list_tasks() if t.failed}
-    with _engine_running(context) as (engine, stop):
-        engine.run(stop, until=engine.idle, on_tick=printer.poll)
+    stop_by_hand = threading.Event()
+    with _engine_running(context, stop_by_hand) as (engine, stop):
+
+        def on_tick() -> None:
+            printer.poll()
+            if not as_json:
+                board.update(engine.running_jobs())
+
+        with _first_ctrl_c_stops(stop) as interrupted, _live_board(board):
+            engine.run(stop, until=engine.idle, on_tick=on_tick)
+        if interrupted.is_set():
+            stop_by_hand.set()
+            printer.poll()
+            _report_interrupted(context.store, engine.running_jobs())
+            sys.exit(EXIT_INTERRUPTED)
         _deliver_outbox(context, engine)
     printer.poll()
     tasks = context.store.list_tasks()
@@ -781,6 +882,15 @@ def run(context: Context, as_json: bool) -> None:
         _print_run_summary(tasks, failed_now)
     if failed_now:
         sys.exit(1)
+
+
+def _live_board(board: JobBoard) -> AbstractContextManager[object]:
+    """The running jobs refreshed in place under the events trail (a terminal only)."""
+    if not board.live:
+        return nullcontext()
+    from rich.live import Live  # noqa: PLC0415 - only on a terminal
+
+    return Live(get_renderable=board.render, console=out, refresh_per_second=4, transient=True)
 
 
 def _print_run_summary(tasks: list[Task], failed_now: list[Task]) -> None:

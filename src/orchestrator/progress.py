@@ -1,18 +1,50 @@
-"""Human progress output: the events trail as it happens, and per-stage summaries."""
+"""Human progress output: the events trail as it happens, the running jobs, and
+per-stage summaries.
+
+:class:`JobBoard` is what ``orch run`` shows of each running job: its elapsed time and
+the last line of its output (read from the run's log, masked). On a terminal it is a
+table refreshed in place under the events trail (Rich ``Live``); piped, it is a plain
+line per job whenever its last line changed, at most every
+:data:`PLAIN_PROGRESS_INTERVAL_S` per job, so a log file stays readable.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
+from rich.table import Table
 from rich.text import Text
 
 from orchestrator.kernel.stages import STAGE_ORDER, stage_label
-from orchestrator.store import Event, Store, Task
+from orchestrator.run_logs import UnreadableLogError, masked_log, read_log
+from orchestrator.store import Event, Job, Store, Task
 from orchestrator.transitions import EventKind
 
-__all__ = ["EventPrinter", "format_age", "task_summary_rows"]
+__all__ = [
+    "PLAIN_PROGRESS_INTERVAL_S",
+    "EventPrinter",
+    "JobBoard",
+    "RunningJob",
+    "format_age",
+    "last_output_line",
+    "task_summary_rows",
+]
+
+# Piped output: the least time between two progress lines of one job.
+PLAIN_PROGRESS_INTERVAL_S: Final = 10.0
+# How often the board reads the running jobs' logs again.
+BOARD_REFRESH_S: Final = 0.5
+# How much of a log's end is read for its last line.
+LAST_LINE_BYTES: Final = 8 * 1024
+MAX_LINE_CHARS: Final = 300
 
 
 def format_age(seconds: float) -> str:
@@ -118,3 +150,126 @@ def task_summary_rows(store: Store, task: Task) -> list[tuple[str, str, str, str
             )
         )
     return rows
+
+
+def last_output_line(path: Path, secrets: frozenset[str]) -> str:
+    """The last non-empty line of the log at ``path``, masked; "" when there is none.
+
+    The structured result line an agent ends with (JSON) is skipped: it is not news."""
+    try:
+        text = read_log(path, max_bytes=LAST_LINE_BYTES).text
+    except (OSError, UnreadableLogError):
+        return ""
+    for raw in reversed(text.splitlines()):
+        line = raw.strip()
+        if line and not line.startswith("{"):
+            return masked_log(line, secrets)[:MAX_LINE_CHARS]
+    return ""
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """One running job as the board shows it."""
+
+    job_id: int
+    work_item: str
+    stage: str
+    agent: str
+    attempt: int
+    pid: int | None
+    started_at: float
+    last_line: str
+
+
+class JobBoard:
+    """The running jobs of ``orch run``; call :meth:`update` from the engine loop."""
+
+    def __init__(
+        self,
+        store: Store,
+        console: Console,
+        secrets: frozenset[str],
+        *,
+        live: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.console = console
+        self.secrets = secrets
+        self.live = live
+        self.clock = clock
+        self._lock = threading.Lock()  # Rich's refresh thread renders while we update
+        self._jobs: list[RunningJob] = []
+        self._read_at = 0.0
+        self._printed: dict[int, tuple[float, str]] = {}
+        self._work_items: dict[int, str] = {}
+
+    @property
+    def jobs(self) -> list[RunningJob]:
+        with self._lock:
+            return list(self._jobs)
+
+    def update(self, jobs: Sequence[Job]) -> None:
+        """Read the running ``jobs``' logs again (at most every :data:`BOARD_REFRESH_S`);
+        piped, print the lines that changed."""
+        now = time.monotonic()
+        if now - self._read_at < BOARD_REFRESH_S:
+            return
+        self._read_at = now
+        board = [entry for entry in map(self._entry, jobs) if entry is not None]
+        with self._lock:
+            self._jobs = board
+        if not self.live:
+            self._print_changed(board)
+
+    def _entry(self, job: Job) -> RunningJob | None:
+        run = self.store.job_run(job.id)
+        if run is None:
+            return None
+        if job.task_id not in self._work_items:
+            self._work_items[job.task_id] = self.store.get_task(job.task_id).work_item
+        return RunningJob(
+            job_id=job.id,
+            work_item=self._work_items[job.task_id],
+            stage=job.stage,
+            agent=job.agent,
+            attempt=job.attempt,
+            pid=job.pid,
+            started_at=run.started_at,
+            last_line=last_output_line(Path(run.log_path), self.secrets),
+        )
+
+    def _print_changed(self, board: list[RunningJob]) -> None:
+        now = time.monotonic()
+        for entry in board:
+            printed_at, line = self._printed.get(entry.job_id, (None, ""))
+            if not entry.last_line or entry.last_line == line:
+                continue
+            if printed_at is not None and now - printed_at < PLAIN_PROGRESS_INTERVAL_S:
+                continue
+            self._printed[entry.job_id] = (now, entry.last_line)
+            self.console.print(Text(self.plain_line(entry)))
+
+    def plain_line(self, entry: RunningJob) -> str:
+        elapsed = format_age(max(0.0, self.clock() - entry.started_at))
+        return f"{entry.work_item}   {entry.stage} {elapsed} │ {entry.last_line}"
+
+    def render(self) -> RenderableType:
+        """The table of running jobs (for Rich ``Live``); elapsed times as of now."""
+        jobs = self.jobs
+        if not jobs:
+            return Text("")
+        table = Table(box=None, show_header=False, pad_edge=False, expand=True)
+        table.add_column("task", no_wrap=True, style="bold")
+        table.add_column("stage", no_wrap=True)
+        table.add_column("elapsed", no_wrap=True, justify="right")
+        table.add_column("output", no_wrap=True, overflow="ellipsis", style="dim", ratio=1)
+        now = self.clock()
+        for entry in jobs:
+            table.add_row(
+                Text(entry.work_item),
+                Text(f"{entry.stage} · {entry.agent} #{entry.attempt}"),
+                Text(format_age(max(0.0, now - entry.started_at))),
+                Text(entry.last_line),
+            )
+        return table

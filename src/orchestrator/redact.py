@@ -16,9 +16,20 @@ import re
 from collections.abc import Iterable
 from typing import Any, Final
 
-__all__ = ["MASK", "looks_secret", "mask_url_password", "redact_value", "secret_values"]
+__all__ = [
+    "MASK",
+    "MIN_MASKED_SECRET",
+    "looks_secret",
+    "mask_text",
+    "mask_url_password",
+    "redact_value",
+    "secret_values",
+]
 
 MASK: Final = "***"
+# A secret value shorter than this is not looked for inside free text (a run log): a
+# two-character "secret" would mask every word that holds it.
+MIN_MASKED_SECRET: Final = 6
 SECRET_WORDS: Final = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 # scheme://user:password@host — the password is the part between ':' and the last '@'
 # of the authority (passwords may contain '@' when they are not percent-encoded).
@@ -39,6 +50,17 @@ def mask_url_password(text: str) -> str:
         lambda match: f"{match.group('head')}{MASK}@" if match.group("pw") else match.group(0),
         text,
     )
+
+
+def mask_text(text: str, secrets: frozenset[str]) -> str:
+    """``text`` (a run log) with every one of ``secrets`` (at least
+    :data:`MIN_MASKED_SECRET` characters) and every URL password replaced by the mask.
+
+    Longer secrets first, so a secret that contains another is masked whole."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= MIN_MASKED_SECRET:
+            text = text.replace(secret, MASK)
+    return mask_url_password(text)
 
 
 def redact_value(value: Any, key: str = "") -> Any:

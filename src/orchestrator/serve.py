@@ -10,6 +10,8 @@ listens (a port already in use must not leave jobs started behind it).
   most: a client that stalled mid-request is then cut off) and returns; then the stop event is
   set, the engine thread joined, and :meth:`Engine.shutdown` called. Running agents are
   left running and stay recorded; the next start adopts or reaps them. Exit code 0.
+* Open live streams (``GET /events``, a followed log) end as soon as shutdown begins
+  (:class:`~orchestrator.streams.StreamHub`), so they never hold SIGTERM up.
 * The engine thread dies with an exception: the supervisor logs it and tells uvicorn to
   exit; exit code 1, so a process manager restarts the service.
 * The server cannot start (port in use): exit code 1, the engine never started.
@@ -66,16 +68,29 @@ SHUTDOWN_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
 class _Server(uvicorn.Server):
-    """A uvicorn server that calls ``on_started`` once it listens."""
+    """A uvicorn server that calls ``on_started`` once it listens, and ``on_stopping``
+    when it starts shutting down (before it waits for open connections)."""
 
-    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_started: Callable[[], None],
+        on_stopping: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__(config)
         self._on_started = on_started
+        self._on_stopping = on_stopping
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and not self.should_exit:
             self._on_started()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Open SSE streams end now; uvicorn would otherwise wait for them until
+        # http_graceful_shutdown_s and then cut them off.
+        self._on_stopping()
+        await super().shutdown(sockets)
 
 
 @contextmanager
@@ -184,7 +199,7 @@ def run_server(
         # A client stalled mid-request must not hold SIGTERM up for ever.
         timeout_graceful_shutdown=settings.http_graceful_shutdown_s,
     )
-    server = _Server(config, on_started)
+    server = _Server(config, on_started, on_stopping=app.state.streams.close)
     exit_code = EXIT_OK
     with _shutdown_signals(server) as received:
         try:

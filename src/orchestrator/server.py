@@ -62,6 +62,7 @@ from orchestrator.metrics import render_metrics
 from orchestrator.service import MAX_FEEDBACK_CHARS, TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import ACTIVE_JOB_STATUSES, InboxStore, Store, Task
+from orchestrator.streams import StreamHub, streams_router
 from orchestrator.text_input import check_path, lone_surrogate_at
 from orchestrator.webhook_routes import webhook_router
 
@@ -370,5 +371,9 @@ def create_app(
     # --- inbound webhooks ----------------------------------------------------------------
     app.include_router(telegram_webhook_router(store, settings, service))
     app.include_router(webhook_router(store, settings, service, on_intent))
+
+    # --- live streams (SSE): orch serve ends them through app.state.streams at shutdown
+    app.state.streams = StreamHub()
+    app.include_router(streams_router(store, settings, app.state.streams))
 
     return app

@@ -127,9 +127,14 @@ class Hostile:
         headers: Mapping[str, str | bytes] | None = None,
     ) -> httpx.Response:
         sent = {"Content-Type": "application/json", **self.headers, **(headers or {})}
-        return httpx.request(
+        with httpx.stream(
             method, f"{self.serve.url}{path}", content=content, headers=sent, timeout=60
-        )
+        ) as answer:
+            # A live stream (GET /events, a followed log) has no end to read: its status
+            # and headers are the answer.
+            if not answer.headers.get("content-type", "").startswith("text/event-stream"):
+                answer.read()
+        return answer
 
     def post_json(self, path: str, value: Any, headers: dict[str, str] | None = None) -> Any:
         return self.request("POST", path, content=json.dumps(value).encode(), headers=headers)

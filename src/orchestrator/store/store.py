@@ -746,6 +746,11 @@ class Store:
         query = sa.select(agent_runs).where(agent_runs.c.task_id == task_id)
         return [AgentRun(**row._mapping) for row in self._all(query.order_by(agent_runs.c.id))]
 
+    def agent_run(self, run_id: int) -> AgentRun | None:
+        """One agent run by its id; None when there is no such run."""
+        rows = self._all(sa.select(agent_runs).where(agent_runs.c.id == run_id))
+        return AgentRun(**rows[0]._mapping) if rows else None
+
     def job_run(self, job_id: int) -> AgentRun | None:
         query = sa.select(agent_runs).where(agent_runs.c.job_id == job_id)
         rows = self._all(query.order_by(agent_runs.c.id.desc()).limit(1))
@@ -769,6 +774,10 @@ class Store:
         """Events newer than ``last_id``, oldest first (for live progress)."""
         query = sa.select(events).where(events.c.id > last_id).order_by(events.c.id).limit(limit)
         return [Event(**row._mapping) for row in self._all(query)]
+
+    def newest_event_id(self) -> int:
+        """The id of the newest event, 0 when there is none."""
+        return int(self._all(sa.select(sa.func.coalesce(sa.func.max(events.c.id), 0)))[0][0])
 
     def counts_by_stage(self) -> dict[str, int]:
         query = sa.select(tasks.c.stage, sa.func.count()).group_by(tasks.c.stage)
