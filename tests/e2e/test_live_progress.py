@@ -22,12 +22,13 @@ import re
 import select
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -282,3 +283,83 @@ def test_serve_sigterm_with_an_open_event_stream_exits_promptly(workdir: Path) -
         (workdir.parent / "go").touch()
         if server.poll() is None:
             server.kill()
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(id, event) of each message of an /events stream."""
+    event_id, data = None, ""
+    for line in lines:
+        if line.startswith("id: "):
+            event_id = int(line[4:])
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif line == "" and event_id is not None:
+            yield event_id, json.loads(data)
+            event_id, data = None, ""
+
+
+def task_event_ids(workdir: Path, after: int = 0) -> list[int]:
+    with sqlite3.connect(workdir / ".orch" / "orch.db") as db:
+        rows = db.execute(
+            "SELECT id FROM events WHERE task_id IS NOT NULL AND id > ? ORDER BY id", (after,)
+        )
+        return [int(row[0]) for row in rows]
+
+
+def test_events_resume_across_a_serve_restart_without_loss_or_repeat(
+    workdir: Path, tmp_path: Path
+) -> None:
+    created = orch(workdir, "token", "create", "watcher", "--role", "viewer").stdout
+    token = re.search(r"orch_[A-Za-z0-9_-]+", created)
+    assert token is not None
+    headers = {"Authorization": f"Bearer {token.group(0)}"}
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    def serve(name: str) -> subprocess.Popen[bytes]:
+        out = workdir / f"{name}.out"
+        server = start(workdir, "serve", "--host", "127.0.0.1", "--port", str(port), output=out)
+        wait_for("listening", lambda: "listening on" in out.read_text(), server)
+        return server
+
+    def read_until(
+        params: dict[str, str], extra: dict[str, str], kind: str, work_item: str
+    ) -> list[int]:
+        """Ids of the stream's events up to the first ``kind`` event of ``work_item``."""
+        seen: list[tuple[int, dict[str, Any]]] = []
+        with (
+            httpx.Client(base_url=base, headers={**headers, **extra}, timeout=DEADLINE_S) as http,
+            http.stream("GET", "/events", params=params) as stream,
+        ):
+            assert stream.status_code == 200
+            for event_id, event in sse_events(stream.iter_lines()):
+                seen.append((event_id, event))
+                if event["kind"] == kind and ids.get(event["task_id"]) == work_item:
+                    break
+        return [event_id for event_id, _ in seen]
+
+    ids = {1: "SL-1", 2: "SL-2"}
+    first = serve("serve-1")
+    try:
+        before = read_until({"after": "0"}, {}, "job.started", "SL-1")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=DEADLINE_S) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert before == task_event_ids(workdir)[: len(before)]
+
+    # Written while no server runs: the resumed stream must bring these, once.
+    repo = create_demo_repository(tmp_path / "lib2")
+    orch(workdir, "task", "create", "--repo", str(repo), "--title", "Two", "--work-item", "SL-2")
+    second = serve("serve-2")
+    try:
+        resumed = read_until({}, {"Last-Event-ID": str(before[-1])}, "task.created", "SL-2")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=DEADLINE_S) == 0
+    finally:
+        (workdir.parent / "go").touch()
+        if second.poll() is None:
+            second.kill()
+    assert resumed == task_event_ids(workdir, after=before[-1])[: len(resumed)]
+    assert not set(resumed) & set(before)

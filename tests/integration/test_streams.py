@@ -264,6 +264,23 @@ def test_shutdown_ends_open_streams(world: World) -> None:
     assert hub.open_streams() == 0
 
 
+def test_a_client_hanging_up_ends_its_stream(world: World) -> None:
+    hub: StreamHub = world.app.state.streams
+
+    def wait_until_open(count: int) -> None:
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while hub.open_streams() != count:
+            assert time.monotonic() < deadline, f"{hub.open_streams()} streams open, not {count}"
+            time.sleep(0.02)
+
+    with serving(world.app) as base:
+        with client(base, world.viewer) as http, http.stream("GET", "/events") as events:
+            assert events.status_code == 200
+            wait_until_open(1)
+        # The client closed the connection: the server's stream ends, the hub forgets it.
+        wait_until_open(0)
+
+
 # --- GET /tasks/{ref}/logs --------------------------------------------------------------------
 
 
