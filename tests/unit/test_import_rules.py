@@ -29,7 +29,6 @@ STORE: Final = "orchestrator.store"
 # The storage seam's debt: modules outside store/ that still run their own SQL.
 SQL_OUTSIDE_STORE: Final = frozenset(
     {
-        "orchestrator.integrations.telegram_webhook",
         "orchestrator.journal",
         "orchestrator.leases",
     }

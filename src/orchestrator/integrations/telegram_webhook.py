@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 from typing import Any, Final
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -56,7 +54,7 @@ from orchestrator.kernel.events import EventKind
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import Store
-from orchestrator.store.schema import webhook_deliveries
+from orchestrator.store.deliveries import DeliveryStore
 from orchestrator.text_input import BadJSONError, parse_json_object
 from orchestrator.webhook_routes import BodyTooLargeError, read_capped
 
@@ -156,42 +154,15 @@ def telegram_webhook_router(store: Store, settings: Settings, service: TaskServi
 
 def _record(store: Store, update_id: int, task_id: int | None, outcome: str) -> bool:
     """Record the delivery; False when it was seen before (a replay)."""
-    try:
-        with store.transaction() as tx:
-            tx.conn.execute(
-                webhook_deliveries.insert().values(
-                    source=SOURCE,
-                    delivery_id=str(update_id),
-                    task_id=task_id,
-                    outcome=outcome[:200],
-                    received_at=time.time(),
-                )
-            )
-    except sa.exc.IntegrityError:
-        return False
-    return True
+    return DeliveryStore(store).remember_delivery(SOURCE, str(update_id), outcome, task_id)
 
 
 def _set_outcome(store: Store, update_id: int, task_id: int | None, outcome: str) -> None:
-    with store.transaction() as tx:
-        tx.conn.execute(
-            webhook_deliveries.update()
-            .where(
-                webhook_deliveries.c.source == SOURCE,
-                webhook_deliveries.c.delivery_id == str(update_id),
-            )
-            .values(task_id=task_id, outcome=outcome[:200])
-        )
+    DeliveryStore(store).record_delivery(SOURCE, str(update_id), outcome, task_id)
 
 
 def _forget(store: Store, update_id: int) -> None:
-    with store.transaction() as tx:
-        tx.conn.execute(
-            webhook_deliveries.delete().where(
-                webhook_deliveries.c.source == SOURCE,
-                webhook_deliveries.c.delivery_id == str(update_id),
-            )
-        )
+    DeliveryStore(store).release_delivery(SOURCE, str(update_id))
 
 
 def _refusal(

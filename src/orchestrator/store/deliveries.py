@@ -69,6 +69,25 @@ class DeliveryStore:
             ).rowcount
         return bool(won == 1)
 
+    def remember_delivery(
+        self, source: str, delivery_id: str, outcome: str, task_id: int | None
+    ) -> bool:
+        """Record a delivery with its outcome at once; False when it was seen before."""
+        try:
+            with self.store.transaction() as tx:
+                tx.conn.execute(
+                    webhook_deliveries.insert().values(
+                        source=source,
+                        delivery_id=delivery_id,
+                        task_id=task_id,
+                        outcome=outcome[:MAX_OUTCOME_CHARS],
+                        received_at=time.time(),
+                    )
+                )
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
     def record_delivery(
         self, source: str, delivery_id: str, outcome: str, task_id: int | None
     ) -> None:
