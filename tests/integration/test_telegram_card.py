@@ -835,7 +835,9 @@ def test_only_a_text_reply_to_the_question_in_the_chat_rejects(
     webhook: tuple[World, httpx.Client], data: st.DataObject
 ) -> None:
     """Messages of any shape: never a 500; the task moves exactly when the message is in
-    the configured chat, replies to the open question and has text to say."""
+    the configured chat, replies to the open question, has text to say and comes from
+    someone in ``telegram_allowed_users`` (a junk sender could be drawn with everything
+    else right: it was refused, and the check expected the task to move)."""
     world, client = webhook
     open_questions = [t for t in world.store.list_tasks() if t.stage == "brd-approval"]
     if open_questions:
@@ -864,7 +866,9 @@ def test_only_a_text_reply_to_the_question_in_the_chat_rejects(
     message: dict[str, Any] = {"message_id": 10_000, "chat": chat, "text": text}
     if replied is not None:
         message["reply_to_message"] = replied
-    message["from"] = data.draw(st.one_of(st.just({"id": 1, "username": "bob"}), junk), "from")
+    bob = {"id": 1, "username": "bob"}  # in telegram_allowed_users; junk is no one allowed
+    sender = data.draw(st.one_of(st.just(bob), junk), "from")
+    message["from"] = sender
     update = {"update_id": data.draw(st.integers(min_value=1, max_value=2**40)), "message": message}
 
     response = post(client, update)
@@ -877,6 +881,7 @@ def test_only_a_text_reply_to_the_question_in_the_chat_rejects(
         and replied == {"message_id": question.message_id}
         and isinstance(text, str)
         and bool(text.strip())
+        and sender == bob
         and not replayed
     )
     assert moved == expected, response.json()
