@@ -40,14 +40,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import sqlalchemy as sa
-
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.kernel.events import EventKind
 from orchestrator.notifier import Notifier, NullNotifier, notify_safely
 from orchestrator.settings import Settings, in_scope
 from orchestrator.store import Store, Task, Tx
-from orchestrator.store.schema import instances, transition_lease
+from orchestrator.store.leases import (
+    LeaseStore,
+    lease_for_share,
+    lease_row,
+    release_lease,
+    take_lease,
+)
 
 __all__ = [
     "HEARTBEAT_INTERVAL_S",
@@ -118,38 +122,23 @@ class Owner:
     def register(self, store: Store) -> None:
         """Record this process start, so others can judge its liveness."""
         now = time.time()
-        with store.transaction() as tx:
-            exists = tx.conn.execute(
-                sa.select(instances.c.boot_id).where(instances.c.boot_id == self.boot_id)
-            ).first()
-            if exists is None:
-                tx.conn.execute(
-                    instances.insert().values(
-                        boot_id=self.boot_id,
-                        instance=self.instance,
-                        host=self.host,
-                        pid=self.pid,
-                        pid_start=self.pid_start,
-                        started_at=now,
-                        heartbeat_at=now,
-                    )
-                )
+        LeaseStore(store).register_instance(
+            {
+                "boot_id": self.boot_id,
+                "instance": self.instance,
+                "host": self.host,
+                "pid": self.pid,
+                "pid_start": self.pid_start,
+                "started_at": now,
+                "heartbeat_at": now,
+            }
+        )
 
     def beat(self, store: Store) -> None:
-        with store.transaction() as tx:
-            tx.conn.execute(
-                instances.update()
-                .where(instances.c.boot_id == self.boot_id)
-                .values(heartbeat_at=time.time())
-            )
+        LeaseStore(store).beat(self.boot_id, time.time())
 
     def stopped(self, store: Store) -> None:
-        with store.transaction() as tx:
-            tx.conn.execute(
-                instances.update()
-                .where(instances.c.boot_id == self.boot_id)
-                .values(stopped_at=time.time())
-            )
+        LeaseStore(store).mark_stopped(self.boot_id, time.time())
 
 
 class Heartbeat:
@@ -233,6 +222,7 @@ class LeaseManager:
         self.owner = owner
         self.notifier: Notifier = notifier or NullNotifier()
         self.clock = clock
+        self.rows = LeaseStore(store)
 
     def enabled_for(self, repository: str) -> bool:
         return self.settings.transition_lease_enabled and in_scope(
@@ -244,37 +234,27 @@ class LeaseManager:
         """The task's lease for this caller, or None while a live owner holds it."""
         if not self.enabled_for(task.repository):
             return Lease(task.id, 0, self.owner.boot_id, transition, inert=True)
-        self._ensure_row(task.id)
+        self.rows.ensure_row(task.id)
         reclaimed_from: dict[str, Any] | None = None
         with self.store.transaction() as tx:
-            row = tx.conn.execute(
-                sa.select(transition_lease).where(transition_lease.c.task_id == task.id)
-            ).one()
-            if row.owner_boot_id is not None:
-                if self.is_live(row._mapping):
+            row = lease_row(tx, task.id)
+            assert row is not None, "ensure_row made it"
+            if row["owner_boot_id"] is not None:
+                if self.is_live(row):
                     return None
-                reclaimed_from = dict(row._mapping)
-            won = tx.conn.execute(
-                transition_lease.update()
-                .where(
-                    transition_lease.c.task_id == task.id,
-                    transition_lease.c.lease_epoch == row.lease_epoch,
-                )
-                .values(
-                    lease_epoch=row.lease_epoch + 1,
-                    transition=transition,
-                    actor=actor,
-                    owner_instance=self.owner.instance,
-                    owner_host=self.owner.host,
-                    owner_pid=self.owner.pid,
-                    owner_boot_id=self.owner.boot_id,
-                    acquired_at=self.clock.now(),
-                    released_at=None,
-                )
-            ).rowcount
-            if won != 1:
+                reclaimed_from = row
+            holder = {
+                "transition": transition,
+                "actor": actor,
+                "owner_instance": self.owner.instance,
+                "owner_host": self.owner.host,
+                "owner_pid": self.owner.pid,
+                "owner_boot_id": self.owner.boot_id,
+                "acquired_at": self.clock.now(),
+            }
+            if not take_lease(tx, task.id, from_epoch=int(row["lease_epoch"]), owner=holder):
                 return None
-            epoch = int(row.lease_epoch) + 1
+            epoch = int(row["lease_epoch"]) + 1
             if reclaimed_from is not None:
                 tx.add_event(
                     EventKind.LEASE_RECLAIMED,
@@ -287,14 +267,6 @@ class LeaseManager:
             message = _describe_owner(reclaimed_from, "stale transition lease reclaimed from")
             notify_safely(lambda: self.notifier.alert(task, message))
         return Lease(task.id, epoch, self.owner.boot_id, transition)
-
-    def _ensure_row(self, task_id: int) -> None:
-        with contextlib.suppress(sa.exc.IntegrityError), self.store.transaction() as tx:
-            present = tx.conn.execute(
-                sa.select(transition_lease.c.task_id).where(transition_lease.c.task_id == task_id)
-            ).first()
-            if present is None:
-                tx.conn.execute(transition_lease.insert().values(task_id=task_id, lease_epoch=0))
 
     def is_live(self, row: Any) -> bool:
         """Whether the owner recorded in a lease row is still alive."""
@@ -309,18 +281,17 @@ class LeaseManager:
         """Whether the process start ``boot_id`` is still running (see module doc)."""
         if boot_id is None:
             return False
-        with self.store.engine.connect() as conn:
-            found = conn.execute(sa.select(instances).where(instances.c.boot_id == boot_id)).first()
-        if found is None or found.stopped_at is not None:
+        found = self.rows.instance(boot_id)
+        if found is None or found["stopped_at"] is not None:
             return False
-        if found.host == self.owner.host:
-            if not pid_alive(found.pid):
+        if found["host"] == self.owner.host:
+            if not pid_alive(found["pid"]):
                 return False
-            return found.pid_start is None or process_start_ticks(found.pid) in (
+            return found["pid_start"] is None or process_start_ticks(found["pid"]) in (
                 None,
-                found.pid_start,
+                found["pid_start"],
             )
-        return self.clock.now() - float(found.heartbeat_at) < INSTANCE_STALE_S
+        return self.clock.now() - float(found["heartbeat_at"]) < INSTANCE_STALE_S
 
     # --- fencing -------------------------------------------------------------------------
     @staticmethod
@@ -332,15 +303,11 @@ class LeaseManager:
         """
         if lease.inert:
             return
-        row = tx.conn.execute(
-            sa.select(transition_lease.c.lease_epoch, transition_lease.c.owner_boot_id)
-            .where(transition_lease.c.task_id == lease.task_id)
-            .with_for_update(read=True)
-        ).first()
-        if row is None or row.lease_epoch != lease.epoch or row.owner_boot_id != lease.boot_id:
+        row = lease_for_share(tx, lease.task_id)
+        if row is None or row != (lease.epoch, lease.boot_id):
             raise LeaseLostError(
                 f"transition lease of task {lease.task_id} was reclaimed "
-                f"(held epoch {lease.epoch}, now {row.lease_epoch if row else 'none'})"
+                f"(held epoch {lease.epoch}, now {row[0] if row else 'none'})"
             )
 
     # --- release -------------------------------------------------------------------------
@@ -349,42 +316,29 @@ class LeaseManager:
         if lease.inert:
             return True
         with self.store.transaction() as tx:
-            return (
-                tx.conn.execute(
-                    transition_lease.update()
-                    .where(
-                        transition_lease.c.task_id == lease.task_id,
-                        transition_lease.c.lease_epoch == lease.epoch,
-                        transition_lease.c.owner_boot_id == lease.boot_id,
-                    )
-                    .values(_RELEASED | {"released_at": self.clock.now()})
-                ).rowcount
-                == 1
+            return release_lease(
+                tx,
+                lease.task_id,
+                epoch=lease.epoch,
+                owner_boot_id=lease.boot_id,
+                at=self.clock.now(),
             )
 
     def force_release(self, task: Task, *, actor: str, reason: str) -> bool:
         """Release whatever lease the task has, live or not; logged and alerted."""
         with self.store.transaction() as tx:
-            row = tx.conn.execute(
-                sa.select(transition_lease).where(transition_lease.c.task_id == task.id)
-            ).first()
-            if row is None or row.owner_boot_id is None:
+            row = lease_row(tx, task.id)
+            if row is None or row["owner_boot_id"] is None:
                 return False
-            tx.conn.execute(
-                transition_lease.update()
-                .where(
-                    transition_lease.c.task_id == task.id,
-                    transition_lease.c.lease_epoch == row.lease_epoch,
-                )
-                .values(_RELEASED | {"released_at": self.clock.now()})
-            )
-            description = _describe_owner(dict(row._mapping), "lease force-released from")
+            epoch = int(row["lease_epoch"])
+            release_lease(tx, task.id, epoch=epoch, owner_boot_id=None, at=self.clock.now())
+            description = _describe_owner(row, "lease force-released from")
             tx.add_event(
                 EventKind.LEASE_FORCE_RELEASED,
                 actor=actor,
                 task_id=task.id,
                 reason=f"{description}: {reason}",
-                data={"epoch": int(row.lease_epoch)},
+                data={"epoch": epoch},
             )
         message = f"transition lease force-released by {actor}: {reason}"
         notify_safely(lambda: self.notifier.alert(task, message))
@@ -403,44 +357,24 @@ class LeaseManager:
 
     def held(self) -> list[LeaseInfo]:
         """Every held lease, with its owner's liveness (for GET /queue)."""
-        from orchestrator.store.schema import tasks  # noqa: PLC0415
-
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(transition_lease, tasks.c.work_item)
-                .join(tasks, tasks.c.id == transition_lease.c.task_id)
-                .where(transition_lease.c.owner_boot_id.is_not(None))
-                .order_by(transition_lease.c.task_id)
-            ).all()
         now = self.clock.now()
         return [
             LeaseInfo(
-                task_id=int(row.task_id),
-                work_item=str(row.work_item),
-                epoch=int(row.lease_epoch),
-                transition=row.transition,
-                actor=row.actor,
-                owner_instance=row.owner_instance,
-                owner_host=row.owner_host,
-                owner_pid=row.owner_pid,
-                owner_boot_id=row.owner_boot_id,
-                acquired_at=row.acquired_at,
-                age_s=round(now - float(row.acquired_at or now), 3),
-                live=self.is_live(row._mapping),
+                task_id=int(row["task_id"]),
+                work_item=str(row["work_item"]),
+                epoch=int(row["lease_epoch"]),
+                transition=row["transition"],
+                actor=row["actor"],
+                owner_instance=row["owner_instance"],
+                owner_host=row["owner_host"],
+                owner_pid=row["owner_pid"],
+                owner_boot_id=row["owner_boot_id"],
+                acquired_at=row["acquired_at"],
+                age_s=round(now - float(row["acquired_at"] or now), 3),
+                live=self.is_live(row),
             )
-            for row in rows
+            for row in self.rows.held()
         ]
-
-
-_RELEASED: Final[dict[str, Any]] = {
-    "transition": None,
-    "actor": None,
-    "owner_instance": None,
-    "owner_host": None,
-    "owner_pid": None,
-    "owner_boot_id": None,
-    "acquired_at": None,
-}
 
 
 def _describe_owner(row: dict[str, Any], prefix: str) -> str:

@@ -30,7 +30,6 @@ STORE: Final = "orchestrator.store"
 SQL_OUTSIDE_STORE: Final = frozenset(
     {
         "orchestrator.journal",
-        "orchestrator.leases",
     }
 )
 ADAPTERS: Final = frozenset(
