@@ -22,19 +22,24 @@ Theory of operation
 from __future__ import annotations
 
 import enum
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import sqlalchemy as sa
-
 from orchestrator.errors import OrchestratorError
 from orchestrator.kernel.events import EventKind
 from orchestrator.leases import Lease, LeaseManager, pid_alive, process_start_ticks
 from orchestrator.store import Store
-from orchestrator.store.schema import effects, tasks
+from orchestrator.store.effects import (
+    INTENT,
+    EffectRows,
+    close_intent,
+    close_intents,
+    open_intent_epochs,
+    record_effect,
+    set_intent_result,
+)
 
 __all__ = [
     "Effect",
@@ -102,31 +107,28 @@ class Journal:
         if observed.seen is Seen.DONE:
             with self.store.transaction() as tx:
                 self.leases.check(tx, lease)
-                self._supersede(tx.conn, task_id, transition, effect.name, "done in the world")
-                tx.conn.execute(
-                    effects.insert().values(
-                        task_id=task_id,
-                        transition=transition,
-                        effect=effect.name,
-                        lease_epoch=lease.epoch,
-                        idempotency_key=key,
-                        status="done",
-                        actor=actor,
-                        result={**observed.result, "reconciled": True},
-                        created_at=time.time(),
-                        completed_at=time.time(),
-                    )
+                close_intents(tx, task_id, transition, effect.name, "done in the world")
+                record_effect(
+                    tx,
+                    key=key,
+                    task_id=task_id,
+                    transition=transition,
+                    name=effect.name,
+                    lease_epoch=lease.epoch,
+                    actor=actor,
+                    status="done",
+                    result={**observed.result, "reconciled": True},
                 )
             return observed.result
         with self.store.transaction() as tx:
             self.leases.check(tx, lease)
-            unfinished = self._unfinished(tx.conn, task_id, transition, effect.name)
+            unfinished = open_intent_epochs(tx, task_id, transition, effect.name)
             if unfinished and observed.seen is Seen.UNKNOWN:
                 reason = (
                     f"{effect.name} may or may not have run (interrupted at epoch "
                     f"{unfinished[-1]}); check it by hand, then `orch task retry`"
                 )
-                self._supersede(tx.conn, task_id, transition, effect.name, reason)
+                close_intents(tx, task_id, transition, effect.name, reason)
                 tx.add_event(
                     EventKind.EFFECT_UNCERTAIN,
                     actor=actor,
@@ -137,18 +139,16 @@ class Journal:
                 uncertain = EffectFailedError(reason)
             else:
                 uncertain = None
-                self._supersede(tx.conn, task_id, transition, effect.name, "resumed")
-                tx.conn.execute(
-                    effects.insert().values(
-                        task_id=task_id,
-                        transition=transition,
-                        effect=effect.name,
-                        lease_epoch=lease.epoch,
-                        idempotency_key=key,
-                        status="intent",
-                        actor=actor,
-                        created_at=time.time(),
-                    )
+                close_intents(tx, task_id, transition, effect.name, "resumed")
+                record_effect(
+                    tx,
+                    key=key,
+                    task_id=task_id,
+                    transition=transition,
+                    name=effect.name,
+                    lease_epoch=lease.epoch,
+                    actor=actor,
+                    status=INTENT,
                 )
         if uncertain is not None:
             raise uncertain
@@ -159,19 +159,11 @@ class Journal:
             result = dict(effect.perform(lambda pid: self._record_process(key, pid)))
         except Exception as exc:
             with self.store.transaction() as tx:
-                tx.conn.execute(
-                    effects.update()
-                    .where(effects.c.idempotency_key == key, effects.c.status == "intent")
-                    .values(status="failed", error=str(exc)[:2000], completed_at=time.time())
-                )
+                close_intent(tx, key, status="failed", error=str(exc)[:2000])
             raise EffectFailedError(f"{effect.name} failed: {exc}") from exc
         with self.store.transaction() as tx:
             self.leases.check(tx, lease)
-            tx.conn.execute(
-                effects.update()
-                .where(effects.c.idempotency_key == key, effects.c.status == "intent")
-                .values(status="done", result=result, completed_at=time.time())
-            )
+            close_intent(tx, key, status="done", result=result)
             tx.add_event(
                 EventKind.EFFECT_DONE,
                 actor=actor,
@@ -184,11 +176,7 @@ class Journal:
     def _record_process(self, key: str, pid: int) -> None:
         """Remember which process performs the effect, so recovery can wait for it."""
         with self.store.transaction() as tx:
-            tx.conn.execute(
-                effects.update()
-                .where(effects.c.idempotency_key == key, effects.c.status == "intent")
-                .values(result={"pid": pid, "pid_start": process_start_ticks(pid)})
-            )
+            set_intent_result(tx, key, {"pid": pid, "pid_start": process_start_ticks(pid)})
 
     def _wait_for_in_flight(self, task_id: int, transition: str, name: str) -> None:
         """An interrupted intent whose process still runs: the effect may yet complete.
@@ -197,74 +185,26 @@ class Journal:
         task's own: a deploy left running by a killed server must end before another
         task's deploy starts, or the older commit could land last.
         """
-        repository = sa.select(tasks.c.repository).where(tasks.c.id == task_id).scalar_subquery()
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(
-                    effects.c.result,
-                    effects.c.lease_epoch,
-                    effects.c.effect,
-                    effects.c.transition,
-                    tasks.c.id,
-                    tasks.c.work_item,
-                )
-                .select_from(effects.join(tasks, tasks.c.id == effects.c.task_id))
-                .where(effects.c.status == "intent", tasks.c.repository == repository)
-            ).all()
-        for row in rows:
-            process = row.result or {}
+        for row in EffectRows(self.store).open_intents_in_repository_of(task_id):
+            process = row["result"] or {}
             pid = process.get("pid")
             if (
                 pid
                 and pid_alive(pid)
                 and process_start_ticks(pid) in (None, process.get("pid_start"))
             ):
-                own = (row.id, row.transition, row.effect) == (task_id, transition, name)
-                what = f"{row.effect} of " + (
-                    f"epoch {row.lease_epoch}"
+                own = (row["id"], row["transition"], row["effect"]) == (task_id, transition, name)
+                what = f"{row['effect']} of " + (
+                    f"epoch {row['lease_epoch']}"
                     if own
-                    else f"{row.work_item} (epoch {row.lease_epoch})"
+                    else f"{row['work_item']} (epoch {row['lease_epoch']})"
                 )
                 raise EffectInFlightError(f"{name} waits: {what} is still running (pid {pid})")
 
-    @staticmethod
-    def _unfinished(conn: sa.Connection, task_id: int, transition: str, name: str) -> list[int]:
-        rows = conn.execute(
-            sa.select(effects.c.lease_epoch).where(
-                effects.c.task_id == task_id,
-                effects.c.transition == transition,
-                effects.c.effect == name,
-                effects.c.status == "intent",
-            )
-        ).scalars()
-        return sorted(int(epoch) for epoch in rows)
-
-    @staticmethod
-    def _supersede(conn: sa.Connection, task_id: int, transition: str, name: str, why: str) -> None:
-        """Close intents of earlier epochs: they were interrupted, this run decides."""
-        conn.execute(
-            effects.update()
-            .where(
-                effects.c.task_id == task_id,
-                effects.c.transition == transition,
-                effects.c.effect == name,
-                effects.c.status == "intent",
-            )
-            .values(status="interrupted", error=why, completed_at=time.time())
-        )
-
     def history(self, task_id: int) -> list[dict[str, Any]]:
         """Every journal row of a task, oldest first."""
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(effects).where(effects.c.task_id == task_id).order_by(effects.c.id)
-            ).all()
-        return [dict(row._mapping) for row in rows]
+        return EffectRows(self.store).of_task(task_id)
 
     def pending(self) -> list[dict[str, Any]]:
         """Intents without a completion, over all tasks."""
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(effects).where(effects.c.status == "intent").order_by(effects.c.id)
-            ).all()
-        return [dict(row._mapping) for row in rows]
+        return EffectRows(self.store).open_intents()

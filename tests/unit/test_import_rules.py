@@ -3,9 +3,7 @@
 * **No import cycles.** Every import counts, also one inside a function (a lazy import
   hides a cycle, it does not remove it); only ``if TYPE_CHECKING:`` blocks are exempt.
 * **Only ``store/`` talks SQL.** No module outside ``orchestrator.store`` imports
-  SQLAlchemy or Alembic, except the modules of :data:`SQL_OUTSIDE_STORE`: the storage
-  seam's debt (issue 11), listed so it can only shrink. A listed module that no longer
-  imports SQLAlchemy fails the check too, until it is struck from the list.
+  SQLAlchemy or Alembic (a function-level import counts too).
 * **Only the composition roots import concrete adapters** (the forges, trackers and chat
   channel that speak a vendor's API); everything else sees their base classes.
 
@@ -26,12 +24,6 @@ SRC: Final = Path(__file__).resolve().parents[2] / "src"
 PACKAGE: Final = "orchestrator"
 SQL_PACKAGES: Final = ("sqlalchemy", "alembic")
 STORE: Final = "orchestrator.store"
-# The storage seam's debt: modules outside store/ that still run their own SQL.
-SQL_OUTSIDE_STORE: Final = frozenset(
-    {
-        "orchestrator.journal",
-    }
-)
 ADAPTERS: Final = frozenset(
     {
         "orchestrator.forges.gitea",
@@ -194,9 +186,7 @@ def test_no_import_cycles(graph: ImportGraph) -> None:
 
 
 def test_only_store_imports_sqlalchemy(graph: ImportGraph) -> None:
-    outside = graph.sql_outside(STORE)
-    assert outside - SQL_OUTSIDE_STORE == set(), "move these queries into store/"
-    assert SQL_OUTSIDE_STORE - outside == set(), "no SQL left here: strike from the list"
+    assert graph.sql_outside(STORE) == set(), "move these queries into store/"
 
 
 def test_only_the_composition_roots_import_concrete_adapters(graph: ImportGraph) -> None:
