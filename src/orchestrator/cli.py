@@ -781,10 +781,12 @@ def _engine_running(
 
 
 @contextmanager
-def _first_ctrl_c_stops(stop: threading.Event) -> Iterator[threading.Event]:
-    """The first Ctrl-C (SIGINT) sets ``stop`` and the yielded event: the engine ends its
-    tick and returns, so nothing is cut off half-way. A second one interrupts at once."""
-    interrupted = threading.Event()
+def _first_ctrl_c_stops(
+    stop: threading.Event, interrupted: threading.Event
+) -> Iterator[threading.Event]:
+    """The first Ctrl-C (SIGINT) sets ``stop`` and ``interrupted``: the engine ends its
+    tick and returns, so nothing is cut off half-way. A second one interrupts at once;
+    ``interrupted`` is set either way, so the jobs are left running, never killed."""
     if threading.current_thread() is not threading.main_thread():
         yield interrupted  # signals can only be handled in the main thread
         return
@@ -857,18 +859,19 @@ def run(context: Context, as_json: bool) -> None:
         context.store, out, context.settings.secret_values, live=out.is_terminal and not as_json
     )
     failed_before = {t.id for t in context.store.list_tasks() if t.failed}
-    stop_by_hand = threading.Event()
-    with _engine_running(context, stop_by_hand) as (engine, stop):
+    # Set by the first Ctrl-C, before any second one can raise: the engine's shutdown
+    # reads it, so even an interrupted tick leaves the jobs running.
+    interrupted = threading.Event()
+    with _engine_running(context, interrupted) as (engine, stop):
 
         def on_tick() -> None:
             printer.poll()
             if not as_json:
                 board.update(engine.running_jobs())
 
-        with _first_ctrl_c_stops(stop) as interrupted, _live_board(board):
+        with _first_ctrl_c_stops(stop, interrupted), _live_board(board):
             engine.run(stop, until=engine.idle, on_tick=on_tick)
         if interrupted.is_set():
-            stop_by_hand.set()
             printer.poll()
             _report_interrupted(context.store, engine.running_jobs())
             sys.exit(EXIT_INTERRUPTED)
