@@ -78,6 +78,10 @@ class ConflictError(OrchestratorError):
     http_status = 409
 
 
+class SideEffectsUnderWayError(ConflictError):
+    """A merge or deploy of the task is under way (a live transition lease): wait."""
+
+
 class IllegalTransitionError(ConflictError):
     """A stage move that ``STAGE_TRANSITIONS`` does not allow."""
 

@@ -53,7 +53,7 @@ import threading
 from dataclasses import dataclass
 from typing import Final
 
-from orchestrator.errors import ConflictError, OrchestratorError
+from orchestrator.errors import ConflictError, OrchestratorError, SideEffectsUnderWayError
 from orchestrator.kernel.events import EventKind
 from orchestrator.kernel.stages import ROLLBACK_TARGET, TERMINAL_STAGES
 from orchestrator.service import TaskService
@@ -258,7 +258,7 @@ class InboxApplier:
     def _apply(self, claim: Intent, task: Task) -> int:
         try:
             outcome = self._act(claim, task)
-        except _WaitError as exc:
+        except (_WaitError, SideEffectsUnderWayError) as exc:
             self.inbox.release_intent(
                 claim,
                 next_attempt_at=self._clock() + INBOX_WAIT_S,

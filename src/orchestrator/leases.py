@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.errors import SideEffectsUnderWayError
 from orchestrator.kernel.events import EventKind
 from orchestrator.notifier import Notifier, NullNotifier, notify_safely
 from orchestrator.settings import Settings, in_scope
@@ -292,6 +293,20 @@ class LeaseManager:
                 found["pid_start"],
             )
         return self.clock.now() - float(found["heartbeat_at"]) < INSTANCE_STALE_S
+
+    def refuse_if_held(self, tx: Tx, task: Task, action: str) -> None:
+        """Raise :class:`SideEffectsUnderWayError` when a live owner holds the task's
+        lease, read inside ``tx`` (the row locked for share on PostgreSQL; SQLite's
+        ``BEGIN IMMEDIATE`` serialises writers): a stage change written in ``tx`` then
+        either precedes the taker, which reads the stage after taking the lease and
+        finds it moved, or sees its lease and waits."""
+        row = lease_row(tx, task.id, for_share=True)
+        if row is None or row["owner_boot_id"] is None or not self.is_live(row):
+            return
+        raise SideEffectsUnderWayError(
+            f"task {task.work_item} is in {row['transition']} (held by {row['actor']}); "
+            f"{action} it when that finishes"
+        )
 
     # --- fencing -------------------------------------------------------------------------
     @staticmethod

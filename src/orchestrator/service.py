@@ -31,7 +31,7 @@ from orchestrator.kernel.stages import (
 from orchestrator.leases import LeaseManager, Owner
 from orchestrator.notifier import Notifier, NullNotifier
 from orchestrator.settings import Settings
-from orchestrator.store import DuplicateError, Store, Task
+from orchestrator.store import DuplicateError, Store, Task, Tx
 from orchestrator.text_input import check_text
 from orchestrator.transitions import EventKind, artifact_dir, plan_job
 from orchestrator.worktrees import ensure_worktree
@@ -328,23 +328,18 @@ class TaskService:
             )
         return target
 
-    def _refuse_during_side_effects(self, task: Task, action: str) -> None:
-        """A live transition lease means a merge or deploy is under way: wait for it."""
-        leases = LeaseManager(self.store, self.settings, Owner.current())
-        for info in leases.held():
-            if info.task_id == task.id and info.live:
-                raise ConflictError(
-                    f"task {task.work_item} is in {info.transition} (held by {info.actor}); "
-                    f"{action} it when that finishes"
-                )
+    def _refuse_during_side_effects(self, tx: Tx, task: Task, action: str) -> None:
+        """A live transition lease means a merge or deploy is under way: wait for it.
+        Checked inside the transaction that moves the task (see ``refuse_if_held``)."""
+        LeaseManager(self.store, self.settings, Owner.current()).refuse_if_held(tx, task, action)
 
     def cancel(self, task: Task, *, actor: str = "cli", reason: str = "") -> Task:
         check_text(reason, "the reason")
         if task.stage in TERMINAL_STAGES:
             raise ConflictError(f"task {task.work_item} is already {task.stage}")
-        self._refuse_during_side_effects(task, "cancel")
         why = reason or f"cancelled by {actor}"
         with self.store.transaction() as tx:
+            self._refuse_during_side_effects(tx, task, "cancel")
             change = self._won(
                 task, lifecycle.cancel(tx, self.settings, task, actor=actor, reason=why)
             )
@@ -361,10 +356,12 @@ class TaskService:
             raise ConflictError(
                 f"task {task.work_item} is in {task.stage}; rollback applies from {stages}"
             )
-        self._refuse_during_side_effects(task, "roll back")
+        with self.store.transaction() as tx:  # first, before looking at the worktree
+            self._refuse_during_side_effects(tx, task, "roll back")
         self._check_worktree_restorable(task)
         why = reason or f"rolled back by {actor}"
         with self.store.transaction() as tx:
+            self._refuse_during_side_effects(tx, task, "roll back")  # and where it counts
             tx.cancel_waiting_jobs(task.id, why)
             change = self._won(
                 task,

@@ -41,11 +41,13 @@ RELEASED: Final[Mapping[str, Any]] = {
 
 
 # --- inside the caller's transaction -----------------------------------------------------
-def lease_row(tx: Tx, task_id: int) -> dict[str, Any] | None:
-    """The task's lease row as it is now (a mapping of its columns)."""
-    row = tx.conn.execute(
-        sa.select(transition_lease).where(transition_lease.c.task_id == task_id)
-    ).first()
+def lease_row(tx: Tx, task_id: int, *, for_share: bool = False) -> dict[str, Any] | None:
+    """The task's lease row as it is now (a mapping of its columns); ``for_share`` locks
+    it on PostgreSQL, so a concurrent take-over waits for ``tx``."""
+    query = sa.select(transition_lease).where(transition_lease.c.task_id == task_id)
+    if for_share:
+        query = query.with_for_update(read=True)
+    row = tx.conn.execute(query).first()
     return None if row is None else dict(row._mapping)
 
 
