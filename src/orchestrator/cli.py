@@ -628,7 +628,7 @@ def task_logs(
     if follow and (all_runs or as_json):
         raise UsageError("--follow prints one run as it is written; leave out --all and --json")
     found = context.task(ref, repo)
-    secrets = context.settings.secret_values
+    secrets = context.settings.log_mask_values
     runs = [
         run
         for run in context.store.task_runs(found.id)
@@ -856,7 +856,7 @@ def run(context: Context, as_json: bool) -> None:
     printer = EventPrinter(context.store, out, context.settings.language, quiet=as_json)
     printer.skip_existing()
     board = JobBoard(
-        context.store, out, context.settings.secret_values, live=out.is_terminal and not as_json
+        context.store, out, context.settings.log_mask_values, live=out.is_terminal and not as_json
     )
     failed_before = {t.id for t in context.store.list_tasks() if t.failed}
     # Set by the first Ctrl-C, before any second one can raise: the engine's shutdown

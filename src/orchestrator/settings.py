@@ -636,6 +636,14 @@ class Settings(BaseSettings):
         return frozenset(found)
 
     @property
+    def log_mask_values(self) -> frozenset[str]:
+        """What shown logs mask: orch's own secrets and the secret-looking ``env`` values
+        of the agents (an agent that prints its environment must not show its API key to
+        whoever reads its log)."""
+        agents = self.model_dump(mode="json", include={"agents"})
+        return self.secret_values | find_secret_values(agents)
+
+    @property
     def limits(self) -> Limits:
         return Limits(self.max_attempts, self.max_rollbacks, self.retry_backoff_s)
 

@@ -272,7 +272,7 @@ def streams_router(store: Store, settings: Settings, hub: StreamHub) -> APIRoute
     ) -> PlainTextResponse | StreamingResponse:
         _task, chosen = await run_in_threadpool(choose_run, ref, repo, run)
         path = Path(chosen.log_path)
-        secrets = settings.secret_values
+        secrets = settings.log_mask_values
         headers = {"X-Orch-Run-Id": str(chosen.id)}
         if not follow:
             part = await run_in_threadpool(read_log, path, lines=tail)

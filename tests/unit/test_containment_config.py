@@ -187,6 +187,10 @@ def test_the_secret_values_of_orch(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert {"forge-secret", "plane-secret", "hunter2"} <= secrets
     assert "postgresql+psycopg://orch:hunter2@db/orch" in secrets
     assert "the-agents-own" not in secrets
+    # Shown logs mask the agents' secrets too (an agent may print its environment).
+    masked = settings.log_mask_values
+    assert "the-agents-own" in masked
+    assert secrets <= masked
 
 
 # --- refusals at config load ------------------------------------------------------------------
