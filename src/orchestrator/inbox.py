@@ -56,6 +56,7 @@ from typing import Final
 from orchestrator.errors import ConflictError, OrchestratorError, SideEffectsUnderWayError
 from orchestrator.kernel.events import EventKind
 from orchestrator.kernel.stages import ROLLBACK_TARGET, TERMINAL_STAGES
+from orchestrator.notifier import notify_safely
 from orchestrator.service import TaskService
 from orchestrator.store import InboxStatus, InboxStore, Intent, Task
 from orchestrator.store.records import Event
@@ -318,9 +319,8 @@ class InboxApplier:
             finished = self._finish(claim, InboxStatus.FAILED, reason)
             if finished:
                 task = self.store.get_task(claim.task_id)
-                self.runtime.notifier.alert(
-                    task, f"{claim.action} from {claim.source} was not applied: {reason}"
-                )
+                message = f"{claim.action} from {claim.source} was not applied: {reason}"
+                notify_safely(lambda: self.runtime.notifier.alert(task, message))
             return finished
         log.info("inbox: intent %s failed, retry in %.1fs: %s", claim.id, at - self._clock(), error)
         self.inbox.release_intent(claim, next_attempt_at=at, outcome=error, count_attempt=True)
