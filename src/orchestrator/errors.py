@@ -104,6 +104,12 @@ class AgentError(OrchestratorError):
     """An agent cannot be started: unknown agent, missing binary, bad template."""
 
 
+class TooManyRequestsError(OrchestratorError):
+    """A limit on open streams or requests is reached: try again later."""
+
+    http_status = 429
+
+
 class DatabaseUnavailableError(OrchestratorError):
     """The database does not answer; the message is its own first line of complaint."""
 

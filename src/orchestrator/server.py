@@ -373,7 +373,7 @@ def create_app(
     app.include_router(webhook_router(store, settings, service, on_intent))
 
     # --- live streams (SSE): orch serve ends them through app.state.streams at shutdown
-    app.state.streams = StreamHub()
+    app.state.streams = StreamHub(settings.http_max_streams)
     app.include_router(streams_router(store, settings, app.state.streams))
 
     return app

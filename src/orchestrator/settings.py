@@ -537,6 +537,9 @@ class Settings(BaseSettings):
     # On SIGTERM, seconds to let requests in flight finish; then connections still open
     # (a client that stalled mid-request) are closed and the server stops.
     http_graceful_shutdown_s: int = Field(default=10, ge=1)
+    # Live streams (GET /events, GET /tasks/{id}/logs?follow=1) open at once; more are
+    # answered 429, so streams never take every connection from the API and webhooks.
+    http_max_streams: int = Field(default=32, ge=1)
     # Where work items come from and where stage outcomes are written back: "local" (CLI
     # and API only), "plane" or "github" (issues).
     tracker: Literal["local", "plane", "github"] = "local"

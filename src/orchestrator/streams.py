@@ -51,7 +51,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api_format import with_iso_times
-from orchestrator.errors import NotFoundError, UsageError
+from orchestrator.errors import NotFoundError, TooManyRequestsError, UsageError
 from orchestrator.run_logs import LogFollower, masked_log, read_log, run_ended
 from orchestrator.settings import Settings
 from orchestrator.store import AgentRun, Event, Store, Task
@@ -91,10 +91,20 @@ class StreamHub:
     Thread-safe: :meth:`close` may be called from any thread or event loop.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_streams: int = 32) -> None:
         self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self.closed = False
+        self.max_streams = max_streams
+
+    def check_room(self) -> None:
+        """Raise :class:`TooManyRequestsError` when ``max_streams`` are open already (a
+        soft cap: checked before a stream starts, so a burst may pass it by a few)."""
+        if self.open_streams() >= self.max_streams:
+            raise TooManyRequestsError(
+                f"{self.max_streams} live streams are open (http_max_streams); "
+                "close one or try again later"
+            )
 
     def subscribe(self) -> asyncio.Event:
         """An event set when the server shuts down (already set if it has)."""
@@ -205,6 +215,7 @@ def streams_router(store: Store, settings: Settings, hub: StreamHub) -> APIRoute
         ] = None,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> StreamingResponse:
+        hub.check_room()
         resume = parse_last_event_id(last_event_id)
         task_id = (await run_in_threadpool(find, task, repo)).id if task is not None else None
         if resume is not None:
@@ -270,6 +281,8 @@ def streams_router(store: Store, settings: Settings, hub: StreamHub) -> APIRoute
         ] = None,
         follow: Annotated[bool, Query(description="Stream as SSE until the run ends")] = False,
     ) -> PlainTextResponse | StreamingResponse:
+        if follow:
+            hub.check_room()
         _task, chosen = await run_in_threadpool(choose_run, ref, repo, run)
         path = Path(chosen.log_path)
         secrets = settings.log_mask_values

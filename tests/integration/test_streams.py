@@ -281,6 +281,34 @@ def test_a_client_hanging_up_ends_its_stream(world: World) -> None:
         wait_until_open(0)
 
 
+def test_streams_past_http_max_streams_are_a_429_line(
+    tmp_path: Path, db_url: str, store: Store
+) -> None:
+    """Streams are held open for ever: without a cap they took every connection slot
+    (webhooks then got 503, and GitHub never redelivers). Seen failing without it."""
+    world = make_world(tmp_path, db_url, store, "http_max_streams = 1\n")
+    hub: StreamHub = world.app.state.streams
+    with serving(world.app) as base, client(base, world.viewer) as http:
+        with http.stream("GET", "/events") as first:
+            assert first.status_code == 200
+            deadline = time.monotonic() + READ_TIMEOUT_S
+            while hub.open_streams() < 1:
+                assert time.monotonic() < deadline, "the stream did not start"
+                time.sleep(0.02)
+            refused = http.get("/events")
+            assert refused.status_code == 429
+            assert "http_max_streams" in refused.json()["error"]
+            log = http.get(f"/tasks/{world.tasks[0].work_item}/logs?follow=1")
+            assert log.status_code == 429
+            assert http.get("/health").status_code == 200  # the API still answers
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while hub.open_streams():
+            assert time.monotonic() < deadline, "the closed stream stayed open"
+            time.sleep(0.02)
+        with http.stream("GET", "/events") as again:
+            assert again.status_code == 200
+
+
 # --- GET /tasks/{ref}/logs --------------------------------------------------------------------
 
 
