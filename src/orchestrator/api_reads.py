@@ -11,7 +11,7 @@ asks a viewer token for them, or none with ``public_read``; ``/tokens`` asks an 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query
@@ -132,35 +132,38 @@ def read_router(
             "jobs": [with_iso_times(job.to_dict()) for job in store.task_jobs(task.id)],
         }
 
+    def task_page(
+        ref: str,
+        repo: str | None,
+        limit: int,
+        cursor: str | None,
+        name: str,
+        fetch: Callable[..., Sequence[Any]],
+    ) -> dict[str, Any]:
+        """One page of a task's rows (events, runs or jobs: records with an ``id``)."""
+        after = decode_cursor(cursor, name)
+        task = find(ref, repo)
+        rows = fetch(task.id, after_id=after, limit=limit)
+        page = page_of(rows, limit, name, key=lambda row: row.id)
+        return page.to_dict(lambda row: with_iso_times(row.to_dict()))
+
     @router.get("/tasks/{ref}/events", summary="A task's audit trail, oldest first, paged")
     def task_events(
         ref: str, repo: RepoQuery = None, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
     ) -> dict[str, Any]:
-        after = decode_cursor(cursor, EVENTS_LIST)
-        task = find(ref, repo)
-        rows = listing.task_events_page(task.id, after_id=after, limit=limit)
-        page = page_of(rows, limit, EVENTS_LIST, key=lambda event: event.id)
-        return page.to_dict(lambda event: with_iso_times(event.to_dict()))
+        return task_page(ref, repo, limit, cursor, EVENTS_LIST, listing.task_events_page)
 
     @router.get("/tasks/{ref}/runs", summary="A task's agent runs, oldest first, paged")
     def task_runs(
         ref: str, repo: RepoQuery = None, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
     ) -> dict[str, Any]:
-        after = decode_cursor(cursor, RUNS_LIST)
-        task = find(ref, repo)
-        rows = listing.task_runs_page(task.id, after_id=after, limit=limit)
-        page = page_of(rows, limit, RUNS_LIST, key=lambda run: run.id)
-        return page.to_dict(lambda run: with_iso_times(run.to_dict()))
+        return task_page(ref, repo, limit, cursor, RUNS_LIST, listing.task_runs_page)
 
     @router.get("/tasks/{ref}/jobs", summary="A task's jobs, oldest first, paged")
     def task_jobs(
         ref: str, repo: RepoQuery = None, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
     ) -> dict[str, Any]:
-        after = decode_cursor(cursor, JOBS_LIST)
-        task = find(ref, repo)
-        rows = listing.task_jobs_page(task.id, after_id=after, limit=limit)
-        page = page_of(rows, limit, JOBS_LIST, key=lambda job: job.id)
-        return page.to_dict(lambda job: with_iso_times(job.to_dict()))
+        return task_page(ref, repo, limit, cursor, JOBS_LIST, listing.task_jobs_page)
 
     @router.get("/queue", summary="Jobs waiting and running (paged), and held transition leases")
     def queue(limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> dict[str, Any]:
