@@ -25,6 +25,7 @@ import enum
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from orchestrator.errors import OrchestratorError
@@ -104,21 +105,20 @@ class Journal:
         # An inert lease (kill-switch off) fences nothing; its rows never collide.
         epoch = f"inert-{uuid.uuid4().hex}" if lease.inert else str(lease.epoch)
         key = f"{task_id}:{transition}:{effect.name}:{epoch}"
+        record = partial(
+            record_effect,
+            key=key,
+            task_id=task_id,
+            transition=transition,
+            name=effect.name,
+            lease_epoch=lease.epoch,
+            actor=actor,
+        )
         if observed.seen is Seen.DONE:
             with self.store.transaction() as tx:
                 self.leases.check(tx, lease)
                 close_intents(tx, task_id, transition, effect.name, "done in the world")
-                record_effect(
-                    tx,
-                    key=key,
-                    task_id=task_id,
-                    transition=transition,
-                    name=effect.name,
-                    lease_epoch=lease.epoch,
-                    actor=actor,
-                    status="done",
-                    result={**observed.result, "reconciled": True},
-                )
+                record(tx, status="done", result={**observed.result, "reconciled": True})
             return observed.result
         with self.store.transaction() as tx:
             self.leases.check(tx, lease)
@@ -140,16 +140,7 @@ class Journal:
             else:
                 uncertain = None
                 close_intents(tx, task_id, transition, effect.name, "resumed")
-                record_effect(
-                    tx,
-                    key=key,
-                    task_id=task_id,
-                    transition=transition,
-                    name=effect.name,
-                    lease_epoch=lease.epoch,
-                    actor=actor,
-                    status=INTENT,
-                )
+                record(tx, status=INTENT)
         if uncertain is not None:
             raise uncertain
         # Fence once more right before acting: a zombie resumed here must not act.
