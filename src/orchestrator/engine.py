@@ -59,7 +59,7 @@ from orchestrator.commit_policy import (
     plan_commit,
 )
 from orchestrator.crossings import CrossingPool
-from orchestrator.errors import OrchestratorError, RepositoryError
+from orchestrator.errors import OrchestratorError
 from orchestrator.feedback import rollback_feedback
 from orchestrator.git import Repo, git
 from orchestrator.job_env import job_environment
@@ -900,17 +900,11 @@ class Engine:
         judged = verdict is not None and verdict.outcome is not Outcome.DEFER
         if worktree.is_dir() and job_error is None and judged:
             message = f"{task.work_item}: {job.stage} (attempt {job.attempt})"
-            try:
-                _, plan = commit_work(
-                    worktree, self.commit_policy(task, job), message, f"the {job.stage} job"
-                )
-            except RepositoryError:
-                current = self.store.get_task(task.id)
-                if current.stage == job.stage and not current.failed:
-                    raise
-                # Another actor finished the task meanwhile and removed its worktree.
-                self._lost(job, current, f"task moved to {current.stage} meanwhile", actor)
-                return False
+            # A worktree removed meanwhile (another actor finished the task) raises here;
+            # the callers (finalize, the reconciler's repair) count that as a lost race.
+            _, plan = commit_work(
+                worktree, self.commit_policy(task, job), message, f"the {job.stage} job"
+            )
             if plan.problem is not None:
                 log.warning("job %s: nothing committed: %s", job.id, plan.problem)
         return self._act(task, job, decision, actor)
