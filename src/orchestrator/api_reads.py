@@ -4,7 +4,8 @@ ISO 8601 (:mod:`orchestrator.api_format`).
 
 A list answers ``{"items": [...], "next_cursor": "..." | null}``; ``/queue`` keeps its
 ``queued`` / ``running`` keys (one page of jobs, oldest first, split by status) and adds
-``next_cursor`` and the totals. Reads only: the guard (:mod:`orchestrator.http_guard`)
+``next_cursor`` and the totals. ``/costs`` is the cost report (:mod:`orchestrator.costs`).
+Reads only: the guard (:mod:`orchestrator.http_guard`)
 asks a viewer token for them, or none with ``public_read``; ``/tokens`` asks an admin.
 """
 
@@ -17,6 +18,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Query
 
 from orchestrator.api_format import with_iso_times
+from orchestrator.costs import DEFAULT_TOP, MAX_TOP, cost_report, parse_period
 from orchestrator.errors import UsageError
 from orchestrator.kernel.stages import STAGE_TRANSITIONS
 from orchestrator.leases import LeaseManager
@@ -42,6 +44,11 @@ JOBS_LIST: Final = "jobs"
 TOKENS_LIST: Final = "tokens"
 
 RepoQuery = Annotated[str | None, Query(description="Repository path, if ids clash")]
+MomentQuery = Annotated[
+    str | None,
+    Query(description="ISO 8601 date or time (UTC unless it names an offset)."),
+]
+TopQuery = Annotated[int, Query(ge=1, le=MAX_TOP, description=f"Top tasks by cost (1-{MAX_TOP}).")]
 
 
 def _current_job(job: Job | None) -> dict[str, Any] | None:
@@ -184,6 +191,13 @@ def read_router(
                 "held": [with_iso_times(info.to_dict()) for info in leases().held()],
             },
         }
+
+    @router.get("/costs", summary="Spend over [since, until): per day, repository, agent, stage")
+    def costs(
+        since: MomentQuery = None, until: MomentQuery = None, top: TopQuery = DEFAULT_TOP
+    ) -> dict[str, Any]:
+        period = parse_period(since, until, time.time())
+        return cost_report(store, settings, period, top).to_dict()
 
     @router.get("/tokens", summary="API tokens: names, roles, who made them (admin; paged)")
     def list_tokens(limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> dict[str, Any]:

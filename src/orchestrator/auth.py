@@ -9,7 +9,7 @@ the secret is shown once by ``orch token create``. A request presents it as
 ``Authorization: Bearer <token>``: the hash of what was sent is looked up and compared
 in constant time on bytes. Roles are ordered, each includes the ones before it::
 
-    viewer     reads: GET /status, /queue, /tasks, /tasks/{id}/..., /metrics
+    viewer     reads: GET /status, /queue, /tasks, /tasks/{id}/..., /metrics, /costs
     operator   + create, approve, reject, cancel, retry, roll back tasks
     admin      + force-release a transition lease, list the API tokens (GET /tokens)
 

@@ -42,7 +42,9 @@ from orchestrator.auth import (
     token_file,
     write_token_file,
 )
+from orchestrator.cli_costs import cost_report_renderables
 from orchestrator.cli_dev import dev
+from orchestrator.costs import DEFAULT_TOP, MAX_TOP, cost_report, parse_period
 from orchestrator.errors import ConfigError, NotFoundError, OrchestratorError, UsageError
 from orchestrator.kernel.stages import TERMINAL_STAGES, stage_label
 from orchestrator.next_steps import NextSteps, next_steps
@@ -757,6 +759,54 @@ def token_revoke(context: Context, name: str) -> None:
     ):
         raise NotFoundError(f"no token named {name!r}; orch token list shows them")
     out.print(f"token {name} revoked", markup=False)
+
+
+@cli.command("costs")
+@click.option(
+    "--since",
+    default=None,
+    metavar="DATE",
+    help="Start of the period, ISO 8601 (2026-12-01 or 2026-12-01T09:30:00Z; "
+    "UTC unless an offset is given). Default: 30 days before --until.",
+)
+@click.option(
+    "--until",
+    default=None,
+    metavar="DATE",
+    help="End of the period, excluded, ISO 8601 as for --since. Default: now.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(1, MAX_TOP),
+    default=DEFAULT_TOP,
+    show_default=True,
+    help="How many of the costliest tasks (and budget rows) to show.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the GET /costs answer).")
+@pass_context
+def costs_command(
+    context: Context, since: str | None, until: str | None, top: int, as_json: bool
+) -> None:
+    """What agent runs spent over a period, and how close work going is to its budgets.
+
+    Spend per UTC day, per repository, per agent and model, per stage, and the
+    costliest tasks, counting each run in the period it started in; then every task
+    with a job waiting or running against its task_budget_usd, and every running job
+    against its run budget.
+    """
+    period = parse_period(since, until, time.time())
+    context.warn_without_config()
+    if not context.has_database():
+        raise NotFoundError(
+            f"no database at {display_database(context.settings)}: nothing was spent yet"
+        )
+    report = cost_report(context.store, context.settings, period, top)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    out.print(context.where(), style="dim")
+    for renderable in cost_report_renderables(report):
+        out.print(renderable)
 
 
 # --- running ----------------------------------------------------------------------------

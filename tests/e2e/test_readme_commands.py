@@ -75,6 +75,7 @@ EXPECTED = {
     ("config", "show"),
     ("config", "reference"),
     ("gc",),
+    ("costs",),
     ("token", "create"),
     ("token", "list"),
     ("token", "revoke"),
@@ -235,6 +236,9 @@ def _value(world: World, command: Command, placeholder: str) -> str:
         "HOST": "127.0.0.1",
         "PORT": str(_free_port()),
         "STAGE": "analysis",
+        "SINCE": "2026-01-01",  # `orch costs`: a period of a year
+        "UNTIL": "2027-01-01",
+        "N": "5",
     }
     if placeholder not in values:
         pytest.fail(

@@ -1,0 +1,319 @@
+"""What the cost report reads: agent runs' spend over a period, grouped, and the spend
+of the tasks and jobs that still have work against their budgets.
+
+A run belongs to the period ``[since, until)`` its ``started_at`` falls in (a run's
+cost is recorded once, when it ends, against the run). Every grouping is one query
+with ``GROUP BY``, so no run row leaves the database: the report costs the same few
+queries for ten runs or a million.
+
+Days are UTC days, bucketed in SQL as ``floor(started_at / 86400)``. The two databases
+need different spellings: PostgreSQL's ``CAST(double AS integer)`` *rounds* (a run
+after noon would land on the next day), SQLite has no ``floor`` before 3.35 but its
+``CAST(real AS INTEGER)`` truncates, which is the floor for every moment after 1970.
+
+A task's budget window opens at its creation or at a person's last retry (the rule of
+:mod:`orchestrator.budget`); :meth:`CostStore.open_task_spend` sums the runs in that
+window for every task with a job waiting or running, and orders them by how much of
+their budget they have used, in SQL, given each repository's budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from orchestrator.kernel.events import EventKind
+from orchestrator.store.listing import QUEUE_STATUSES
+from orchestrator.store.schema import agent_runs, events, jobs, tasks
+from orchestrator.store.store import ACTIVE_JOB_STATUSES, Store
+
+__all__ = ["DAY_S", "GROUPINGS", "BudgetRow", "CostStore", "JobBudgetRow", "SpendRow"]
+
+DAY_S: Final = 86_400
+# What a period's spend can be grouped by, and the columns each grouping's key holds.
+GROUPINGS: Final = ("day", "repository", "agent_model", "stage")
+
+
+@dataclass(frozen=True)
+class SpendRow:
+    """Spend of one group of runs: its key (a day number, names), dollars, tokens, runs."""
+
+    key: tuple[Any, ...]
+    cost_usd: float
+    input_tokens: int
+    output_tokens: int
+    runs: int
+
+
+@dataclass(frozen=True)
+class TopTaskRow:
+    """A task and what its runs in the period spent."""
+
+    task_id: int
+    work_item: str
+    title: str
+    repository: str
+    stage: str
+    spend: SpendRow
+
+
+@dataclass(frozen=True)
+class BudgetRow:
+    """A task with work waiting or running, and what it spent in its budget window."""
+
+    task_id: int
+    work_item: str
+    title: str
+    repository: str
+    stage: str
+    # When the window opened (a person's last retry); None = the task's creation.
+    window_since: float | None
+    spent_usd: float
+
+
+@dataclass(frozen=True)
+class JobBudgetRow:
+    """A running job with a run budget, and what its runs have recorded so far."""
+
+    job_id: int
+    task_id: int
+    work_item: str
+    stage: str
+    agent: str
+    status: str
+    started_at: float | None
+    budget_usd: float
+    # Recorded when a run ends; a run still going shows what earlier runs recorded.
+    recorded_usd: float
+
+
+def _sums() -> list[Any]:
+    return [
+        sa.func.coalesce(sa.func.sum(agent_runs.c.cost_usd), 0.0).label("cost_usd"),
+        sa.func.coalesce(sa.func.sum(agent_runs.c.input_tokens), 0).label("input_tokens"),
+        sa.func.coalesce(sa.func.sum(agent_runs.c.output_tokens), 0).label("output_tokens"),
+        sa.func.count(agent_runs.c.id).label("runs"),
+    ]
+
+
+def _spend(key: tuple[Any, ...], row: sa.Row[Any]) -> SpendRow:
+    # PostgreSQL sums BIGINT as NUMERIC (a Decimal) and FLOAT as double: normalise both.
+    return SpendRow(
+        key=key,
+        cost_usd=float(row.cost_usd or 0.0),
+        input_tokens=int(row.input_tokens or 0),
+        output_tokens=int(row.output_tokens or 0),
+        runs=int(row.runs),
+    )
+
+
+class CostStore:
+    """The cost report's grouped reads over one :class:`~orchestrator.store.Store`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _all(self, query: sa.Select[Any]) -> list[sa.Row[Any]]:
+        with self.store.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    def _day(self) -> sa.ColumnElement[int]:
+        """The UTC day number (days since 1970-01-01) of a run's start."""
+        days = agent_runs.c.started_at / DAY_S
+        if self.store.dialect == "postgresql":
+            return sa.cast(sa.func.floor(days), sa.BigInteger)
+        return sa.cast(days, sa.Integer)  # SQLite truncates: the floor after 1970
+
+    def _in_period(self, query: sa.Select[Any], since: float, until: float) -> sa.Select[Any]:
+        return query.where(agent_runs.c.started_at >= since, agent_runs.c.started_at < until)
+
+    # --- the period --------------------------------------------------------------------
+    def total(self, since: float, until: float) -> SpendRow:
+        """Every run that started in ``[since, until)``, summed."""
+        row = self._all(self._in_period(sa.select(*_sums()), since, until))[0]
+        return _spend((), row)
+
+    def spend_by(self, grouping: str, since: float, until: float) -> list[SpendRow]:
+        """The period's spend grouped by ``grouping`` (one of :data:`GROUPINGS`)."""
+        keys: list[sa.ColumnElement[Any]]
+        if grouping == "day":
+            keys = [self._day().label("day")]
+        elif grouping == "repository":
+            keys = [tasks.c.repository]
+        elif grouping == "agent_model":
+            keys = [agent_runs.c.agent, agent_runs.c.model]
+        elif grouping == "stage":
+            keys = [jobs.c.stage]
+        else:
+            raise ValueError(f"unknown grouping {grouping!r}; one of {GROUPINGS}")
+        sums = _sums()
+        query = sa.select(*keys, *sums).select_from(agent_runs)
+        if grouping == "repository":
+            query = query.join(tasks, tasks.c.id == agent_runs.c.task_id)
+        elif grouping == "stage":
+            query = query.join(jobs, jobs.c.id == agent_runs.c.job_id)
+        # Days in order; the others costliest first.
+        order = keys if grouping == "day" else [sums[0].desc(), *keys]
+        query = self._in_period(query, since, until).group_by(*keys).order_by(*order)
+        return [_spend(tuple(row[: len(keys)]), row) for row in self._all(query)]
+
+    def top_tasks(self, since: float, until: float, limit: int) -> list[TopTaskRow]:
+        """The ``limit`` tasks whose runs in the period cost most (ties: older task first)."""
+        per_task = (
+            self._in_period(sa.select(agent_runs.c.task_id, *_sums()), since, until)
+            .group_by(agent_runs.c.task_id)
+            .subquery()
+        )
+        query = (
+            sa.select(
+                tasks.c.id,
+                tasks.c.work_item,
+                tasks.c.title,
+                tasks.c.repository,
+                tasks.c.stage,
+                per_task.c.cost_usd,
+                per_task.c.input_tokens,
+                per_task.c.output_tokens,
+                per_task.c.runs,
+            )
+            .join(per_task, per_task.c.task_id == tasks.c.id)
+            .order_by(per_task.c.cost_usd.desc(), tasks.c.id)
+            .limit(limit)
+        )
+        return [
+            TopTaskRow(
+                task_id=int(row.id),
+                work_item=row.work_item,
+                title=row.title,
+                repository=row.repository,
+                stage=row.stage,
+                spend=_spend((int(row.id),), row),
+            )
+            for row in self._all(query)
+        ]
+
+    # --- budgets -------------------------------------------------------------------------
+    def _open_task_ids(self) -> sa.Subquery:
+        return (
+            sa.select(jobs.c.task_id)
+            .where(jobs.c.status.in_(QUEUE_STATUSES))
+            .group_by(jobs.c.task_id)
+            .subquery()
+        )
+
+    def open_task_repositories(self) -> list[str]:
+        """The repositories of the tasks with a job waiting or running."""
+        open_ids = self._open_task_ids()
+        query = (
+            sa.select(tasks.c.repository)
+            .join(open_ids, open_ids.c.task_id == tasks.c.id)
+            .group_by(tasks.c.repository)
+            .order_by(tasks.c.repository)
+        )
+        return [str(row.repository) for row in self._all(query)]
+
+    def open_task_spend(
+        self, budgets: Mapping[str, float], limit: int
+    ) -> tuple[list[BudgetRow], int]:
+        """Tasks with work waiting or running whose repository has a budget (``budgets``:
+        repository -> dollars, > 0), those closest to their budget first, at most
+        ``limit``; and how many such tasks there are in all."""
+        budgeted = {repo: budget for repo, budget in budgets.items() if budget > 0}
+        if not budgeted:
+            return [], 0
+        open_ids = self._open_task_ids()
+        window = (
+            sa.select(events.c.task_id, sa.func.max(events.c.created_at).label("since"))
+            .where(events.c.kind == EventKind.RETRIED)
+            .group_by(events.c.task_id)
+            .subquery()
+        )
+        spent = (
+            sa.select(
+                agent_runs.c.task_id,
+                sa.func.sum(agent_runs.c.cost_usd).label("spent"),
+            )
+            .join(open_ids, open_ids.c.task_id == agent_runs.c.task_id)
+            .outerjoin(window, window.c.task_id == agent_runs.c.task_id)
+            .where(sa.or_(window.c.since.is_(None), agent_runs.c.started_at >= window.c.since))
+            .group_by(agent_runs.c.task_id)
+            .subquery()
+        )
+        spent_usd = sa.func.coalesce(spent.c.spent, 0.0)
+        budget = sa.case(
+            *((tasks.c.repository == repo, sa.literal(value)) for repo, value in budgeted.items()),
+            else_=sa.literal(1.0),
+        )
+        base = (
+            sa.select(
+                tasks.c.id,
+                tasks.c.work_item,
+                tasks.c.title,
+                tasks.c.repository,
+                tasks.c.stage,
+                window.c.since,
+                spent_usd.label("spent_usd"),
+            )
+            .join(open_ids, open_ids.c.task_id == tasks.c.id)
+            .outerjoin(window, window.c.task_id == tasks.c.id)
+            .outerjoin(spent, spent.c.task_id == tasks.c.id)
+            .where(tasks.c.repository.in_(list(budgeted)))
+        )
+        count_query = sa.select(sa.func.count()).select_from(base.subquery())
+        total = int(self._all(count_query)[0][0])
+        query = base.order_by((spent_usd / budget).desc(), tasks.c.id).limit(limit)
+        rows = [
+            BudgetRow(
+                task_id=int(row.id),
+                work_item=row.work_item,
+                title=row.title,
+                repository=row.repository,
+                stage=row.stage,
+                window_since=None if row.since is None else float(row.since),
+                spent_usd=float(row.spent_usd),
+            )
+            for row in self._all(query)
+        ]
+        return rows, total
+
+    def running_job_budgets(self, limit: int) -> list[JobBudgetRow]:
+        """Running jobs that carry a run budget, oldest first, at most ``limit``."""
+        recorded = (
+            sa.select(sa.func.coalesce(sa.func.sum(agent_runs.c.cost_usd), 0.0))
+            .where(agent_runs.c.job_id == jobs.c.id)
+            .scalar_subquery()
+        )
+        query = (
+            sa.select(
+                jobs.c.id,
+                jobs.c.task_id,
+                tasks.c.work_item,
+                jobs.c.stage,
+                jobs.c.agent,
+                jobs.c.status,
+                jobs.c.started_at,
+                jobs.c.budget_usd,
+                recorded.label("usd"),
+            )
+            .join(tasks, tasks.c.id == jobs.c.task_id)
+            .where(jobs.c.status.in_(ACTIVE_JOB_STATUSES), jobs.c.budget_usd > 0)
+            .order_by(jobs.c.id)
+            .limit(limit)
+        )
+        return [
+            JobBudgetRow(
+                job_id=int(row.id),
+                task_id=int(row.task_id),
+                work_item=row.work_item,
+                stage=row.stage,
+                agent=row.agent,
+                status=row.status,
+                started_at=None if row.started_at is None else float(row.started_at),
+                budget_usd=float(row.budget_usd),
+                recorded_usd=float(row.usd),
+            )
+            for row in self._all(query)
+        ]
