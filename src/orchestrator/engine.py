@@ -173,6 +173,8 @@ class Engine:
         self._last_maintenance = 0.0
         self._recovered = False
         self.started_at = time.time()
+        # When the last tick began (GET /status: a loop alive but stuck shows here).
+        self.last_tick_at: float | None = None
         self.janitor = WorktreeJanitor(self.store, self.settings)
         # Side-effectful crossings run here, beside the tick (one per task at once).
         self.crossings = CrossingPool(self.settings.crossing_workers)
@@ -180,6 +182,7 @@ class Engine:
     # --- loop --------------------------------------------------------------------------
     def tick(self) -> bool:
         """One pass: recover once, finalize what finished, start what is due."""
+        self.last_tick_at = time.time()
         if not self._recovered:
             self.recover_on_startup()
         self.crossings.supervise()

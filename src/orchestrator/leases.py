@@ -152,6 +152,11 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread that beats (for GET /status's loops)."""
+        return self._thread
+
     def start(self) -> None:
         self.owner.register(self.store)
         self._thread.start()

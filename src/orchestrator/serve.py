@@ -179,6 +179,12 @@ def run_server(
 
     inbox_thread = threading.Thread(target=inbox_loop, name=INBOX_THREAD_NAME, daemon=True)
 
+    app.state.loops.add(ENGINE_THREAD_NAME, thread)
+    app.state.loops.add(INBOX_THREAD_NAME, inbox_thread)
+    app.state.loops.add("heartbeat", heartbeat.thread)
+    if delivery is not None:
+        app.state.loops.add(OUTBOX_THREAD_NAME, outbox_thread)
+
     def on_started() -> None:
         print(f"orch serve: listening on {address} (database: {database})", flush=True)
         heartbeat.start()

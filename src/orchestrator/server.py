@@ -43,7 +43,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator import __version__
 from orchestrator.api_docs import docs_router
-from orchestrator.api_format import iso_utc
 from orchestrator.api_reads import read_router, task_view
 from orchestrator.auth import Principal, check_repo_allowed
 from orchestrator.engine import Engine
@@ -55,13 +54,13 @@ from orchestrator.errors import (
 from orchestrator.http_guard import PRINCIPAL_STATE_KEY, HttpGuard
 from orchestrator.http_limits import BodyLimit, client_hung_up
 from orchestrator.integrations.telegram_webhook import telegram_webhook_router
-from orchestrator.kernel.stages import STAGE_TRANSITIONS
 from orchestrator.leases import LeaseManager, Owner
 from orchestrator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from orchestrator.metrics import render_metrics
 from orchestrator.service import MAX_FEEDBACK_CHARS, TaskService
 from orchestrator.settings import Settings
-from orchestrator.store import ACTIVE_JOB_STATUSES, InboxStore, Store, Task
+from orchestrator.status import LoopWatch, status_report
+from orchestrator.store import Store, Task
 from orchestrator.streams import StreamHub, streams_router
 from orchestrator.text_input import check_path, lone_surrogate_at
 from orchestrator.webhook_routes import webhook_router
@@ -74,8 +73,6 @@ log = logging.getLogger("orchestrator.server")
 MAX_ERROR_CHARS: Final = 500
 # The service does not bound a cancel/rollback reason; the audit trail should stay readable.
 MAX_REASON_CHARS: Final = 2_000
-# Outbox messages /status counts: not sent yet, or never to be.
-OUTBOX_OPEN_STATUSES: Final = ("pending", "sending", "failed")
 
 
 def _valid_text(value: str) -> str:
@@ -204,11 +201,6 @@ def _repo_path(text: str) -> Path:
     return check_path(text, "repo")
 
 
-def _outbox_counts(store: Store) -> dict[str, int]:
-    """How many outbox messages wait, are being sent, or failed for good."""
-    return store.outbox_counts(OUTBOX_OPEN_STATUSES)
-
-
 def create_app(
     *,
     store: Store,
@@ -273,28 +265,19 @@ def create_app(
             )
         return JSONResponse({"status": "ok"})
 
-    @app.get("/status", summary="Version, uptime and counts")
-    def status() -> dict[str, Any]:
-        counts = dict.fromkeys(STAGE_TRANSITIONS, 0)
-        counts.update(store.counts_by_stage())
-        return {
-            "version": __version__,
-            "started_at": iso_utc(started_at),
-            "uptime_s": round(time.time() - started_at, 3),
-            "tasks_by_stage": counts,
-            "failed_tasks": store.count_failed_tasks(),
-            "running_jobs": len(store.jobs_by_status(ACTIVE_JOB_STATUSES)),
-            "boot_id": engine.boot_id if engine is not None else None,
-            # Undelivered outbound calls (cards, write-back, forge statuses) by status.
-            "outbox": _outbox_counts(store),
-            # Webhook intents not applied yet (waiting for a lease, or retried).
-            "inbox": InboxStore(store).inbox_summary(time.time()),
-        }
-
     def leases() -> LeaseManager:
         if engine is not None:
             return engine.runtime.leases
         return LeaseManager(store, settings, Owner.current(settings.instance_name or None))
+
+    # orch serve registers the loops it supervises here.
+    app.state.loops = LoopWatch()
+
+    @app.get("/status", summary="Version, uptime, counts, loops, leases and instances")
+    def status() -> dict[str, Any]:
+        return status_report(
+            store, started_at=started_at, engine=engine, loops=app.state.loops, leases=leases()
+        )
 
     @app.post(
         "/transition-lease/release",

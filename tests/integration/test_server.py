@@ -213,6 +213,10 @@ def test_status_reports_version_counts_and_boot_id(
         "boot_id",
         "outbox",
         "inbox",
+        "loops",
+        "engine_last_tick_at",
+        "transition_leases",
+        "instances",
     }
     assert status["version"] == __version__
     assert status["boot_id"] == engine.boot_id

@@ -125,6 +125,17 @@ class LeaseStore:
             row = conn.execute(sa.select(instances).where(instances.c.boot_id == boot_id)).first()
         return None if row is None else dict(row._mapping)
 
+    def open_instances(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` process starts not marked stopped (their columns)."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(instances)
+                .where(instances.c.stopped_at.is_(None))
+                .order_by(instances.c.started_at.desc(), instances.c.boot_id)
+                .limit(limit)
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
     # --- leases ------------------------------------------------------------------------
     def ensure_row(self, task_id: int) -> None:
         """The task has a lease row (epoch 0, free) afterwards; a racing insert is fine."""
