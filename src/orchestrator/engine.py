@@ -81,9 +81,9 @@ from orchestrator.kernel.gates import (
     run_gates,
 )
 from orchestrator.kernel.stages import JOB_STAGES
-from orchestrator.leases import pid_alive, process_start_ticks
 from orchestrator.notifier import Notifier, notify_safely
-from orchestrator.proc_group import LAUNCHER_MARGIN_S, RunningProcess, spawn
+from orchestrator.procs.job import RunningProcess, job_stop_grace_s, spawn_job
+from orchestrator.procs.proc import pid_alive, start_ticks
 from orchestrator.runners.context import RESULT_PREFIX
 from orchestrator.runners.environment import runner_environment
 from orchestrator.settings import Settings
@@ -309,7 +309,7 @@ class Engine:
                 continue
             log_path = Path(run.log_path) if run else None
             alive = pid_alive(job.pid) and (
-                job.pid_start is None or process_start_ticks(job.pid or 0) == job.pid_start
+                job.pid_start is None or start_ticks(job.pid or 0) == job.pid_start
             )
             if alive and run is not None and log_path is not None:
                 with self.store.transaction() as tx:
@@ -443,7 +443,7 @@ class Engine:
             wrapper = prepare_workspace(
                 self.settings.repo_config(repository), repository, worktree, log_path
             )
-            process = spawn(
+            process = spawn_job(
                 argv,
                 cwd=worktree,
                 env=env,
@@ -461,7 +461,7 @@ class Engine:
                 job.id,
                 pid=process.pid,
                 start_sha=start_sha,
-                pid_start=process_start_ticks(process.pid),
+                pid_start=start_ticks(process.pid),
                 # Stored, so an engine adopting the job after a restart keeps them.
                 timeout_s=timeout_s,
                 budget_usd=spec.config.budget_usd,
@@ -626,9 +626,9 @@ class Engine:
         return True
 
     def _stop_grace_s(self) -> float:
-        # The launcher kills the job's tree at kill_grace_s; the engine SIGKILLs the
-        # group itself only if the launcher has not ended LAUNCHER_MARGIN_S later.
-        return self.settings.kill_grace_s + LAUNCHER_MARGIN_S
+        # The launcher kills the job's tree at kill_grace_s; the engine SIGKILLs what is
+        # left only if the launcher has not ended LAUNCHER_MARGIN_S later.
+        return job_stop_grace_s(self.settings.kill_grace_s)
 
     def _stop(self, live: _Live, reason: str) -> None:
         """SIGTERM the job's group without waiting; schedule its SIGKILL."""

@@ -10,7 +10,8 @@ For each hook of the spec (a JSON file the engine wrote), in order:
 
 1. skip it if its ``done_marker`` exists (``after_create`` runs once per worktree);
 2. run it with stdin closed (the prompt is the agent's), under its timeout; past it, every
-   process of the group but this one and the launcher gets SIGTERM, then SIGKILL;
+   process of the group but this one and the launcher gets the one tree-kill
+   (:func:`orchestrator.procs.kill.kill_tree`: SIGTERM, its grace, SIGKILL);
 3. append the untracked paths it created to ``created_record``: the engine never commits
    them;
 4. on failure print the runners' environment marker (an ``ORCH-RESULT`` line with
@@ -18,27 +19,26 @@ For each hook of the spec (a JSON file the engine wrote), in order:
    :data:`HOOK_FAILED_EXIT` without starting the command: the engine fails the task for
    a person, with the reason and ``orch task retry``; no agent is asked to fix it.
 
-Standard library only, like the launcher: it must not fail on an import of ours.
+Standard library and :mod:`orchestrator.procs.kill` only, like the launcher: it must not
+fail on an import of ours that pulls in the rest of the orchestrator.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.procs.kill import kill_tree
+
 # The runners' DEFER exit and result line (runners/context.py; a test keeps them equal).
 HOOK_FAILED_EXIT = 3
 RESULT_PREFIX = "ORCH-RESULT "
 ENVIRONMENT_CAUSE = "environment"
-KILL_GRACE_S = 5.0
-POLL_S = 0.05
 USAGE = "usage: python -m orchestrator.hooks SPEC -- COMMAND..."
 
 
@@ -46,36 +46,12 @@ def _say(text: str) -> None:
     print(f"[orch: {text}]", flush=True)
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live processes of the group, from /proc (zombies left out)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
 def _kill_hook(hook: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, grace, SIGKILL to every member of our group except us and the launcher."""
-    spared = {os.getpid(), os.getppid()}
-    pgid = os.getpgid(0)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _group_members(pgid):
-            if pid not in spared:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-        deadline = time.monotonic() + KILL_GRACE_S
-        while time.monotonic() < deadline:
-            hook.poll()  # reap our child so it leaves the group
-            if not [p for p in _group_members(pgid) if p not in spared]:
-                return
-            time.sleep(POLL_S)
+    """The one tree-kill on the hook: every process of our group, and every one under us
+    that left it, but neither us nor the launcher."""
+    kill_tree(
+        group=os.getpgid(0), root=os.getpid(), spare=(os.getpid(), os.getppid()), reap=hook.poll
+    )
 
 
 def _untracked() -> set[str]:

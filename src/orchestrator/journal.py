@@ -30,7 +30,8 @@ from typing import Any, Protocol
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.kernel.events import EventKind
-from orchestrator.leases import Lease, LeaseManager, pid_alive, process_start_ticks
+from orchestrator.leases import Lease, LeaseManager
+from orchestrator.procs.proc import pid_alive, start_ticks
 from orchestrator.store import Store
 from orchestrator.store.effects import (
     INTENT,
@@ -167,7 +168,7 @@ class Journal:
     def _record_process(self, key: str, pid: int) -> None:
         """Remember which process performs the effect, so recovery can wait for it."""
         with self.store.transaction() as tx:
-            set_intent_result(tx, key, {"pid": pid, "pid_start": process_start_ticks(pid)})
+            set_intent_result(tx, key, {"pid": pid, "pid_start": start_ticks(pid)})
 
     def _wait_for_in_flight(self, task_id: int, transition: str, name: str) -> None:
         """An interrupted intent whose process still runs: the effect may yet complete.
@@ -179,11 +180,7 @@ class Journal:
         for row in EffectRows(self.store).open_intents_in_repository_of(task_id):
             process = row["result"] or {}
             pid = process.get("pid")
-            if (
-                pid
-                and pid_alive(pid)
-                and process_start_ticks(pid) in (None, process.get("pid_start"))
-            ):
+            if pid and pid_alive(pid) and start_ticks(pid) in (None, process.get("pid_start")):
                 own = (row["id"], row["transition"], row["effect"]) == (task_id, transition, name)
                 what = f"{row['effect']} of " + (
                     f"epoch {row['lease_epoch']}"

@@ -44,6 +44,7 @@ from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import SideEffectsUnderWayError
 from orchestrator.kernel.events import EventKind
 from orchestrator.notifier import Notifier, NullNotifier, notify_safely
+from orchestrator.procs.proc import pid_alive, start_ticks
 from orchestrator.settings import Settings, in_scope
 from orchestrator.store import Store, Task, Tx
 from orchestrator.store.leases import (
@@ -62,8 +63,6 @@ __all__ = [
     "LeaseInfo",
     "LeaseManager",
     "Owner",
-    "pid_alive",
-    "process_start_ticks",
 ]
 
 log = logging.getLogger("orchestrator.leases")
@@ -71,31 +70,6 @@ log = logging.getLogger("orchestrator.leases")
 HEARTBEAT_INTERVAL_S: Final = 2.0
 # A cross-host owner whose heartbeat is older than this is dead.
 INSTANCE_STALE_S: Final = 30.0
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) is not alive.
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError, IndexError):
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot (Linux); None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[19])  # field 22 of stat; fields[0] is field 3
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -117,7 +91,7 @@ class Owner:
             host=host,
             pid=pid,
             boot_id=boot_id or uuid.uuid4().hex,
-            pid_start=process_start_ticks(pid),
+            pid_start=start_ticks(pid),
         )
 
     def register(self, store: Store) -> None:
@@ -293,7 +267,7 @@ class LeaseManager:
         if found["host"] == self.owner.host:
             if not pid_alive(found["pid"]):
                 return False
-            return found["pid_start"] is None or process_start_ticks(found["pid"]) in (
+            return found["pid_start"] is None or start_ticks(found["pid"]) in (
                 None,
                 found["pid_start"],
             )

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from orchestrator.kernel.events import EventKind
-from orchestrator.leases import pid_alive, process_start_ticks
-from orchestrator.proc_group import RunningProcess, kill_group
+from orchestrator.procs.job import RunningProcess, job_stop_grace_s, kill_job
+from orchestrator.procs.proc import pid_alive, start_ticks
 
 if TYPE_CHECKING:
     from orchestrator.engine import Engine
@@ -91,12 +91,12 @@ class Reaper:
             self._event(task.id, job.id, EventKind.REAPER_TIER3, reason)
             if not self.engine.kill_job(job.id, reason):
                 # Not ours (its engine is gone or hung): kill the group ourselves.
-                same_process = job.pid_start is None or process_start_ticks(job.pid or 0) in (
+                same_process = job.pid_start is None or start_ticks(job.pid or 0) in (
                     None,
                     job.pid_start,
                 )
                 if job.pid and pid_alive(job.pid) and same_process:
-                    kill_group(job.pid)
+                    kill_job(job.pid, job_stop_grace_s(self.settings.kill_grace_s))
                 run = self.store.job_run(job.id)
                 with self.store.transaction() as tx:
                     if not tx.set_job_status_cas(job.id, "running", "finalizing"):

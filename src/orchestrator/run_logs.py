@@ -1,6 +1,6 @@
 """Reading a run's log: its last lines under a byte cap, then what is written after.
 
-The launcher (:mod:`orchestrator.launcher`) appends a job's output to the file recorded
+The launcher (:mod:`orchestrator.procs.launcher`) appends a job's output to the file recorded
 in ``agent_runs.log_path``; ``orch task logs`` (``--follow``) and ``GET
 /tasks/{id}/logs`` (``?follow=1``) read it here, and only through a recorded
 :class:`~orchestrator.store.AgentRun`: no path ever comes from a user. The file is

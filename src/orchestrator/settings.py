@@ -35,6 +35,7 @@ from orchestrator.job_env import check_passthrough
 from orchestrator.kernel.decisions import Limits
 from orchestrator.kernel.gates import GATES
 from orchestrator.kernel.stages import JOB_STAGES, STAGE_TRANSITIONS, Pipeline
+from orchestrator.procs.kill import KILL_GRACE_S
 from orchestrator.redact import MASK, redact_value
 from orchestrator.redact import secret_values as find_secret_values
 
@@ -394,7 +395,7 @@ class Settings(BaseSettings):
     agent_timeout_s: float = Field(default=3600.0, gt=0)
     # Seconds between the SIGTERM to a stopped job (timeout, budget, cancel) and the
     # SIGKILL of whatever of it is left; the engine never waits it out.
-    kill_grace_s: float = Field(default=3.0, gt=0, le=600)
+    kill_grace_s: float = Field(default=KILL_GRACE_S, gt=0, le=600)
     # Dollars a task may spend on agent runs since it was created or last retried by a
     # person; past it no new agent job starts and the task fails for a human. 0 = no limit.
     task_budget_usd: float = Field(default=0.0, ge=0)

@@ -31,7 +31,8 @@ from orchestrator.forges.base import Forge
 from orchestrator.git import Repo
 from orchestrator.job_env import deploy_environment
 from orchestrator.journal import Effect, Observation, Seen
-from orchestrator.proc_group import kill_group
+from orchestrator.procs.kill import kill_tree
+from orchestrator.procs.spawn import PIPE, spawn
 from orchestrator.settings import Settings
 from orchestrator.store import Task
 
@@ -155,14 +156,12 @@ class DeployEffect:
         # lives on (its own session) and must not die of SIGPIPE at its next line.
         gated = on_spawn is not None
         with tempfile.TemporaryFile() as sink:
-            process = subprocess.Popen(
+            process = spawn(
                 [sys.executable, "-c", SPAWN_GATE, *argv] if gated else argv,
                 cwd=self.repo.path,
                 env=self._env(target),
-                stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                output=sink,
+                stdin=PIPE if gated else None,
             )
             if on_spawn is not None and process.stdin is not None:
                 try:
@@ -176,7 +175,7 @@ class DeployEffect:
             try:
                 process.wait(timeout=DEPLOY_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                kill_group(process.pid)
+                kill_tree(group=process.pid, root=process.pid)
                 process.wait()
                 raise RuntimeError(f"{argv[0]} timed out after {DEPLOY_TIMEOUT_S:.0f}s") from None
             sink.seek(max(0, sink.seek(0, os.SEEK_END) - OUTPUT_KEPT_BYTES))

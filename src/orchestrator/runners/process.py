@@ -2,9 +2,10 @@
 
 A runner is itself a job in its own process group; the commands it runs (setup, tests,
 a staging service, the hybrid explainer) get their own sessions, so that a timeout can
-kill one command's whole tree without killing the runner. The tree-kill is the one of
-:mod:`orchestrator.proc_group` (SIGTERM to the group, a grace period, SIGKILL), applied
-by group id. Two things keep a grandchild from outliving its command:
+kill one command's whole tree without killing the runner. They start through the one
+spawner (:mod:`orchestrator.procs.spawn`) and stop with the one tree-kill
+(:mod:`orchestrator.procs.kill`: SIGTERM to the group, the grace, SIGKILL), applied by
+group id. Two things keep a grandchild from outliving its command:
 
 * after the command exits (or is timed out) its group is killed by id
   (:func:`kill_session`), so a daemon a test left in the background dies too;
@@ -25,9 +26,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
+from orchestrator.procs.kill import KILL_GRACE_S, force_kill, kill_tree
+from orchestrator.procs.spawn import spawn
+
 __all__ = [
     "CommandResult",
-    "group_alive",
     "install_termination_handler",
     "kill_session",
     "run_command",
@@ -35,67 +38,25 @@ __all__ = [
     "stop_command",
 ]
 
-KILL_GRACE_S: Final = 3.0
 # Output kept in memory for the report's log tail.
 TAIL_BYTES: Final = 64 * 1024
 # Sessions this process started and has not yet stopped: the SIGTERM handler kills them.
 _ACTIVE_SESSIONS: set[int] = set()
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` is still running (zombies do not count).
-
-    A grandchild orphaned by a killed group is re-parented to pid 1, which in a
-    container may never reap it; its zombie still answers ``killpg(pgid, 0)``, so on
-    Linux ``/proc`` is read instead.
-    """
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
-        except OSError:
-            continue  # exited while we looked
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
-
-
 def kill_session(leader_pid: int, grace_s: float = KILL_GRACE_S) -> bool:
-    """SIGTERM, grace, SIGKILL the group of a session leader we started, by its id.
+    """The one tree-kill on the group of a session leader we started, by its id.
 
     Works after the leader has exited and been reaped (when ``os.getpgid`` can no
     longer find the group). Returns whether anything of the group was still running.
     """
-    if not group_alive(leader_pid):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(leader_pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not group_alive(leader_pid):
-            return True
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(leader_pid, signal.SIGKILL)
-    return True
+    return kill_tree(group=leader_pid, grace_s=grace_s)
 
 
 def _on_terminate(signum: int, _frame: FrameType | None) -> None:
+    # The launcher's grace for the runner is running: no grace of our own, the SIGKILL.
     for pgid in list(_ACTIVE_SESSIONS):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
+        force_kill(group=pgid)
     raise SystemExit(128 + signum)
 
 
@@ -138,15 +99,7 @@ def start_command(
     """Start ``argv`` in a new session, output to ``log_path``; raises OSError."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
-        popen = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        popen = spawn(argv, cwd=cwd, env=env, output=log)
     _ACTIVE_SESSIONS.add(popen.pid)
     return popen
 
@@ -190,25 +143,13 @@ def run_command(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with log_path.open("wb") as log:
-            popen = subprocess.Popen(
-                list(argv),
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            popen = spawn(argv, cwd=cwd, env=env, output=log, stdin=stdin_text)
     except OSError as exc:
         reason = f"{argv[0] if argv else '(empty command)'}: {exc.strerror or exc}"
         return CommandResult(argv, None, 0.0, "", log_path, start_error=reason)
     _ACTIVE_SESSIONS.add(popen.pid)
     timed_out = False
     try:
-        if stdin_text is not None and popen.stdin is not None:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                popen.stdin.write(stdin_text.encode())
-                popen.stdin.close()
         try:
             popen.wait(timeout=max(0.0, timeout_s))
         except subprocess.TimeoutExpired:

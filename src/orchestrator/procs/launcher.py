@@ -1,4 +1,4 @@
-"""``python -m orchestrator.launcher``: the small supervisor between the engine and a job.
+"""``python -m orchestrator.procs.launcher``: the small supervisor between the engine and a job.
 
 The engine starts the launcher in a new session; the launcher starts the job's command
 in the same process group, copies its output into the run's log (capped), keeps the last
@@ -13,13 +13,16 @@ any group. So the launcher makes itself the job's *child subreaper*
 detaches, is re-parented to the launcher when its parent dies, never to init, and stays
 in the launcher's tree. When the command exits, or when the launcher is told to stop
 (SIGTERM: the engine's kill, a timeout, a cancelled task, also of an adopted job), it
-kills its whole tree (every descendant found under its pid in ``/proc``, found again and
-again: SIGTERM, a grace period, then SIGKILL until none is left), and only then records
-the exit. A SIGKILL of the launcher itself is the one thing it cannot answer: the engine
-sends it only after the launcher's own grace, and first SIGKILLs the launcher's tree
-(:func:`kill_tree`), which is still the launcher's while it lives.
+kills its whole tree with the one tree-kill (:func:`orchestrator.procs.kill.kill_tree`:
+every descendant found under its pid in ``/proc``, found again and again: SIGTERM, the
+grace period, then SIGKILL until none is left), and only then records the exit. A
+SIGKILL of the launcher itself is the one thing it cannot answer: the engine sends it
+only after the launcher's own grace (:func:`orchestrator.procs.job.job_stop_grace_s`),
+and first SIGKILLs the launcher's tree, which is still the launcher's while it lives.
 
-Standard library only: it starts fast and cannot fail on an import of ours.
+Standard library and :mod:`orchestrator.procs.proc` / :mod:`~orchestrator.procs.kill`
+only (themselves standard library only): it starts fast and cannot fail on an import of
+ours that pulls in the rest of the orchestrator.
 """
 
 from __future__ import annotations
@@ -30,25 +33,23 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import deque
 from pathlib import Path
 from types import FrameType
 from typing import IO
 
-__all__ = ["STOP_GRACE_S", "become_subreaper", "descendants", "kill_tree", "main", "run"]
+from orchestrator.procs.kill import KILL_GRACE_S, kill_tree
+
+__all__ = ["become_subreaper", "main", "reap_orphans", "run"]
 
 TAIL_BYTES = 256 * 1024
 READ_CHUNK_BYTES = 64 * 1024
-USAGE = "usage: python -m orchestrator.launcher LOG TAIL EXIT MAX_BYTES [GRACE_S] -- COMMAND..."
+USAGE = (
+    "usage: python -m orchestrator.procs.launcher LOG TAIL EXIT MAX_BYTES [GRACE_S] -- COMMAND..."
+)
 # prctl(2) option: orphaned descendants are re-parented to us instead of init.
 PR_SET_CHILD_SUBREAPER = 36
-# Between the SIGTERM to the job's tree and the SIGKILL, unless the engine passes its
-# kill_grace_s (GRACE_S); the engine's own SIGKILL comes only after it.
-STOP_GRACE_S = 3.0
 POLL_S = 0.05
-# SIGKILL sweeps before giving up on a tree that keeps changing (a fork bomb).
-MAX_KILL_SWEEPS = 200
 # After the tree is dead, how long the output may take to reach its end.
 DRAIN_TIMEOUT_S = 5.0
 
@@ -70,55 +71,6 @@ def become_subreaper() -> bool:
         return False
 
 
-def _process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, state) of every process in /proc."""
-    table: dict[int, tuple[int, str]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return table
-    for name in entries:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as handle:
-                stat = handle.read()
-        except OSError:
-            continue  # exited while we looked
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1:
-            table[int(name)] = (int(fields[1]), fields[0])
-    return table
-
-
-def descendants(root: int) -> dict[int, str]:
-    """Every process under ``root`` (not ``root`` itself): pid -> state (``Z`` = zombie)."""
-    children: dict[int, list[int]] = {}
-    table = _process_table()
-    for pid, (ppid, _state) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found: dict[int, str] = {}
-    stack = list(children.get(root, ()))
-    while stack:
-        pid = stack.pop()
-        if pid in found:
-            continue
-        found[pid] = table[pid][1]
-        stack.extend(children.get(pid, ()))
-    return found
-
-
-def _living(root: int) -> list[int]:
-    return [pid for pid, state in descendants(root).items() if state not in ("Z", "X")]
-
-
-def _signal(pids: list[int], signum: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
-
-
 def reap_orphans(keep: int | None = None) -> None:
     """Collect our exited children except ``keep`` (the job's command: Popen reaps it)."""
     if not hasattr(os, "waitid"):
@@ -132,40 +84,6 @@ def reap_orphans(keep: int | None = None) -> None:
             return
         with contextlib.suppress(ChildProcessError):
             os.waitpid(info.si_pid, 0)
-
-
-def kill_tree(
-    root: int, grace_s: float = STOP_GRACE_S, *, keep: int | None = None, reap: bool = False
-) -> bool:
-    """SIGTERM every process under ``root``, wait up to ``grace_s`` for them to end, then
-    SIGKILL what is left, sweep after sweep, until nothing under ``root`` lives.
-
-    ``reap``: ``root`` is us, so collect our exited children as we go (all but ``keep``).
-    Returns whether anything was found running.
-    """
-    living = _living(root)
-    if not living:
-        return False
-    _signal(living, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    termed = set(living)
-    while living and time.monotonic() < deadline:
-        time.sleep(POLL_S)
-        if reap:
-            reap_orphans(keep)
-        living = _living(root)
-        # Started meanwhile: they get their SIGTERM too.
-        _signal([pid for pid in living if pid not in termed], signal.SIGTERM)
-        termed.update(living)
-    for _ in range(MAX_KILL_SWEEPS):
-        if not living:
-            break
-        _signal(living, signal.SIGKILL)
-        time.sleep(0.01)
-        if reap:
-            reap_orphans(keep)
-        living = _living(root)
-    return True
 
 
 class _Output:
@@ -206,7 +124,7 @@ def run(
     exit_path: Path,
     max_bytes: int,
     argv: list[str],
-    grace_s: float = STOP_GRACE_S,
+    grace_s: float = KILL_GRACE_S,
 ) -> int:
     stop = threading.Event()
 
@@ -232,7 +150,8 @@ def run(
         reap_orphans(keep=child.pid)
         stop.wait(POLL_S)
     # The command ended, or we were told to stop: nothing it started may stay.
-    kill_tree(me, grace_s, keep=child.pid, reap=True)
+    # GRACE_S is the engine's kill_grace_s; the engine's own SIGKILL comes only after it.
+    kill_tree(root=me, spare=(me,), grace_s=grace_s, reap=lambda: reap_orphans(keep=child.pid))
     code = child.wait()
     reap_orphans()
     # Every writer of the pipe is dead now, so its end comes at once.
@@ -246,7 +165,7 @@ def run(
 
 def main(args: list[str] | None = None) -> int:
     args = sys.argv[1:] if args is None else args
-    grace_s = STOP_GRACE_S
+    grace_s = KILL_GRACE_S
     if len(args) >= 7 and args[4] != "--" and args[5] == "--":
         try:
             grace_s = float(args[4])

@@ -1,7 +1,8 @@
-"""Process groups against real children: tree-kill, SIGKILL after the grace, big pipes.
+"""Jobs under the launcher against real children: tree-kill, SIGKILL after the grace,
+big pipes.
 
-No database. ``spawn`` starts the launcher (``orchestrator.launcher``) as the leader of a
-new session, and the launcher starts the command (``sh -c``) in the same group. Scripts
+No database. ``spawn_job`` starts the launcher (``orchestrator.procs.launcher``) as the
+leader of a new session, and the launcher starts the command (``sh -c``) in the same group. Scripts
 start grandchildren and write their pids (``$!``) to a file so the test can prove they
 are gone. Teardown SIGKILLs and reaps whatever a failed test left behind.
 """
@@ -18,7 +19,7 @@ from typing import Final
 
 import pytest
 
-from orchestrator.proc_group import TAIL_BYTES, RunningProcess, kill_group, spawn
+from orchestrator.procs.job import TAIL_BYTES, RunningProcess, kill_job, spawn_job
 
 WAIT_TIMEOUT_S: Final = 10.0
 POLL_INTERVAL_S: Final = 0.02
@@ -74,7 +75,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
         max_log_bytes: int = 1_000_000,
         grace_s: float = 3.0,
     ) -> RunningProcess:
-        process = spawn(
+        process = spawn_job(
             ["sh", "-c", script],
             cwd=tmp_path,
             env={**os.environ, "OUT": str(tmp_path)},
@@ -91,7 +92,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
         popen = process.popen
         assert popen is not None
         if popen.poll() is None:
-            kill_group(process.pid, grace_s=0)
+            kill_job(process.pid, grace_s=0)
         popen.wait(timeout=WAIT_TIMEOUT_S)
         if popen.stdin is not None:
             with contextlib.suppress(OSError):
@@ -128,13 +129,13 @@ def test_a_job_leads_its_own_session_and_group(start: Start) -> None:
     assert os.getpgid(process.pid) != os.getpgid(0)
 
 
-def test_kill_group_leaves_no_grandchild(start: Start, tmp_path: Path) -> None:
+def test_kill_job_leaves_no_grandchild(start: Start, tmp_path: Path) -> None:
     process = start('sleep 300 & echo $! >> "$OUT/pids"; sleep 300 & echo $! >> "$OUT/pids"; wait')
     pids = grandchildren(tmp_path / "pids", 2)
     assert all(os.getpgid(pid) == process.pid for pid in pids)
     assert process.popen is not None
 
-    kill_group(process.pid, reap=process.popen.poll)
+    kill_job(process.pid, grace_s=5.0, reap=process.popen.poll)
 
     assert wait_exit(process) == KILLED_BY_SIGTERM
     # Orphaned grandchildren are reaped by init, a moment after they die.
@@ -155,7 +156,7 @@ def test_a_kill_returns_once_the_group_is_dead_not_after_the_whole_grace(start: 
     wait_for(lambda: log.is_file() and log.read_text() == "started\n", "the job started")
     assert process.popen is not None
 
-    kill_group(process.pid, grace_s=NEVER_S, reap=process.popen.poll)
+    kill_job(process.pid, grace_s=NEVER_S, reap=process.popen.poll)
 
     assert wait_exit(process) == KILLED_BY_SIGTERM
     assert group_gone(process.pid)
@@ -191,7 +192,7 @@ def test_a_job_that_ignores_sigterm_is_sigkilled_after_the_grace(
     during_the_grace: list[bool] = []
 
     def reap() -> object:
-        # kill_group calls this between its SIGTERM and its SIGKILL: the job got the
+        # kill_job calls this between its SIGTERM and its SIGKILL: the job got the
         # SIGTERM, outlived it, and so did the grandchild.
         if not during_the_grace:
             # (The launcher's own stop sends the tree a second SIGTERM: more marks.)
@@ -202,7 +203,7 @@ def test_a_job_that_ignores_sigterm_is_sigkilled_after_the_grace(
             during_the_grace.append(not pid_gone(grandchild) and popen.poll() is None)
         return popen.poll()
 
-    kill_group(process.pid, grace_s=0.5, reap=reap)
+    kill_job(process.pid, grace_s=0.5, reap=reap)
 
     assert during_the_grace == [True], "no SIGTERM, or no grace before the SIGKILL"
     assert popen.wait(timeout=WAIT_TIMEOUT_S) == -signal.SIGKILL
@@ -246,12 +247,12 @@ def test_terminate_does_not_wait_and_force_kill_ends_a_job_that_ignores_sigterm(
     assert not process.force_kill()  # nothing left to kill
 
 
-def test_kill_group_of_a_reaped_process_does_nothing(start: Start) -> None:
+def test_kill_job_of_a_reaped_process_does_nothing(start: Start) -> None:
     process = start("exit 0")
     assert wait_exit(process) == 0
 
     # A grace of an hour: returning at all proves nothing was waited for.
-    kill_group(process.pid, grace_s=NEVER_S)
+    kill_job(process.pid, grace_s=NEVER_S)
 
     assert process.poll() == 0
 
@@ -311,7 +312,7 @@ def test_the_stdin_pipe_is_closed_when_the_job_stops_reading(start: Start) -> No
 
 def test_a_missing_program_raises_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        spawn(
+        spawn_job(
             ["/nonexistent/bin/agent"],
             cwd=tmp_path,
             env=dict(os.environ),
@@ -398,3 +399,24 @@ def test_a_detached_descendant_that_ignores_sigterm_is_sigkilled(
 
     assert wait_exit(process) == 0
     assert not running(pid)
+
+
+def test_force_kill_reaches_detached_descendants_that_ignore_sigterm(
+    start: Start, tmp_path: Path
+) -> None:
+    """The engine's SIGKILL at the deadline when the launcher did not finish its own
+    stop (its grace is an hour here): the escapees of the job's session, which ignore
+    SIGTERM, are found under the launcher (their subreaper) and killed all the same."""
+    ignoring = DETACHED.replace("setsid sh -c '", 'setsid sh -c \'trap "" TERM; ')
+    process = start(ignoring + f"exec sleep {NEVER_S:.0f}", grace_s=NEVER_S)
+    pids = detached_pids(tmp_path, process)
+
+    process.terminate("timed out after 1s", NEVER_S)
+    assert process.poll() is None
+    assert all(running(pid) for pid in pids)
+
+    assert process.force_kill()
+
+    assert [pid for pid in pids if running(pid)] == []
+    assert wait_exit(process) == NO_RECORDED_EXIT
+    wait_for(lambda: group_gone(process.pid), "the process group is gone")
