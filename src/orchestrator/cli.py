@@ -787,12 +787,12 @@ def token_revoke(context: Context, name: str) -> None:
 def costs_command(
     context: Context, since: str | None, until: str | None, top: int, as_json: bool
 ) -> None:
-    """What agent runs spent over a period, and how close work going is to its budgets.
+    """What agent runs spent over a period, and how close running tasks are to budget.
 
     Spend per UTC day, per repository, per agent and model, per stage, and the
     costliest tasks, counting each run in the period it started in; then every task
-    with a job waiting or running against its task_budget_usd, and every running job
-    against its run budget.
+    with a job running against its task_budget_usd, and every running job against
+    its run budget.
     """
     period = parse_period(since, until, time.time())
     context.warn_without_config()

@@ -89,7 +89,7 @@ def _budgets(report: CostReport) -> Iterator[RenderableType]:
             box=None,
             title=(
                 f"task budgets ({len(report.task_budgets)} of {report.tasks_with_budget} "
-                "tasks with work going, closest first)"
+                "running tasks, closest first)"
             ),
             title_justify="left",
         )
@@ -104,7 +104,7 @@ def _budgets(report: CostReport) -> Iterator[RenderableType]:
             )
         yield tasks
     else:
-        yield Text("task budgets: no task with work going has one (task_budget_usd)")
+        yield Text("task budgets: no running task has one (task_budget_usd)")
     if report.job_budgets:
         jobs = Table(
             "job",

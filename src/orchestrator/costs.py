@@ -12,15 +12,17 @@ run counts in the period its start falls in.
 The report holds the period's total, its spend **per UTC day** (every day of the
 period, those without runs at zero), **per repository**, **per agent and model** and
 **per stage**, and the top tasks by cost; each grouping sums to the total. Beside it,
-**budgets**: every task with a job waiting or running whose repository has a
+**budgets**: every task with a job running whose repository has a
 ``task_budget_usd``, with what it spent in its budget window (since its creation or a
 person's last retry: :mod:`orchestrator.budget`'s rule), closest to its budget first;
 and every running job with a run budget (``budget_usd`` of its agent or stage, kept on
 the job). A run's cost is recorded when it ends, so a job shows what its finished runs
 recorded; the engine itself watches a run's live spend and stops it past its budget.
 
-Parsing is pure; :func:`cost_report` reads through :class:`~orchestrator.store.costs.CostStore`
-(a fixed handful of grouped queries) and the settings' budgets.
+Parsing and grouping are pure; :func:`cost_report` reads through
+:class:`~orchestrator.store.costs.CostStore` (four queries: the period's spend in its
+finest grouping, the top tasks, the running tasks' and jobs' budgets) and the
+settings' budgets.
 """
 
 from __future__ import annotations
@@ -45,18 +47,30 @@ from orchestrator.store.costs import (
     TopTaskRow,
 )
 
+# The groupings of the report: which parts of the finest key (day, repository, agent,
+# model, stage: :meth:`CostStore.spend_cube`) each one keeps.
+GROUPINGS: Final[dict[str, tuple[int, ...]]] = {
+    "day": (0,),
+    "repository": (1,),
+    "agent_model": (2, 3),
+    "stage": (4,),
+}
+
 __all__ = [
     "DEFAULT_PERIOD_DAYS",
     "DEFAULT_TOP",
+    "GROUPINGS",
     "MAX_PERIOD_DAYS",
     "MAX_TOP",
     "CostReport",
     "Period",
     "cost_report",
     "day_text",
+    "group_spend",
     "parse_moment",
     "parse_period",
     "parse_top",
+    "total_spend",
 ]
 
 DEFAULT_PERIOD_DAYS: Final = 30
@@ -251,6 +265,34 @@ class CostReport:
         }
 
 
+def _add(key: tuple[Any, ...], rows: list[SpendRow]) -> SpendRow:
+    return SpendRow(
+        key=key,
+        cost_usd=sum(row.cost_usd for row in rows),
+        input_tokens=sum(row.input_tokens for row in rows),
+        output_tokens=sum(row.output_tokens for row in rows),
+        runs=sum(row.runs for row in rows),
+    )
+
+
+def total_spend(cube: list[SpendRow]) -> SpendRow:
+    """The sum of every row."""
+    return _add((), cube)
+
+
+def group_spend(cube: list[SpendRow], grouping: str) -> list[SpendRow]:
+    """The cube's rows summed by ``grouping`` (a key of :data:`GROUPINGS`): days in
+    order, the others costliest first (ties by name)."""
+    parts = GROUPINGS[grouping]
+    groups: dict[tuple[Any, ...], list[SpendRow]] = {}
+    for row in cube:
+        groups.setdefault(tuple(row.key[part] for part in parts), []).append(row)
+    summed = [_add(key, rows) for key, rows in groups.items()]
+    if grouping == "day":
+        return sorted(summed, key=lambda row: row.key)
+    return sorted(summed, key=lambda row: (-row.cost_usd, row.key))
+
+
 def _dense_days(period: Period, rows: list[SpendRow]) -> list[SpendRow]:
     """One row per day of the period, at zero where no run started."""
     found = {int(row.key[0]): row for row in rows}
@@ -263,16 +305,17 @@ def cost_report(store: Store, settings: Settings, period: Period, top: int) -> C
     costs = CostStore(store)
     since, until = period.since, period.until
     budgets = {
-        repo: settings.task_budget_for(Path(repo)) for repo in costs.open_task_repositories()
+        repo: settings.task_budget_for(Path(repo)) for repo in costs.running_task_repositories()
     }
-    task_rows, with_budget = costs.open_task_spend(budgets, top)
+    task_rows, with_budget = costs.running_task_spend(budgets, top)
+    cube = costs.spend_cube(since, until)
     return CostReport(
         period=period,
-        total=costs.total(since, until),
-        by_day=_dense_days(period, costs.spend_by("day", since, until)),
-        by_repository=costs.spend_by("repository", since, until),
-        by_agent_model=costs.spend_by("agent_model", since, until),
-        by_stage=costs.spend_by("stage", since, until),
+        total=total_spend(cube),
+        by_day=_dense_days(period, group_spend(cube, "day")),
+        by_repository=group_spend(cube, "repository"),
+        by_agent_model=group_spend(cube, "agent_model"),
+        by_stage=group_spend(cube, "stage"),
         top_tasks=costs.top_tasks(since, until, top),
         task_budget_usd=settings.task_budget_usd,
         task_budgets=[TaskBudget(row, budgets[row.repository]) for row in task_rows],

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.costs import Period, cost_report
+from orchestrator.costs import GROUPINGS, Period, cost_report, group_spend, total_spend
 from orchestrator.kernel.events import EventKind
 from orchestrator.settings import Settings
 from orchestrator.store import Store
-from orchestrator.store.costs import GROUPINGS, CostStore
+from orchestrator.store.costs import CostStore
 from orchestrator.store.schema import agent_runs, events, jobs, tasks
 
 DAY: Final = 86_400.0
@@ -95,12 +95,16 @@ def add_run(
     return job_id
 
 
-def queue_job(store: Store, task_id: int) -> int:
-    """Work waiting for the task: what makes it count for the budgets."""
+def queue_job(store: Store, task_id: int, *, running: bool = True) -> int:
+    """Another job for the task, running (what makes it count for the budgets) or
+    only queued."""
     with store.transaction() as tx:
-        return tx.enqueue_job(
+        job_id = tx.enqueue_job(
             task_id=task_id, stage="development", kind="agent", agent="claude", attempt=2
         )
+        if running:
+            assert tx.set_job_status_cas(job_id, "queued", "running", owner_boot_id="b")
+        return job_id
 
 
 def retried_at(store: Store, task_id: int, moment: float) -> None:
@@ -120,7 +124,7 @@ def test_days_are_utc_days_on_both_databases(store: Store) -> None:
     add_run(store, task, at=DEC_1 + DAY - 0.001, cost=4.0)  # the last moment of the day
     add_run(store, task, at=DEC_1 + DAY, cost=8.0)  # the next day
 
-    rows = CostStore(store).spend_by("day", DEC_1 - DAY, DEC_1 + 3 * DAY)
+    rows = group_spend(CostStore(store).spend_cube(DEC_1 - DAY, DEC_1 + 3 * DAY), "day")
 
     day = int(DEC_1 // DAY)
     assert [(row.key, row.cost_usd, row.runs) for row in rows] == [
@@ -136,7 +140,7 @@ def test_the_period_includes_since_and_excludes_until(store: Store) -> None:
     add_run(store, task, at=DEC_1 + DAY - 0.001, cost=4.0)
     add_run(store, task, at=DEC_1 + DAY, cost=8.0)
 
-    total = CostStore(store).total(DEC_1, DEC_1 + DAY)
+    total = total_spend(CostStore(store).spend_cube(DEC_1, DEC_1 + DAY))
 
     assert (total.cost_usd, total.runs) == (6.0, 2)
 
@@ -146,11 +150,10 @@ def test_groupings_name_repository_agent_model_and_stage(store: Store) -> None:
     add_run(store, alpha, at=DEC_1, cost=1.0, stage="analysis", model="opus", tokens=10)
     add_run(store, alpha, at=DEC_1, cost=2.0, stage="development", model="sonnet", tokens=20)
     add_run(store, beta, at=DEC_1, cost=4.0, stage="development", agent="codex", model="")
-    costs = CostStore(store)
-    since, until = DEC_1, DEC_1 + DAY
+    cube = CostStore(store).spend_cube(DEC_1, DEC_1 + DAY)
 
     def view(grouping: str) -> list[tuple[tuple[object, ...], float]]:
-        return [(row.key, row.cost_usd) for row in costs.spend_by(grouping, since, until)]
+        return [(row.key, row.cost_usd) for row in group_spend(cube, grouping)]
 
     assert view("repository") == [((REPO_B,), 4.0), ((REPO_A,), 3.0)]
     assert view("agent_model") == [
@@ -159,7 +162,7 @@ def test_groupings_name_repository_agent_model_and_stage(store: Store) -> None:
         (("claude", "opus"), 1.0),
     ]
     assert view("stage") == [(("development",), 6.0), (("analysis",), 1.0)]
-    tokens = costs.spend_by("agent_model", since, until)[2]
+    tokens = group_spend(cube, "agent_model")[2]
     assert (tokens.input_tokens, tokens.output_tokens) == (10, 5)
 
 
@@ -190,8 +193,11 @@ def test_budgets_count_the_window_since_the_last_retry_and_each_repository(
     fresh = add_task(store, REPO_A)
     add_run(store, fresh, at=DEC_1, cost=3.0)
     queue_job(store, fresh)
-    idle = add_task(store, REPO_A)  # nothing waiting or running: not listed
+    idle = add_task(store, REPO_A)  # nothing running: not listed
     add_run(store, idle, at=DEC_1, cost=50.0)
+    waiting = add_task(store, REPO_A)  # a job queued, none running: not listed either
+    add_run(store, waiting, at=DEC_1, cost=40.0)
+    queue_job(store, waiting, running=False)
     other = add_task(store, REPO_B)  # its repository has its own budget
     add_run(store, other, at=DEC_1, cost=1.0, status="running", budget_usd=2.5)
     settings = Settings(
@@ -279,13 +285,15 @@ def test_every_grouping_sums_to_the_total(store: Store, drawn: list[tuple]) -> N
         )
     costs = CostStore(store)
     since, until = DEC_1, DEC_1 + 3 * DAY
-    total = costs.total(since, until)
+    cube = costs.spend_cube(since, until)
+    total = total_spend(cube)
     inside = [run for run in drawn if since <= DEC_1 + run[3] < until]
     assert total.runs == len(inside)
     assert total.cost_usd == pytest.approx(sum(run[4] for run in inside) / 1000)
     assert total.input_tokens == sum(run[5] for run in inside)
+    assert total.output_tokens == sum(run[5] // 2 for run in inside)
     for grouping in GROUPINGS:
-        rows = costs.spend_by(grouping, since, until)
+        rows = group_spend(cube, grouping)
         assert sum(row.runs for row in rows) == total.runs, grouping
         assert sum(row.input_tokens for row in rows) == total.input_tokens, grouping
         assert sum(row.output_tokens for row in rows) == total.output_tokens, grouping
@@ -293,5 +301,8 @@ def test_every_grouping_sums_to_the_total(store: Store, drawn: list[tuple]) -> N
         assert len({row.key for row in rows}) == len(rows), grouping
     top = costs.top_tasks(since, until, limit=100)
     assert sum(row.spend.runs for row in top) == total.runs
-    days = costs.spend_by("day", since, until)
-    assert {row.key[0] for row in days} <= set(Period(since, until).days)
+    assert {row.key[0] for row in group_spend(cube, "day")} <= set(Period(since, until).days)
+    # Each repository's spend is what its runs cost (the oracle: the drawn runs).
+    by_repository = {row.key[0]: row.runs for row in group_spend(cube, "repository")}
+    for repository in {run[0] for run in inside}:
+        assert by_repository[repository] == sum(1 for run in inside if run[0] == repository)

@@ -2,9 +2,10 @@
 of the tasks and jobs that still have work against their budgets.
 
 A run belongs to the period ``[since, until)`` its ``started_at`` falls in (a run's
-cost is recorded once, when it ends, against the run). Every grouping is one query
-with ``GROUP BY``, so no run row leaves the database: the report costs the same few
-queries for ten runs or a million.
+cost is recorded once, when it ends, against the run). The period's spend is read in
+one scan, grouped by (day, repository, agent, model, stage) in SQL; the coarser
+groupings and the total are sums of those rows. With the top tasks and the budgets
+the report is four queries, whatever the number of runs.
 
 Days are UTC days, bucketed in SQL as ``floor(started_at / 86400)``. The two databases
 need different spellings: PostgreSQL's ``CAST(double AS integer)`` *rounds* (a run
@@ -12,9 +13,10 @@ after noon would land on the next day), SQLite has no ``floor`` before 3.35 but 
 ``CAST(real AS INTEGER)`` truncates, which is the floor for every moment after 1970.
 
 A task's budget window opens at its creation or at a person's last retry (the rule of
-:mod:`orchestrator.budget`); :meth:`CostStore.open_task_spend` sums the runs in that
-window for every task with a job waiting or running, and orders them by how much of
-their budget they have used, in SQL, given each repository's budget.
+:mod:`orchestrator.budget`); :meth:`CostStore.running_task_spend` sums the runs in that
+window for every task with a job running, and orders them by how much of their budget
+they have used, in SQL, given each repository's budget. It starts from the jobs'
+status index, so a long queue costs it nothing.
 """
 
 from __future__ import annotations
@@ -26,15 +28,12 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from orchestrator.kernel.events import EventKind
-from orchestrator.store.listing import QUEUE_STATUSES
 from orchestrator.store.schema import agent_runs, events, jobs, tasks
 from orchestrator.store.store import ACTIVE_JOB_STATUSES, Store
 
-__all__ = ["DAY_S", "GROUPINGS", "BudgetRow", "CostStore", "JobBudgetRow", "SpendRow"]
+__all__ = ["DAY_S", "BudgetRow", "CostStore", "JobBudgetRow", "SpendRow", "TopTaskRow"]
 
 DAY_S: Final = 86_400
-# What a period's spend can be grouped by, and the columns each grouping's key holds.
-GROUPINGS: Final = ("day", "repository", "agent_model", "stage")
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class TopTaskRow:
 
 @dataclass(frozen=True)
 class BudgetRow:
-    """A task with work waiting or running, and what it spent in its budget window."""
+    """A task with a job running, and what it spent in its budget window."""
 
     task_id: int
     work_item: str
@@ -131,34 +130,29 @@ class CostStore:
         return query.where(agent_runs.c.started_at >= since, agent_runs.c.started_at < until)
 
     # --- the period --------------------------------------------------------------------
-    def total(self, since: float, until: float) -> SpendRow:
-        """Every run that started in ``[since, until)``, summed."""
-        row = self._all(self._in_period(sa.select(*_sums()), since, until))[0]
-        return _spend((), row)
-
-    def spend_by(self, grouping: str, since: float, until: float) -> list[SpendRow]:
-        """The period's spend grouped by ``grouping`` (one of :data:`GROUPINGS`)."""
-        keys: list[sa.ColumnElement[Any]]
-        if grouping == "day":
-            keys = [self._day().label("day")]
-        elif grouping == "repository":
-            keys = [tasks.c.repository]
-        elif grouping == "agent_model":
-            keys = [agent_runs.c.agent, agent_runs.c.model]
-        elif grouping == "stage":
-            keys = [jobs.c.stage]
-        else:
-            raise ValueError(f"unknown grouping {grouping!r}; one of {GROUPINGS}")
-        sums = _sums()
-        query = sa.select(*keys, *sums).select_from(agent_runs)
-        if grouping == "repository":
-            query = query.join(tasks, tasks.c.id == agent_runs.c.task_id)
-        elif grouping == "stage":
-            query = query.join(jobs, jobs.c.id == agent_runs.c.job_id)
-        # Days in order; the others costliest first.
-        order = keys if grouping == "day" else [sums[0].desc(), *keys]
-        query = self._in_period(query, since, until).group_by(*keys).order_by(*order)
-        return [_spend(tuple(row[: len(keys)]), row) for row in self._all(query)]
+    def spend_cube(self, since: float, until: float) -> list[SpendRow]:
+        """The period's spend in its finest grouping, one row per (UTC day, repository,
+        agent, model, stage) with runs: every other grouping and the total are sums of
+        these rows (:func:`orchestrator.costs.group_spend`), so one scan of the runs
+        serves them all. The key is that tuple, in that order."""
+        keys = [
+            self._day().label("day"),
+            tasks.c.repository,
+            agent_runs.c.agent,
+            agent_runs.c.model,
+            jobs.c.stage,
+        ]
+        query = (
+            sa.select(*keys, *_sums())
+            .select_from(agent_runs)
+            .join(tasks, tasks.c.id == agent_runs.c.task_id)
+            .join(jobs, jobs.c.id == agent_runs.c.job_id)
+        )
+        query = self._in_period(query, since, until).group_by(*keys)
+        return [
+            _spend((int(row.day), row.repository, row.agent, row.model, row.stage), row)
+            for row in self._all(query)
+        ]
 
     def top_tasks(self, since: float, until: float, limit: int) -> list[TopTaskRow]:
         """The ``limit`` tasks whose runs in the period cost most (ties: older task first)."""
@@ -196,76 +190,74 @@ class CostStore:
         ]
 
     # --- budgets -------------------------------------------------------------------------
-    def _open_task_ids(self) -> sa.Subquery:
-        return (
-            sa.select(jobs.c.task_id)
-            .where(jobs.c.status.in_(QUEUE_STATUSES))
-            .group_by(jobs.c.task_id)
-            .subquery()
-        )
+    def _running_task_ids(self) -> sa.Select[Any]:
+        # Driven from the jobs' status index: a handful of rows, whatever the queue holds.
+        return sa.select(jobs.c.task_id).where(jobs.c.status.in_(ACTIVE_JOB_STATUSES))
 
-    def open_task_repositories(self) -> list[str]:
-        """The repositories of the tasks with a job waiting or running."""
-        open_ids = self._open_task_ids()
+    def running_task_repositories(self) -> list[str]:
+        """The repositories of the tasks with a job running (or finalizing)."""
         query = (
             sa.select(tasks.c.repository)
-            .join(open_ids, open_ids.c.task_id == tasks.c.id)
+            .where(tasks.c.id.in_(self._running_task_ids()))
             .group_by(tasks.c.repository)
             .order_by(tasks.c.repository)
         )
         return [str(row.repository) for row in self._all(query)]
 
-    def open_task_spend(
+    def running_task_spend(
         self, budgets: Mapping[str, float], limit: int
     ) -> tuple[list[BudgetRow], int]:
-        """Tasks with work waiting or running whose repository has a budget (``budgets``:
+        """Tasks with a job running whose repository has a budget (``budgets``:
         repository -> dollars, > 0), those closest to their budget first, at most
-        ``limit``; and how many such tasks there are in all."""
+        ``limit``; and how many such tasks there are in all.
+
+        Each task's window and spend are correlated subqueries on the ``task_id``
+        indexes of ``events`` and ``agent_runs``; the count is a window function.
+        """
         budgeted = {repo: budget for repo, budget in budgets.items() if budget > 0}
         if not budgeted:
             return [], 0
-        open_ids = self._open_task_ids()
-        window = (
-            sa.select(events.c.task_id, sa.func.max(events.c.created_at).label("since"))
-            .where(events.c.kind == EventKind.RETRIED)
-            .group_by(events.c.task_id)
-            .subquery()
+        # Both correlate to the outer task explicitly: nested in ``spent``, ``since``
+        # would otherwise correlate to nothing and take every task's last retry.
+        since = (
+            sa.select(sa.func.max(events.c.created_at))
+            .where(events.c.task_id == tasks.c.id, events.c.kind == EventKind.RETRIED)
+            .correlate(tasks)
+            .scalar_subquery()
         )
         spent = (
-            sa.select(
-                agent_runs.c.task_id,
-                sa.func.sum(agent_runs.c.cost_usd).label("spent"),
+            sa.select(sa.func.coalesce(sa.func.sum(agent_runs.c.cost_usd), 0.0))
+            .where(
+                agent_runs.c.task_id == tasks.c.id,
+                agent_runs.c.started_at >= sa.func.coalesce(since, -1.0),
             )
-            .join(open_ids, open_ids.c.task_id == agent_runs.c.task_id)
-            .outerjoin(window, window.c.task_id == agent_runs.c.task_id)
-            .where(sa.or_(window.c.since.is_(None), agent_runs.c.started_at >= window.c.since))
-            .group_by(agent_runs.c.task_id)
-            .subquery()
+            .correlate(tasks)
+            .scalar_subquery()
         )
-        spent_usd = sa.func.coalesce(spent.c.spent, 0.0)
-        budget = sa.case(
-            *((tasks.c.repository == repo, sa.literal(value)) for repo, value in budgeted.items()),
-            else_=sa.literal(1.0),
-        )
-        base = (
+        rows = (
             sa.select(
                 tasks.c.id,
                 tasks.c.work_item,
                 tasks.c.title,
                 tasks.c.repository,
                 tasks.c.stage,
-                window.c.since,
-                spent_usd.label("spent_usd"),
+                since.label("since"),
+                spent.label("spent_usd"),
+                sa.func.count().over().label("total"),
             )
-            .join(open_ids, open_ids.c.task_id == tasks.c.id)
-            .outerjoin(window, window.c.task_id == tasks.c.id)
-            .outerjoin(spent, spent.c.task_id == tasks.c.id)
-            .where(tasks.c.repository.in_(list(budgeted)))
+            .where(
+                tasks.c.id.in_(self._running_task_ids()),
+                tasks.c.repository.in_(list(budgeted)),
+            )
+            .subquery()
         )
-        count_query = sa.select(sa.func.count()).select_from(base.subquery())
-        total = int(self._all(count_query)[0][0])
-        query = base.order_by((spent_usd / budget).desc(), tasks.c.id).limit(limit)
-        rows = [
+        budget = sa.case(
+            *((rows.c.repository == repo, sa.literal(value)) for repo, value in budgeted.items()),
+            else_=sa.literal(1.0),
+        )
+        query = sa.select(rows).order_by((rows.c.spent_usd / budget).desc(), rows.c.id).limit(limit)
+        found = self._all(query)
+        return [
             BudgetRow(
                 task_id=int(row.id),
                 work_item=row.work_item,
@@ -275,9 +267,8 @@ class CostStore:
                 window_since=None if row.since is None else float(row.since),
                 spent_usd=float(row.spent_usd),
             )
-            for row in self._all(query)
-        ]
-        return rows, total
+            for row in found
+        ], (int(found[0].total) if found else 0)
 
     def running_job_budgets(self, limit: int) -> list[JobBudgetRow]:
         """Running jobs that carry a run budget, oldest first, at most ``limit``."""
