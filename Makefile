@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint format typecheck unit integration e2e bench chaos stress clean agents
+.PHONY: demo test check lint format typecheck unit integration e2e bench chaos stress clean agents browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,29 @@ $(CLAUDE_STAMP):
 $(CODEX_STAMP): | $(CLAUDE_STAMP)
 	$(call npm_agent,@openai/codex@$(CODEX_VERSION),codex,Codex)
 
+# Debian's chromium for the dashboard's browser tests (tests/e2e/test_dashboard_browser.py),
+# driven by Playwright (a dev extra) without Playwright's own browser download. Installed
+# with apt-get (through sudo -n when not root); when that cannot be done the browser
+# tests skip with one line, and under CI that is an error.
+CHROMIUM := /usr/bin/chromium
+
+browser:
+	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; \
+	else sudo=none; fi; \
+	if [ "$$sudo" != none ] && command -v apt-get >/dev/null 2>&1 && \
+		{ $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		  { $$sudo apt-get update -qq >/dev/null 2>&1 && \
+		    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }; } && \
+		[ -x $(CHROMIUM) ]; then \
+		echo "installed Debian's chromium ($(CHROMIUM)) for the dashboard's browser tests"; \
+	else \
+		case "$$(printf '%s' "$$CI" | tr 'A-Z' 'a-z')" in \
+		""|0|false|no) echo "skipping the chromium install: apt-get install chromium failed (no apt-get, or not root and no sudo); the browser tests will skip";; \
+		*) echo "error: could not install chromium and CI is set: the dashboard's browser tests need $(CHROMIUM)" >&2; exit 1;; \
+		esac; \
+	fi
+
 # The demo project, its database and worktrees stay in .demo/ for you to inspect.
 DEMO_DIR := .demo
 
@@ -56,7 +79,7 @@ demo: $(STAMP)
 	$(BIN)/orch demo --keep $(DEMO_DIR)
 	$(BIN)/orch --config $(DEMO_DIR)/orch.toml task show DEMO-1
 
-test: check agents
+test: check agents browser
 	$(BIN)/python -m pytest -q
 
 check: lint typecheck
@@ -78,7 +101,7 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
 
-e2e: $(STAMP) agents
+e2e: $(STAMP) agents browser
 	$(BIN)/python -m pytest -q tests/e2e
 
 bench: $(STAMP)

@@ -19,7 +19,9 @@ in constant time on bytes. Roles are ordered, each includes the ones before it::
 :data:`ADMIN_PATHS`: a new endpoint is guarded by default. Reading ``/health`` and the
 API's description (``/docs``, its assets under ``/docs/assets/``, ``/openapi.json``),
 and the signed webhooks (``/webhooks/...``, authenticated by their own signatures) need
-no token. ``/metrics`` is a read like the others (decision 0018).
+no token. ``/metrics`` is a read like the others (decision 0018). The dashboard (``/ui/...``,
+decision 0020) follows the same table: its pages are reads, its form posts need an
+operator; only its login form, logout, packaged assets and ``/`` need no token.
 
 The legacy ``admin_token`` setting still works: it authenticates as an admin called
 ``admin_token``.
@@ -53,6 +55,8 @@ __all__ = [
     "LEGACY_ADMIN_NAME",
     "ROLES",
     "TOKEN_FILE_NAME",
+    "UI_OPEN_PATHS",
+    "UI_PREFIX",
     "Principal",
     "TokenKind",
     "authenticate",
@@ -89,6 +93,12 @@ OPEN_READ_PATHS: Final = frozenset({"/health", "/docs", "/docs/oauth2-redirect",
 # Swagger UI's packaged files (orchestrator.api_docs), the same for every install.
 OPEN_READ_PREFIX: Final = "/docs/assets/"
 WEBHOOK_PREFIX: Final = "/webhooks/"
+# The web dashboard (orchestrator.web): its pages are reads, its form posts writes.
+UI_PREFIX: Final = "/ui/"
+# Dashboard paths that need no session: the login form, logging out (the route checks
+# its own CSRF token), the packaged CSS and JS, and ``/`` (a redirect to ``/ui/``).
+UI_OPEN_PATHS: Final = frozenset({"/", "/ui/login", "/ui/logout"})
+UI_OPEN_PREFIX: Final = "/ui/static/"
 READ_METHODS: Final = frozenset({"GET", "HEAD"})
 # Variables the engine sets for every job: their presence means "running as an agent".
 JOB_ENVIRONMENT_MARKERS: Final = ("ORCH_WORK_ITEM", "ORCH_STAGE")
@@ -200,6 +210,10 @@ def authorize(principal: Principal, required: str) -> None:
 def required_role(method: str, path: str, *, public_read: bool) -> str | None:
     """The role a request needs; None = no token (``/health``, signed webhooks)."""
     if path.startswith(WEBHOOK_PREFIX):
+        return None
+    if path in UI_OPEN_PATHS or (
+        path.startswith(UI_OPEN_PREFIX) and method.upper() in READ_METHODS
+    ):
         return None
     if method.upper() in READ_METHODS:
         if path in ADMIN_READ_PATHS:

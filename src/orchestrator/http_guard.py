@@ -6,9 +6,19 @@ opting in. For each HTTP request, in this order::
     Host not in allowed_hosts                     400  (DNS rebinding)
     write with a foreign Origin                   403  (a web page of another site)
     write without a JSON Content-Type             415  (an HTML form, a no-cors fetch)
-    no / unknown / revoked token where one is due 401  (says how to create one)
+    dashboard form post (/ui/...) without a same-
+      origin Origin or Referer                    403  (a cross-site form)
+    dashboard form post not form-encoded          415
+    no / unknown / revoked token where one is due 401  (says how to create one);
+      a dashboard page: 303 to /ui/login
     token's role below what the route needs       403
     otherwise                                     the route, with request.state.principal
+
+Who a request is: the ``Authorization: Bearer`` token, else (for a read, or a
+dashboard form post) the dashboard's session cookie (:mod:`orchestrator.web.sessions`,
+resolved through :class:`SessionResolver`). A JSON API write never takes the cookie: a
+browser cannot send a bearer token by itself, so a write that needs none of the
+dashboard's CSRF checks cannot be made with the browser's credentials.
 
 "Write" is any method but GET and HEAD outside ``/webhooks/...``: the signed webhooks
 are authenticated by their signatures, not tokens, and their senders post JSON with no
@@ -20,22 +30,45 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Final
-from urllib.parse import urlsplit
+from typing import Final, Protocol
+from urllib.parse import quote, urlsplit
 
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orchestrator.auth import WEBHOOK_PREFIX, Principal, authenticate, authorize, required_role
+from orchestrator.auth import (
+    UI_PREFIX,
+    WEBHOOK_PREFIX,
+    Principal,
+    authenticate,
+    authorize,
+    required_role,
+)
 from orchestrator.errors import ForbiddenError, NotAuthenticatedError
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 
-__all__ = ["PRINCIPAL_STATE_KEY", "HttpGuard", "host_allowed"]
+__all__ = [
+    "FORM_TYPES",
+    "LOGIN_PATH",
+    "PRINCIPAL_STATE_KEY",
+    "SESSION_COOKIE",
+    "SESSION_STATE_KEY",
+    "HttpGuard",
+    "SessionResolver",
+    "host_allowed",
+    "is_dashboard_path",
+]
 
 log = logging.getLogger("orchestrator.server")
 
 PRINCIPAL_STATE_KEY: Final = "principal"
+# The session id of a dashboard request whose principal came from its cookie.
+SESSION_STATE_KEY: Final = "session_id"
+SESSION_COOKIE: Final = "orch_session"
+LOGIN_PATH: Final = "/ui/login"
+FORM_TYPES: Final = frozenset({"application/x-www-form-urlencoded"})
 READ_METHODS: Final = frozenset({"GET", "HEAD"})
 JSON_TYPES: Final = frozenset({"application/json"})
 MAX_SHOWN_CHARS: Final = 100
@@ -75,6 +108,18 @@ def _same_origin(origin: str, host: str) -> bool:
         return False
 
 
+def is_dashboard_path(path: str) -> bool:
+    """Whether ``path`` is the dashboard's (``/ui/...``, and ``/`` that leads there)."""
+    return path == "/" or path == UI_PREFIX.rstrip("/") or path.startswith(UI_PREFIX)
+
+
+class SessionResolver(Protocol):
+    """The dashboard's sessions, as the guard sees them."""
+
+    def principal(self, session_id: str) -> Principal | None:
+        """Who the live session ``session_id`` is (its token checked again), or None."""
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
@@ -85,10 +130,18 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class HttpGuard:
     """ASGI middleware applying the checks in the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, store: Store, settings: Settings) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: Store,
+        settings: Settings,
+        sessions: SessionResolver | None = None,
+    ) -> None:
         self.app = app
         self.store = store
         self.settings = settings
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,6 +150,11 @@ class HttpGuard:
         refusal = await self._check(scope)
         if refusal is not None:
             status, message = refusal
+            path = str(scope.get("path", ""))
+            method = str(scope.get("method", "GET")).upper()
+            if status == 401 and is_dashboard_path(path) and method in READ_METHODS:
+                await _send_login_redirect(send, scope)
+                return
             await _send_error(send, status, message)
             return
         await self.app(scope, receive, send)
@@ -111,8 +169,13 @@ class HttpGuard:
                 f"host {shown!r} is not in allowed_hosts; add it to allowed_hosts in "
                 "orch.toml if this server is meant to answer it"
             )
+        dashboard = is_dashboard_path(path)
         writes = method not in READ_METHODS and not path.startswith(WEBHOOK_PREFIX)
-        if writes:
+        if writes and dashboard:
+            refusal = _check_form_post(scope, host)
+            if refusal is not None:
+                return refusal
+        elif writes:
             origin = _header(scope, b"origin")
             if origin is not None and not _same_origin(origin, host):
                 return 403, (
@@ -126,18 +189,80 @@ class HttpGuard:
                     "nothing to say)"
                 )
         role = required_role(method, path, public_read=self.settings.public_read)
-        if role is None:
-            return None
         authorization = _header(scope, b"authorization")
+        state = scope.setdefault("state", {})
+        if role is None:
+            # An open dashboard page (login, or any page with public_read) still knows
+            # who is logged in, to show them their actions.
+            if dashboard and authorization is None:
+                session_principal = await self._session_principal(scope, state)
+                if session_principal is not None:
+                    state[PRINCIPAL_STATE_KEY] = session_principal
+            return None
         try:
-            principal: Principal = await run_in_threadpool(
-                authenticate, self.store, self.settings, authorization
-            )
+            principal: Principal | None = None
+            if authorization is None and (dashboard or not writes):
+                principal = await self._session_principal(scope, state)
+            if principal is None:
+                principal = await run_in_threadpool(
+                    authenticate, self.store, self.settings, authorization
+                )
             authorize(principal, role)
         except (NotAuthenticatedError, ForbiddenError) as exc:
             return exc.http_status, str(exc)
-        scope.setdefault("state", {})[PRINCIPAL_STATE_KEY] = principal
+        state[PRINCIPAL_STATE_KEY] = principal
         return None
+
+    async def _session_principal(self, scope: Scope, state: dict[str, object]) -> Principal | None:
+        """The principal of the request's dashboard session cookie, if it is live."""
+        if self.sessions is None:
+            return None
+        session_id = cookie_parser(_header(scope, b"cookie") or "").get(SESSION_COOKIE)
+        if not session_id:
+            return None
+        principal = await run_in_threadpool(self.sessions.principal, session_id)
+        if principal is not None:
+            state[SESSION_STATE_KEY] = session_id
+        return principal
+
+
+def _check_form_post(scope: Scope, host: str) -> tuple[int, str] | None:
+    """A dashboard form post must come from a page of this server: its Origin (or,
+    when a browser sends none, its Referer) names this host, and it is form-encoded."""
+    origin = _header(scope, b"origin")
+    referer = _header(scope, b"referer")
+    if origin is not None and origin != "null":
+        same = _same_origin(origin, host)
+    elif referer:
+        same = _same_origin(referer, host)
+    else:
+        same = False
+    if not same:
+        shown = (origin or referer or "none")[:MAX_SHOWN_CHARS]
+        return 403, (
+            f"cross-site form post refused (Origin/Referer {shown!r}); "
+            "use the dashboard's own pages"
+        )
+    content_type = (_header(scope, b"content-type") or "").partition(";")[0]
+    if content_type.strip().lower() not in FORM_TYPES:
+        return 415, "a dashboard form post is 'application/x-www-form-urlencoded'"
+    return None
+
+
+async def _send_login_redirect(send: Send, scope: Scope) -> None:
+    """A dashboard page without a session: to the login form, coming back here after."""
+    target = str(scope.get("path", "/"))
+    query = bytes(scope.get("query_string", b"")).decode("latin-1")
+    if query:
+        target += "?" + query
+    location = f"{LOGIN_PATH}?next={quote(target, safe='')}"
+    headers = [
+        (b"location", location.encode("latin-1", "replace")),
+        (b"content-length", b"0"),
+        (b"cache-control", b"no-store"),
+    ]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _send_error(send: Send, status: int, message: str) -> None:

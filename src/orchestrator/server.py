@@ -14,6 +14,9 @@ Errors are always one JSON line, ``{"error": "..."}``::
     client hung up             no answer; one log line, no traceback
     anything else              500 "internal error", logged with its traceback
 
+The web dashboard (:mod:`orchestrator.web`) is served from the same app under
+``/ui/``; its pages answer in HTML.
+
 Every request passes :class:`~orchestrator.http_guard.HttpGuard` first (Host check,
 browser safety, the API token and its role; docs/security.md) and acts as the token's
 actor (``token:<name>``) in the audit trail. The signed webhooks of Telegram, Gitea,
@@ -63,6 +66,7 @@ from orchestrator.status import LoopWatch, status_report
 from orchestrator.store import Store, Task
 from orchestrator.streams import StreamHub, streams_router
 from orchestrator.text_input import check_path, lone_surrogate_at
+from orchestrator.web import SessionStore, install_dashboard
 from orchestrator.webhook_routes import webhook_router
 
 __all__ = ["MAX_ERROR_CHARS", "MAX_REASON_CHARS", "create_app"]
@@ -230,7 +234,8 @@ def create_app(
 
     # Added first = runs inside _InternalErrors: a database error while checking a token
     # is a logged 500, not a dropped connection.
-    app.add_middleware(HttpGuard, store=store, settings=settings)
+    sessions = SessionStore(store, settings)
+    app.add_middleware(HttpGuard, store=store, settings=settings, sessions=sessions)
     # Outside the guard: a body over the cap is refused before anything else.
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(_InternalErrors)
@@ -358,5 +363,8 @@ def create_app(
     # --- live streams (SSE): orch serve ends them through app.state.streams at shutdown
     app.state.streams = StreamHub(settings.http_max_streams)
     app.include_router(streams_router(store, settings, app.state.streams))
+
+    # --- the web dashboard (/ui/, decision 0020): pages over the same guard and service
+    install_dashboard(app, store=store, settings=settings, service=service, sessions=sessions)
 
     return app

@@ -75,14 +75,29 @@ class ListingStore:
         return [tuple(row) for row in self._all(query)]
 
     # --- tasks -------------------------------------------------------------------------
-    def tasks_page(self, *, stage: str | None, before_id: int | None, limit: int) -> list[Task]:
-        """Up to ``limit + 1`` tasks, newest first, older than ``before_id`` if given."""
+    def tasks_page(
+        self,
+        *,
+        stage: str | None,
+        before_id: int | None,
+        limit: int,
+        repository: str | None = None,
+    ) -> list[Task]:
+        """Up to ``limit + 1`` tasks, newest first, older than ``before_id`` if given
+        (in one ``repository`` only, if given)."""
         query = sa.select(tasks).order_by(tasks.c.id.desc()).limit(limit + 1)
         if stage is not None:
             query = query.where(tasks.c.stage == stage)
+        if repository is not None:
+            query = query.where(tasks.c.repository == repository)
         if before_id is not None:
             query = query.where(tasks.c.id < before_id)
         return [Task(**row._mapping) for row in self._all(query)]
+
+    def repositories(self, limit: int = 500) -> list[str]:
+        """The repositories tasks were created in, by name (the board's filter)."""
+        query = sa.select(tasks.c.repository).distinct().order_by(tasks.c.repository).limit(limit)
+        return [str(row[0]) for row in self._all(query)]
 
     def task_facts(self, page: Sequence[Task]) -> dict[int, TaskFacts]:
         """Cost so far, newest job and stage-entered time of each task: three queries."""

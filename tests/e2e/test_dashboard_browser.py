@@ -1,0 +1,407 @@
+"""The web dashboard in a real headless Chromium (Debian's /usr/bin/chromium driven by
+Playwright) against a real `orch serve` with its engine running scripted agents.
+
+The analysis agent prints a line, then waits for a file the test creates (named after
+its work item), so the test decides when a task crosses a stage: no sleeps decide
+anything; every wait is Playwright waiting for a condition, with a generous timeout
+that is never the pass criterion.
+
+Seen failing before the dashboard existed (every page 404), and with each piece taken
+out in turn: the board's EventSource (the card stayed in Analysis), the log stream
+(no line appeared), the viewer check in the template (the buttons were there), the
+Origin check on form posts (the cross-site post was accepted: 303), and a CDN
+stylesheet in base.html (the request was caught by the route).
+
+``ORCH_SCREENSHOTS=1`` writes docs/img/dashboard-board.png and dashboard-task.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from orchestrator.demo_project import create_demo_repository
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM: Final = Path("/usr/bin/chromium")
+ORCH: Final = [sys.executable, "-m", "orchestrator"]
+DEADLINE_S: Final = 120.0
+WAIT_MS: Final = 60_000
+LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+IMG_DIR: Final = Path(__file__).resolve().parents[2] / "docs" / "img"
+VIEWPORT: Final = {"width": 1360, "height": 860}
+SCREENSHOT_VIEWPORT: Final = {"width": 1440, "height": 900}
+AGENT: Final = """\
+import os, pathlib, sys, time
+print("step one: reading the code", flush=True)
+go = pathlib.Path({go_dir!r}) / ("go-" + os.environ["ORCH_WORK_ITEM"])
+while not go.exists():
+    time.sleep(0.05)
+print("step two: writing the BRD", flush=True)
+os.execv(sys.executable, [sys.executable, "-m", "orchestrator.agents.scripted", *sys.argv[1:]])
+"""
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _need_browser() -> Any:
+    """Playwright's sync API, or a skip (a failure under CI) saying what is missing."""
+    missing = None
+    if not CHROMIUM.exists():
+        missing = f"{CHROMIUM} is missing (make test installs Debian's chromium)"
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing = missing or "playwright is not installed (pip install -e '.[dev]')"
+        sync_api = None
+    if missing is not None:
+        if _truthy(os.environ.get("CI")):
+            pytest.fail(f"the browser tests cannot run under CI: {missing}")
+        pytest.skip(missing)
+    return sync_api
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _environment() -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    return {**base, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+@dataclass
+class Served:
+    base: str
+    work: Path
+    repo: Path
+    go_dir: Path
+    tokens: dict[str, str]
+    playwright: Any
+    browser: Any
+    expect: Any
+
+    def api(self, role: str = "operator") -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base,
+            headers={"Authorization": f"Bearer {self.tokens[role]}"},
+            timeout=DEADLINE_S,
+        )
+
+    def create(self, work_item: str, title: str) -> dict[str, Any]:
+        with self.api() as api:
+            response = api.post(
+                "/tasks", json={"repo": str(self.repo), "title": title, "work_item": work_item}
+            )
+        assert response.status_code == 201, response.text
+        task: dict[str, Any] = response.json()
+        return task
+
+    def go(self, work_item: str) -> None:
+        (self.go_dir / f"go-{work_item}").touch()
+
+    def task(self, work_item: str) -> dict[str, Any]:
+        with self.api("viewer") as api:
+            response = api.get(f"/tasks/{work_item}")
+        assert response.status_code == 200, response.text
+        task: dict[str, Any] = response.json()
+        return task
+
+    def wait_for_stage(self, work_item: str, stage: str) -> dict[str, Any]:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            task = self.task(work_item)
+            if task["stage"] == stage:
+                return task
+            assert not task["failed"], task["failed_reason"]
+            assert time.monotonic() < deadline, f"{work_item} stayed in {task['stage']}"
+            time.sleep(0.1)  # polling the API for a condition, not waiting a time
+
+    def context(self, role: str | None = None) -> Any:
+        """A fresh browser context, logged in with ``role``'s token if given."""
+        context = self.browser.new_context(viewport=VIEWPORT, base_url=self.base)
+        context.set_default_timeout(WAIT_MS)
+        if role is not None:
+            page = context.new_page()
+            page.goto("/ui/login")
+            page.get_by_label("API token").fill(self.tokens[role])
+            page.get_by_role("button", name="Log in").click()
+            page.wait_for_url("**/ui/")
+            page.close()
+        return context
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    sync_api = _need_browser()
+    root = tmp_path_factory.mktemp("dashboard")
+    work = root / "orch-home"
+    work.mkdir()
+    go_dir = root / "go"
+    go_dir.mkdir()
+    agent = root / "slow_agent.py"
+    agent.write_text(AGENT.format(go_dir=str(go_dir)))
+    repo = create_demo_repository(root / "lib")
+    port = _free_port()
+    (work / "orch.toml").write_text(
+        'data_dir = ".orch"\nretry_backoff_s = 0\n'
+        "max_running_jobs = 16\nmax_running_jobs_per_repo = 16\n"
+        f"port = {port}\n"
+        f'[agents.slow]\ncommand = ["{{python}}", {json.dumps(str(agent))}, "--stage", '
+        '"{stage}"]\n'
+        '[stages.analysis]\nagent = "slow"\n'
+        '[stages.architecture]\nagent = "scripted"\n[stages.development]\nagent = "scripted"\n'
+        f"[repos.lib]\npath = {json.dumps(str(repo))}\n"
+    )
+    tokens = {}
+    for name, role in (("op", "operator"), ("view", "viewer")):
+        created = subprocess.run(
+            [*ORCH, "token", "create", name, "--role", role, "--json"],
+            cwd=work,
+            env=_environment(),
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE_S,
+            check=True,
+        )
+        tokens[role] = json.loads(created.stdout)["token"]
+    log = (root / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [*ORCH, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=work,
+        env=_environment(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            assert server.poll() is None, (root / "serve.log").read_text()
+            try:
+                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "orch serve did not start"
+            time.sleep(0.05)
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+            try:
+                sync_api.expect.set_options(timeout=WAIT_MS)
+                yield Served(base, work, repo, go_dir, tokens, playwright, browser, sync_api.expect)
+            finally:
+                browser.close()
+    finally:
+        for path in go_dir.parent.glob("go/*"):
+            path.touch()
+        server.terminate()
+        try:
+            server.wait(timeout=DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _screenshot(page: Any, name: str) -> None:
+    """With ORCH_SCREENSHOTS=1, the page as the README shows it (a fixed viewport)."""
+    if not _truthy(os.environ.get("ORCH_SCREENSHOTS")):
+        return
+    IMG_DIR.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size(SCREENSHOT_VIEWPORT)
+    page.screenshot(path=str(IMG_DIR / name))
+    page.set_viewport_size(VIEWPORT)
+
+
+def _column(stage: str, task_id: int) -> str:
+    return f'.column[data-stage="{stage}"] #task-{task_id}'
+
+
+def test_the_board_shows_an_api_task_and_moves_its_card_live(served: Served) -> None:
+    context = served.context("operator")
+    page = context.new_page()
+    page.goto("/ui/")
+    page.wait_for_selector('#board[data-live="connected"]')
+    served.expect(page.locator("#live-status")).to_contain_text("Live")
+    page.evaluate("window.__not_reloaded = true")
+
+    task = served.create("BOARD-1", "Add a <script>alert('x')</script> slug helper")
+    card = page.wait_for_selector(_column("analysis", task["id"]))
+    assert card.inner_text().count("<script>") == 1  # shown as text, not run
+    assert "BOARD-1" in card.inner_text()
+    assert page.locator(f"#task-{task['id']} .marker-waiting").count() == 0
+
+    served.go("BOARD-1")
+    moved = page.wait_for_selector(_column("brd-approval", task["id"]))
+    assert "Waiting for a person" in moved.inner_text()
+    assert page.locator(f".column[data-stage='analysis'] #task-{task['id']}").count() == 0
+    assert page.evaluate("window.__not_reloaded") is True, "the page was reloaded"
+    context.close()
+
+
+def test_the_task_page_streams_the_running_jobs_log(served: Served) -> None:
+    task = served.create("LOG-1", "Stream my log")
+    context = served.context("viewer")
+    page = context.new_page()
+    page.goto(f"/ui/tasks/{task['id']}")
+    # The job may not have started when the page was drawn: the page picks it up live.
+    log = page.locator("#log-output")
+    served.expect(log).to_contain_text("step one: reading the code")
+    assert "step two" not in page.locator("#log-output").inner_text()
+    page.evaluate("window.__not_reloaded = true")
+    served.go("LOG-1")
+    served.expect(log).to_contain_text("step two: writing the BRD")
+    # The page follows the task across the stage, too, without a reload.
+    page.wait_for_selector('#task-stage[data-stage="brd-approval"]')
+    assert page.evaluate("window.__not_reloaded") is True
+    context.close()
+
+
+def _at_the_gate(served: Served, work_item: str, title: str) -> dict[str, Any]:
+    served.create(work_item, title)
+    served.go(work_item)
+    return served.wait_for_stage(work_item, "brd-approval")
+
+
+def test_an_operator_approves_and_rejects_from_the_page(served: Served) -> None:
+    approved = _at_the_gate(served, "GATE-1", "Approve me")
+    rejected = _at_the_gate(served, "GATE-2", "Reject me")
+    context = served.context("operator")
+    page = context.new_page()
+
+    page.goto(f"/ui/tasks/{approved['id']}")
+    _screenshot(page, "dashboard-task.png")
+    page.get_by_role("button", name="Approve").click()
+    page.wait_for_selector("#actions .notice")
+    assert served.task("GATE-1")["stage"] != "brd-approval"
+    events = served.task("GATE-1")["events"]
+    approval = next(e for e in events if e["kind"] == "task.approved")
+    assert approval["actor"] == "token:op"
+
+    page.goto(f"/ui/tasks/{rejected['id']}")
+    page.get_by_label("Feedback for the analyst").fill("Name the <b>edge cases</b>.")
+    page.get_by_role("button", name="Reject with feedback").click()
+    page.wait_for_selector("#actions .notice")
+    rejection = next(e for e in served.task("GATE-2")["events"] if e["kind"] == "task.rejected")
+    assert rejection["actor"] == "token:op"
+    assert rejection["data"]["feedback"] == "Name the <b>edge cases</b>."
+    context.close()
+
+
+def test_a_viewer_sees_no_actions_and_a_forged_post_is_refused(served: Served) -> None:
+    task = _at_the_gate(served, "VIEW-1", "Look, do not touch")
+    context = served.context("viewer")
+    page = context.new_page()
+    page.goto(f"/ui/tasks/{task['id']}")
+    page.wait_for_selector("#actions")
+    assert page.locator("#actions form").count() == 0
+    assert page.get_by_role("button", name="Approve").count() == 0
+    assert page.get_by_role("button", name="Reject with feedback").count() == 0
+    assert "can read only" in page.locator("#actions").inner_text()
+    # A viewer forging the post with its own session and CSRF token: still 403.
+    csrf = page.locator("form[action='/ui/logout'] input[name=csrf_token]").get_attribute("value")
+    forged = page.request.post(
+        f"/ui/tasks/{task['id']}/approve",
+        form={"csrf_token": csrf or ""},
+        headers={"Origin": served.base},
+        max_redirects=0,
+    )
+    assert forged.status == 403, forged.text()
+    assert served.task("VIEW-1")["stage"] == "brd-approval"
+    context.close()
+
+
+class _EvilSite(BaseHTTPRequestHandler):
+    """Another origin on the same host: its page posts a form to the dashboard."""
+
+    target = ""
+
+    def do_GET(self) -> None:
+        body = (
+            "<!doctype html><html><body>"
+            f'<form id="f" method="post" action="{self.target}">'
+            '<input name="csrf_token" value="guessed"></form>'
+            "<script>document.getElementById('f').submit()</script></body></html>"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        return
+
+
+def test_a_cross_site_form_post_is_refused(served: Served) -> None:
+    task = _at_the_gate(served, "EVIL-1", "Do not approve me from elsewhere")
+    target = f"{served.base}/ui/tasks/{task['id']}/approve"
+    handler = type("Evil", (_EvilSite,), {"target": target})
+    evil = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=evil.serve_forever, daemon=True)
+    thread.start()
+    context = served.context("operator")
+    page = context.new_page()
+    try:
+        with page.expect_response(lambda response: response.url == target) as answer:
+            page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+        assert answer.value.status == 403
+    finally:
+        evil.shutdown()
+        thread.join()
+        evil.server_close()
+        context.close()
+    assert served.task("EVIL-1")["stage"] == "brd-approval"
+
+
+def test_the_pages_load_with_the_network_blocked_except_loopback(served: Served) -> None:
+    task = _at_the_gate(served, "NET-1", "Offline please")
+    context = served.context("operator")
+    attempted: list[str] = []
+
+    def only_loopback(route: Any) -> None:
+        host = urlsplit(route.request.url).hostname or ""
+        if host in LOOPBACK:
+            route.continue_()
+        else:
+            attempted.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    failed: list[str] = []
+    page.on("requestfailed", lambda request: failed.append(request.url))
+    for path in ("/ui/", f"/ui/tasks/{task['id']}", "/ui/login"):
+        response = page.goto(path)
+        assert response is not None
+        assert response.ok, (path, response.status)
+        page.wait_for_load_state("load")
+        # The packaged stylesheet applied, and the page's script ran.
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(246, 247, 249)", path
+    page.goto("/ui/")
+    page.wait_for_selector('#board[data-live="connected"]')
+    served.expect(page.locator("#live-status")).to_contain_text("Live")
+    _screenshot(page, "dashboard-board.png")
+    assert attempted == [], f"requests left loopback: {attempted}"
+    assert [url for url in failed if "/events" not in url and "/logs" not in url] == []
+    context.close()
