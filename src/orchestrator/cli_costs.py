@@ -15,26 +15,12 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.api_format import iso_utc
-from orchestrator.costs import CostReport, day_text
+from orchestrator.costs import CostReport, day_text, format_tokens, format_usd
 from orchestrator.store.costs import SpendRow
 
-__all__ = ["cost_report_renderables", "format_tokens", "format_usd"]
+__all__ = ["cost_report_renderables"]
 
 SPEND_COLUMNS: Final = ("cost", "runs", "tokens in", "tokens out")
-
-
-def format_usd(value: float) -> str:
-    """Dollars with cents, and four decimals below a dollar (agent runs are cheap)."""
-    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.4f}"
-
-
-def format_tokens(count: int) -> str:
-    """A token count people read at a glance: 950, 12.3k, 4.1M."""
-    if count < 1_000:
-        return str(count)
-    if count < 1_000_000:
-        return f"{count / 1_000:.1f}k"
-    return f"{count / 1_000_000:.1f}M"
 
 
 def _spend_cells(row: SpendRow) -> list[str]:

@@ -66,6 +66,8 @@ __all__ = [
     "Period",
     "cost_report",
     "day_text",
+    "format_tokens",
+    "format_usd",
     "group_spend",
     "parse_moment",
     "parse_period",
@@ -153,6 +155,22 @@ def parse_top(top: int) -> int:
     if not 1 <= top <= MAX_TOP:
         raise UsageError(f"top must be between 1 and {MAX_TOP}, not {top}")
     return top
+
+
+def format_usd(value: float) -> str:
+    """Dollars with cents, and four decimals below a dollar (agent runs are cheap)."""
+    if value == 0 or abs(value) >= 1:
+        return f"${value:,.2f}"
+    return f"${value:.4f}"
+
+
+def format_tokens(count: int) -> str:
+    """A token count people read at a glance: 950, 12.3k, 4.1M."""
+    if count < 1_000:
+        return str(count)
+    if count < 1_000_000:
+        return f"{count / 1_000:.1f}k"
+    return f"{count / 1_000_000:.1f}M"
 
 
 def day_text(day: int) -> str:

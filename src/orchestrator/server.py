@@ -278,11 +278,17 @@ def create_app(
     # orch serve registers the loops it supervises here.
     app.state.loops = LoopWatch()
 
-    @app.get("/status", summary="Version, uptime, counts, loops, leases and instances")
-    def status() -> dict[str, Any]:
+    def current_status() -> dict[str, Any]:
         return status_report(
             store, started_at=started_at, engine=engine, loops=app.state.loops, leases=leases()
         )
+
+    # The dashboard's Health page shows the same answer.
+    app.state.status_report = current_status
+
+    @app.get("/status", summary="Version, uptime, counts, loops, leases and instances")
+    def status() -> dict[str, Any]:
+        return current_status()
 
     @app.post(
         "/transition-lease/release",

@@ -405,3 +405,55 @@ def test_the_pages_load_with_the_network_blocked_except_loopback(served: Served)
     assert attempted == [], f"requests left loopback: {attempted}"
     assert [url for url in failed if "/events" not in url and "/logs" not in url] == []
     context.close()
+
+
+def _block_all_but_loopback(context: Any) -> list[str]:
+    """Abort every request that leaves loopback; returns the list it records them in."""
+    attempted: list[str] = []
+
+    def only_loopback(route: Any) -> None:
+        if (urlsplit(route.request.url).hostname or "") in LOOPBACK:
+            route.continue_()
+        else:
+            attempted.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_loopback)
+    return attempted
+
+
+def test_the_costs_page_loads_offline_and_shows_the_chosen_days(served: Served) -> None:
+    context = served.context("viewer")
+    attempted = _block_all_but_loopback(context)
+    page = context.new_page()
+    response = page.goto("/ui/costs")
+    assert response is not None
+    assert response.ok, response.status
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(246, 247, 249)"
+    # The default period: 30 days, one bar each in the per-day table.
+    served.expect(page.locator("#day-h ~ .table-wrap meter")).to_have_count(30)
+    page.get_by_label("From").fill("2026-11-01")
+    page.get_by_label("To (included)").fill("2026-11-07")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url("**/ui/costs?from=2026-11-01&to=2026-11-07")
+    served.expect(page.locator("#total-h")).to_have_text("2026-11-01 to 2026-11-07")
+    served.expect(page.locator("#day-h ~ .table-wrap meter")).to_have_count(7)
+    assert attempted == [], f"requests left loopback: {attempted}"
+    context.close()
+
+
+def test_the_health_page_shows_orch_serves_loops_offline(served: Served) -> None:
+    context = served.context("viewer")
+    attempted = _block_all_but_loopback(context)
+    page = context.new_page()
+    response = page.goto("/ui/health")
+    assert response is not None
+    assert response.ok, response.status
+    loops = page.locator("#proc-h ~ table")
+    for name in ("engine", "inbox", "heartbeat"):
+        served.expect(loops.get_by_role("row", name=f"{name} running")).to_have_count(1)
+    instances = page.locator("#inst-h ~ .table-wrap")
+    served.expect(instances).to_contain_text("alive")
+    served.expect(page.locator("main")).not_to_contain_text("Needs a look")
+    assert attempted == [], f"requests left loopback: {attempted}"
+    context.close()

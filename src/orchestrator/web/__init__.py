@@ -3,9 +3,11 @@
 Server-rendered Jinja2 pages with a little plain JavaScript (``EventSource`` on the
 API's own live streams), every asset shipped in this package: no CDN, no build step.
 
-* :mod:`~orchestrator.web.routes`: the pages (board, task), the actions, login/logout;
+* :mod:`~orchestrator.web.routes`: the pages (board, task, costs, health), the actions,
+  login/logout;
 * :mod:`~orchestrator.web.sessions`: logins with an API token, CSRF tokens;
 * :mod:`~orchestrator.web.views`: what a page shows, built from store rows (pure);
+* :mod:`~orchestrator.web.reports`: the Costs and Health pages' values (pure);
 * :mod:`~orchestrator.web.markdown`: artifacts as HTML, no raw HTML passed through;
 * :mod:`~orchestrator.web.gitview`: artifacts and the diff, read from the task's branch.
 

@@ -29,6 +29,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from orchestrator import __version__
 from orchestrator.auth import ROLES, Principal, authorize
+from orchestrator.costs import DEFAULT_TOP, cost_report
 from orchestrator.errors import (
     ForbiddenError,
     NotAuthenticatedError,
@@ -59,6 +60,7 @@ from orchestrator.store.listing import ListingStore
 from orchestrator.text_input import check_text
 from orchestrator.web.gitview import read_artifacts, read_diff
 from orchestrator.web.markdown import render_markdown
+from orchestrator.web.reports import costs_view, health_view, period_from_form
 from orchestrator.web.sessions import SESSION_MAX_AGE_S, SessionStore, csrf_matches
 from orchestrator.web.views import (
     BOARD_STAGES,
@@ -343,6 +345,23 @@ def web_router(
             "logs_base": logs_base,
             "notice": _query(request, "done"),
         }
+
+    @router.get("/ui/costs", response_class=HTMLResponse)
+    def costs_page(request: Request) -> HTMLResponse:
+        """Spend over a period (the cost report), the top tasks, and the budgets."""
+        try:
+            period = period_from_form(_query(request, "from"), _query(request, "to"), time.time())
+            report = cost_report(store, settings, period, DEFAULT_TOP)
+        except OrchestratorError as exc:
+            return error_page(request, exc)
+        return page(request, "costs.html", costs_view(report))
+
+    @router.get("/ui/health", response_class=HTMLResponse)
+    def health_page(request: Request) -> HTMLResponse:
+        """The GET /status facts on one page."""
+        return page(
+            request, "health.html", health_view(request.app.state.status_report(), time.time())
+        )
 
     # --- actions ---------------------------------------------------------------------
     @router.post("/ui/tasks/{task_ref}/{action}", response_class=HTMLResponse)
