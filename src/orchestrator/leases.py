@@ -117,35 +117,29 @@ class Owner:
 
 
 class Heartbeat:
-    """A dedicated thread that keeps this instance's heartbeat fresh."""
+    """Keeps this instance's heartbeat fresh: a loop body for the supervisor."""
 
     def __init__(self, store: Store, owner: Owner, interval_s: float = HEARTBEAT_INTERVAL_S):
         self.store = store
         self.owner = owner
         self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
-    @property
-    def thread(self) -> threading.Thread:
-        """The thread that beats (for GET /status's loops)."""
-        return self._thread
-
-    def start(self) -> None:
+    def register(self) -> None:
+        """Record this instance as alive now (before any loop starts)."""
         self.owner.register(self.store)
-        self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+    def run(self, stop: threading.Event) -> None:
+        """Beat every ``interval_s`` until ``stop``; a missed beat is retried at the next
+        one (a database outage must not end the loop, or the instance would look dead
+        for the supervisor's backoff too)."""
+        while not stop.wait(self.interval_s):
             try:
                 self.owner.beat(self.store)
-            except Exception:  # a missed beat is retried; never kill the thread
+            except Exception:
                 log.exception("heartbeat failed")
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+    def stopped(self) -> None:
+        """Mark this instance stopped: its leases and claims count as a dead owner's."""
         with contextlib.suppress(Exception):
             self.owner.stopped(self.store)
 

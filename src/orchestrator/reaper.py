@@ -17,6 +17,7 @@ Every decision is an event.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -25,7 +26,7 @@ from orchestrator.procs.job import RunningProcess, job_stop_grace_s, kill_job
 from orchestrator.procs.proc import pid_alive, start_ticks
 
 if TYPE_CHECKING:
-    from orchestrator.engine import Engine
+    from orchestrator.finalizer import Finalizer
 
 __all__ = ["ACTOR", "Reaper"]
 
@@ -33,27 +34,36 @@ log = logging.getLogger("orchestrator.reaper")
 ACTOR: Final = "reaper"
 
 
+def _not_ours(_job_id: int, _reason: str) -> bool:
+    return False
+
+
 class Reaper:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.store = engine.store
-        self.settings = engine.settings
+    """Tier 2 and tier 3, through the finalizer; ``stop_watched_job(job_id, reason)``
+    stops a job this process's engine watches (False for a job it does not)."""
+
+    def __init__(
+        self, finalizer: Finalizer, stop_watched_job: Callable[[int, str], bool] = _not_ours
+    ) -> None:
+        self.finalizer = finalizer
+        self.runtime = finalizer.runtime
+        self.store = finalizer.store
+        self.settings = finalizer.settings
+        self.stop_watched_job = stop_watched_job
 
     def sweep(self) -> None:
         self.reap_known_outcomes()
         self.reap_overdue()
 
     def _lease_live(self, task_id: int) -> bool:
-        return any(
-            info.task_id == task_id and info.live for info in self.engine.runtime.leases.held()
-        )
+        return any(info.task_id == task_id and info.live for info in self.runtime.leases.held())
 
     # --- tier 2 ------------------------------------------------------------------------
     def reap_known_outcomes(self) -> int:
         """Finalize jobs whose exit was recorded more than the grace period ago."""
         reaped = 0
         for job, finished_age_s in self.store.overdue_finalizing(
-            self.settings.reaper_finalize_grace_s, self.engine.runtime.clock.now()
+            self.settings.reaper_finalize_grace_s, self.runtime.clock.now()
         ):
             task = self.store.get_task(job.task_id)
             if self._lease_live(task.id):
@@ -72,7 +82,7 @@ class Reaper:
                 EventKind.REAPER_TIER2,
                 f"exit recorded {finished_age_s:.0f}s ago and still not finalized",
             )
-            if self.engine.finalize(job, exit_code, None, output, actor=ACTOR):
+            if self.finalizer.finalize(job, exit_code, None, output, actor=ACTOR):
                 reaped += 1
         return reaped
 
@@ -80,7 +90,7 @@ class Reaper:
     def reap_overdue(self) -> int:
         """Kill and fail jobs running longer than ``reaper_max_running_s``."""
         reaped = 0
-        now = self.engine.runtime.clock.now()
+        now = self.runtime.clock.now()
         for job, task in self.store.jobs_by_status(("running",)):
             if job.started_at is None or now - job.started_at <= self.settings.reaper_max_running_s:
                 continue
@@ -89,7 +99,7 @@ class Reaper:
                 f"reaper_max_running_s={self.settings.reaper_max_running_s:.0f}"
             )
             self._event(task.id, job.id, EventKind.REAPER_TIER3, reason)
-            if not self.engine.kill_job(job.id, reason):
+            if not self.stop_watched_job(job.id, reason):
                 # Not ours (its engine is gone or hung): kill the group ourselves.
                 same_process = job.pid_start is None or start_ticks(job.pid or 0) in (
                     None,
@@ -103,8 +113,8 @@ class Reaper:
                         continue
                     if run is not None:
                         tx.record_exit(run.id, exit_code=-1)
-                self.engine.finalize(job, None, reason, "", actor=ACTOR)
-            self.engine.runtime.leases.force_release(task, actor=ACTOR, reason=reason)
+                self.finalizer.finalize(job, None, reason, "", actor=ACTOR)
+            self.runtime.leases.force_release(task, actor=ACTOR, reason=reason)
             reaped += 1
         return reaped
 

@@ -27,7 +27,7 @@ from orchestrator.kernel.stages import JOB_STAGES, TERMINAL_STAGES
 from orchestrator.transitions import enqueue_stage_job
 
 if TYPE_CHECKING:
-    from orchestrator.engine import Engine
+    from orchestrator.finalizer import Finalizer
     from orchestrator.kernel.gates import Verdict
     from orchestrator.store import Task
 
@@ -39,16 +39,20 @@ PENDING: Final = ("queued", "deferred", "running", "finalizing")
 
 
 class Reconciler:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.store = engine.store
+    """Repairs through the finalizer; never starts a crossing the pool already runs."""
+
+    def __init__(self, finalizer: Finalizer) -> None:
+        self.finalizer = finalizer
+        self.runtime = finalizer.runtime
+        self.store = finalizer.store
+        self.settings = finalizer.settings
 
     def sweep(self) -> int:
         """Repair every task that needs it; returns how many were repaired."""
         pending_tasks = {job.task_id for job, _ in self.store.jobs_by_status(PENDING)}
-        live_leases = {info.task_id for info in self.engine.runtime.leases.held() if info.live}
+        live_leases = {info.task_id for info in self.runtime.leases.held() if info.live}
         # This engine's own crossings in flight (they may not hold their lease yet).
-        crossing = self.engine.crossings.busy_tasks()
+        crossing = self.finalizer.crossings.busy_tasks()
         repaired = 0
         for task in self.store.list_tasks(limit=10_000):
             if task.stage in TERMINAL_STAGES or task.failed or task.stage not in JOB_STAGES:
@@ -68,7 +72,7 @@ class Reconciler:
         """Within ``reaper_finalize_grace_s`` of the task's last change or job."""
         job = self.store.latest_job(task.id)
         last = max(task.updated_at, job.updated_at if job else 0.0)
-        return time.time() - last < self.engine.settings.reaper_finalize_grace_s
+        return time.time() - last < self.settings.reaper_finalize_grace_s
 
     def repair(self, task: Task) -> bool:
         """Repair ``task``; False when there was nothing to do or another actor won."""
@@ -95,16 +99,16 @@ class Reconciler:
                     reason=f"task in {task.stage} had no job for it",
                 )
                 enqueue_stage_job(
-                    tx, self.engine.settings, task, task.stage, attempt=task.attempt, actor=ACTOR
+                    tx, self.settings, task, task.stage, attempt=task.attempt, actor=ACTOR
                 )
             return True
         if job.status == "done":
-            problem, judged = self.engine.judge(task, job)
-            decision = self.engine.decide(task, job, problem, judged)
+            problem, judged = self.finalizer.judge(task, job)
+            decision = self.finalizer.decide(task, job, problem, judged)
             self._event(
                 task, EventKind.RECONCILER_ADVANCE, f"job {job.id} is done, stage did not move"
             )
-            return self.engine.apply_decision(
+            return self.finalizer.apply_decision(
                 task, job, judged, problem, decision, actor=ACTOR, claim_from=None
             )
         if job.status == "failed":
@@ -115,14 +119,14 @@ class Reconciler:
             verdict: Verdict | None = None
             if run is not None and run.exit_code == 0:
                 # The agent succeeded: the failure was the gates' verdict; judge again.
-                job_error, verdict = self.engine.judge(task, job)
-            decision = self.engine.decide(task, job, job_error, verdict)
+                job_error, verdict = self.finalizer.judge(task, job)
+            decision = self.finalizer.decide(task, job, job_error, verdict)
             self._event(
                 task,
                 EventKind.RECONCILER_DECIDE,
                 f"job {job.id} failed and no decision was applied",
             )
-            return self.engine.apply_decision(
+            return self.finalizer.apply_decision(
                 task, job, verdict, job_error, decision, actor=ACTOR, claim_from=None
             )
         return False

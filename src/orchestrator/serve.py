@@ -15,13 +15,15 @@ listens (a port already in use must not leave jobs started behind it).
 * The engine thread dies with an exception: the supervisor logs it and tells uvicorn to
   exit; exit code 1, so a process manager restarts the service.
 * The server cannot start (port in use): exit code 1, the engine never started.
-* The outbox delivery loop (thread ``outbox``, when a channel such as Telegram is
-  configured) is supervised the same way: if it dies, the server stops with exit code 1;
-  what it had not delivered stays in the outbox for the next start.
-* The inbox loop (thread ``inbox``) applies the intents webhooks recorded (cancel,
-  rollback, a merged pull request's ``deploy -> done``) when the transition lease
-  allows; it is supervised the same way, and an intent it had claimed when the process
-  died is taken over by the next start (see :mod:`orchestrator.inbox`).
+* The maintenance services run as named loops under one
+  :class:`~orchestrator.supervisor.Supervisor` (threads ``orch-<name>``): the reaper,
+  the reconciler and the worktree janitor (no longer inside the engine's tick), the
+  inbox (``orch-inbox``: applies the intents webhooks recorded — cancel, rollback, a
+  merged pull request's ``deploy -> done`` — when the transition lease allows), the
+  instance heartbeat, and outbox delivery (``orch-outbox``, when a channel such as
+  Telegram is configured). A loop that dies is logged, restarted with a backoff and
+  shown with its restarts and last error under ``loops`` in ``GET /status``; what the
+  outbox had not delivered, or an intent the inbox had claimed, is picked up again.
 
 uvicorn re-raises a signal it handled once it returns (so a default handler would end
 the process by that signal); :func:`run_server` holds its own handlers around the server
@@ -38,7 +40,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Final
+from typing import Any, Final
 
 import uvicorn
 
@@ -51,6 +53,7 @@ from orchestrator.server import create_app
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from orchestrator.supervisor import Loop, Supervisor
 
 __all__ = ["ENGINE_JOIN_TIMEOUT_S", "EXIT_FAILURE", "EXIT_OK", "run_server"]
 
@@ -62,8 +65,6 @@ EXIT_OK: Final = 0
 # The engine loop died or the server could not start (uvicorn's own code would be 3).
 EXIT_FAILURE: Final = 1
 ENGINE_THREAD_NAME: Final = "engine"
-OUTBOX_THREAD_NAME: Final = "outbox"
-INBOX_THREAD_NAME: Final = "inbox"
 SHUTDOWN_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -134,17 +135,37 @@ def run_server(
     """
     notifier = notifier or NullNotifier()
     engine = engine or Engine(store, settings, notifier)
+    # The supervisor runs the maintenance services; the engine's tick only dispatches
+    # and watches.
+    engine.inline_maintenance = False
     service = TaskService(store, settings, notifier)
     inbox = InboxApplier(service, engine.runtime)
-    app = create_app(
-        store=store, settings=settings, service=service, engine=engine, on_intent=inbox.wake
-    )
+    heartbeat = Heartbeat(store, engine.runtime.owner)
+    loops = [
+        *engine.services.loops(),
+        Loop("inbox", inbox.run, wake=inbox.wake),
+        Loop("heartbeat", heartbeat.run),
+    ]
+    if delivery is not None:
+        loops.append(Loop("outbox", delivery.run))
+    supervisor = Supervisor(loops)
     stop = threading.Event()
+
+    def loop_states() -> list[dict[str, Any]]:
+        state = "running" if thread.is_alive() else "stopped"
+        return [{"name": ENGINE_THREAD_NAME, "state": state}, *supervisor.status()]
+
+    app = create_app(
+        store=store,
+        settings=settings,
+        service=service,
+        engine=engine,
+        on_intent=inbox.wake,
+        loops=loop_states,
+    )
     engine_failure: list[BaseException] = []
     database = store.engine.url.set(password=None).render_as_string(hide_password=False)
     address = f"http://{settings.host}:{settings.port}"
-
-    heartbeat = Heartbeat(store, engine.runtime.owner)
 
     def engine_loop() -> None:
         try:
@@ -158,40 +179,11 @@ def run_server(
 
     thread = threading.Thread(target=engine_loop, name=ENGINE_THREAD_NAME, daemon=True)
 
-    def outbox_loop() -> None:
-        assert delivery is not None
-        try:
-            delivery.run(stop)
-        except BaseException as exc:
-            log.exception("the outbox delivery loop died; stopping the server")
-            engine_failure.append(exc)
-            server.should_exit = True
-
-    outbox_thread = threading.Thread(target=outbox_loop, name=OUTBOX_THREAD_NAME, daemon=True)
-
-    def inbox_loop() -> None:
-        try:
-            inbox.run(stop)
-        except BaseException as exc:
-            log.exception("the inbox loop died; stopping the server")
-            engine_failure.append(exc)
-            server.should_exit = True
-
-    inbox_thread = threading.Thread(target=inbox_loop, name=INBOX_THREAD_NAME, daemon=True)
-
-    app.state.loops.add(ENGINE_THREAD_NAME, thread)
-    app.state.loops.add(INBOX_THREAD_NAME, inbox_thread)
-    app.state.loops.add("heartbeat", heartbeat.thread)
-    if delivery is not None:
-        app.state.loops.add(OUTBOX_THREAD_NAME, outbox_thread)
-
     def on_started() -> None:
         print(f"orch serve: listening on {address} (database: {database})", flush=True)
-        heartbeat.start()
+        heartbeat.register()
         thread.start()
-        inbox_thread.start()
-        if delivery is not None:
-            outbox_thread.start()
+        supervisor.start()
 
     config = uvicorn.Config(
         app,
@@ -224,14 +216,10 @@ def run_server(
                 )
             else:
                 engine.shutdown()
-            if outbox_thread.is_alive():
-                outbox_thread.join(ENGINE_JOIN_TIMEOUT_S)
-            if inbox_thread.is_alive():
-                inbox.wake()
-                inbox_thread.join(ENGINE_JOIN_TIMEOUT_S)
+            supervisor.stop(ENGINE_JOIN_TIMEOUT_S)
             if delivery is not None:
                 delivery.close()
-            heartbeat.stop()
+            heartbeat.stopped()
     if received:
         log.info("stopped by signal %s", ", ".join(signal.Signals(s).name for s in received))
     if engine_failure:

@@ -62,7 +62,7 @@ from orchestrator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from orchestrator.metrics import render_metrics
 from orchestrator.service import MAX_FEEDBACK_CHARS, TaskService
 from orchestrator.settings import Settings
-from orchestrator.status import LoopWatch, status_report
+from orchestrator.status import status_report
 from orchestrator.store import Store, Task
 from orchestrator.streams import StreamHub, streams_router
 from orchestrator.text_input import check_path, lone_surrogate_at
@@ -212,11 +212,14 @@ def create_app(
     service: TaskService,
     engine: Engine | None = None,
     on_intent: Callable[[], None] | None = None,
+    loops: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> FastAPI:
     """The API over ``store`` and ``service``; ``engine`` (if any) is only reported on.
 
     ``on_intent`` is called when a webhook recorded an intent in the inbox (``orch
     serve`` wakes its inbox loop); without it the intent waits for the next sweep.
+    ``loops`` reports the background loops' states for ``/status`` (``orch serve``'s
+    engine thread and supervisor).
     """
     app = FastAPI(
         title="orchestrator",
@@ -275,12 +278,13 @@ def create_app(
             return engine.runtime.leases
         return LeaseManager(store, settings, Owner.current(settings.instance_name or None))
 
-    # orch serve registers the loops it supervises here.
-    app.state.loops = LoopWatch()
-
     def current_status() -> dict[str, Any]:
         return status_report(
-            store, started_at=started_at, engine=engine, loops=app.state.loops, leases=leases()
+            store,
+            started_at=started_at,
+            engine=engine,
+            loops=loops() if loops is not None else [],
+            leases=leases(),
         )
 
     # The dashboard's Health page shows the same answer.

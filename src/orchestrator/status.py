@@ -7,18 +7,17 @@ failed tasks, running jobs, the outbox backlog, the inbox's intents waiting for 
 the transition leases held (and whether their owners live), and the process starts
 (``instances``) not marked stopped, each with its last heartbeat and whether it is
 alive. Two come from this process: its version and uptime, and its **loops**: the
-threads ``orch serve`` supervises (engine, inbox, outbox, heartbeat), registered in a
-:class:`LoopWatch`, each ``running``, ``stopped`` or ``not started``, and the engine's
-last tick. A loop that dies stops ``orch serve`` (see :mod:`orchestrator.serve`), so a
-``stopped`` loop is only seen during shutdown; the engine's last tick is what shows a
-loop that is alive but stuck.
+engine's thread and the loops ``orch serve``'s supervisor runs (reaper, reconciler,
+worktree janitor, inbox, heartbeat, outbox), each ``running``, ``restarting`` or
+``stopped`` with its restarts and last error (:mod:`orchestrator.supervisor`), and the
+engine's last tick. A supervised loop that dies is restarted, so its restarts and last
+error show it; the engine's death stops ``orch serve``, and its last tick is what shows
+an engine that is alive but stuck.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from orchestrator import __version__
@@ -33,7 +32,6 @@ __all__ = [
     "MAX_INSTANCES_SHOWN",
     "MAX_LEASES_SHOWN",
     "OUTBOX_OPEN_STATUSES",
-    "LoopWatch",
     "status_report",
 ]
 
@@ -44,34 +42,12 @@ MAX_INSTANCES_SHOWN: Final = 20
 MAX_LEASES_SHOWN: Final = 100
 
 
-@dataclass
-class LoopWatch:
-    """The threads ``orch serve`` supervises, by name (empty outside ``orch serve``)."""
-
-    threads: dict[str, threading.Thread] = field(default_factory=dict)
-
-    def add(self, name: str, thread: threading.Thread) -> None:
-        self.threads[name] = thread
-
-    def describe(self) -> list[dict[str, str]]:
-        """Each loop's name and state: ``running``, ``stopped`` or ``not started``."""
-        return [
-            {"name": name, "state": _state(thread)} for name, thread in sorted(self.threads.items())
-        ]
-
-
-def _state(thread: threading.Thread) -> str:
-    if thread.is_alive():
-        return "running"
-    return "not started" if thread.ident is None else "stopped"
-
-
 def status_report(
     store: Store,
     *,
     started_at: float,
     engine: Engine | None,
-    loops: LoopWatch,
+    loops: list[dict[str, Any]],
     leases: LeaseManager,
 ) -> dict[str, Any]:
     """The ``GET /status`` answer (docs/api.md lists its fields)."""
@@ -93,7 +69,7 @@ def status_report(
         # Webhook intents not applied yet (waiting for a lease, or retried).
         "inbox": InboxStore(store).inbox_summary(now),
         # This process's supervised loops; the engine's last tick (None before the first).
-        "loops": loops.describe(),
+        "loops": loops,
         "engine_last_tick_at": iso_utc(engine.last_tick_at) if engine is not None else None,
         "transition_leases": {
             "enabled": leases.settings.transition_lease_enabled,

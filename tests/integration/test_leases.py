@@ -21,6 +21,7 @@ from orchestrator.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.store.schema import instances, transition_lease
+from orchestrator.supervisor import Loop, Supervisor
 from orchestrator.testing.clock import FakeClock
 
 
@@ -180,12 +181,15 @@ def test_heartbeat_thread_beats_and_marks_the_stop(
 ) -> None:
     owner = Owner.current()
     heartbeat = Heartbeat(store, owner, interval_s=0.05)
-    heartbeat.start()
+    heartbeat.register()
+    supervisor = Supervisor([Loop("heartbeat", heartbeat.run)])
+    supervisor.start()
     first = _heartbeat_at(store, owner)
     deadline = time.monotonic() + 30  # generous; never the pass criterion
     while _heartbeat_at(store, owner) <= first and time.monotonic() < deadline:
         time.sleep(0.02)
-    heartbeat.stop()
+    supervisor.stop()
+    heartbeat.stopped()
     with store.engine.connect() as conn:
         row = conn.execute(sa.select(instances).where(instances.c.boot_id == owner.boot_id)).one()
     assert row.heartbeat_at > first

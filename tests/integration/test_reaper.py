@@ -37,8 +37,11 @@ import pytest
 from support import make_repo
 
 from orchestrator.commit_policy import CommitPlan
+from orchestrator.crossings import CrossingPool
 from orchestrator.engine import Engine
+from orchestrator.finalizer import Finalizer
 from orchestrator.kernel.gates import Verdict
+from orchestrator.maintenance import Maintenance
 from orchestrator.reaper import Reaper
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings, load_settings
@@ -115,12 +118,12 @@ def drive(engine: Engine, until: Callable[[], bool], what: str) -> None:
             time.sleep(POLL_S)
 
 
-class Actor(Engine):
-    """An engine whose monitor can pause after recording an exit, and whose gate
+class PausableFinalizer(Finalizer):
+    """A finalizer whose monitor can pause after recording an exit, and whose gate
     evaluation can let another actor run first (between its read and its claim)."""
 
-    def __init__(self, store: Store, settings: Settings, clock: FakeClock) -> None:
-        super().__init__(store, settings, runtime=Runtime.create(store, settings, clock=clock))
+    def __init__(self, runtime: Runtime, crossings: CrossingPool) -> None:
+        super().__init__(runtime, crossings)
         self.hold_monitor = False
         self.held: list[tuple[Job, int | None, str | None, str]] = []
         self.during_evaluate: Callable[[], None] | None = None
@@ -152,6 +155,20 @@ class Actor(Engine):
         if hook is not None:
             hook()
         return verdict
+
+
+class Actor(Engine):
+    """An engine (with its own reaper) on a fake clock, finalizing through a
+    :class:`PausableFinalizer`."""
+
+    def __init__(self, store: Store, settings: Settings, clock: FakeClock) -> None:
+        super().__init__(store, settings, runtime=Runtime.create(store, settings, clock=clock))
+        self.paused = PausableFinalizer(self.runtime, self.crossings)
+        self.finalizer = self.paused
+        self.services = Maintenance.create(self.paused, self.kill_job)
+
+    def reaper(self) -> Reaper:
+        return self.services.reaper
 
 
 @dataclass
@@ -204,8 +221,8 @@ class World:
     def paused_at_finalize(self, task: Task) -> tuple[Actor, Job]:
         """Run the task's first job; its monitor records the exit, then pauses."""
         monitor = self.actor()
-        monitor.hold_monitor = True
-        drive(monitor, lambda: bool(monitor.held), "the agent's exit")
+        monitor.paused.hold_monitor = True
+        drive(monitor, lambda: bool(monitor.paused.held), "the agent's exit")
         [job] = self.store.task_jobs(task.id)
         assert job.status == "finalizing"
         run = self.store.job_run(job.id)
@@ -244,7 +261,7 @@ def test_a_finalizing_job_inside_the_grace_window_is_not_reaped(world: World) ->
     monitor, job = world.paused_at_finalize(task)
     before = world.events(task)
 
-    assert Reaper(monitor).reap_known_outcomes() == 0
+    assert monitor.reaper().reap_known_outcomes() == 0
 
     assert world.store.get_job(job.id).status == "finalizing"
     assert world.task(task).stage == "analysis"
@@ -253,14 +270,14 @@ def test_a_finalizing_job_inside_the_grace_window_is_not_reaped(world: World) ->
 
     # Past the grace period (0 here) the reaper finalizes it: the task advances once.
     reaper = world.actor(reaper_finalize_grace_s=0.0)
-    assert Reaper(reaper).reap_known_outcomes() == 1
+    assert reaper.reaper().reap_known_outcomes() == 1
 
     assert world.store.get_job(job.id).status == "done"
     moved = world.task(task)
     assert (moved.stage, moved.failed_reason) == ("development", None)
     # The paused monitor wakes up afterwards: it loses and changes nothing.
-    assert monitor.resume_monitor() is False
-    assert Reaper(reaper).reap_known_outcomes() == 0
+    assert monitor.paused.resume_monitor() is False
+    assert reaper.reaper().reap_known_outcomes() == 0
     events = world.events(task)
     changes = by(events, "stage.changed")
     assert [(e.from_stage, e.to_stage, e.actor) for e in changes] == [
@@ -292,14 +309,15 @@ def test_the_actor_that_loses_the_claim_performs_no_side_effect(world: World, wi
     loser = "reaper" if winner == "monitor" else "engine"
 
     if winner == "monitor":
-        reaper.during_evaluate = lambda: outcomes.append(monitor.resume_monitor())
-        assert Reaper(reaper).reap_known_outcomes() == 0
+        reaper.paused.during_evaluate = lambda: outcomes.append(monitor.paused.resume_monitor())
+        assert reaper.reaper().reap_known_outcomes() == 0
         assert outcomes == [True]
         # A reaper that comes later still (plain sequence) loses the same way.
-        assert reaper.finalize(job, 0, None, "", actor="reaper") is False
+        assert reaper.finalizer.finalize(job, 0, None, "", actor="reaper") is False
     else:
-        monitor.during_evaluate = lambda: outcomes.append(Reaper(reaper).reap_known_outcomes())
-        assert monitor.resume_monitor() is False
+        reap = reaper.reaper().reap_known_outcomes
+        monitor.paused.during_evaluate = lambda: outcomes.append(reap())
+        assert monitor.paused.resume_monitor() is False
         assert outcomes == [1]
 
     events = world.events(task)
@@ -340,7 +358,7 @@ def test_reaping_a_job_whose_task_already_moved_on_changes_nothing(world: World)
     before = world.events(task)
 
     reaper = world.actor(reaper_finalize_grace_s=0.0)
-    assert Reaper(reaper).reap_known_outcomes() == 0
+    assert reaper.reaper().reap_known_outcomes() == 0
 
     after = world.task(task)
     assert (after.stage, after.version, after.failed_reason) == ("development", moved.version, None)
@@ -357,8 +375,8 @@ def test_reaping_a_job_whose_task_already_moved_on_changes_nothing(world: World)
 
     # Idempotent: sweeping again, or the paused monitor waking up, changes nothing.
     settled = world.events(task)
-    assert Reaper(reaper).reap_known_outcomes() == 0
-    assert monitor.resume_monitor() is False
+    assert reaper.reaper().reap_known_outcomes() == 0
+    assert monitor.paused.resume_monitor() is False
     assert world.events(task) == settled
     assert world.task(task) == after
 
@@ -399,7 +417,7 @@ def test_tier3_tree_kills_a_hung_job_of_its_own_engine_and_releases_the_lease(
     assert not lease.inert
     skip_until_overdue(world, job, 600)
 
-    assert Reaper(engine).reap_overdue() == 1
+    assert engine.reaper().reap_overdue() == 1
 
     assert_tree_gone([job.pid, *hung_pids(world)])
     assert engine.runtime.leases.held() == []
@@ -457,7 +475,7 @@ def test_tier3_tree_kills_the_hung_job_of_another_engine_instance(
     assert lease is not None
     skip_until_overdue(world, job, 600)
 
-    assert Reaper(engine_b).reap_overdue() == 1
+    assert engine_b.reaper().reap_overdue() == 1
 
     assert_tree_gone([job.pid, *hung_pids(world)])
     ended = world.store.get_job(job.id)

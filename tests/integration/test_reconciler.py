@@ -98,7 +98,7 @@ def test_a_done_job_whose_stage_never_moved_is_advanced_once(world: World) -> No
     task = world.task()
     world.job_to(task, "done")  # claimed; the claimer died before its transition
 
-    assert Reconciler(world.engine).sweep() == 1
+    assert Reconciler(world.engine.finalizer).sweep() == 1
     assert world.engine.wait_for_crossings(60)  # the crossing runs in the engine's pool
 
     done = world.store.get_task(task.id)
@@ -108,7 +108,7 @@ def test_a_done_job_whose_stage_never_moved_is_advanced_once(world: World) -> No
     assert [e.actor for e in world.events(task, "reconciler.advance")] == ["reconciler"]
     # Idempotent: nothing left to repair, nothing written.
     before = world.store.task_events(task.id)
-    assert Reconciler(world.engine).sweep() == 0
+    assert Reconciler(world.engine.finalizer).sweep() == 0
     assert world.store.task_events(task.id) == before
     assert world.merges("R-1") == 1
     assert world.deployed() == ["R-1"]
@@ -124,7 +124,7 @@ def test_the_reconciler_defers_while_a_live_owner_holds_the_lease(world: World) 
     lease = holder.leases.acquire(task, "deploy->done", "holder")
     assert lease is not None
 
-    assert Reconciler(world.engine).sweep() == 0
+    assert Reconciler(world.engine.finalizer).sweep() == 0
 
     assert world.store.get_task(task.id).stage == "deploy"
     assert [e.reason for e in world.events(task, "reconciler.deferred")] == [
@@ -135,7 +135,7 @@ def test_the_reconciler_defers_while_a_live_owner_holds_the_lease(world: World) 
     assert world.deployed() == []
 
     holder.leases.release(lease)
-    assert Reconciler(world.engine).sweep() == 1
+    assert Reconciler(world.engine.finalizer).sweep() == 1
     assert world.engine.wait_for_crossings(60)
     assert world.store.get_task(task.id).stage == "done"
     assert world.merges("R-1") == 1
@@ -154,7 +154,7 @@ def test_a_failed_job_whose_retry_was_never_queued_is_retried(world: World) -> N
         tx.record_exit(run.id, exit_code=1)
     world.job_to(task, "failed", error="exit code 1")
 
-    assert Reconciler(world.engine).sweep() == 1
+    assert Reconciler(world.engine.finalizer).sweep() == 1
 
     jobs = world.store.task_jobs(task.id)
     assert [(j.stage, j.attempt, j.status) for j in jobs] == [
@@ -163,7 +163,7 @@ def test_a_failed_job_whose_retry_was_never_queued_is_retried(world: World) -> N
     ]
     assert world.store.get_task(task.id).stage == "deploy"
     assert len(world.events(task, "reconciler.decide")) == 1
-    assert Reconciler(world.engine).sweep() == 0  # a job is pending now
+    assert Reconciler(world.engine.finalizer).sweep() == 0  # a job is pending now
     assert len(world.store.task_jobs(task.id)) == 2
 
 
@@ -176,12 +176,12 @@ def test_a_stage_whose_job_was_never_enqueued_gets_its_job(world: World) -> None
     world.job_to(task, "done")
     assert world.store.update_task_stage_cas(task.id, "deploy", "development")
 
-    assert Reconciler(world.engine).sweep() == 1
+    assert Reconciler(world.engine.finalizer).sweep() == 1
 
     latest = world.store.latest_job(task.id)
     assert latest is not None
     assert (latest.stage, latest.status) == ("development", "queued")
     [enqueued] = world.events(task, "reconciler.enqueued")
     assert enqueued.to_stage == "development"
-    assert Reconciler(world.engine).sweep() == 0
+    assert Reconciler(world.engine.finalizer).sweep() == 0
     assert len(world.store.task_jobs(task.id)) == 2

@@ -681,6 +681,44 @@ store = Store.open(settings.effective_database_url)
 sys.exit(run_server(settings, store, engine=DyingEngine(store, settings)))
 """
 
+# A maintenance loop that dies must be restarted and shown, not stop the server: this
+# reaper's sweep raises on its first two runs.
+DYING_REAPER_SCRIPT: Final = """
+import sys
+from pathlib import Path
+
+from orchestrator.engine import Engine
+from orchestrator.reaper import Reaper
+from orchestrator.serve import run_server
+from orchestrator.settings import load_settings
+from orchestrator.store import Store
+
+
+class DyingReaper(Reaper):
+    failures = 0
+
+    def sweep(self) -> None:
+        if DyingReaper.failures < 2:
+            DyingReaper.failures += 1
+            raise RuntimeError(f"the reaper broke on purpose ({DyingReaper.failures})")
+        super().sweep()
+
+
+settings = load_settings(cwd=Path(sys.argv[1]))
+store = Store.open(settings.effective_database_url)
+engine = Engine(store, settings)
+object.__setattr__(engine.services, "reaper", DyingReaper(engine.finalizer, engine.kill_job))
+sys.exit(run_server(settings, store, engine=engine))
+"""
+SUPERVISED_LOOPS: Final = (
+    "engine",
+    "reaper",
+    "reconciler",
+    "worktree-janitor",
+    "inbox",
+    "heartbeat",
+)
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -743,6 +781,8 @@ def test_run_server_serves_and_stops_cleanly_on_a_signal(
         wait_until_healthy(process, port, tmp_path)
         status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=5.0).json()
         assert status["boot_id"]
+        loops = {loop["name"]: loop["state"] for loop in status["loops"]}
+        assert loops == dict.fromkeys(SUPERVISED_LOOPS, "running")
 
         process.send_signal(stop_signal)
         exit_code = process.wait(timeout=SERVER_STOP_TIMEOUT_S)
@@ -831,3 +871,36 @@ def test_create_refuses_a_hybrid_explainer_that_cannot_start(
         assert "hybrid test explainer" in error
         assert "/nonexistent/ghost" in error
         assert client.get("/tasks").json()["items"] == []
+
+
+def test_a_maintenance_loop_that_dies_is_restarted_and_shown_in_status(tmp_path: Path) -> None:
+    """Seen failing with the supervisor's restart removed (the reaper stayed
+    ``stopped`` after its first failure) and, before the supervisor, with the sweeps
+    inside the engine's tick (no ``loops`` in ``/status`` at all)."""
+    process, port = start_server(tmp_path, DYING_REAPER_SCRIPT)
+
+    def reaper() -> dict[str, Any]:
+        status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=5.0).json()
+        [row] = [loop for loop in status["loops"] if loop["name"] == "reaper"]
+        return dict(row)
+
+    try:
+        wait_until_healthy(process, port, tmp_path)
+        # Backoffs of 1 s then 2 s: generous deadline, never the pass criterion.
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while reaper()["restarts"] < 2 or reaper()["state"] != "running":
+            assert time.monotonic() < deadline, reaper()
+            time.sleep(POLL_INTERVAL_S)
+        row = reaper()
+        assert process.poll() is None  # the server kept serving
+        process.send_signal(signal.SIGTERM)
+        exit_code = process.wait(timeout=SERVER_STOP_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert row["last_error"] == "RuntimeError: the reaper broke on purpose (2)"
+    assert exit_code == 0
+    _stdout, stderr = output_of(tmp_path)
+    assert "loop reaper died; restarting it" in stderr

@@ -123,6 +123,9 @@ def test_orch_serve_reports_its_loops_running(tmp_path: Path) -> None:
 
     assert {loop["name"]: loop["state"] for loop in status["loops"]} == {
         "engine": "running",
+        "reaper": "running",
+        "reconciler": "running",
+        "worktree-janitor": "running",
         "heartbeat": "running",
         "inbox": "running",
     }

@@ -95,7 +95,7 @@ class World:
         assert job is not None
         engine = self.engine()
         try:
-            engine.finalize(job, exit_code, None, output)
+            engine.finalizer.finalize(job, exit_code, None, output)
             assert engine.crossings.wait(CROSSING_WAIT_S)
         finally:
             engine.shutdown()

@@ -96,17 +96,17 @@ def act(role: str, engine: Engine, task_id: int) -> str:
         return "no job"
     before = engine.crossings.latest(task_id)
     if role == "monitor":
-        return _outcome(engine, task_id, before, engine.finalize(job, 0, None, ""))
+        return _outcome(engine, task_id, before, engine.finalizer.finalize(job, 0, None, ""))
     if role == "reaper":
         # Tier 2's own path: a finalizing job past the grace period, claim before act.
         if job.status != "finalizing":
             return "nothing to reap"
-        won = engine.finalize(job, 0, None, "", actor="reaper")
+        won = engine.finalizer.finalize(job, 0, None, "", actor="reaper")
         return _outcome(engine, task_id, before, won)
     if role == "reconciler":
         if job.status == "finalizing" or task.stage != "deploy":
             return "nothing to repair"
-        return _outcome(engine, task_id, before, Reconciler(engine).repair(task))
+        return _outcome(engine, task_id, before, Reconciler(engine.finalizer).repair(task))
     if role in ("webhook", "cli"):
         crossing = enter_transition(
             engine.runtime, task, "deploy", "done", actor=role, reason=f"{role}: merged"
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     for task_id in task_ids:
         print(f"{task_id} {act(role, engine, int(task_id))}", flush=True)
     if role == "reaper":
-        Reaper(engine).sweep()
+        Reaper(engine.finalizer, engine.kill_job).sweep()
     engine.wait_for_crossings()  # a daemon thread would die with this process
     store.close()
     return 0
