@@ -56,9 +56,8 @@ from orchestrator.kernel.gates import (
     Verdict,
     run_gates,
 )
-from orchestrator.kernel.stages import JOB_STAGES
+from orchestrator.kernel.stages import JOB_STAGES, TRANSITION_EFFECTS
 from orchestrator.runners.context import RESULT_PREFIX
-from orchestrator.side_effects import TRANSITION_EFFECTS
 from orchestrator.store import Job, Task
 from orchestrator.transitions import Crossing, Runtime, artifact_dir, enter_transition
 from orchestrator.workspace import recorded_patterns

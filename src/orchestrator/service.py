@@ -19,14 +19,13 @@ from orchestrator import lifecycle
 from orchestrator.agents import check_available, resolve_agent
 from orchestrator.errors import AgentError, ConflictError, UsageError
 from orchestrator.git import Repo, git
+from orchestrator.kernel.actions import Action, refusal
 from orchestrator.kernel.gates import HUMAN_GATE_ARTIFACTS
 from orchestrator.kernel.stages import (
     CREATED,
-    HUMAN_GATE_STAGES,
     JOB_STAGES,
     REJECT_TARGET,
     ROLLBACK_TARGET,
-    TERMINAL_STAGES,
 )
 from orchestrator.leases import LeaseManager, Owner
 from orchestrator.notifier import Notifier, NullNotifier
@@ -271,10 +270,7 @@ class TaskService:
     # --- human actions -----------------------------------------------------------------
     def approve(self, task: Task, *, actor: str = "cli") -> Task:
         """Pass the human gate (BRD approval)."""
-        if task.stage not in HUMAN_GATE_STAGES:
-            raise ConflictError(
-                f"task {task.work_item} is in {task.stage}; approve applies at brd-approval"
-            )
+        _check(Action.APPROVE, task)
         target = self.settings.pipeline_for(Path(task.repository)).next_stage(task.stage)
         return self._move(
             task,
@@ -313,14 +309,8 @@ class TaskService:
     def reject_target(self, task: Task) -> str:
         """Where rejecting ``task`` now would send it; ConflictError when it cannot be
         rejected (not at a gate, failed, or its repository skips the target stage)."""
-        target = REJECT_TARGET.get(task.stage)
-        if target is None:
-            gates = ", ".join(REJECT_TARGET)
-            raise ConflictError(
-                f"task {task.work_item} is in {task.stage}; reject applies at {gates}"
-            )
-        if task.failed:
-            raise ConflictError(f"task {task.work_item} has failed; use retry first")
+        _check(Action.REJECT, task)
+        target = REJECT_TARGET[task.stage]
         if target in self.settings.pipeline_for(Path(task.repository)).skipped:
             raise ConflictError(
                 f"task {task.work_item}'s repository skips {target}, so nothing would redo "
@@ -335,8 +325,7 @@ class TaskService:
 
     def cancel(self, task: Task, *, actor: str = "cli", reason: str = "") -> Task:
         check_text(reason, "the reason")
-        if task.stage in TERMINAL_STAGES:
-            raise ConflictError(f"task {task.work_item} is already {task.stage}")
+        _check(Action.CANCEL, task)
         why = reason or f"cancelled by {actor}"
         with self.store.transaction() as tx:
             self._refuse_during_side_effects(tx, task, "cancel")
@@ -350,12 +339,8 @@ class TaskService:
     def rollback(self, task: Task, *, actor: str = "cli", reason: str = "") -> Task:
         check_text(reason, "the reason")
         """Send the task back to development from testing, staging or deploy."""
-        target = ROLLBACK_TARGET.get(task.stage)
-        if target is None:
-            stages = ", ".join(ROLLBACK_TARGET)
-            raise ConflictError(
-                f"task {task.work_item} is in {task.stage}; rollback applies from {stages}"
-            )
+        _check(Action.ROLLBACK, task)
+        target = ROLLBACK_TARGET[task.stage]
         with self.store.transaction() as tx:  # first, before looking at the worktree
             self._refuse_during_side_effects(tx, task, "roll back")
         self._check_worktree_restorable(task)
@@ -383,10 +368,7 @@ class TaskService:
 
     def retry(self, task: Task, *, actor: str = "cli") -> Task:
         """Resume a failed task at its stage with fresh budgets."""
-        if not task.failed:
-            raise ConflictError(f"task {task.work_item} has not failed; nothing to retry")
-        if task.stage not in JOB_STAGES:
-            raise ConflictError(f"task {task.work_item} is in {task.stage}; nothing to retry")
+        _check(Action.RETRY, task)
         self._check_worktree_restorable(task)
         with self.store.transaction() as tx:
             change = self._won(task, lifecycle.resume(tx, self.settings, task, actor=actor))
@@ -406,8 +388,6 @@ class TaskService:
             )
 
     def _move(self, task: Task, target: str, *, actor: str, reason: str, event_kind: str) -> Task:
-        if task.failed:
-            raise ConflictError(f"task {task.work_item} has failed; use retry first")
         with self.store.transaction() as tx:
             change = self._won(
                 task,
@@ -439,3 +419,10 @@ class TaskService:
 
 def git_branch_delete(repo: Repo, branch: str) -> None:
     git(repo.path, "branch", "-D", branch, check=False)
+
+
+def _check(action: Action, task: Task) -> None:
+    """Refuse an action the kernel's table does not allow in the task's stage now."""
+    why = refusal(action, task.stage, task.failed)
+    if why is not None:
+        raise ConflictError(f"task {task.work_item} {why}")

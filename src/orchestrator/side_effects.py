@@ -31,12 +31,13 @@ from orchestrator.forges.base import Forge
 from orchestrator.git import Repo
 from orchestrator.job_env import deploy_environment
 from orchestrator.journal import Effect, Observation, Seen
+from orchestrator.kernel.stages import TRANSITION_EFFECTS
 from orchestrator.procs.kill import kill_tree
 from orchestrator.procs.spawn import PIPE, spawn
 from orchestrator.settings import Settings
 from orchestrator.store import Task
 
-__all__ = ["TRANSITION_EFFECTS", "DeployEffect", "MergeEffect", "deploy_effect", "effects_for"]
+__all__ = ["DeployEffect", "MergeEffect", "deploy_effect", "effects_for"]
 
 DEPLOY_TIMEOUT_S: Final = 1800.0
 # The end of a deploy's (or check's) output kept and read back.
@@ -184,12 +185,6 @@ class DeployEffect:
             last = output.strip().splitlines()[-1] if output.strip() else ""
             raise RuntimeError(f"{argv[0]} exited {process.returncode}: {last}")
         return output
-
-
-# Which transitions have side effects, in the order they run.
-TRANSITION_EFFECTS: Final[Mapping[tuple[str, str], tuple[str, ...]]] = {
-    ("deploy", "done"): ("merge", "deploy"),
-}
 
 
 def effects_for(settings: Settings, task: Task, expected: str, new: str) -> list[Effect]:

@@ -1,15 +1,17 @@
-"""Which human actions are legal on a task as it stands, as data.
+"""Which human actions are legal in which stage: the kernel's table (pure, no I/O).
 
-A person can ``approve`` or ``reject`` a human gate, ``retry`` a failed job stage,
-``cancel`` a task that has not ended, and ``rollback`` a task from a stage whose failure
-means the code is wrong. :func:`allowed_actions` reads only the stage graph
-(:mod:`orchestrator.kernel.stages`); the service still checks each action when it is
-taken (the task may have moved since the page was drawn), and refuses with the same
-reasons. The dashboard shows only the actions this function allows. Pure.
+A person (the CLI, the API, the dashboard, a chat button) may ``approve`` or
+``reject`` a task at a human gate, ``retry`` a failed one in a job stage, ``roll back``
+one from testing, staging or deploy to development, and ``cancel`` any task that has
+not ended. :func:`refusal` says, in one line, why an action is not legal now; the
+service checks it before it writes (the task may have moved since a page was drawn).
+:func:`allowed_actions` is what a view offers (the dashboard shows only those), read
+from the same table, so what a page shows and what the API accepts cannot disagree.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Final
 
 from orchestrator.kernel.stages import (
@@ -21,36 +23,73 @@ from orchestrator.kernel.stages import (
     Pipeline,
 )
 
-__all__ = ["APPROVE", "CANCEL", "HUMAN_ACTIONS", "REJECT", "RETRY", "ROLLBACK", "allowed_actions"]
+__all__ = [
+    "APPROVE",
+    "CANCEL",
+    "HUMAN_ACTIONS",
+    "REJECT",
+    "RETRY",
+    "ROLLBACK",
+    "Action",
+    "allowed_actions",
+    "refusal",
+]
 
-APPROVE: Final = "approve"
-REJECT: Final = "reject"
-RETRY: Final = "retry"
-CANCEL: Final = "cancel"
-ROLLBACK: Final = "rollback"
+
+class Action(enum.StrEnum):
+    """What a person can do to a task, in the order a page shows them."""
+
+    APPROVE = "approve"
+    REJECT = "reject"
+    RETRY = "retry"
+    ROLLBACK = "rollback"
+    CANCEL = "cancel"
+
+
+APPROVE: Final = Action.APPROVE
+REJECT: Final = Action.REJECT
+RETRY: Final = Action.RETRY
+ROLLBACK: Final = Action.ROLLBACK
+CANCEL: Final = Action.CANCEL
 # Every action a person may take, in the order a page shows them.
-HUMAN_ACTIONS: Final[tuple[str, ...]] = (APPROVE, REJECT, RETRY, ROLLBACK, CANCEL)
+HUMAN_ACTIONS: Final[tuple[Action, ...]] = tuple(Action)
+
+
+def refusal(action: Action, stage: str, failed: bool) -> str | None:
+    """Why ``action`` is not legal for a task in ``stage`` (``failed`` or not), worded to
+    follow "task <ID> "; None when it is legal."""
+    match action:
+        case Action.APPROVE | Action.REJECT:
+            gates = HUMAN_GATE_STAGES if action is Action.APPROVE else frozenset(REJECT_TARGET)
+            if stage not in gates:
+                return f"is in {stage}; {action} applies at {', '.join(sorted(gates))}"
+            if failed:
+                return "has failed; use retry first"
+        case Action.RETRY:
+            if not failed:
+                return "has not failed; nothing to retry"
+            if stage not in JOB_STAGES:
+                return f"is in {stage}; nothing to retry"
+        case Action.ROLLBACK:
+            if stage not in ROLLBACK_TARGET:
+                return f"is in {stage}; rollback applies from {', '.join(ROLLBACK_TARGET)}"
+        case Action.CANCEL:
+            if stage in TERMINAL_STAGES:
+                return f"is already {stage}"
+    return None
 
 
 def allowed_actions(
     stage: str, *, failed: bool, pipeline: Pipeline | None = None
-) -> tuple[str, ...]:
-    """The actions of :data:`HUMAN_ACTIONS` a person may take on a task in ``stage``.
+) -> tuple[Action, ...]:
+    """The actions a person may take on a task in ``stage`` now, in page order.
 
-    ``failed`` is the task's failure flag; ``pipeline`` the repository's skips (a
-    rejection needs the stage that redoes the document).
-    """
+    ``pipeline`` is the repository's skips: a rejection needs the stage that redoes the
+    document (the service refuses one whose target is skipped too)."""
     skipped = pipeline.skipped if pipeline is not None else frozenset()
-    allowed: set[str] = set()
-    if stage in HUMAN_GATE_STAGES and not failed:
-        allowed.add(APPROVE)
-    target = REJECT_TARGET.get(stage)
-    if target is not None and not failed and target not in skipped:
-        allowed.add(REJECT)
-    if failed and stage in JOB_STAGES:
-        allowed.add(RETRY)
-    if stage in ROLLBACK_TARGET:
-        allowed.add(ROLLBACK)
-    if stage not in TERMINAL_STAGES:
-        allowed.add(CANCEL)
-    return tuple(action for action in HUMAN_ACTIONS if action in allowed)
+    return tuple(
+        action
+        for action in Action
+        if refusal(action, stage, failed) is None
+        and not (action is Action.REJECT and REJECT_TARGET.get(stage) in skipped)
+    )

@@ -41,6 +41,7 @@ __all__ = [
     "STAGE_ORDER",
     "STAGE_TRANSITIONS",
     "TERMINAL_STAGES",
+    "TRANSITION_EFFECTS",
     "Pipeline",
     "check_transition",
     "is_legal_transition",
@@ -91,6 +92,11 @@ ROLLBACK_TARGET: Final[Mapping[str, str]] = {
 # Human gates a person may reject, and the stage that redoes the gate's artifact with
 # the person's feedback (the BRD goes back to the analysis that wrote it).
 REJECT_TARGET: Final[Mapping[str, str]] = {"brd-approval": "analysis"}
+# Which transitions have side effects, in the order they run (the effects themselves
+# are built in side_effects.py; entering one takes the transition lease).
+TRANSITION_EFFECTS: Final[Mapping[tuple[str, str], tuple[str, ...]]] = {
+    ("deploy", "done"): ("merge", "deploy"),
+}
 # Stages a repository may leave out of its pipeline.
 SKIPPABLE_STAGES: Final[frozenset[str]] = frozenset(
     {"analysis", "brd-approval", "architecture", "testing", "deploy-staging", "deploy"}
