@@ -95,10 +95,12 @@ OPEN_READ_PREFIX: Final = "/docs/assets/"
 WEBHOOK_PREFIX: Final = "/webhooks/"
 # The web dashboard (orchestrator.web): its pages are reads, its form posts writes.
 UI_PREFIX: Final = "/ui/"
-# Dashboard paths that need no session: the login form, logging out (the route checks
-# its own CSRF token), the packaged CSS and JS, and ``/`` (a redirect to ``/ui/``).
-UI_OPEN_PATHS: Final = frozenset({"/", "/ui/login", "/ui/logout"})
+# Dashboard paths that need no session, for any method: the login form (its post checks
+# a token of its own) and logging out (it ends only the session of its own cookie).
+UI_OPEN_PATHS: Final = frozenset({"/ui/login", "/ui/logout"})
+# Dashboard reads that need no session: the packaged CSS and JS, and ``/`` (a redirect).
 UI_OPEN_PREFIX: Final = "/ui/static/"
+UI_OPEN_READ_PATHS: Final = frozenset({"/"})
 READ_METHODS: Final = frozenset({"GET", "HEAD"})
 # Variables the engine sets for every job: their presence means "running as an agent".
 JOB_ENVIRONMENT_MARKERS: Final = ("ORCH_WORK_ITEM", "ORCH_STAGE")
@@ -211,8 +213,10 @@ def required_role(method: str, path: str, *, public_read: bool) -> str | None:
     """The role a request needs; None = no token (``/health``, signed webhooks)."""
     if path.startswith(WEBHOOK_PREFIX):
         return None
-    if path in UI_OPEN_PATHS or (
-        path.startswith(UI_OPEN_PREFIX) and method.upper() in READ_METHODS
+    if path in UI_OPEN_PATHS:
+        return None
+    if method.upper() in READ_METHODS and (
+        path in UI_OPEN_READ_PATHS or path.startswith(UI_OPEN_PREFIX)
     ):
         return None
     if method.upper() in READ_METHODS:

@@ -26,12 +26,14 @@ import httpx
 import pytest
 from tests.integration.support import GIT_IDENTITY, api_client, make_repo
 
-from orchestrator.auth import TokenKind, issue_token
+from orchestrator.auth import Principal, TokenKind, issue_token
+from orchestrator.errors import NotAuthenticatedError
 from orchestrator.server import create_app
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.transitions import advance_stage
+from orchestrator.web.sessions import SessionStore
 
 ORIGIN: Final = {"Origin": "http://localhost"}
 FORM: Final = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -185,6 +187,9 @@ def test_posts_without_a_session_are_refused(world: World) -> None:
             headers={**ORIGIN, "Authorization": f"Bearer {world.tokens['operator']}"},
         )
         assert bearer.status_code == 403
+        # Logging out needs no session, but still a CSRF token of one.
+        logout = client.post("/ui/logout", data={"csrf_token": "x"}, headers=ORIGIN)
+        assert logout.status_code == 403
     assert _stage(world) == "brd-approval"
 
 
@@ -460,3 +465,42 @@ def test_script_in_a_title_or_an_artifact_is_shown_as_text(world: World) -> None
     assert "script-src 'self'" in csp
     assert "default-src 'none'" in csp
     assert page.headers["x-content-type-options"] == "nosniff"
+
+
+# --- sessions (web/sessions.py) with a clock the test moves ------------------------------
+
+
+def test_sessions_end_when_idle_when_too_old_and_when_crowded_out(world: World) -> None:
+    now = [1_000.0]
+    sessions = SessionStore(
+        world.store,
+        world.settings,
+        clock=lambda: now[0],
+        idle_s=10.0,
+        max_age_s=100.0,
+        max_sessions=2,
+    )
+    token = world.tokens["operator"]
+    idle, _ = sessions.login(token)
+    assert sessions.principal(idle) == Principal("operator-1", "operator")
+    now[0] += 11.0
+    assert sessions.principal(idle) is None  # idle too long
+
+    old, session = sessions.login(token)
+    assert session.csrf
+    assert session.csrf != old
+    while now[0] - session.created_at <= 100.0:
+        assert sessions.principal(old) is not None  # kept alive by use...
+        now[0] += 9.0
+    assert sessions.principal(old) is None  # ...but not past its maximum age
+
+    first, _ = sessions.login(token)
+    second, _ = sessions.login(world.tokens["viewer"])
+    third, _ = sessions.login(token)
+    assert sessions.principal(first) is None  # the least recently used went
+    assert sessions.principal(second) == Principal("viewer-1", "viewer")
+    assert sessions.principal(third) is not None
+    assert len(sessions) == 2
+    with pytest.raises(NotAuthenticatedError):
+        sessions.login("orch_not-a-token")
+    assert sessions.principal("not-a-session") is None

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from orchestrator.auth import (
     ROLES,
+    UI_OPEN_PATHS,
     Principal,
     authorize,
     hash_token,
@@ -52,6 +53,19 @@ from orchestrator.settings import load_settings
         ("GET", "/docs/assets/swagger-ui.css", False, None),
         ("POST", "/docs/assets/swagger-ui.css", False, "operator"),
         ("GET", "/redoc", False, "viewer"),
+        # The dashboard (decision 0020): pages are reads, form posts need an operator.
+        ("GET", "/", False, None),
+        ("POST", "/", False, "operator"),
+        ("GET", "/ui/", False, "viewer"),
+        ("GET", "/ui/", True, None),
+        ("GET", "/ui/tasks/1", False, "viewer"),
+        ("POST", "/ui/tasks/1/approve", False, "operator"),
+        ("POST", "/ui/tasks/1/approve", True, "operator"),
+        ("GET", "/ui/static/dashboard.css", False, None),
+        ("POST", "/ui/static/dashboard.css", False, "operator"),
+        ("GET", "/ui/login", False, None),
+        ("POST", "/ui/login", False, None),
+        ("POST", "/ui/logout", False, None),
     ],
 )
 def test_required_role(method: str, path: str, public_read: bool, role: str | None) -> None:
@@ -64,6 +78,8 @@ def test_every_write_outside_health_and_webhooks_needs_at_least_an_operator(
 ) -> None:
     role = required_role(method, path, public_read=True)
     if method.upper() in ("GET", "HEAD") or path.startswith("/webhooks/"):
+        return
+    if path in UI_OPEN_PATHS:  # the login form and logout: no session to need yet
         return
     assert role in ("operator", "admin")
 

@@ -71,7 +71,7 @@ from orchestrator.web.views import (
     timeline,
 )
 
-__all__ = ["CSRF_FIELD", "LOGIN_CSRF_COOKIE", "SECURITY_HEADERS", "web_router"]
+__all__ = ["CSRF_FIELD", "LOGIN_CSRF_COOKIE", "SECURITY_HEADERS", "safe_next", "web_router"]
 
 UI_HOME: Final = "/ui/"
 CSRF_FIELD: Final = "csrf_token"
@@ -125,7 +125,7 @@ def _can_act(principal: Principal | None) -> bool:
     return principal is not None and ROLES.index(principal.role) >= ROLES.index("operator")
 
 
-def _safe_next(target: str | None) -> str:
+def safe_next(target: str | None) -> str:
     """Where to go after login: only a dashboard path of this server (no open redirect)."""
     if (
         not target
@@ -415,7 +415,7 @@ def web_router(
             "login.html",
             {
                 "login_csrf": token,
-                "next": _safe_next(request.query_params.get("next")),
+                "next": safe_next(request.query_params.get("next")),
                 "error": error,
             },
             status=status,
@@ -446,7 +446,7 @@ def web_router(
             session_id, _session = sessions.login(token)
         except NotAuthenticatedError as exc:
             return login_page(request, error=str(exc), status=exc.http_status)
-        target = _safe_next(form.get("next"))
+        target = safe_next(form.get("next"))
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             SESSION_COOKIE,

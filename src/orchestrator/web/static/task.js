@@ -45,7 +45,7 @@
   function refresh() {
     if (refreshing) { again = true; return; }
     refreshing = true;
-    fetch(window.location.pathname, {credentials: "same-origin", headers: {"Accept": "text/html"}})
+    fetch(window.location.pathname + window.location.search, {credentials: "same-origin", headers: {"Accept": "text/html"}})
       .then(function (response) {
         if (!response.ok) { throw new Error("page: " + response.status); }
         return response.text();
