@@ -506,3 +506,20 @@ def test_the_health_page_shows_orch_serves_loops_offline(served: Served) -> None
     served.expect(page.locator("main")).not_to_contain_text("Needs a look")
     assert attempted == [], f"requests left loopback: {attempted}"
     context.close()
+
+
+def test_a_page_of_older_tasks_updates_its_cards_but_takes_no_new_ones(served: Served) -> None:
+    shown = served.create("PAGE-1", "On the older page")
+    boundary = served.create("PAGE-2", "The newest when the page was drawn")
+    context = served.context("viewer")
+    page = context.new_page()
+    page.goto(f"/ui/?before={boundary['id']}")
+    page.wait_for_selector('#board[data-live="connected"]')
+    page.wait_for_selector(_column("analysis", shown["id"]))
+    assert page.locator(f"#task-{boundary['id']}").count() == 0
+
+    fresh = served.create("PAGE-3", "Belongs on the newest page")
+    served.go("PAGE-1")  # after PAGE-3's creation: once this card moved, that event was seen
+    page.wait_for_selector(_column("brd-approval", shown["id"]))
+    assert page.locator(f"#task-{fresh['id']}").count() == 0
+    context.close()

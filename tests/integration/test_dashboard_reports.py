@@ -229,3 +229,34 @@ def test_a_viewer_sees_only_the_period_form(world: World) -> None:
         html = client.get("/ui/costs", params=PERIOD).text + client.get("/ui/health").text
     forms: list[Any] = re.findall(r"<form[^>]*>", html)
     assert all('method="get"' in form or 'action="/ui/logout"' in form for form in forms), forms
+
+
+# --- the board's pages (bench/api_lists.py: 500 cards at once were 23x /health) ----------
+def card_ids(html: str) -> list[int]:
+    return [int(found) for found in re.findall(r'id="task-(\d+)"', html)]
+
+
+def test_the_board_draws_a_page_of_tasks_and_links_the_older_ones(world: World) -> None:
+    made = [add_task(world.store, "/srv/many") for _ in range(150)]
+    newest_first = sorted([*made, world.shop, world.web], reverse=True)
+    with world.client() as client:
+        first = client.get("/ui/")
+        assert first.status_code == 200, first.text
+        assert sorted(card_ids(first.text), reverse=True) == newest_first[:100]
+        older = re.search(r'<a href="([^"]+)" rel="next">Older tasks</a>', first.text)
+        assert older is not None
+        assert "data-older" not in first.text
+        second = client.get(older.group(1).replace("&amp;", "&"))
+    assert second.status_code == 200, second.text
+    assert sorted(card_ids(second.text), reverse=True) == newest_first[100:]
+    assert 'rel="next"' not in second.text  # the last page
+    assert "Newest tasks" in second.text
+    assert 'data-older="1"' in second.text  # its script takes no new cards
+
+
+@pytest.mark.parametrize("before", ["abc", "-1", "1.5", "9" * 30, "\u0661\u0662"])
+def test_a_hostile_board_page_is_one_line(world: World, before: str) -> None:
+    with world.client() as client:
+        answer = client.get("/ui/", params={"before": before})
+    assert answer.status_code == 422, answer.text
+    assert "before:" in answer.text

@@ -76,8 +76,10 @@ __all__ = ["CSRF_FIELD", "LOGIN_CSRF_COOKIE", "SECURITY_HEADERS", "safe_next", "
 UI_HOME: Final = "/ui/"
 CSRF_FIELD: Final = "csrf_token"
 LOGIN_CSRF_COOKIE: Final = "orch_login_csrf"
-# How many of the newest tasks the board draws (after the repository filter).
-BOARD_LIMIT: Final = 500
+# How many tasks the board draws at once (after the repository filter), newest first;
+# older ones are a page away (``?before=ID``). 500 cards took 23x /health to draw (bench/
+# api_lists.py, docs/benchmarks.md); a page of 100 keeps the board under 10x at any size.
+BOARD_LIMIT: Final = 100
 MAX_FORM_FIELDS: Final = 8
 MAX_TOKEN_CHARS: Final = 200
 MAX_QUERY_CHARS: Final = 4096
@@ -142,6 +144,15 @@ def safe_next(target: str | None) -> str:
 def _task_id(text: str) -> int:
     if not text.isascii() or not text.isdigit() or len(text) > MAX_ID_DIGITS:
         raise NotFoundError(f"no task {text[:40]!r}; tasks are shown by their number")
+    return int(text)
+
+
+def _before_id(text: str) -> int | None:
+    """The board's ``before`` (a task number: the page shows older tasks); None if empty."""
+    if not text:
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > MAX_ID_DIGITS:
+        raise UsageError(f"before: {text[:40]!r} is not a task number")
     return int(text)
 
 
@@ -251,12 +262,19 @@ def web_router(
     def board(request: Request) -> HTMLResponse:
         try:
             repository, state = board_filters(request)
+            before = _before_id(_query(request, "before"))
             newest = store.newest_event_id()
             tasks = listing.tasks_page(
-                stage=None, before_id=None, limit=BOARD_LIMIT, repository=repository or None
+                stage=None, before_id=before, limit=BOARD_LIMIT, repository=repository or None
             )
             more = len(tasks) > BOARD_LIMIT
-            tasks = [task for task in tasks[:BOARD_LIMIT] if matches_state(task, state)]
+            tasks = tasks[:BOARD_LIMIT]
+            older = (
+                "/ui/?" + urlencode({"repo": repository, "state": state, "before": tasks[-1].id})
+                if more
+                else ""
+            )
+            tasks = [task for task in tasks if matches_state(task, state)]
             facts = listing.task_facts(tasks)
             now = time.time()
             cards = [card_for(task, facts.get(task.id), now) for task in tasks]
@@ -275,8 +293,10 @@ def web_router(
                 "repository": repository,
                 "state": state,
                 "states": STATE_FILTERS,
-                "more": more,
                 "limit": BOARD_LIMIT,
+                "before": before,
+                "older_url": older,
+                "newest_url": "/ui/?" + urlencode({"repo": repository, "state": state}),
                 "card_query": urlencode({"repo": repository, "state": state}),
                 # From the newest event when the page was read: nothing falls between.
                 "events_url": "/events?" + urlencode({"after": newest}),

@@ -34,7 +34,11 @@
     updateCounts();
   }
 
+  // A page of older tasks keeps its own: a new task belongs on the newest page.
+  var older = board.hasAttribute("data-older");
+
   function refresh(taskId) {
+    if (older && !document.getElementById("task-" + taskId)) { return; }
     if (pending[taskId]) { again[taskId] = true; return; }
     pending[taskId] = true;
     fetch(cardUrl + encodeURIComponent(taskId) + "?" + query, {credentials: "same-origin"})
