@@ -214,9 +214,23 @@ def health_view(status: Mapping[str, Any], now: float) -> dict[str, Any]:
     outbox = status["outbox"]
     leases = status["transition_leases"]
     oldest = inbox.get("oldest_pending_age_s")
-    loops = list(status["loops"])
+    loops = [
+        {
+            "name": str(loop["name"]),
+            "state": str(loop["state"]),
+            "restarts": int(loop.get("restarts") or 0),
+            "last_error": loop.get("last_error") or "",
+        }
+        for loop in status["loops"]
+    ]
     problems = [
         f"loop {loop['name']} is {loop['state']}" for loop in loops if loop["state"] != "running"
+    ]
+    problems += [
+        f"loop {loop['name']} was restarted {loop['restarts']} time(s); last error: "
+        f"{loop['last_error'] or 'none recorded'}"
+        for loop in loops
+        if loop["restarts"]
     ]
     if leases["stale"]:
         problems.append(f"{leases['stale']} transition lease(s) held by a dead owner")
