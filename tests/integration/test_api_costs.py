@@ -202,3 +202,12 @@ def test_orch_costs_help_says_what_it_reports() -> None:
     assert done.returncode == 0
     for word in ("--since", "--until", "--json", "--top", "ISO 8601", "budget"):
         assert word in done.stdout
+
+
+def test_orch_costs_without_a_database_says_so_and_creates_none(tmp_path: Path) -> None:
+    (tmp_path / "orch.toml").write_text('data_dir = ".orch"\n')
+    done = orch(tmp_path, "costs", "--json")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1].startswith("error: no database at ")
+    assert not (tmp_path / ".orch" / "orch.db").exists()
