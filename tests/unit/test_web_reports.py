@@ -42,6 +42,11 @@ def test_only_dates_are_taken(first: str, last: str) -> None:
         period_from_form(first, last, NOW)
 
 
+def test_a_reversed_period_names_the_form_fields() -> None:
+    with pytest.raises(UsageError, match=r"^from \(2026-12-03\) is after to \(2026-12-01\)"):
+        period_from_form("2026-12-03", "2026-12-01", NOW)
+
+
 def status(**changes: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "version": "1",

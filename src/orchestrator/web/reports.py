@@ -91,6 +91,8 @@ def period_from_form(first: str, last: str, now: float) -> Period:
     until = parse_moment(last, "to") + DAY_S if last else None
     if first:
         since = parse_moment(first, "from")
+        if until is not None and since >= until:
+            raise UsageError(f"from ({first}) is after to ({last}); pick the first day first")
     else:
         end = until if until is not None else now
         since = (end // DAY_S) * DAY_S - (DEFAULT_PERIOD_DAYS - 1) * DAY_S
