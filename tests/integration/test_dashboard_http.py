@@ -504,3 +504,21 @@ def test_sessions_end_when_idle_when_too_old_and_when_crowded_out(world: World) 
     with pytest.raises(NotAuthenticatedError):
         sessions.login("orch_not-a-token")
     assert sessions.principal("not-a-session") is None
+
+
+def test_the_board_filters_by_state_and_repository(world: World) -> None:
+    with world.client() as client:
+        login(client, world.tokens["viewer"])
+        card = f'id="task-{world.task.id}"'
+        assert card in client.get("/ui/", params={"state": "waiting"}).text
+        assert card not in client.get("/ui/", params={"state": "ended"}).text
+        assert card not in client.get("/ui/", params={"repo": "/elsewhere"}).text
+        assert card in client.get("/ui/", params={"repo": str(world.repo)}).text
+        hidden = client.get(f"/ui/board/cards/{world.task.id}", params={"state": "failed"})
+        assert hidden.status_code == 204
+        TaskService(world.store, world.settings).cancel(world.task, actor="t", reason="done")
+        ended = client.get("/ui/", params={"state": "ended"}).text
+        assert card in ended.split('data-stage="cancelled"', 1)[1]
+        assert card not in client.get("/ui/", params={"state": "waiting"}).text
+        shown = client.get(f"/ui/board/cards/{world.task.id}")
+        assert 'data-stage="cancelled"' in shown.text
