@@ -522,3 +522,85 @@ def test_the_board_filters_by_state_and_repository(world: World) -> None:
         assert card not in client.get("/ui/", params={"state": "waiting"}).text
         shown = client.get(f"/ui/board/cards/{world.task.id}")
         assert 'data-stage="cancelled"' in shown.text
+
+
+class _Outline(HTMLParser):
+    """What an accessibility check needs from a page: landmarks, headings, ids, labels,
+    form controls (and whether each sits inside a <label>), buttons and their text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.ids: list[str] = []
+        self.label_for: set[str] = set()
+        self.controls: list[tuple[dict[str, str | None], bool]] = []
+        self.buttons: list[str] = []
+        self._labels = 0
+        self._button: list[str] | None = None
+        self.lang: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        self.tags.append((tag, found))
+        if tag == "html":
+            self.lang = found.get("lang")
+        if found.get("id"):
+            self.ids.append(str(found["id"]))
+        if tag == "label":
+            self._labels += 1
+            if found.get("for"):
+                self.label_for.add(str(found["for"]))
+        if tag in ("input", "select", "textarea") and found.get("type") != "hidden":
+            self.controls.append((found, self._labels > 0))
+        if tag == "button":
+            self._button = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "label":
+            self._labels -= 1
+        if tag == "button" and self._button is not None:
+            self.buttons.append(" ".join("".join(self._button).split()))
+            self._button = None
+
+    def handle_data(self, data: str) -> None:
+        if self._button is not None:
+            self._button.append(data)
+
+
+def _check_accessible(html: str, where: str) -> None:
+    outline = _Outline()
+    outline.feed(html)
+    names = [tag for tag, _ in outline.tags]
+    assert outline.lang == "en", where
+    assert names.count("main") == 1, where
+    assert names.count("h1") == 1, where
+    assert names.count("nav") == 1, where
+    assert any(attrs.get("aria-label") for tag, attrs in outline.tags if tag == "nav"), where
+    assert "header" in names, where
+    assert "footer" in names, where
+    assert len(outline.ids) == len(set(outline.ids)), f"{where}: an id twice"
+    for tag, attrs in outline.tags:
+        labelled_by = attrs.get("aria-labelledby")
+        if labelled_by:
+            assert labelled_by in outline.ids, (where, tag, labelled_by)
+        assert not any(name.startswith("on") for name in attrs), (where, tag)
+        assert attrs.get("role") != "button", f"{where}: a {tag} pretending to be a button"
+        if tag == "a":
+            assert attrs.get("href") not in (None, "", "#"), f"{where}: a link going nowhere"
+    for attrs, inside_label in outline.controls:
+        assert inside_label or attrs.get("id") in outline.label_for, (where, attrs)
+    assert all(outline.buttons), f"{where}: a button without text"
+
+
+def test_the_pages_have_landmarks_labels_and_real_buttons(world: World) -> None:
+    """Seen failing with the feedback field's label unbound (no ``for``) and with the
+    board's Filter button made a link with role=button."""
+    with world.client() as client:
+        _check_accessible(client.get("/ui/login").text, "login")
+        login(client, world.tokens["operator"])
+        for path in ("/ui/", f"/ui/tasks/{world.task.id}", "/ui/tasks/999999"):
+            _check_accessible(client.get(path).text, path)
+        page = client.get(f"/ui/tasks/{world.task.id}").text
+    outline = _Outline()
+    outline.feed(page)
+    assert {"Approve", "Reject with feedback", "Cancel task", "Log out"} <= set(outline.buttons)
