@@ -101,6 +101,15 @@ class Served:
     browser: Any
     expect: Any
     created: list[str]
+    server: subprocess.Popen[bytes]
+    log_path: Path
+
+    def restart(self) -> None:
+        """Stop `orch serve` and start it again on the same port (sessions are lost)."""
+        _stop(self.server)
+        port = int(self.base.rsplit(":", 1)[1])
+        self.server, base = _start_serve(self.work, self.log_path, port)
+        assert base == self.base
 
     def api(self, role: str = "operator") -> httpx.Client:
         return httpx.Client(
@@ -153,23 +162,27 @@ class Served:
         return context
 
 
-def _start_serve(work: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`orch serve` on a free port; ready once it says it listens there. Another process
-    may take the port between the probe and the bind (tests run side by side): then
-    this one exits, and another port is tried."""
-    for _attempt in range(5):
-        port = _free_port()
-        with log_path.open("wb") as log:
+def _start_serve(
+    work: Path, log_path: Path, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`orch serve` on a free port (or ``port``); ready once it says it listens there.
+    Another process may take a free port between the probe and the bind (tests run side
+    by side): then this one exits, and another port is tried."""
+    for _attempt in range(5 if port is None else 1):
+        chosen = port or _free_port()
+        with log_path.open("ab") as log:
             server = subprocess.Popen(
-                [*ORCH, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                [*ORCH, "serve", "--host", "127.0.0.1", "--port", str(chosen)],
                 cwd=work,
                 env=_environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{chosen}"
         deadline = time.monotonic() + DEADLINE_S
-        while f"listening on {base}" not in log_path.read_text(errors="replace"):
+        while log_path.read_text(errors="replace").count(f"listening on {base}") < (
+            1 if port is None else 2
+        ):
             if server.poll() is not None:
                 break
             assert time.monotonic() < deadline, "orch serve did not start"
@@ -211,26 +224,44 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             check=True,
         )
         tokens[role] = json.loads(created.stdout)["token"]
-    server, base = _start_serve(work, root / "serve.log")
+    log_path = root / "serve.log"
+    server, base = _start_serve(work, log_path)
     created: list[str] = []
+    served: Served | None = None
     try:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
             try:
                 sync_api.expect.set_options(timeout=WAIT_MS)
-                yield Served(
-                    base, work, repo, go_dir, tokens, playwright, browser, sync_api.expect, created
+                served = Served(
+                    base,
+                    work,
+                    repo,
+                    go_dir,
+                    tokens,
+                    playwright,
+                    browser,
+                    sync_api.expect,
+                    created,
+                    server,
+                    log_path,
                 )
+                yield served
             finally:
                 browser.close()
     finally:
         for work_item in created:  # no agent is left waiting when the test is over
             (go_dir / f"go-{work_item}").touch()
-        server.terminate()
-        try:
-            server.wait(timeout=DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop(served.server if served is not None else server)
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=DEADLINE_S)
 
 
 def _screenshot(page: Any, name: str) -> None:
@@ -522,4 +553,27 @@ def test_a_page_of_older_tasks_updates_its_cards_but_takes_no_new_ones(served: S
     served.go("PAGE-1")  # after PAGE-3's creation: once this card moved, that event was seen
     page.wait_for_selector(_column("brd-approval", shown["id"]))
     assert page.locator(f"#task-{fresh['id']}").count() == 0
+    context.close()
+
+
+def test_an_open_board_says_when_a_restart_ended_its_session(served: Served) -> None:
+    """Sessions live in `orch serve`'s memory: after a restart the browser's stream is
+    refused (401) and EventSource gives up. The board says so and links to the login
+    form, which brings the person back to a live board. Seen failing before: the status
+    line said "reconnecting…" for ever and nothing moved again.
+
+    Last in this module: it restarts the server the other tests share."""
+    context = served.context("viewer")
+    page = context.new_page()
+    page.goto("/ui/")
+    status = page.locator("#live-status")
+    served.expect(status).to_contain_text("Live")
+    served.restart()
+    served.expect(status).to_contain_text("your session ended")
+    status.get_by_role("link", name="Log in again").click()
+    page.wait_for_url("**/ui/login?next=*")
+    page.get_by_label("API token").fill(served.tokens["viewer"])
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url("**/ui/")
+    served.expect(page.locator("#live-status")).to_contain_text("Live")
     context.close()

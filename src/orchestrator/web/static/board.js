@@ -55,13 +55,10 @@
       });
   }
 
-  var source = new EventSource(board.getAttribute("data-events-url"));
-  source.onopen = function () { window.orch.setStatus("Live: the board updates as tasks move."); };
-  source.onerror = function () { window.orch.setStatus("Live updates interrupted; reconnecting…"); };
-  source.onmessage = function (message) {
+  window.orch.follow(board.getAttribute("data-events-url"), function (message) {
     var event;
     try { event = JSON.parse(message.data); } catch (e) { return; }
     if (event && event.task_id) { refresh(String(event.task_id)); }
-  };
+  }, "Live: the board updates as tasks move.");
   board.setAttribute("data-live", "connected");
 })();

@@ -73,8 +73,8 @@
       });
   }
 
-  var source = new EventSource(root.getAttribute("data-events-url"));
-  source.onmessage = function () { refresh(); };
+  window.orch.follow(root.getAttribute("data-events-url"), function () { refresh(); },
+                    "Live: this page follows the task.");
   var log = document.getElementById("live-log");
   if (log) { followLog(log); }
   root.setAttribute("data-live-connected", "yes");
