@@ -55,9 +55,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.finalizer import Finalizer, runner_facts
 from orchestrator.git import git
 from orchestrator.job_env import job_environment
-from orchestrator.kernel.decisions import (
-    ENVIRONMENT,
-)
+from orchestrator.kernel.failures import FailureKind
 from orchestrator.maintenance import MAINTENANCE_INTERVAL_S, Maintenance
 from orchestrator.notifier import Notifier, notify_safely
 from orchestrator.procs.job import RunningProcess, job_stop_grace_s, spawn_job
@@ -94,8 +92,9 @@ class _Live:
     timeout_s: float
     start_error: str | None = None
     budget: RunBudgetWatch | None = None
-    # ENVIRONMENT when the job could not run because of its environment (kernel cause).
-    cause: str = ""
+    # How it failed, when the engine knows before it ends: why it was stopped or could
+    # not start (kernel/failures.py; ENVIRONMENT sends the task to a person).
+    failure: FailureKind | None = None
 
 
 class Engine:
@@ -206,7 +205,7 @@ class Engine:
         the grace deadline (each job's own, from the deadline heap)."""
         for live in self._live.values():
             if live.process is not None and live.process.killed_reason is None:
-                self._stop(live, reason)
+                self._stop(live, reason, FailureKind.KILLED)
         give_up = time.monotonic() + self._stop_grace_s() + ENGINE_TICK_S
         while self._live and time.monotonic() < give_up:
             if not self._collect(final=True):
@@ -289,6 +288,7 @@ class Engine:
             live = _Live(job, task, run.id, process, 0.0)
             if exit_code == -1:
                 live.start_error = "the job was lost with the previous orchestrator process"
+                live.failure = FailureKind.LOST
                 if process is not None:
                     process.killed_reason = live.start_error
             self._finish(
@@ -349,7 +349,11 @@ class Engine:
         with self.store.transaction() as tx:
             if task.stage != job.stage or task.failed:
                 if tx.set_job_status_cas(
-                    job.id, "queued", "failed", error=f"task is in {task.stage}; job is stale"
+                    job.id,
+                    "queued",
+                    "failed",
+                    error=f"task is in {task.stage}; job is stale",
+                    failure_kind=FailureKind.LOST_RACE,
                 ):
                     tx.add_event(
                         EventKind.JOB_LOST_RACE,
@@ -373,7 +377,9 @@ class Engine:
         except OrchestratorError as exc:
             # The agent's configuration is unusable (an unknown agent, a bad template):
             # a person fixes orch.toml, retrying cannot.
-            return self._start_failed(job, task, log_path, spec, str(exc), cause=ENVIRONMENT)
+            return self._start_failed(
+                job, task, log_path, spec, str(exc), failure=FailureKind.ENVIRONMENT
+            )
         try:
             # A retried task's worktree may have been removed while it was failed.
             ensure_worktree(self.store, self.settings, task, actor=ACTOR)
@@ -437,10 +443,10 @@ class Engine:
         spec: AgentSpec | None,
         reason: str,
         *,
-        cause: str = "",
+        failure: FailureKind = FailureKind.LAUNCH_FAILED,
     ) -> bool:
-        """Record a job that could not start; ``cause=ENVIRONMENT`` (e.g. a failed
-        workspace hook) sends the task to a person instead of retrying it."""
+        """Record a job that could not start; ``failure=ENVIRONMENT`` (an unusable agent
+        configuration) sends the task to a person instead of retrying it."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(f"[orch: {reason}]\n", encoding="utf-8")
         with self.store.transaction() as tx:
@@ -453,7 +459,9 @@ class Engine:
                 attempt=job.attempt,
                 log_path=str(log_path),
             )
-        self._live[job.id] = _Live(job, task, run_id, None, 0.0, start_error=reason, cause=cause)
+        self._live[job.id] = _Live(
+            job, task, run_id, None, 0.0, start_error=reason, failure=failure
+        )
         return True
 
     def _command(
@@ -538,15 +546,15 @@ class Engine:
                 exit_code = None
             else:
                 if live.task.id in moved and live.process.killed_reason is None:
-                    self._stop(live, "the task moved to another stage")
+                    self._stop(live, "the task moved to another stage", FailureKind.LOST_RACE)
                 elif (
                     live.process.killed_reason is None and live.process.elapsed_s() > live.timeout_s
                 ):
-                    self._stop(live, f"timed out after {live.timeout_s:.0f}s")
+                    self._stop(live, f"timed out after {live.timeout_s:.0f}s", FailureKind.TIMEOUT)
                 elif live.process.killed_reason is None and live.budget is not None:
                     over = live.budget.over_budget(live.process.tail_text)
                     if over is not None:
-                        self._stop(live, f"{live.job.agent} went {over}")
+                        self._stop(live, f"{live.job.agent} went {over}", FailureKind.BUDGET)
                 exit_code = live.process.poll()
                 if exit_code is None:
                     continue
@@ -555,14 +563,14 @@ class Engine:
             progressed = True
         return progressed
 
-    def kill_job(self, job_id: int, reason: str) -> bool:
+    def kill_job(self, job_id: int, reason: str, failure: FailureKind = FailureKind.REAPED) -> bool:
         """Stop one of this engine's running jobs (the reaper's tier 3): SIGTERM now,
         SIGKILL at the grace deadline; the watch pass collects it when it ended. Safe
         from any thread; False if this engine does not watch the job."""
         live = self._live.get(job_id)
         if live is None or live.process is None:
             return False
-        self._stop(live, reason)
+        self._stop(live, reason, failure)
         return True
 
     def _stop_grace_s(self) -> float:
@@ -570,12 +578,14 @@ class Engine:
         # left only if the launcher has not ended LAUNCHER_MARGIN_S later.
         return job_stop_grace_s(self.settings.kill_grace_s)
 
-    def _stop(self, live: _Live, reason: str) -> None:
-        """SIGTERM the job's group without waiting (once); schedule its SIGKILL."""
+    def _stop(self, live: _Live, reason: str, failure: FailureKind) -> None:
+        """SIGTERM the job's group without waiting (once); schedule its SIGKILL.
+        ``failure`` is how the job failed, whatever its exit code says then."""
         assert live.process is not None
         with self._kill_lock:
             if live.process.killed_reason is not None:
                 return
+            live.failure = failure
             deadline = live.process.terminate(reason, self._stop_grace_s())
             heapq.heappush(self._kill_deadlines, (deadline, live.job.id))
 
@@ -625,8 +635,12 @@ class Engine:
         usage = outcome.usage
         facts = runner_facts(output)
         killed = live.process.killed_reason if live.process else None
+        failure = live.failure
         if exit_code == -1 and killed is None and live.start_error is None:
             killed = "the job ended without recording an exit code (killed)"
+            failure = FailureKind.KILLED
+        elif killed is None and live.start_error is None and outcome.error:
+            failure = FailureKind.AGENT_ERROR
         with self.store.transaction() as tx:
             if not tx.set_job_status_cas(job.id, claim_from, "finalizing"):
                 return  # someone else (a reaper, another engine) already took it
@@ -653,4 +667,4 @@ class Engine:
                 },
             )
         error = killed or live.start_error or outcome.error
-        self.finalizer.finalize(job, exit_code, error, output, cause=live.cause)
+        self.finalizer.finalize(job, exit_code, error, output, failure=failure)

@@ -46,6 +46,7 @@ from orchestrator.kernel.decisions import (
     decide_after_job,
 )
 from orchestrator.kernel.events import EventKind
+from orchestrator.kernel.failures import FailureKind, cause_of, verdict_failure_kind
 from orchestrator.kernel.gates import (
     GATES,
     QG_CHECKS,
@@ -110,7 +111,8 @@ class Finalizer:
         error = None if exit_code is not None else "the job's engine died before it ended"
         with self.store.transaction() as tx:
             tx.set_job_status_cas(job.id, "running", "finalizing")
-        self.finalize(job, exit_code, error, output, actor=actor)
+        failure = FailureKind.LOST if error is not None else None
+        self.finalize(job, exit_code, error, output, actor=actor, failure=failure)
 
     def finalize(
         self,
@@ -120,12 +122,14 @@ class Finalizer:
         output: str,
         *,
         actor: str = ACTOR,
-        cause: str = "",
+        failure: FailureKind | None = None,
     ) -> bool:
         """Judge a finished job and apply the decision; False if another actor won.
 
-        ``cause=ENVIRONMENT`` (or a runner's ``defer_cause``) marks a failure a person
-        must fix: the kernel fails the task at once instead of retrying it."""
+        ``failure`` is how the job failed when the caller knows (stopped at its timeout,
+        could not start...); it is stored as the job's ``failure_kind`` and the kernel's
+        cause is read from it: ENVIRONMENT (or a runner's ``defer_cause``) marks a
+        failure a person must fix, so the task fails at once instead of retrying."""
         try:
             task = self.store.get_task(job.task_id)
             if task.stage != job.stage or task.failed:
@@ -137,18 +141,25 @@ class Finalizer:
             facts = runner_facts(output)
             if exit_code != 0 and facts.get("defer_cause") == ENVIRONMENT:
                 # The runner says a person must fix its environment (runners/context.py).
-                cause = ENVIRONMENT
+                failure = FailureKind.ENVIRONMENT
                 job_error = str(facts.get("defer_reason") or "") or job_error
             if job_error is None and exit_code != 0:
                 detail = tail_line(output)
                 job_error = f"{job.agent} exited with code {exit_code}" + (
                     f": {detail}" if detail else ""
                 )
+                failure = FailureKind.NONZERO_EXIT
             verdict = None
             if job_error is None:
                 job_error, verdict = self.judge(task, job)
-            decision = self.decide(task, job, job_error, verdict, cause)
-            return self.apply_decision(task, job, verdict, job_error, decision, actor=actor)
+                if job_error is not None:
+                    failure = FailureKind.COMMIT_REFUSED
+            elif failure is None:
+                failure = FailureKind.AGENT_ERROR  # an error its caller did not classify
+            decision = self.decide(task, job, job_error, verdict, cause_of(failure))
+            return self.apply_decision(
+                task, job, verdict, job_error, decision, actor=actor, failure_kind=failure
+            )
         except Exception as exc:  # finalization must not kill the loop
             current = self.store.get_task(job.task_id)
             if current.stage != job.stage or current.failed:
@@ -166,7 +177,13 @@ class Finalizer:
         it. A task that moved on meanwhile is left alone."""
         reason = f"finalizing {job.stage} failed: {type(exc).__name__}: {exc}"
         with self.store.transaction() as tx:
-            tx.set_job_status_cas(job.id, "finalizing", "failed", error=f"finalize failed: {exc}")
+            tx.set_job_status_cas(
+                job.id,
+                "finalizing",
+                "failed",
+                error=f"finalize failed: {exc}",
+                failure_kind=FailureKind.FINALIZE_ERROR,
+            )
             task = tx.get_task(job.task_id)
             change = None
             if task.stage == job.stage and not task.failed:
@@ -257,7 +274,13 @@ class Finalizer:
 
     def lost(self, job: Job, task: Task, why: str, actor: str) -> None:
         with self.store.transaction() as tx:
-            if tx.set_job_status_cas(job.id, ("finalizing", "running"), "failed", error=why):
+            if tx.set_job_status_cas(
+                job.id,
+                ("finalizing", "running"),
+                "failed",
+                error=why,
+                failure_kind=FailureKind.LOST_RACE,
+            ):
                 tx.add_event(
                     EventKind.JOB_LOST_RACE,
                     actor=actor,
@@ -276,18 +299,28 @@ class Finalizer:
         *,
         actor: str = ACTOR,
         claim_from: str | None = "finalizing",
+        failure_kind: FailureKind | None = None,
     ) -> bool:
         """Claim the job's terminal status, then (only if we won) act on the decision.
 
         ``claim_from=None`` skips the claim: the reconciler repairing a job that is
-        already terminal.
+        already terminal. A failed job is stored with ``failure_kind`` (how its caller
+        saw it fail) or, when its gates judged it, the kind of their verdict.
         """
         passed = verdict is not None and verdict.passed
         if claim_from is not None:
             with self.store.transaction() as tx:
                 error = None if passed else (job_error or (verdict.reason if verdict else None))
+                kind = None
+                if not passed:
+                    by_gates = verdict_failure_kind(verdict.outcome) if verdict else None
+                    kind = failure_kind or by_gates or FailureKind.UNKNOWN
                 if not tx.set_job_status_cas(
-                    job.id, claim_from, "done" if passed else "failed", error=error
+                    job.id,
+                    claim_from,
+                    "done" if passed else "failed",
+                    error=error,
+                    failure_kind=kind,
                 ):
                     return False  # a loser performs no side effect
                 if verdict is not None:

@@ -38,6 +38,7 @@ from typing import Any, Protocol, assert_never, overload
 from orchestrator.agents import resolve_agent
 from orchestrator.kernel.decisions import Advance, Decision, Fail, Retry, Rollback
 from orchestrator.kernel.events import EventKind
+from orchestrator.kernel.failures import FailureKind
 from orchestrator.kernel.stages import CANCELLED, JOB_STAGES, TERMINAL_STAGES, check_transition
 from orchestrator.notifier import Notifier, notify_safely
 from orchestrator.outbox import enqueue_card_updates
@@ -60,6 +61,7 @@ __all__ = [
     "fail",
     "lease_enabled",
     "plan_job",
+    "record_unhealthy_deploy",
     "reject",
     "resume",
     "retry",
@@ -373,6 +375,26 @@ def fail(
     return Change(task.id, how, f"{where}: failed", actor, alert=alert or f"task failed: {reason}")
 
 
+def record_unhealthy_deploy(
+    tx: Tx, task: Task, *, actor: str, reason: str, report: str
+) -> int | None:
+    """The task's fresh deploy is unhealthy: the verdict (a ``deploy.unhealthy`` event
+    with the monitor's ``report``) and, in the same transaction, the task's pending
+    rollback naming it (``tasks.pending_rollback``, cleared when the task leaves its
+    stage). The verdict's id, the rollback's name; None when the task left its stage
+    meanwhile (the caller rolls the transaction back)."""
+    rollback = tx.add_event(
+        EventKind.DEPLOY_UNHEALTHY,
+        actor=actor,
+        task_id=task.id,
+        reason=reason,
+        data={"report": report},
+    )
+    if not tx.set_pending_rollback(task.id, rollback, expected_stage=task.stage):
+        return None
+    return rollback
+
+
 def stop_for_budget(
     tx: Tx,
     settings: Settings,
@@ -386,7 +408,9 @@ def stop_for_budget(
 ) -> Change | None:
     """The task's cost budget is spent: its queued job is not started and the task
     fails for a person. None when another actor took the job (or moved the task)."""
-    if not tx.set_job_status_cas(job_id, "queued", "failed", error=reason):
+    if not tx.set_job_status_cas(
+        job_id, "queued", "failed", error=reason, failure_kind=FailureKind.TASK_BUDGET
+    ):
         return None
     return fail(
         tx,

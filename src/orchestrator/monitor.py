@@ -14,7 +14,9 @@ An unhealthy verdict is first made durable: a ``deploy.unhealthy`` event with th
 written under the lease. Its id names the **rollback**: from then on, until the task
 leaves ``deploy`` (``task.rollback``) or is cancelled, every actor that enters
 ``deploy -> done`` finishes that rollback instead of merging, deploying or watching
-again (:func:`pending_rollback`), so a crash anywhere after the verdict can neither
+again (:func:`pending_rollback`: the task's ``pending_rollback`` column, written with the
+verdict by :func:`orchestrator.lifecycle.record_unhealthy_deploy` and cleared by the
+stage compare-and-swap), so a crash anywhere after the verdict can neither
 repeat the rollback nor end in "done" with the change reverted. A retry does not clear
 it: it resumes it.
 
@@ -50,12 +52,13 @@ from typing import Any, Final
 
 import httpx
 
+from orchestrator import lifecycle
 from orchestrator.commit_policy import CommitPolicy, commit_work, effective_excludes
 from orchestrator.errors import RepositoryError
 from orchestrator.git import LANDED_ON_TRAILER, MERGED_HEAD_TRAILER, Repo, git
 from orchestrator.journal import Effect, EffectFailedError, Observation, Seen
 from orchestrator.kernel.events import EventKind
-from orchestrator.leases import Lease, LeaseManager
+from orchestrator.leases import Lease, LeaseLostError, LeaseManager
 from orchestrator.settings import RepoConfig, Settings
 from orchestrator.store import Store, Task
 from orchestrator.workspace import recorded_patterns
@@ -196,26 +199,25 @@ def watch_deploy(
         return None
     with store.transaction() as tx:
         leases.check(tx, lease)
-        return tx.add_event(
-            EventKind.DEPLOY_UNHEALTHY,
+        rollback = lifecycle.record_unhealthy_deploy(
+            tx,
+            task,
             actor=actor,
-            task_id=task.id,
             reason=f"{report.url}: {report.failed_in_a_row} failed checks in a row "
             f"({report.last_error}); rolling back",
-            data={"report": report.render()},
+            report=report.render(),
         )
-
-
-# Events after which a task is no longer rolling back a deploy.
-_ROLLBACK_ENDS: Final = (EventKind.ROLLBACK, EventKind.CANCELLED, EventKind.STAGE_CHANGED)
+        if rollback is None:
+            # Not ours any more (nothing of the verdict is committed).
+            raise LeaseLostError(f"task {task.work_item} left {task.stage} while watched")
+        return rollback
 
 
 def pending_rollback(store: Store, task: Task) -> int | None:
-    """The id of the unhealthy verdict this task is still rolling back, if any."""
-    latest = store.latest_event_of(task.id, (UNHEALTHY_EVENT, *_ROLLBACK_ENDS))
-    if latest is None or latest.kind != UNHEALTHY_EVENT:
-        return None
-    return int(latest.id)
+    """The id of the unhealthy verdict this task is still rolling back, if any: its
+    ``pending_rollback`` column, set with the verdict and cleared when it leaves the
+    stage (read afresh: ``task`` may be older than the verdict)."""
+    return store.get_task(task.id).pending_rollback
 
 
 def report_of(store: Store, rollback: int) -> str:

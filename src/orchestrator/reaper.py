@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from orchestrator.kernel.events import EventKind
+from orchestrator.kernel.failures import FailureKind
 from orchestrator.procs.job import RunningProcess, job_stop_grace_s, kill_job
 from orchestrator.procs.proc import pid_alive, start_ticks
 
@@ -113,7 +114,9 @@ class Reaper:
                         continue
                     if run is not None:
                         tx.record_exit(run.id, exit_code=-1)
-                self.finalizer.finalize(job, None, reason, "", actor=ACTOR)
+                self.finalizer.finalize(
+                    job, None, reason, "", actor=ACTOR, failure=FailureKind.REAPED
+                )
             self.runtime.leases.force_release(task, actor=ACTOR, reason=reason)
             reaped += 1
         return reaped

@@ -12,7 +12,10 @@ deferring on a live transition lease:
   advance — for ``deploy -> done`` through the lease and the effect journal, so an
   interrupted merge or deploy is completed exactly once;
 * the latest job of this stage ``failed`` and no retry was queued: apply the decision
-  (retry, rollback or fail) that was never applied.
+  (retry, rollback or fail) that was never applied, with the cause its stored
+  ``failure_kind`` gives (an environment failure goes to a person). A job whose kind
+  says the task went elsewhere on purpose (``lost_race``, ``cancelled``) is left alone:
+  the kind is read, never the error text.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 from orchestrator.errors import RepositoryError
 from orchestrator.kernel.events import EventKind
+from orchestrator.kernel.failures import SUPERSEDED, cause_of
 from orchestrator.kernel.stages import JOB_STAGES, TERMINAL_STAGES
 from orchestrator.transitions import enqueue_stage_job
 
@@ -112,7 +116,7 @@ class Reconciler:
                 task, job, judged, problem, decision, actor=ACTOR, claim_from=None
             )
         if job.status == "failed":
-            if self.store.job_lost_race(job.id):
+            if job.failure_kind in SUPERSEDED:
                 return False  # a stale job: the task went elsewhere on purpose
             run = self.store.job_run(job.id)
             job_error: str | None = job.error or "the job failed"
@@ -120,7 +124,9 @@ class Reconciler:
             if run is not None and run.exit_code == 0:
                 # The agent succeeded: the failure was the gates' verdict; judge again.
                 job_error, verdict = self.finalizer.judge(task, job)
-            decision = self.finalizer.decide(task, job, job_error, verdict)
+            # An environment failure goes to a person, as when it was first decided.
+            cause = cause_of(job.failure_kind)
+            decision = self.finalizer.decide(task, job, job_error, verdict, cause)
             self._event(
                 task,
                 EventKind.RECONCILER_DECIDE,

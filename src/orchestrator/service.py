@@ -184,8 +184,9 @@ class TaskService:
     ) -> Task:
         """Validate everything, make the worktree, then write the task in one transaction.
 
-        ``origin`` says where the work item came from (a tracker's issue); it is kept on
-        the ``task.created`` event, where write-back finds it.
+        ``origin`` says where the work item came from (a tracker's issue); it is kept in
+        the task's ``origin`` column (and on the ``task.created`` event, for the audit
+        trail), where write-back and the tracker's later webhooks find it.
         """
         request = prepare_create(
             self.settings,
@@ -222,6 +223,7 @@ class TaskService:
                     base_branch=base_branch,
                     base_sha=base_sha,
                     worktree=str(worktree),
+                    origin=origin,
                 )
                 tx.add_event(
                     EventKind.TASK_CREATED,

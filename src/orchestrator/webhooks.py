@@ -67,13 +67,13 @@ from orchestrator.errors import (
 )
 from orchestrator.inbox import Action
 from orchestrator.kernel.events import EventKind
+from orchestrator.kernel.origins import issue_key
 from orchestrator.kernel.stages import ROLLBACK_TARGET, TERMINAL_STAGES
 from orchestrator.service import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import InboxStore, Store, Task
 from orchestrator.store.deliveries import DeliveryStore
 from orchestrator.text_input import BadJSONError, check_text, parse_json_object
-from orchestrator.trackers.base import Origin
 from orchestrator.webhook_events import (
     BranchPushed,
     ChangesRequested,
@@ -470,11 +470,9 @@ class WebhookReceiver:
         return matching[0] if len(matching) == 1 else None
 
     def _task_of_issue(self, ref: IssueRef) -> Task | None:
-        """The task created from the tracker issue ``ref`` (by the origin it recorded)."""
-        for task_id, origin in self.deliveries.task_origins(EventKind.TASK_CREATED):
-            if _origin_matches(origin, ref):
-                return self.store.get_task(task_id)
-        return None
+        """The task created from the tracker issue ``ref`` (by its origin's key)."""
+        key = issue_key(ref.tracker, project=ref.project, number=ref.number, issue_id=ref.issue_id)
+        return None if key is None else self.deliveries.task_of_origin(key)
 
 
 def sender_actor(source: str, payload: Mapping[str, Any]) -> str:
@@ -494,17 +492,6 @@ def sender_actor(source: str, payload: Mapping[str, Any]) -> str:
     text = str(who).encode("utf-8", "replace").decode("utf-8")
     text = "".join(ch for ch in text if ch.isprintable() and not ch.isspace())
     return f"{source}:{text[:MAX_SENDER_CHARS] or '?'}"
-
-
-def _origin_matches(origin: Origin, ref: IssueRef) -> bool:
-    if origin.get("tracker") != ref.tracker:
-        return False
-    if ref.tracker == "plane":
-        return bool(ref.issue_id) and origin.get("issue_id") == ref.issue_id
-    return (
-        str(origin.get("repo", "")).lower() == ref.project.lower()
-        and origin.get("number") == ref.number
-    )
 
 
 def _describe(ref: IssueRef) -> str:

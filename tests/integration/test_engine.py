@@ -320,6 +320,7 @@ def test_a_failing_agent_is_retried_then_the_task_fails_naming_the_exit_code(
     jobs = jobs_of(world, task)
     assert [(job.attempt, job.status) for job in jobs] == [(1, "failed"), (2, "failed")]
     assert jobs[0].error == "sh exited with code 7: ran out of ideas"
+    assert [job.failure_kind for job in jobs] == ["nonzero_exit"] * 2
     assert jobs[1].feedback == "sh exited with code 7: ran out of ideas"
     assert [run.exit_code for run in world.store.task_runs(task.id)] == [7, 7]
     kinds = world.kinds(task)
@@ -351,6 +352,7 @@ def test_a_failed_gate_is_retried_with_the_verdict_as_feedback(world: World) -> 
     assert (first.attempt, first.status) == (1, "failed")
     assert first.error is not None
     assert "01-brd.md is missing" in first.error
+    assert (first.failure_kind, second.failure_kind) == ("gate_failed", None)
     assert (second.attempt, second.status) == (2, "done")
     assert second.feedback is not None
     assert "01-brd.md is missing" in second.feedback
@@ -429,6 +431,7 @@ def test_an_agent_past_its_timeout_is_killed_retried_then_failed(world: World) -
     jobs = jobs_of(world, task)
     assert [(job.attempt, job.status) for job in jobs] == [(1, "failed"), (2, "failed")]
     assert all(job.error == "timed out after 1s" for job in jobs)
+    assert [job.failure_kind for job in jobs] == ["timeout"] * 2
     assert [run.exit_code for run in world.store.task_runs(task.id)] == [KILLED_BY_SIGTERM] * 2
     kinds = world.kinds(task)
     assert kinds.count("job.killed") == 2
@@ -464,6 +467,7 @@ def test_cancel_kills_the_running_agent_and_merges_nothing(world: World) -> None
     assert ended.status == "failed"
     assert ended.error is not None
     assert "cancelled" in ended.error
+    assert ended.failure_kind == "lost_race"  # the task moved on: nothing to repair
     final = world.task(task)
     assert final.stage == "cancelled"
     assert not final.failed
@@ -564,6 +568,7 @@ def test_a_missing_agent_binary_is_recorded_retried_then_fails_the_task(world: W
     jobs = jobs_of(world, task)
     assert [(job.attempt, job.status) for job in jobs] == [(1, "failed"), (2, "failed")]
     assert all(job.error and job.error.startswith("cannot start") for job in jobs)
+    assert [job.failure_kind for job in jobs] == ["launch_failed"] * 2
     runs = world.store.task_runs(task.id)
     assert [run.job_id for run in runs] == [job.id for job in jobs]
     assert [run.exit_code for run in runs] == [-1, -1]
@@ -592,7 +597,7 @@ def test_an_agent_the_configuration_no_longer_knows_waits_for_a_person(world: Wo
     assert "needs a person" in reason
     assert "'sh'" in reason
     assert "`orch task retry T-1`" in reason
-    assert [(job.attempt, job.status) for job in jobs_of(world, task)] == [(1, "failed")]
+    assert [(j.status, j.failure_kind) for j in jobs_of(world, task)] == [("failed", "environment")]
     kinds = world.kinds(task)
     assert "job.retry" not in kinds
     failure = next(e for e in world.store.task_events(task.id) if e.kind == "task.failed")

@@ -29,7 +29,7 @@ from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.testing.fake_forge import DEFAULT_TOKEN, FakeForgeBase, FakeGitea, FakeGitHub
 from orchestrator.testing.fake_plane import DEFAULT_API_KEY, FakePlane
-from orchestrator.transitions import EventKind, advance_stage
+from orchestrator.transitions import advance_stage
 from orchestrator.wiring import Integrations, open_forge
 
 REPO = "acme/shop"
@@ -312,8 +312,8 @@ def test_write_back_goes_through_the_outbox_once_per_outcome(
             base_branch="main",
             base_sha="0" * 40,
             worktree=str(tmp_path),
+            origin=origin,
         )
-        tx.add_event(EventKind.TASK_CREATED, actor="t", task_id=task_id, data={"origin": origin})
     task = sqlite_store.get_task(task_id)
     notifier = build_outbox_notifier(settings, sqlite_store)
     assert notifier is not None

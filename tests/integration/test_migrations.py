@@ -13,13 +13,18 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
+from orchestrator.kernel.origins import issue_key
 from orchestrator.store import Store
+from orchestrator.store.deliveries import DeliveryStore
 from orchestrator.store.schema import metadata
+from orchestrator.store.store import MIGRATIONS_DIR
 
-HEAD = "0007"  # bump with every new migration
+HEAD = "0009"  # bump with every new migration
 
 
 def _unquote(default: str) -> str:
@@ -179,3 +184,173 @@ def test_sqlite_creates_missing_parent_directories(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "orch.db"
     Store.open(f"sqlite:///{path}").close()
     assert path.exists()
+
+
+# --- 0009: state in columns, backfilled from the event log and the error texts ----------
+def _migrate(store: Store, revision: str, *, down: bool = False) -> None:
+    """Bring ``store`` to ``revision`` (up, or ``down``) the way Store.upgrade does."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with store.engine.connect() as conn, conn.begin():
+        config.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+class _Rows:
+    """Rows written at revision 0007, with the tables as they were then (reflected)."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self.meta = sa.MetaData()
+        self.meta.reflect(conn)
+
+    def add(self, table: str, **values: Any) -> int:
+        result = self.conn.execute(self.meta.tables[table].insert().values(**values))
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def task(self, work_item: str, stage: str = "development") -> int:
+        return self.add(
+            "tasks",
+            work_item=work_item,
+            repository="/repos/r",
+            title=work_item,
+            description="",
+            stage=stage,
+            version=0,
+            attempt=1,
+            rollback_count=0,
+            branch=f"orch/{work_item}",
+            base_branch="main",
+            base_sha="0" * 40,
+            worktree=f"/wt/{work_item}",
+            created_at=1.0,
+            updated_at=1.0,
+        )
+
+    def event(self, task_id: int, kind: str, job_id: int | None = None, data: Any = None) -> int:
+        return self.add(
+            "events",
+            task_id=task_id,
+            job_id=job_id,
+            kind=kind,
+            actor="t",
+            reason="",
+            data=data,
+            created_at=1.0,
+        )
+
+    def job(
+        self,
+        task_id: int,
+        status: str = "failed",
+        error: str | None = None,
+        *,
+        started: bool = True,
+        exit_code: int | None = None,
+    ) -> int:
+        job_id = self.add(
+            "jobs",
+            task_id=task_id,
+            stage="development",
+            kind="agent",
+            agent="claude",
+            status=status,
+            attempt=1,
+            error=error,
+            not_before=1.0,
+            enqueued_at=1.0,
+            started_at=1.0 if started else None,
+            updated_at=1.0,
+        )
+        if started:
+            self.add(
+                "agent_runs",
+                job_id=job_id,
+                task_id=task_id,
+                agent="claude",
+                model="",
+                effort="",
+                attempt=1,
+                exit_code=exit_code,
+                input_tokens=0,
+                output_tokens=0,
+                cost_usd=0.0,
+                log_path="/l",
+                started_at=1.0,
+            )
+        return job_id
+
+
+def test_0009_backfills_failure_kinds_origins_and_pending_rollbacks(empty_db_url: str) -> None:
+    """A database with rows written before 0009 behaves the same after it: each failed
+    job gets the kind its events and error text said, each tracker task its origin and
+    key, each task still rolling back an unhealthy deploy its pending rollback. Seen
+    failing with each backfill step of 0009 left out (the columns stayed NULL: write-back
+    and the tracker's webhooks lost the task, the crossing merged instead of rolling
+    back, the reconciler retried a stale job)."""
+    store = Store.open(empty_db_url, migrate=False)
+    try:
+        _migrate(store, "0007")
+        with store.engine.connect() as conn, conn.begin():
+            rows = _Rows(conn)
+            plane = {"tracker": "plane", "project_id": "p1", "issue_id": "uuid-1"}
+            github = {"tracker": "github", "repo": "Acme/Shop", "number": 7}
+            from_plane, from_github, by_hand = (rows.task(w) for w in ("P-1", "GH-7", "D-1"))
+            rows.event(from_plane, "task.created", data={"origin": plane})
+            rows.event(from_github, "task.created", data={"origin": github})
+            rows.event(by_hand, "task.created")
+            rolling, rolled, moved = (rows.task(w, "deploy") for w in ("R-1", "R-2", "R-3"))
+            verdict = rows.event(rolling, "deploy.unhealthy", data={"report": "r"})
+            rows.event(rolling, "job.retry")  # not a rollback's end
+            for task, end in ((rolled, "task.rollback"), (moved, "stage.changed")):
+                rows.event(task, "deploy.unhealthy", data={"report": "r"})
+                rows.event(task, end)
+            jobs = {
+                "lost_race": rows.job(by_hand, error="task moved to done while the job ran"),
+                "stale": rows.job(by_hand, error="task is in done; job is stale", started=False),
+                "timeout": rows.job(by_hand, error="timed out after 30s", exit_code=-1),
+                "finalize_error": rows.job(by_hand, error="finalize failed: boom", exit_code=0),
+                "gate_failed": rows.job(by_hand, error="no ADR", exit_code=0),
+                "gate_deferred": rows.job(by_hand, error="ruff crashed", exit_code=0),
+                "cancelled": rows.job(by_hand, error="by alice", started=False),
+                "task_budget": rows.job(by_hand, error="cost budget $5.00 reached", started=False),
+                "nonzero_exit": rows.job(by_hand, error="claude exited with code 2", exit_code=2),
+                "environment": rows.job(by_hand, error="unknown agent 'x'", exit_code=-1),
+                "agent_error": rows.job(by_hand, error="API Error: 529", exit_code=0),
+                "budget": rows.job(by_hand, error="claude went over its run budget of $1.00"),
+                "unknown": rows.job(by_hand, error="something else"),
+            }
+            done = rows.job(by_hand, "done")
+            rows.event(by_hand, "job.lost_race", job_id=jobs["lost_race"])
+            rows.event(by_hand, "job.lost_race", job_id=jobs["stale"])
+            for name, outcome in (("gate_failed", "fail"), ("gate_deferred", "defer")):
+                data = {"outcome": outcome, "gate": "g"}
+                rows.event(by_hand, "gate.verdict", job_id=jobs[name], data=data)
+            environment = {"cause": "environment"}
+            rows.event(by_hand, "task.failed", job_id=jobs["environment"], data=environment)
+        _migrate(store, "head")
+
+        kinds = {name: store.get_job(job_id).failure_kind for name, job_id in jobs.items()}
+        assert kinds == {name: "lost_race" if name == "stale" else name for name in jobs}
+        assert store.get_job(done).failure_kind is None
+        assert store.get_task(from_plane).origin == plane
+        assert store.get_task(from_github).origin == github
+        assert store.get_task(by_hand).origin is None
+        deliveries = DeliveryStore(store)
+        found = deliveries.task_of_origin(issue_key("plane", issue_id="uuid-1") or "")
+        assert found is not None
+        assert found.id == from_plane
+        found = deliveries.task_of_origin(issue_key("github", project="acme/shop", number=7) or "")
+        assert found is not None
+        assert found.id == from_github
+        pending = {t: store.get_task(t).pending_rollback for t in (rolling, rolled, moved)}
+        assert pending == {rolling: verdict, rolled: None, moved: None}
+
+        # And back: 0009 goes down cleanly, and up again.
+        _migrate(store, "0007", down=True)
+        _migrate(store, "head")
+        assert store.get_job(jobs["timeout"]).failure_kind == "timeout"
+    finally:
+        store.close()

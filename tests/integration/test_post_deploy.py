@@ -554,3 +554,50 @@ def test_a_rollback_resumed_after_the_worktree_was_removed_makes_it_again(world:
     )
     restored = [e for e in world.store.task_events(task.id) if e.kind == "worktree.restored"]
     assert len(restored) == 2
+
+
+# --- the pending rollback is a column (decision 0023) ------------------------------------
+@pytest.mark.parametrize("max_rollbacks", [0])
+def test_the_pending_rollback_is_written_with_the_verdict_and_kept_until_the_task_moves(
+    world: World,
+) -> None:
+    """With its rollbacks used up the task fails in ``deploy``: the verdict it was
+    rolling back stays pending (a retry resumes it, it does not merge again); a stage
+    move clears it. Seen failing with ``record_unhealthy_deploy`` not setting the column
+    (NULL after the verdict) and with the stage compare-and-swap not clearing it."""
+    task = world.task("BAD-8", broken=True)
+    act("monitor", Engine(world.store, world.settings, Recorder()), task.id)
+    [verdict] = [e for e in world.store.task_events(task.id) if e.kind == "deploy.unhealthy"]
+    failed = world.store.get_task(task.id)
+    assert (failed.stage, failed.pending_rollback) == ("deploy", verdict.id)
+    assert failed.failed
+
+    moved = TaskService(world.store, world.settings).rollback(failed, actor="alice")
+    assert (moved.stage, moved.pending_rollback) == ("development", None)
+
+
+def test_the_column_not_the_event_log_says_a_rollback_is_pending(world: World) -> None:
+    """A task whose column names a pending rollback finishes it instead of merging (here
+    there is nothing landed to revert, so it fails closed saying so); a
+    ``deploy.unhealthy`` event alone, with the column clear, no longer decides anything.
+    Both seen failing before the column (the event log decided: the first merged and
+    went to done, the second tried to roll back what never landed)."""
+    pending = world.task("OK-2", broken=False)
+    with world.store.transaction() as tx:
+        marker = tx.add_event("webhook", actor="t", task_id=pending.id)
+        assert tx.set_pending_rollback(pending.id, marker, expected_stage="deploy")
+    logged = world.task("OK-3", broken=False)
+    with world.store.transaction() as tx:
+        tx.add_event("deploy.unhealthy", actor="t", task_id=logged.id, data={"report": "r"})
+    engine = Engine(world.store, world.settings, Recorder())
+
+    act("monitor", engine, pending.id)
+    act("monitor", engine, logged.id)
+
+    failed = world.store.get_task(pending.id)
+    assert failed.stage == "deploy"
+    assert "no landing of orch/OK-2" in (failed.failed_reason or "")
+    assert "ok-2.txt" not in world.main_files()
+    done = world.store.get_task(logged.id)
+    assert (done.stage, done.failed_reason) == ("done", None)
+    assert "ok-3.txt" in world.main_files()

@@ -40,6 +40,7 @@ from orchestrator.commit_policy import CommitPlan
 from orchestrator.crossings import CrossingPool
 from orchestrator.engine import Engine
 from orchestrator.finalizer import Finalizer
+from orchestrator.kernel.failures import FailureKind
 from orchestrator.kernel.gates import Verdict
 from orchestrator.maintenance import Maintenance
 from orchestrator.reaper import Reaper
@@ -136,12 +137,12 @@ class PausableFinalizer(Finalizer):
         output: str,
         *,
         actor: str = "engine",
-        cause: str = "",
+        failure: FailureKind | None = None,
     ) -> bool:
         if actor == "engine" and self.hold_monitor:
             self.held.append((job, exit_code, error, output))
             return False  # still "finalizing": pushing, commenting, ...
-        return super().finalize(job, exit_code, error, output, actor=actor, cause=cause)
+        return super().finalize(job, exit_code, error, output, actor=actor, failure=failure)
 
     def resume_monitor(self) -> bool:
         """The paused monitor finalizes now, as it would have."""

@@ -9,7 +9,9 @@ one reconciler sweep repair it, with real git and a real deploy command:
   and the journal, one merge and one deploy, and a second sweep changes nothing;
 * a live owner holds the task's lease: the sweep defers and touches nothing;
 * the job ``failed`` and its decision (a retry) was never applied: the sweep applies it;
-* the stage moved but its job was never enqueued: the sweep enqueues it.
+* the stage moved but its job was never enqueued: the sweep enqueues it;
+* a failed job is judged by its ``failure_kind``, never its error text: a job given up
+  because its task moved on is left alone, an environment failure goes to a person.
 
 How each test was seen to fail without its mechanism is noted on the test (mutants in a
 copy of ``src/`` put first on ``PYTHONPATH``).
@@ -26,6 +28,7 @@ import pytest
 from support import make_repo
 
 from orchestrator.engine import Engine
+from orchestrator.kernel.failures import FailureKind
 from orchestrator.reconciler import Reconciler
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Event, Store, Task
@@ -60,11 +63,19 @@ class World:
     def task(self, work_item: str = "R-1") -> Task:
         return prepare_deploy_task(self.store, self.repo, self.tmp_path / "wt", work_item)
 
-    def job_to(self, task: Task, status: str, error: str | None = None) -> None:
+    def job_to(
+        self,
+        task: Task,
+        status: str,
+        error: str | None = None,
+        kind: FailureKind | None = None,
+    ) -> None:
         job = self.store.latest_job(task.id)
         assert job is not None
         with self.store.transaction() as tx:
-            assert tx.set_job_status_cas(job.id, "finalizing", status, error=error)
+            assert tx.set_job_status_cas(
+                job.id, "finalizing", status, error=error, failure_kind=kind
+            )
 
     def events(self, task: Task, kind: str) -> list[Event]:
         return [event for event in self.store.task_events(task.id) if event.kind == kind]
@@ -152,7 +163,7 @@ def test_a_failed_job_whose_retry_was_never_queued_is_retried(world: World) -> N
     assert run is not None
     with world.store.transaction() as tx:
         tx.record_exit(run.id, exit_code=1)
-    world.job_to(task, "failed", error="exit code 1")
+    world.job_to(task, "failed", error="exit code 1", kind=FailureKind.NONZERO_EXIT)
 
     assert Reconciler(world.engine.finalizer).sweep() == 1
 
@@ -185,3 +196,47 @@ def test_a_stage_whose_job_was_never_enqueued_gets_its_job(world: World) -> None
     assert enqueued.to_stage == "development"
     assert Reconciler(world.engine.finalizer).sweep() == 0
     assert len(world.store.task_jobs(task.id)) == 2
+
+
+def _failed_run(world: World, task: Task, exit_code: int) -> None:
+    job = world.store.latest_job(task.id)
+    assert job is not None
+    run = world.store.job_run(job.id)
+    assert run is not None
+    with world.store.transaction() as tx:
+        tx.record_exit(run.id, exit_code=exit_code)
+
+
+@pytest.mark.parametrize("kind", [FailureKind.LOST_RACE, FailureKind.CANCELLED])
+def test_a_job_given_up_because_its_task_moved_on_is_left_alone(
+    world: World, kind: FailureKind
+) -> None:
+    """The kind alone says so: no ``job.lost_race`` event, and an error text that reads
+    like any failure. Seen failing with the kind check removed from
+    ``Reconciler._repair`` (the sweep retried the job: a second attempt was queued), and
+    before migration 0009 (the reconciler looked for the event, found none, retried)."""
+    task = world.task()
+    _failed_run(world, task, 1)
+    world.job_to(task, "failed", error="exit code 1", kind=kind)
+
+    assert Reconciler(world.engine.finalizer).sweep() == 0
+
+    assert [(j.attempt, j.status) for j in world.store.task_jobs(task.id)] == [(1, "failed")]
+    assert world.events(task, "reconciler.decide") == []
+
+
+def test_an_environment_failure_redecided_after_a_crash_goes_to_a_person(world: World) -> None:
+    """The decision lost in the crash is applied as it would have been: the task fails
+    for a person (no retry), because the stored kind says ``environment``. Seen failing
+    without the kind read in ``Reconciler._repair``: the cause was lost with the crash,
+    and the sweep queued a second attempt of a job that could not start."""
+    task = world.task()
+    _failed_run(world, task, -1)
+    world.job_to(task, "failed", error="unknown agent 'nope'", kind=FailureKind.ENVIRONMENT)
+
+    assert Reconciler(world.engine.finalizer).sweep() == 1
+
+    failed = world.store.get_task(task.id)
+    assert failed.failed_reason is not None
+    assert "needs a person" in failed.failed_reason
+    assert [(j.attempt, j.status) for j in world.store.task_jobs(task.id)] == [(1, "failed")]

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.errors import NotFoundError, UsageError
+from orchestrator.kernel.failures import FailureKind
 from orchestrator.store import DuplicateError, Store, Tx
 
 RACERS = 8
@@ -280,18 +281,26 @@ def test_job_lifecycle(store: Store) -> None:
 
     with store.transaction() as tx:
         assert tx.set_job_status_cas(job_a, "running", "finalizing")
-        assert not tx.set_job_status_cas(job_a, "running", "failed")
+        assert not tx.set_job_status_cas(
+            job_a, "running", "failed", failure_kind=FailureKind.NONZERO_EXIT
+        )
     assert [(job.id, task.id) for job, task in store.jobs_by_status(["finalizing"])] == [
         (job_a, task_a)
     ]
 
     with store.transaction() as tx:
         assert tx.set_job_status_cas(job_a, "finalizing", "done")
-        assert tx.set_job_status_cas(job_b, "running", "failed", error="exit 1")
+        assert tx.set_job_status_cas(
+            job_b, "running", "failed", error="exit 1", failure_kind=FailureKind.NONZERO_EXIT
+        )
     done, failed = store.get_job(job_a), store.get_job(job_b)
-    assert done.status == "done"
+    assert (done.status, done.failure_kind) == ("done", None)
     assert done.finished_at is not None
-    assert (failed.status, failed.error) == ("failed", "exit 1")
+    assert (failed.status, failed.error, failed.failure_kind) == (
+        "failed",
+        "exit 1",
+        "nonzero_exit",
+    )
     assert store.active_job_counts() == {}
     assert [job.id for job in store.task_jobs(task_a)] == [job_a]
 
@@ -309,13 +318,23 @@ def test_cancel_waiting_jobs_fails_only_queued_and_deferred(store: Store) -> Non
         cancelled = tx.cancel_waiting_jobs(task_id, "task cancelled")
 
     assert sorted(cancelled) == [queued, deferred]
-    statuses = {job.id: (job.status, job.error) for job in store.task_jobs(task_id)}
+    statuses = {
+        job.id: (job.status, job.error, job.failure_kind) for job in store.task_jobs(task_id)
+    }
     assert statuses == {
-        queued: ("failed", "task cancelled"),
-        deferred: ("failed", "task cancelled"),
-        running: ("running", None),
+        queued: ("failed", "task cancelled", "cancelled"),
+        deferred: ("failed", "task cancelled", "cancelled"),
+        running: ("running", None, None),
     }
     assert store.get_job(elsewhere).status == "queued"
+
+
+def test_a_job_never_fails_without_saying_how(store: Store) -> None:
+    """Every failed job carries a failure kind: decisions read it, not the error text."""
+    job_id = new_job(store, new_task(store))
+    with pytest.raises(ValueError, match="without a failure_kind"), store.transaction() as tx:
+        tx.set_job_status_cas(job_id, "queued", "failed", error="no kind")
+    assert store.get_job(job_id).status == "queued"
 
 
 # --- runs ------------------------------------------------------------------------------
@@ -510,17 +529,12 @@ def test_task_card_points_at_the_newest_message(store: Store) -> None:
     assert store.task_card(task_id, "other chat") is None
 
 
-def test_latest_event_of_kinds(store: Store) -> None:
+def test_get_event(store: Store) -> None:
     task_id = new_task(store)
     with store.transaction() as tx:
         first = tx.add_event("a", actor="t", task_id=task_id, data={"n": 1})
         tx.add_event("b", actor="t", task_id=task_id)
         third = tx.add_event("a", actor="t", task_id=task_id, data={"n": 3})
-        tx.add_event("c", actor="t", task_id=task_id)
-    latest = store.latest_event_of(task_id, ("a", "b"))
-    assert latest is not None
-    assert latest.id == third
-    assert store.latest_event_of(task_id, ("z",)) is None
     event = store.get_event(first)
     assert event is not None
     assert event.data == {"n": 1}

@@ -32,6 +32,7 @@ from support import make_repo
 from orchestrator.engine import Engine
 from orchestrator.git import Repo
 from orchestrator.integrations import build_delivery, build_notifier
+from orchestrator.kernel.failures import FailureKind
 from orchestrator.kernel.gates import DEPLOY_REPORT_FILE
 from orchestrator.service import TaskService
 from orchestrator.settings import Settings, load_settings
@@ -102,7 +103,6 @@ class World:
 
     def deploy_task(self) -> Task:
         """A task from the Plane work item, in ``deploy``, its preflight job finalizing."""
-        task = prepare_deploy_task(self.store, self.repo, self.root / "wt", "SHOP-1")
         origin = {
             "tracker": "plane",
             "workspace": "acme",
@@ -110,15 +110,7 @@ class World:
             "issue_id": self.item.id,
             "sequence_id": self.item.sequence_id,
         }
-        with self.store.transaction() as tx:
-            tx.add_event(
-                EventKind.TASK_CREATED,
-                actor="plane",
-                task_id=task.id,
-                to_stage="deploy",
-                data={"origin": origin},
-            )
-        return task
+        return prepare_deploy_task(self.store, self.repo, self.root / "wt", "SHOP-1", origin=origin)
 
 
 def _config(world_root: Path, db_url: str, fakes: dict[str, str], deploy: str) -> Settings:
@@ -297,7 +289,9 @@ def cancelled(world: World) -> Task:
     assert job is not None
     with world.store.transaction() as tx:
         # No job in flight (one would keep the worktree until it stopped).
-        tx.set_job_status_cas(job.id, "finalizing", "failed", error="stopped")
+        tx.set_job_status_cas(
+            job.id, "finalizing", "failed", error="stopped", failure_kind=FailureKind.KILLED
+        )
     service = TaskService(world.store, world.settings, build_notifier(world.settings, world.store))
     service.cancel(world.store.get_task(task.id), actor="alice")
     return task

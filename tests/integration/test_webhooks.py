@@ -407,7 +407,11 @@ def test_plane_intake_cancel_and_reopen(hub: Hub) -> None:
     assert (task.title, task.stage) == ("Add a cart", "analysis")
     assert task.description == "A cart for the shop"
     [event] = [e for e in hub.store.task_events(task.id) if e.kind == EventKind.TASK_CREATED]
-    assert event.data["origin"]["issue_id"] == item.id
+    assert event.data["origin"]["issue_id"] == item.id  # the audit trail keeps it
+    # The task's columns hold it, written with the task: the reopen and the cancel below
+    # find the task by the key (seen failing with insert_task not given the origin).
+    assert task.origin is not None
+    assert (task.origin["issue_id"], task.origin_key) == (item.id, f"plane:{item.id}")
 
     # The same work item announced again (a second webhook, another delivery): no twin.
     twin = hub.post("plane", *hub.plane.webhook(item, "created", PLANE_SECRET))
@@ -434,6 +438,8 @@ def test_github_issue_labeled_for_intake(hub: Hub) -> None:
     assert answer["status"] == "created"
     assert answer["task"] == f"GH-{issue.number}"
     task = hub.store.find_task(f"GH-{issue.number}")
+    assert task.origin == {"tracker": "github", "repo": REPO, "number": issue.number}
+    assert task.origin_key == f"github:{REPO.lower()}#{issue.number}"
     # The trail names who sent it, not just "a webhook".
     assert {e.actor for e in hub.store.task_events(task.id)} == {"github:bob"}
     other = hub.github.issues_event(issue, "labeled", label="bug")

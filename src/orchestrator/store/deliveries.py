@@ -11,12 +11,12 @@ the claim over instead of being answered ``duplicate`` and lost.
 from __future__ import annotations
 
 import time
-from typing import Any, Final
+from typing import Final
 
 import sqlalchemy as sa
 
 from orchestrator.store.records import Task
-from orchestrator.store.schema import events, tasks, webhook_deliveries
+from orchestrator.store.schema import tasks, webhook_deliveries
 from orchestrator.store.store import Store
 
 __all__ = ["RECEIVED", "DeliveryStore"]
@@ -119,17 +119,11 @@ class DeliveryStore:
             rows = conn.execute(sa.select(tasks).where(tasks.c.branch == branch)).all()
         return [Task(**row._mapping) for row in rows]
 
-    def task_origins(self, created_kind: str) -> list[tuple[int, dict[str, Any]]]:
-        """(task id, origin) of every task whose ``created_kind`` event recorded one."""
+    def task_of_origin(self, key: str) -> Task | None:
+        """The (first) task created from the tracker issue whose origin key is ``key``
+        (``kernel/origins.py``), by its indexed column."""
         with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(events.c.task_id, events.c.data)
-                .where(events.c.kind == created_kind, events.c.data.is_not(None))
-                .order_by(events.c.id)
-            ).all()
-        found = []
-        for task_id, data in rows:
-            origin = data.get("origin") if isinstance(data, dict) else None
-            if isinstance(origin, dict) and task_id is not None:
-                found.append((int(task_id), origin))
-        return found
+            row = conn.execute(
+                sa.select(tasks).where(tasks.c.origin_key == key).order_by(tasks.c.id).limit(1)
+            ).first()
+        return None if row is None else Task(**row._mapping)

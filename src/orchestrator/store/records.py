@@ -33,6 +33,11 @@ class Task(_Record):
     updated_at: float
     # When its worktree was removed (the task ended); None while it exists.
     worktree_removed_at: float | None = None
+    # Where its work item came from and the key of that (migration 0009); None: by hand.
+    origin: dict[str, Any] | None = None
+    origin_key: str | None = None
+    # The unhealthy deploy verdict (an event id) whose rollback is still to finish.
+    pending_rollback: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -62,6 +67,8 @@ class Job(_Record):
     # Its limits as when it started (migration 0007); None for older jobs.
     timeout_s: float | None = None
     budget_usd: float | None = None
+    # How it failed (kernel/failures.py, migration 0009); None unless it failed.
+    failure_kind: str | None = None
 
 
 @dataclass(frozen=True)

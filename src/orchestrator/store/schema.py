@@ -72,7 +72,16 @@ tasks = Table(
     Column("updated_at", Float, nullable=False),
     # When the janitor removed the worktree of the ended task; NULL while it exists.
     Column("worktree_removed_at", Float, nullable=True),
+    # Where the work item came from (a tracker's issue: {"tracker": "plane", ...}) and
+    # its key (kernel/origins.py), by which an inbound change of the issue finds the
+    # task; NULL for a task made by hand (the CLI, the API).
+    Column("origin", JSON(none_as_null=True), nullable=True),
+    Column("origin_key", String(300), nullable=True),
+    # The id of the deploy.unhealthy event whose rollback is still to finish; set with
+    # the verdict, cleared by every stage move (monitor.py).
+    Column("pending_rollback", Integer, nullable=True),
     UniqueConstraint("repository", "work_item"),
+    Index(None, "origin_key"),
 )
 
 jobs = Table(
@@ -104,6 +113,9 @@ jobs = Table(
     # in USD, 0 = none): an engine adopting it after a restart keeps them. NULL: before 0007.
     Column("timeout_s", Float, nullable=True),
     Column("budget_usd", Float, nullable=True),
+    # How a failed job failed (kernel/failures.py: timeout, gate_failed, lost_race...);
+    # decisions read this, never the error text. NULL while it has not failed.
+    Column("failure_kind", String(32), nullable=True),
     Index(None, "status", "not_before"),
     Index(None, "task_id"),
 )

@@ -29,7 +29,8 @@ from orchestrator.errors import (
     OrchestratorError,
     UsageError,
 )
-from orchestrator.kernel.events import EventKind
+from orchestrator.kernel.failures import FailureKind
+from orchestrator.kernel.origins import origin_key
 from orchestrator.store.records import AgentRun, ApiToken, Event, Job, Task, TaskCard
 from orchestrator.store.schema import (
     agent_runs,
@@ -188,7 +189,10 @@ class Tx:
         base_branch: str,
         base_sha: str,
         worktree: str,
+        origin: Mapping[str, Any] | None = None,
     ) -> int:
+        """A new task; ``origin`` is where its work item came from (a tracker's issue),
+        kept with its key so the issue's later changes find the task."""
         now = _now()
         result = self.conn.execute(
             tasks.insert().values(
@@ -201,6 +205,8 @@ class Tx:
                 base_branch=base_branch,
                 base_sha=base_sha,
                 worktree=worktree,
+                origin=dict(origin) if origin else None,
+                origin_key=origin_key(origin),
                 created_at=now,
                 updated_at=now,
             )
@@ -224,12 +230,14 @@ class Tx:
 
         Returns whether this caller won. A loser must perform no side effect.
         ``unconditional`` (the transition-lease kill-switch) drops the compare: the old
-        blind write, kept for operators who switch the lease off.
+        blind write, kept for operators who switch the lease off. A task that leaves its
+        stage has no rollback of an unhealthy deploy pending any more.
         """
         values: dict[str, Any] = {
             "stage": new,
             "version": tasks.c.version + 1,
             "updated_at": _now(),
+            "pending_rollback": None,
         }
         if attempt is not None:
             values["attempt"] = attempt
@@ -267,6 +275,17 @@ class Tx:
             tasks.update()
             .where(tasks.c.id == task_id, tasks.c.stage == expected_stage)
             .values(**values)
+        )
+        return result.rowcount == 1
+
+    def set_pending_rollback(self, task_id: int, rollback: int, *, expected_stage: str) -> bool:
+        """Record that the task must finish rolling back the unhealthy deploy whose
+        verdict is event ``rollback``, if it is still in ``expected_stage``. Neither the
+        version nor ``updated_at`` moves: the task's outcome has not changed yet."""
+        result = self.conn.execute(
+            tasks.update()
+            .where(tasks.c.id == task_id, tasks.c.stage == expected_stage)
+            .values(pending_rollback=rollback)
         )
         return result.rowcount == 1
 
@@ -326,8 +345,14 @@ class Tx:
         *,
         error: str | None = None,
         owner_boot_id: str | None = None,
+        failure_kind: FailureKind | None = None,
     ) -> bool:
-        """Move a job from ``expected`` (one status or several) to ``new``; returns won."""
+        """Move a job from ``expected`` (one status or several) to ``new``; returns won.
+
+        A job that fails says how (``failure_kind``): decisions read the kind, never
+        the error text, so a failure without one is refused here."""
+        if new == "failed" and failure_kind is None:
+            raise ValueError(f"job {job_id} fails without a failure_kind")
         now = _now()
         expected_set = [expected] if isinstance(expected, str) else list(expected)
         values: dict[str, Any] = {"status": new, "updated_at": now}
@@ -338,6 +363,8 @@ class Tx:
             values["finished_at"] = now
         if error is not None:
             values["error"] = error
+        if failure_kind is not None:
+            values["failure_kind"] = str(FailureKind(failure_kind))
         result = self.conn.execute(
             jobs.update()
             .where(jobs.c.id == job_id, jobs.c.status.in_(expected_set))
@@ -385,7 +412,7 @@ class Tx:
         return result.rowcount == 1
 
     def cancel_waiting_jobs(self, task_id: int, reason: str) -> list[int]:
-        """Fail every queued or deferred job of a task; returns their ids."""
+        """Fail every queued or deferred job of a task (kind ``cancelled``); their ids."""
         ids = [
             int(row.id)
             for row in self.conn.execute(
@@ -395,7 +422,13 @@ class Tx:
             )
         ]
         for job_id in ids:
-            self.set_job_status_cas(job_id, WAITING_JOB_STATUSES, "failed", error=reason)
+            self.set_job_status_cas(
+                job_id,
+                WAITING_JOB_STATUSES,
+                "failed",
+                error=reason,
+                failure_kind=FailureKind.CANCELLED,
+            )
         return ids
 
     # --- runs --------------------------------------------------------------------------
@@ -760,16 +793,6 @@ class Store:
         query = sa.select(events).where(events.c.task_id == task_id).order_by(events.c.id)
         return [Event(**row._mapping) for row in self._all(query)]
 
-    def job_lost_race(self, job_id: int) -> bool:
-        """Whether ``job`` was given up because its task moved on under it (a
-        ``job.lost_race`` event): a failure nobody needs to repair."""
-        query = (
-            sa.select(events.c.id)
-            .where(events.c.job_id == job_id, events.c.kind == EventKind.JOB_LOST_RACE)
-            .limit(1)
-        )
-        return bool(self._all(query))
-
     def events_after(self, last_id: int, limit: int = 500) -> list[Event]:
         """Events newer than ``last_id``, oldest first (for live progress)."""
         query = sa.select(events).where(events.c.id > last_id).order_by(events.c.id).limit(limit)
@@ -860,17 +883,6 @@ class Store:
         )
         rows = self._all(query)
         return [(None if row.task_id is None else int(row.task_id), row.payload) for row in rows]
-
-    def latest_event_of(self, task_id: int, kinds: Sequence[str]) -> Event | None:
-        """The task's newest event of one of ``kinds``."""
-        query = (
-            sa.select(events)
-            .where(events.c.task_id == task_id, events.c.kind.in_(tuple(kinds)))
-            .order_by(events.c.id.desc())
-            .limit(1)
-        )
-        rows = self._all(query)
-        return Event(**rows[0]._mapping) if rows else None
 
     def get_event(self, event_id: int) -> Event | None:
         rows = self._all(sa.select(events).where(events.c.id == event_id))

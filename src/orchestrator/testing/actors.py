@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from orchestrator.crossings import CrossingRun
 from orchestrator.engine import Engine
@@ -32,11 +33,19 @@ ROLES: Final = ("monitor", "reaper", "reconciler", "webhook", "cli")
 GO_POLL_S: Final = 0.01
 
 
-def prepare_deploy_task(store: Store, repo: Path, worktrees: Path, work_item: str) -> Task:
+def prepare_deploy_task(
+    store: Store,
+    repo: Path,
+    worktrees: Path,
+    work_item: str,
+    *,
+    origin: Mapping[str, Any] | None = None,
+) -> Task:
     """A task in ``deploy`` whose preflight job has exited 0 and awaits finalization.
 
     Its worktree holds a code change and a passing deploy report, committed on
     ``orch/<work_item>``; its job is ``finalizing`` with exit code 0 recorded.
+    ``origin``: the tracker issue it came from, if any.
     """
     repository = Repo(repo)
     base_sha = repository.rev("main")
@@ -60,6 +69,7 @@ def prepare_deploy_task(store: Store, repo: Path, worktrees: Path, work_item: st
             base_branch="main",
             base_sha=base_sha,
             worktree=str(worktree),
+            origin=origin,
         )
         add_finalizing_deploy_job(tx, tx.get_task(task_id))
         return tx.get_task(task_id)

@@ -4,7 +4,7 @@ A tracker (Plane, GitHub issues, or none: ``local``) meets the pipeline three wa
 
 * **intake** — a new work item becomes a task (a signed webhook, see
   :mod:`orchestrator.webhook_events`); the task remembers its **origin** (which issue
-  in which project) on its ``task.created`` event;
+  in which project) in its ``origin`` column, written with the task;
 * **write back** — after each stage outcome, a comment on the issue and the issue's
   state mapped from our stage (``tracker_states`` over the adapter's defaults), both
   through :class:`Tracker`;
@@ -18,8 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from orchestrator.kernel.events import EventKind
-from orchestrator.store import Store, Task
+from orchestrator.store import Task
 
 __all__ = ["Origin", "Tracker", "state_for", "task_origin"]
 
@@ -44,10 +43,6 @@ def state_for(stage: str, configured: Mapping[str, str], defaults: Mapping[str, 
     return configured.get(stage) or defaults.get(stage)
 
 
-def task_origin(store: Store, task: Task) -> dict[str, Any] | None:
+def task_origin(task: Task) -> dict[str, Any] | None:
     """The origin recorded when ``task`` was created, if it came from a tracker."""
-    for event in store.task_events(task.id):
-        if event.kind == EventKind.TASK_CREATED:
-            origin = (event.data or {}).get("origin")
-            return dict(origin) if isinstance(origin, dict) else None
-    return None
+    return dict(task.origin) if task.origin else None

@@ -59,7 +59,7 @@ class TrackerNotifier:
         self.language = language
 
     def on_task_changed(self, task: Task, summary: str) -> None:
-        origin = task_origin(self.store, task)
+        origin = task_origin(task)
         if origin is None:
             return
         key = outcome_key(task)
