@@ -61,9 +61,9 @@ import httpx
 import sqlalchemy as sa
 import uvicorn
 
-from orchestrator.leases import LeaseManager, Owner
-from orchestrator.server import create_app
-from orchestrator.service import TaskService
+from orchestrator.api.server import create_app
+from orchestrator.effects.leases import LeaseManager, Owner
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import load_settings
 from orchestrator.store import ACTIVE_JOB_STATUSES, Job, Store, Task
 from orchestrator.store.schema import agent_runs

@@ -82,8 +82,8 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from orchestrator.git import GIT_ENV
 from orchestrator.store.schema import effects, events, jobs, tasks, transition_lease
+from orchestrator.workspace.git import GIT_ENV
 
 DEFAULT_TASKS: Final = 50
 DEFAULT_KILLS: Final = 30

@@ -61,14 +61,14 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Final
 
-from orchestrator.engine import Engine
-from orchestrator.git import GIT_ENV
-from orchestrator.leases import Owner
-from orchestrator.service import TaskService
+from orchestrator.effects.leases import Owner
+from orchestrator.engine.core import Engine
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import load_settings
 from orchestrator.store import Store
 from orchestrator.testing.actors import prepare_deploy_task
 from orchestrator.testing.local_server import LocalServer
+from orchestrator.workspace.git import GIT_ENV
 
 DEFAULT_DEPLOY_S: Final = 20.0
 DEFAULT_TIMEOUT_S: Final = 5.0

@@ -69,11 +69,11 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from orchestrator.engine import ENGINE_TICK_S, Engine
-from orchestrator.git import GIT_ENV
-from orchestrator.service import TaskService
+from orchestrator.engine.core import ENGINE_TICK_S, Engine
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import load_settings
 from orchestrator.store import Job, Store, Task
+from orchestrator.workspace.git import GIT_ENV
 
 DEFAULT_TASKS: Final = 20
 DEFAULT_TIMEOUT_S: Final = 600.0

@@ -51,10 +51,10 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from orchestrator.git import GIT_ENV
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import load_settings
 from orchestrator.store import Store
+from orchestrator.workspace.git import GIT_ENV
 
 DEFAULT_TASKS: Final = 2000
 DEFAULT_WINDOW: Final = 100

@@ -1,5 +1,5 @@
 """Who may do what: API tokens with roles, the actor names of the audit trail, and the
-repository allow-list. No HTTP here (:mod:`orchestrator.http_guard` applies it at the
+repository allow-list. No HTTP here (:mod:`orchestrator.api.guard` applies it at the
 edge); no SQL here (the store keeps tokens as hashes).
 
 Theory of operation
@@ -90,10 +90,10 @@ ADMIN_READ_PATHS: Final = frozenset({"/tokens"})
 # Reads that need no token: liveness, and the API's own description (the same for every
 # install; a browser showing /docs cannot send a bearer token).
 OPEN_READ_PATHS: Final = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
-# Swagger UI's packaged files (orchestrator.api_docs), the same for every install.
+# Swagger UI's packaged files (orchestrator.api.docs), the same for every install.
 OPEN_READ_PREFIX: Final = "/docs/assets/"
 WEBHOOK_PREFIX: Final = "/webhooks/"
-# The web dashboard (orchestrator.web): its pages are reads, its form posts writes.
+# The web dashboard (orchestrator.api.web): its pages are reads, its form posts writes.
 UI_PREFIX: Final = "/ui/"
 # Dashboard paths that need no session, for any method: the login form (its post checks
 # a token of its own) and logging out (it ends only the session of its own cookie).

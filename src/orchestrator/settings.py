@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -29,7 +29,6 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from orchestrator.commit_policy import DEFAULT_COMMIT_EXCLUDE
 from orchestrator.errors import ConfigError
 from orchestrator.job_env import check_passthrough
 from orchestrator.kernel.decisions import Limits
@@ -39,7 +38,41 @@ from orchestrator.procs.kill import KILL_GRACE_S
 from orchestrator.redact import MASK, redact_value
 from orchestrator.redact import secret_values as find_secret_values
 
+# What tools create and no one means to commit: the commit policy's built-in excludes
+# (orchestrator.workspace.commit_policy), here because commit_exclude's check needs them.
+# Gitignore syntax: "x/" is a directory named x at any depth, "/x/" only at the top of the
+# worktree, "*" any characters but "/".
+DEFAULT_COMMIT_EXCLUDE: Final[tuple[str, ...]] = (
+    # virtualenvs (any other one is found by its pyvenv.cfg)
+    ".venv/",
+    "/venv/",
+    "/env/",
+    # JavaScript dependencies
+    "node_modules/",
+    # caches
+    "__pycache__/",
+    ".pytest_cache/",
+    ".mypy_cache/",
+    ".ruff_cache/",
+    ".hypothesis/",
+    ".tox/",
+    ".nox/",
+    # secrets
+    ".env",
+    ".env.*",
+    # coverage output
+    ".coverage",
+    ".coverage.*",
+    "htmlcov/",
+    "coverage.xml",
+    # build output
+    "build/",
+    "dist/",
+    "*.egg-info/",
+)
+
 __all__ = [
+    "DEFAULT_COMMIT_EXCLUDE",
     "AgentConfig",
     "PlaneProjectConfig",
     "RepoConfig",

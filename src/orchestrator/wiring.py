@@ -29,13 +29,13 @@ from orchestrator.forges.base import Forge, MergeMethod
 from orchestrator.forges.gitea import GiteaForge
 from orchestrator.forges.github import GITHUB_HEADERS, GitHubForge
 from orchestrator.forges.local import LocalForge
-from orchestrator.git import Repo, git
 from orchestrator.settings import Settings
 from orchestrator.store import Store, Task
 from orchestrator.trackers.base import Tracker, state_for
 from orchestrator.trackers.github import GITHUB_DEFAULT_STATES, GitHubIssuesTracker
 from orchestrator.trackers.local import LocalTracker
 from orchestrator.trackers.plane import PLANE_DEFAULT_STATES, PlaneTracker
+from orchestrator.workspace.git import Repo, git
 
 __all__ = [
     "GITHUB_API_URL",

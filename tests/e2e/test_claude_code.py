@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import pytest
 
-from orchestrator.demo_project import create_demo_repository
+from orchestrator.cli.demo_project import create_demo_repository
 from orchestrator.testing import ModelServer, Script, parse_script
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.demo_project import create_demo_repository, write_failing_recipe
+from orchestrator.cli.demo_project import create_demo_repository, write_failing_recipe
 
 pytestmark = pytest.mark.e2e
 

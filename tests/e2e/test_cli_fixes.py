@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.demo_project import create_demo_repository
+from orchestrator.cli.demo_project import create_demo_repository
 
 pytestmark = pytest.mark.e2e
 

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from orchestrator.demo_project import create_demo_repository
+from orchestrator.cli.demo_project import create_demo_repository
 
 pytestmark = pytest.mark.e2e
 

@@ -41,7 +41,7 @@ from tests.e2e.test_integrations import Serve, free_port, wait_for
 from tests.integration.support import make_repo
 
 from orchestrator.testing.fake_http import hmac_sha256
-from orchestrator.webhook_events import GITEA_EVENTS, GITHUB_EVENTS, PLANE_EVENTS
+from orchestrator.webhooks.events import GITEA_EVENTS, GITHUB_EVENTS, PLANE_EVENTS
 
 pytestmark = pytest.mark.e2e
 

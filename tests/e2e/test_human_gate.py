@@ -21,7 +21,7 @@ import pytest
 from tests.e2e.test_integrations import CHAT, TELEGRAM_SECRET, Serve, free_port, telegram_config
 from tests.e2e.test_integrations import wait_for as wait_until
 
-from orchestrator.demo_project import create_demo_repository
+from orchestrator.cli.demo_project import create_demo_repository
 from orchestrator.testing.fake_telegram import FakeTelegram
 
 pytestmark = pytest.mark.e2e

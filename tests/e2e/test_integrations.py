@@ -34,7 +34,7 @@ import httpx
 import pytest
 from tests.integration.support import make_repo
 
-from orchestrator.demo_project import create_demo_repository
+from orchestrator.cli.demo_project import create_demo_repository
 from orchestrator.testing.fake_forge import DEFAULT_TOKEN, FakeGitea
 from orchestrator.testing.fake_plane import FakePlane
 from orchestrator.testing.fake_telegram import FakeTelegram

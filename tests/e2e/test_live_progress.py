@@ -33,7 +33,7 @@ from typing import Any, Final
 import httpx
 import pytest
 
-from orchestrator.demo_project import create_demo_repository
+from orchestrator.cli.demo_project import create_demo_repository
 
 pytestmark = pytest.mark.e2e
 

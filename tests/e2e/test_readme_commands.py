@@ -31,8 +31,8 @@ import click
 import httpx
 import pytest
 
-from orchestrator.cli import cli
-from orchestrator.demo_project import create_demo_repository, write_failing_recipe
+from orchestrator.cli.demo_project import create_demo_repository, write_failing_recipe
+from orchestrator.cli.main import cli
 
 pytestmark = pytest.mark.e2e
 

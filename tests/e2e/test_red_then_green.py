@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.demo_project import create_demo_repository, write_red_green_recipe
+from orchestrator.cli.demo_project import create_demo_repository, write_red_green_recipe
 
 pytestmark = pytest.mark.e2e
 

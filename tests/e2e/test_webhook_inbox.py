@@ -25,12 +25,12 @@ import pytest
 from tests.e2e.test_integrations import SCRIPTED, Serve, free_port, wait_for
 from tests.integration.support import make_repo
 
-from orchestrator.leases import LeaseManager, Owner
-from orchestrator.service import TaskService
+from orchestrator.effects.leases import LeaseManager, Owner
+from orchestrator.lifecycle.service import TaskService
+from orchestrator.lifecycle.transitions import EventKind, advance_stage
 from orchestrator.settings import load_settings
 from orchestrator.store import InboxStore, Store
 from orchestrator.testing.fake_forge import DEFAULT_TOKEN, FakeGitea
-from orchestrator.transitions import EventKind, advance_stage
 
 pytestmark = pytest.mark.e2e
 

@@ -25,13 +25,13 @@ import pytest
 import sqlalchemy as sa
 from tests.integration.support import api_client, make_repo
 
+from orchestrator.api.server import create_app
 from orchestrator.auth import issue_token, required_role
-from orchestrator.server import create_app
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.service import TaskService
+from orchestrator.lifecycle.transitions import advance_stage
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.store.schema import metadata
-from orchestrator.transitions import advance_stage
 
 # Routes that need no token, each for a stated reason; anything else needs one.
 OPEN_ROUTES: Final = {

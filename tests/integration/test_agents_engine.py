@@ -23,9 +23,9 @@ from typing import Any, Final
 
 import pytest
 
-from orchestrator.engine import Engine
+from orchestrator.engine.core import Engine
 from orchestrator.errors import AgentError
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 

@@ -24,12 +24,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import api_client, make_repo
 
+from orchestrator.api.metrics import HISTOGRAM_NAMES, METRIC_NAMES
+from orchestrator.api.pagination import MAX_LIMIT
+from orchestrator.api.server import create_app
 from orchestrator.auth import issue_token
-from orchestrator.engine import Engine
-from orchestrator.metrics import HISTOGRAM_NAMES, METRIC_NAMES
-from orchestrator.pagination import MAX_LIMIT
-from orchestrator.server import create_app
-from orchestrator.service import TaskService
+from orchestrator.engine.core import Engine
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store
 

@@ -17,14 +17,14 @@ from hypothesis import strategies as st
 from tests.integration.support import GIT_IDENTITY
 from tests.integration.test_engine import World, run_git, world  # noqa: F401 - the fixture
 
-from orchestrator.commit_policy import (
+from orchestrator.settings import load_settings
+from orchestrator.workspace.commit_policy import (
     DEFAULT_COMMIT_EXCLUDE,
     CommitPolicy,
     commit_work,
     effective_excludes,
     plan_commit,
 )
-from orchestrator.settings import load_settings
 
 
 def git(repo: Path, *args: str) -> str:

@@ -1,5 +1,5 @@
 """The cost report's reads (``orchestrator.store.costs``) and the report built on them
-(``orchestrator.costs``), on SQLite and PostgreSQL.
+(``orchestrator.api.costs``), on SQLite and PostgreSQL.
 
 Rows are written through the store's own operations; the moments a run started are then
 set through the table the store reads, never by sleeping. Days are UTC: a run at 23:59
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.costs import GROUPINGS, Period, cost_report, group_spend, total_spend
+from orchestrator.api.costs import GROUPINGS, Period, cost_report, group_spend, total_spend
 from orchestrator.kernel.events import EventKind
 from orchestrator.settings import Settings
 from orchestrator.store import Store

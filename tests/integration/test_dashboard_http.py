@@ -26,14 +26,14 @@ import httpx
 import pytest
 from tests.integration.support import GIT_IDENTITY, api_client, make_repo
 
+from orchestrator.api.server import create_app
+from orchestrator.api.web.sessions import SessionStore
 from orchestrator.auth import Principal, TokenKind, issue_token
 from orchestrator.errors import NotAuthenticatedError
-from orchestrator.server import create_app
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.service import TaskService
+from orchestrator.lifecycle.transitions import advance_stage
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
-from orchestrator.transitions import advance_stage
-from orchestrator.web.sessions import SessionStore
 
 ORIGIN: Final = {"Origin": "http://localhost"}
 FORM: Final = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -168,7 +168,7 @@ def test_pages_without_a_session_go_to_the_login_form(world: World) -> None:
         assert form.status_code == 200
         assert 'type="password"' in form.text
         assert client.get("/ui/static/dashboard.css").status_code == 200
-        for escape in ("/ui/static/%2e%2e/routes.py", "/ui/static/%2e%2e/%2e%2e/server.py"):
+        for escape in ("/ui/static/%2e%2e/routes.py", "/ui/static/%2e%2e/%2e%2e/settings.py"):
             outside = client.get(escape)
             assert outside.status_code in (401, 404), escape
             assert "def " not in outside.text

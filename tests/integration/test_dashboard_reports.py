@@ -25,10 +25,10 @@ import pytest
 from support import api_client
 from test_cost_report import DEC_1, add_run, add_task, queue_job
 
+from orchestrator.api.server import create_app
 from orchestrator.auth import issue_token
-from orchestrator.leases import LeaseManager, Owner
-from orchestrator.server import create_app
-from orchestrator.service import TaskService
+from orchestrator.effects.leases import LeaseManager, Owner
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store
 from orchestrator.store.leases import LeaseStore

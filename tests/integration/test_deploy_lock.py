@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from support import make_repo
 
+from orchestrator.effects.merge_deploy import DeployEffect
 from orchestrator.forges.local import LocalForge
-from orchestrator.git import Repo, git
-from orchestrator.side_effects import DeployEffect
 from orchestrator.store import Store
 from orchestrator.testing.actors import prepare_deploy_task
+from orchestrator.workspace.git import Repo, git
 
 DEPLOY = """\
 echo "start $ORCH_WORK_ITEM" >> {log}

@@ -28,8 +28,8 @@ from typing import Any, Final
 
 import pytest
 
-from orchestrator.engine import Engine
-from orchestrator.service import TaskService
+from orchestrator.engine.core import Engine
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import AgentConfig, Settings, load_settings
 from orchestrator.store import Job, Store, Task
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import sqlalchemy as sa
 from support import make_repo
 
-from orchestrator.engine import Engine
+from orchestrator.engine.core import Engine
+from orchestrator.lifecycle.transitions import Runtime
 from orchestrator.settings import load_settings
 from orchestrator.store import Store
 from orchestrator.store.schema import effects
 from orchestrator.testing.actors import act, prepare_deploy_task
 from orchestrator.testing.clock import FakeClock
-from orchestrator.transitions import Runtime
 
 WAIT_S = 60
 

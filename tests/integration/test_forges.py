@@ -22,15 +22,15 @@ from tests.integration.support import GIT_IDENTITY, make_repo
 
 from orchestrator.errors import IntegrationError
 from orchestrator.forges.base import CommitState, Forge, comment_marker
-from orchestrator.git import Repo
 from orchestrator.integrations import build_delivery, build_outbox_notifier
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.service import TaskService
+from orchestrator.lifecycle.transitions import advance_stage
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.testing.fake_forge import DEFAULT_TOKEN, FakeForgeBase, FakeGitea, FakeGitHub
 from orchestrator.testing.fake_plane import DEFAULT_API_KEY, FakePlane
-from orchestrator.transitions import advance_stage
 from orchestrator.wiring import Integrations, open_forge
+from orchestrator.workspace.git import Repo
 
 REPO = "acme/shop"
 

@@ -13,15 +13,15 @@ import pytest
 import sqlalchemy as sa
 from support import api_client
 
+from orchestrator.api.server import create_app
 from orchestrator.auth import issue_token
+from orchestrator.effects.leases import Heartbeat, LeaseManager, Owner
 from orchestrator.errors import ConflictError
-from orchestrator.leases import Heartbeat, LeaseManager, Owner
-from orchestrator.server import create_app
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.service import TaskService
+from orchestrator.maintenance.supervisor import Loop, Supervisor
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.store.schema import instances, transition_lease
-from orchestrator.supervisor import Loop, Supervisor
 from orchestrator.testing.clock import FakeClock
 
 
@@ -100,7 +100,7 @@ def test_a_dead_same_host_owner_is_reclaimed_with_an_alert(
     task = new_task(store)
     # A real process acquires the lease, then is killed.
     script = (
-        "import sys; from orchestrator.leases import LeaseManager, Owner; "
+        "import sys; from orchestrator.effects.leases import LeaseManager, Owner; "
         "from orchestrator.settings import load_settings; from orchestrator.store import Store; "
         f"s = load_settings(__import__('pathlib').Path({str(tmp_path / 'orch.toml')!r})); "
         "st = Store.open(s.effective_database_url); o = Owner.current(); o.register(st); "

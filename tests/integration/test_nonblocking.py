@@ -26,8 +26,8 @@ from typing import Final
 import pytest
 from support import make_repo
 
-from orchestrator.engine import Engine
-from orchestrator.service import TaskService
+from orchestrator.engine.core import Engine
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Event, Job, Store, Task
 from orchestrator.testing.actors import prepare_deploy_task

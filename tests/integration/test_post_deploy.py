@@ -25,11 +25,10 @@ from typing import ClassVar
 import pytest
 from support import make_repo
 
-from orchestrator.engine import Engine
+from orchestrator.engine.core import Engine
 from orchestrator.forges.local import LocalForge
-from orchestrator.git import Repo, git
-from orchestrator.monitor import watch_health
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.post_deploy import watch_health
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.testing.actors import (
@@ -38,7 +37,8 @@ from orchestrator.testing.actors import (
     add_finalizing_deploy_job,
     prepare_deploy_task,
 )
-from orchestrator.worktrees import WorktreeJanitor
+from orchestrator.workspace.git import Repo, git
+from orchestrator.workspace.worktrees import WorktreeJanitor
 
 CONFIG = """\
 database_url = "{db_url}"

@@ -145,7 +145,7 @@ def test_a_kill_of_a_group_that_is_gone_finds_nothing(start: Start) -> None:
 def test_the_launcher_imports_no_more_than_the_process_toolkit() -> None:
     # It runs in every job and must start fast: no SQLAlchemy, no pydantic, no settings.
     probe = (
-        "import sys, orchestrator.procs.launcher, orchestrator.hooks; "
+        "import sys, orchestrator.procs.launcher, orchestrator.workspace.hooks; "
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('orchestrator') "
         "or m.partition('.')[0] in ('sqlalchemy', 'pydantic', 'httpx', 'jinja2'))))"
     )
@@ -155,7 +155,7 @@ def test_the_launcher_imports_no_more_than_the_process_toolkit() -> None:
 
     assert done.stdout.split() == [
         "orchestrator",
-        "orchestrator.hooks",
+        "orchestrator.workspace.hooks",
         "orchestrator.procs",
         "orchestrator.procs.kill",
         "orchestrator.procs.launcher",

@@ -36,19 +36,19 @@ from typing import Any, Final
 import pytest
 from support import make_repo
 
-from orchestrator.commit_policy import CommitPlan
-from orchestrator.crossings import CrossingPool
-from orchestrator.engine import Engine
-from orchestrator.finalizer import Finalizer
+from orchestrator.engine.core import Engine
 from orchestrator.kernel.failures import FailureKind
 from orchestrator.kernel.gates import Verdict
-from orchestrator.maintenance import Maintenance
-from orchestrator.reaper import Reaper
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.crossings import CrossingPool
+from orchestrator.lifecycle.finalizer import Finalizer
+from orchestrator.lifecycle.service import TaskService
+from orchestrator.lifecycle.transitions import Runtime
+from orchestrator.maintenance.reaper import Reaper
+from orchestrator.maintenance.services import Maintenance
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Event, Job, Store, Task
 from orchestrator.testing.clock import FakeClock
-from orchestrator.transitions import Runtime
+from orchestrator.workspace.commit_policy import CommitPlan
 
 WAIT_S: Final = 20.0
 POLL_S: Final = 0.02

@@ -27,13 +27,13 @@ from typing import Final
 import pytest
 from support import make_repo
 
-from orchestrator.engine import Engine
+from orchestrator.engine.core import Engine
 from orchestrator.kernel.failures import FailureKind
-from orchestrator.reconciler import Reconciler
+from orchestrator.lifecycle.transitions import Runtime
+from orchestrator.maintenance.reconciler import Reconciler
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Event, Store, Task
 from orchestrator.testing.actors import prepare_deploy_task
-from orchestrator.transitions import Runtime
 
 CONFIG: Final = """\
 database_url = "{db_url}"

@@ -39,12 +39,12 @@ from typing import Any, Final
 import pytest
 import sqlalchemy as sa
 
-from orchestrator.engine import Engine
-from orchestrator.service import TaskService
+from orchestrator.engine.core import Engine
+from orchestrator.lifecycle.service import TaskService
+from orchestrator.lifecycle.transitions import Runtime
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Event, Job, Store, Task
 from orchestrator.store.schema import effects
-from orchestrator.transitions import Runtime
 
 WAIT_S: Final = 30.0
 POLL_S: Final = 0.02
@@ -83,7 +83,7 @@ import sys, time
 from pathlib import Path
 from orchestrator.settings import load_settings
 from orchestrator.store import Store
-from orchestrator.transitions import Runtime
+from orchestrator.lifecycle.transitions import Runtime
 settings = load_settings(Path(sys.argv[1]))
 store = Store.open(settings.effective_database_url)
 runtime = Runtime.create(store, settings)
@@ -565,8 +565,8 @@ def test_a_deploy_left_running_by_a_killed_owner_holds_back_the_next_deploy_of_i
     (the journal before this test, run from a copy of ``src/`` on ``PYTHONPATH``):
     recovery's finalization of D-2's job crossed at once, deploying D-2 while D-1's
     deploy still ran (the explicit entry then ``LOST``, not ``DEFERRED``)."""
+    from orchestrator.lifecycle.transitions import Crossing, enter_transition
     from orchestrator.testing.actors import prepare_deploy_task
-    from orchestrator.transitions import Crossing, enter_transition
 
     deploy = world.tmp_path / "deploy.sh"
     deploy.write_text(f"OUT={world.out}\n" + ACTOR_DEPLOY.format(await_release=AWAIT_RELEASE))
@@ -638,8 +638,8 @@ def test_a_deploy_finished_unrecorded_is_not_rerun_after_the_default_branch_move
     Found by ``bench/chaos.py`` (``CHAOS-3 deployed 2 times``). Seen failing with
     ``DeployEffect.observe`` comparing the deployed commit with ``main``'s head only
     (as before this test): D-1 was deployed a second time (two lines in deploys.log)."""
+    from orchestrator.lifecycle.transitions import Crossing, enter_transition
     from orchestrator.testing.actors import prepare_deploy_task
-    from orchestrator.transitions import Crossing, enter_transition
 
     deploy = world.tmp_path / "deploy.sh"
     deploy.write_text(f"OUT={world.out}\n" + ACTOR_DEPLOY.format(await_release=AWAIT_RELEASE))
@@ -710,8 +710,8 @@ def test_a_deploy_that_prints_outlives_its_killed_owner(world: World) -> None:
     Seen failing with the deploy's stdout a pipe to its owner (as before this test):
     the orphaned deploy died of SIGPIPE at its next ``echo``, deploys.log stayed empty,
     and the restarted transition started the deploy a second time."""
+    from orchestrator.lifecycle.transitions import Crossing, enter_transition
     from orchestrator.testing.actors import prepare_deploy_task
-    from orchestrator.transitions import Crossing, enter_transition
 
     deploy = world.tmp_path / "deploy.sh"
     deploy.write_text(f"OUT={world.out}\n" + TALKING_DEPLOY.format(await_release=AWAIT_RELEASE))
@@ -759,7 +759,7 @@ DIES_AT_SPAWN: Final = """\
 import os, sys
 from pathlib import Path
 from orchestrator.settings import load_settings
-from orchestrator.side_effects import effects_for
+from orchestrator.effects.merge_deploy import effects_for
 from orchestrator.store import Store
 settings = load_settings(Path(sys.argv[1]))
 store = Store.open(settings.effective_database_url)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.agents.usage import parse_usage
-from orchestrator.demo_project import (
+from orchestrator.cli.demo_project import (
     DEMO_TASK_DESCRIPTION,
     DEMO_TASK_TITLE,
     DEMO_WORK_ITEM,

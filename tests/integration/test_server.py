@@ -28,11 +28,11 @@ import pytest
 from support import api_client
 
 from orchestrator import __version__
+from orchestrator.api.server import create_app
 from orchestrator.auth import issue_token
-from orchestrator.engine import Engine
+from orchestrator.engine.core import Engine
 from orchestrator.errors import ConflictError
-from orchestrator.server import create_app
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import AgentConfig, Settings, load_settings
 from orchestrator.store import Store
 
@@ -616,7 +616,9 @@ def test_a_lost_database_is_503_on_health_and_a_logged_500_elsewhere(
     assert health.json()["error"].startswith("database unreachable: ")
     assert tasks.status_code == 500
     assert tasks.json() == {"error": "internal error"}
-    assert any(r.name == "orchestrator.server" and r.exc_info is not None for r in caplog.records)
+    assert any(
+        r.name == "orchestrator.api.server" and r.exc_info is not None for r in caplog.records
+    )
 
 
 def test_openapi_lists_every_path(client: httpx.Client) -> None:
@@ -653,7 +655,7 @@ SERVE_SCRIPT: Final = """
 import sys
 from pathlib import Path
 
-from orchestrator.serve import run_server
+from orchestrator.api.serve import run_server
 from orchestrator.settings import load_settings
 from orchestrator.store import Store
 
@@ -667,9 +669,9 @@ DYING_ENGINE_SCRIPT: Final = """
 import sys
 from pathlib import Path
 
-from orchestrator.engine import Engine
+from orchestrator.engine.core import Engine
 from orchestrator.errors import ConflictError
-from orchestrator.serve import run_server
+from orchestrator.api.serve import run_server
 from orchestrator.settings import load_settings
 from orchestrator.store import Store
 
@@ -690,9 +692,9 @@ DYING_REAPER_SCRIPT: Final = """
 import sys
 from pathlib import Path
 
-from orchestrator.engine import Engine
-from orchestrator.reaper import Reaper
-from orchestrator.serve import run_server
+from orchestrator.engine.core import Engine
+from orchestrator.maintenance.reaper import Reaper
+from orchestrator.api.serve import run_server
 from orchestrator.settings import load_settings
 from orchestrator.store import Store
 

@@ -1,4 +1,4 @@
-"""``GET /status``'s health facts (``orchestrator.status``): the loops ``orch serve``
+"""``GET /status``'s health facts (``orchestrator.api.status``): the loops ``orch serve``
 supervises, the engine's last tick, the transition leases held and whether their owners
 live, and the process starts not marked stopped.
 
@@ -20,11 +20,11 @@ from support import api_client
 from test_cost_report import add_task
 from test_server import SERVE_SCRIPT, start_server, wait_until_healthy
 
+from orchestrator.api.server import create_app
 from orchestrator.auth import issue_token
-from orchestrator.engine import Engine
-from orchestrator.leases import LeaseManager, Owner
-from orchestrator.server import create_app
-from orchestrator.service import TaskService
+from orchestrator.effects.leases import LeaseManager, Owner
+from orchestrator.engine.core import Engine
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store
 from orchestrator.store.leases import LeaseStore

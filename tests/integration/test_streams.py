@@ -26,13 +26,13 @@ import uvicorn
 from fastapi import FastAPI
 from tests.integration.support import make_repo
 
-from orchestrator.api_format import with_iso_times
+from orchestrator.api.format import with_iso_times
+from orchestrator.api.server import create_app
+from orchestrator.api.streams import StreamHub
 from orchestrator.auth import issue_token
-from orchestrator.server import create_app
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
-from orchestrator.streams import StreamHub
 
 SECRET: Final = "gh-webhook-secret-4711"
 # Read timeout of a stream: generous; a test that waits this long has failed already.

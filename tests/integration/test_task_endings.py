@@ -29,12 +29,12 @@ import pytest
 import sqlalchemy as sa
 from support import make_repo
 
-from orchestrator.engine import Engine
-from orchestrator.git import Repo
+from orchestrator.engine.core import Engine
 from orchestrator.integrations import build_delivery, build_notifier
 from orchestrator.kernel.failures import FailureKind
 from orchestrator.kernel.gates import DEPLOY_REPORT_FILE
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.service import TaskService
+from orchestrator.lifecycle.transitions import EventKind, artifact_dir
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.store.schema import outbox
@@ -42,7 +42,7 @@ from orchestrator.testing.actors import prepare_deploy_task
 from orchestrator.testing.fake_forge import DEFAULT_TOKEN, FakeGitea
 from orchestrator.testing.fake_plane import DEFAULT_API_KEY, FakePlane, FakeWorkItem
 from orchestrator.testing.fake_telegram import FakeTelegram
-from orchestrator.transitions import EventKind, artifact_dir
+from orchestrator.workspace.git import Repo
 
 CHAT: Final = "-100555"
 REPO: Final = "acme/shop"

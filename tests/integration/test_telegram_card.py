@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.integration.support import api_client, make_repo
 
+from orchestrator.api.server import create_app
 from orchestrator.integrations import build_delivery
 from orchestrator.integrations.card import load_card_view
 from orchestrator.integrations.telegram import (
@@ -36,14 +37,13 @@ from orchestrator.integrations.telegram import (
     TelegramClient,
     TelegramUnavailableError,
 )
-from orchestrator.outbox import OutboxDelivery, OutboxNotifier, Status
-from orchestrator.server import create_app
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.service import TaskService
+from orchestrator.lifecycle.transitions import EventKind, advance_stage
+from orchestrator.outbox.delivery import OutboxDelivery, OutboxNotifier, Status
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 from orchestrator.store.schema import outbox, task_cards, webhook_deliveries
 from orchestrator.testing.fake_telegram import NOT_MODIFIED, FakeTelegram
-from orchestrator.transitions import EventKind, advance_stage
 
 CHAT = "-100777"
 SECRET = "s3cret-Token_1"

@@ -19,9 +19,9 @@ from typing import Any, Final
 import pytest
 from runner_helpers import git, make_repo
 
-from orchestrator.engine import Engine
+from orchestrator.engine.core import Engine
 from orchestrator.kernel.gates import TEST_REPORT_FILE, _parse_tests_verdict
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
 

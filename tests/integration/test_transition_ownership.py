@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from support import make_repo
 
-from orchestrator.engine import Engine
+from orchestrator.engine.core import Engine
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store
 from orchestrator.store.schema import effects
@@ -237,7 +237,7 @@ def test_kill_switch_off_makes_the_stage_write_unconditional(
             rows = conn.execute(sa.text("SELECT count(*) FROM transition_lease")).scalar_one()
         assert rows == 0
         # The stage write ignores the expected stage: a stale actor overwrites.
-        from orchestrator.transitions import advance_stage
+        from orchestrator.lifecycle.transitions import advance_stage
 
         with store.transaction() as tx:
             assert advance_stage(tx, settings, task, "deploy", "done", actor="a", reason="x")
@@ -260,7 +260,7 @@ def test_with_the_lease_a_stale_stage_write_loses(tmp_path: Path, db_url: str) -
     store = Store.open(settings.effective_database_url)
     try:
         task = prepare_deploy_task(store, repo, tmp_path / "wt", "K-2")
-        from orchestrator.transitions import advance_stage
+        from orchestrator.lifecycle.transitions import advance_stage
 
         with store.transaction() as tx:
             assert advance_stage(tx, settings, task, "deploy", "done", actor="a", reason="x")

@@ -27,7 +27,7 @@ from tests.integration.test_webhooks import GITEA_SECRET, GITHUB_SECRET, PLANE_S
 from orchestrator.store import Store
 from orchestrator.store.schema import tasks
 from orchestrator.testing.fake_http import hmac_sha256
-from orchestrator.webhook_events import GITEA_EVENTS, GITHUB_EVENTS, PLANE_EVENTS
+from orchestrator.webhooks.events import GITEA_EVENTS, GITHUB_EVENTS, PLANE_EVENTS
 
 REPOSITORY = {
     "id": 1296269,

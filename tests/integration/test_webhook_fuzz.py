@@ -24,13 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.integration.support import api_client, make_repo
 
-from orchestrator.server import create_app
-from orchestrator.service import TaskService
+from orchestrator.api.server import create_app
+from orchestrator.lifecycle.service import TaskService
+from orchestrator.lifecycle.transitions import advance_stage
 from orchestrator.settings import load_settings
 from orchestrator.store import Store
 from orchestrator.store.schema import tasks, webhook_deliveries
 from orchestrator.testing.fake_http import hmac_sha256
-from orchestrator.transitions import advance_stage
 
 SECRETS = {"gitea": "g-secret", "github": "h-secret", "plane": "p-secret", "telegram": "t-secret"}
 ENDPOINTS = tuple(SECRETS)

@@ -8,7 +8,7 @@ malformed JSON, an unknown event or a wrong shape.
 
 A cancel, a rollback or a merged pull request is recorded in the inbox and answered
 202; the test applies the inbox as ``orch serve``'s inbox loop does
-(:class:`~orchestrator.inbox.InboxApplier`), under a real transition lease.
+(:class:`~orchestrator.webhooks.inbox.InboxApplier`), under a real transition lease.
 
 Seen failing: with ``verify_signature`` answering True (the unsigned-delivery test got
 200, not 401); on the code before the inbox, a cancel sent while the lease was held was
@@ -30,11 +30,10 @@ import pytest
 import sqlalchemy as sa
 from tests.integration.support import api_client, make_repo
 
-from orchestrator.git import Repo
-from orchestrator.inbox import INBOX_WAIT_S, InboxApplier
-from orchestrator.leases import LeaseManager, Owner
-from orchestrator.server import create_app
-from orchestrator.service import TaskService
+from orchestrator.api.server import create_app
+from orchestrator.effects.leases import LeaseManager, Owner
+from orchestrator.lifecycle.service import TaskService
+from orchestrator.lifecycle.transitions import EventKind, Runtime, advance_stage
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import InboxStatus, InboxStore, Intent, Store, Task
 from orchestrator.store.deliveries import DeliveryStore
@@ -43,8 +42,9 @@ from orchestrator.testing.clock import FakeClock
 from orchestrator.testing.fake_forge import DEFAULT_TOKEN, FakeGitea, FakeGitHub
 from orchestrator.testing.fake_http import hmac_sha256
 from orchestrator.testing.fake_plane import FakePlane
-from orchestrator.transitions import EventKind, Runtime, advance_stage
-from orchestrator.webhooks import WEBHOOK_CLAIM_STALE_S
+from orchestrator.webhooks.inbox import INBOX_WAIT_S, InboxApplier
+from orchestrator.webhooks.intake import WEBHOOK_CLAIM_STALE_S
+from orchestrator.workspace.git import Repo
 
 GITEA_SECRET = "gitea-hook-secret"
 GITHUB_SECRET = "github-hook-secret"

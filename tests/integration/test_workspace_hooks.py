@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from tests.integration.support import GIT_IDENTITY
 from tests.integration.test_engine import World, run_git, world  # noqa: F401
 
-from orchestrator import hooks
-from orchestrator.commit_policy import CommitPolicy, plan_commit
 from orchestrator.kernel.decisions import ENVIRONMENT
 from orchestrator.runners.context import RESULT_PREFIX, TOOL_ERROR_EXIT
 from orchestrator.settings import load_settings
-from orchestrator.workspace import (
+from orchestrator.workspace import hooks
+from orchestrator.workspace.commit_policy import CommitPolicy, plan_commit
+from orchestrator.workspace.setup import (
     CREATED_RECORD,
     recorded_patterns,
     state_dir,

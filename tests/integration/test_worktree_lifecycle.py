@@ -22,13 +22,13 @@ from typing import Final
 import pytest
 from support import make_repo
 
-from orchestrator.engine import Engine
-from orchestrator.gc import collect_garbage
-from orchestrator.git import Repo, git
-from orchestrator.service import TaskService
+from orchestrator.engine.core import Engine
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Store, Task
-from orchestrator.worktrees import WorktreeJanitor, release_worktree
+from orchestrator.workspace.gc import collect_garbage
+from orchestrator.workspace.git import Repo, git
+from orchestrator.workspace.worktrees import WorktreeJanitor, release_worktree
 
 DRIVE_TIMEOUT_S: Final = 60.0
 WEEK_S: Final = 7 * 24 * 3600.0

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.budget import TaskSpend, budget_stop_reason, task_spend
+from orchestrator.lifecycle.budget import TaskSpend, budget_stop_reason, task_spend
 from orchestrator.store import AgentRun, Event
 
 

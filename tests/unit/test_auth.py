@@ -20,7 +20,7 @@ from orchestrator.auth import (
     validate_role,
     validate_token_name,
 )
-from orchestrator.cli import INIT_TEMPLATE
+from orchestrator.cli.main import INIT_TEMPLATE
 from orchestrator.errors import ForbiddenError, UsageError
 from orchestrator.settings import load_settings
 

@@ -19,7 +19,7 @@ from orchestrator.integrations.card import (
     render_card,
 )
 from orchestrator.kernel.stages import STAGE_LABELS, STAGE_ORDER, STAGE_TRANSITIONS, stage_label
-from orchestrator.outbox import DeliveryError, GiveUp, RetryAt, retry_decision
+from orchestrator.outbox.delivery import DeliveryError, GiveUp, RetryAt, retry_decision
 from orchestrator.store import AgentRun, Task
 
 LANGUAGES = ("en", "ru")

@@ -1,4 +1,4 @@
-"""The cost report's period (``orchestrator.costs``): ISO 8601 in, UNIX seconds out,
+"""The cost report's period (``orchestrator.api.costs``): ISO 8601 in, UNIX seconds out,
 anything else one :class:`UsageError` line. Pure: no database, no clock."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.costs import (
+from orchestrator.api.costs import (
     DEFAULT_PERIOD_DAYS,
     MAX_PERIOD_DAYS,
     Period,

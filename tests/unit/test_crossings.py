@@ -1,4 +1,4 @@
-"""The crossing pool (``orchestrator.crossings``) with real threads and no database."""
+"""The crossing pool (``orchestrator.lifecycle.crossings``) with real threads and no database."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from orchestrator.crossings import CROSSING_THREAD_PREFIX, CrossingPool
-from orchestrator.transitions import Crossing
+from orchestrator.lifecycle.crossings import CROSSING_THREAD_PREFIX, CrossingPool
+from orchestrator.lifecycle.transitions import Crossing
 
 WAIT_S = 30.0
 

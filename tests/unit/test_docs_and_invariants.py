@@ -4,7 +4,7 @@ import ast
 import re
 from pathlib import Path
 
-from orchestrator.diagram import render_stages_doc
+from orchestrator.cli.diagram import render_stages_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "orchestrator"
@@ -13,7 +13,7 @@ SRC = ROOT / "src" / "orchestrator"
 def test_stage_diagram_in_docs_is_generated_from_stage_transitions() -> None:
     committed = (ROOT / "docs" / "stages.md").read_text(encoding="utf-8")
     assert committed == render_stages_doc(), (
-        "docs/stages.md is stale: run `python -m orchestrator.diagram > docs/stages.md`"
+        "docs/stages.md is stale: run `python -m orchestrator.cli.diagram > docs/stages.md`"
     )
 
 
@@ -97,7 +97,11 @@ def test_only_the_composition_roots_import_concrete_adapters() -> None:
     # The kernel never imports the store, the engine or any adapter.
     for path in (SRC / "kernel").glob("*.py"):
         text = path.read_text(encoding="utf-8")
-        for module in ("orchestrator.store", "orchestrator.engine", "orchestrator.git"):
+        for module in (
+            "orchestrator.store",
+            "orchestrator.engine.core",
+            "orchestrator.workspace.git",
+        ):
             assert module not in text, f"kernel/{path.name} imports {module}"
 
 

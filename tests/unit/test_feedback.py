@@ -14,7 +14,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.feedback import (
+from orchestrator.lifecycle.feedback import (
     MAX_FEEDBACK_CHARS,
     MAX_FEEDBACK_LINES,
     MAX_FEEDBACK_TESTS,

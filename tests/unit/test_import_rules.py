@@ -6,6 +6,9 @@
   SQLAlchemy or Alembic (a function-level import counts too).
 * **Only the composition roots import concrete adapters** (the forges, trackers and chat
   channel that speak a vendor's API); everything else sees their base classes.
+* **No cycles between packages** (decision 0021): the subsystems (``kernel/``,
+  ``lifecycle/``, ``engine/``, ``maintenance/``...) and the top-level modules form a
+  layered graph, so each package can be read with only what is below it in mind.
 
 Each rule is also run on a small planted package, where it must fail.
 """
@@ -124,6 +127,24 @@ class ImportGraph:
                 visit(module)
         return found
 
+    def packages(self, package: str) -> ImportGraph:
+        """The same graph one level up: a node per subpackage of ``package`` (everything in
+        it) and per top-level module; the imports between different nodes."""
+
+        def node(module: str) -> str:
+            return ".".join(module.split(".")[:2])
+
+        graph = ImportGraph()
+        for module in self.modules:
+            if module != package:
+                graph.modules.setdefault(node(module), self.modules[module])
+        for module, targets in self.imports.items():
+            if module == package:
+                continue
+            outside = {node(t) for t in targets if t != package} - {node(module)}
+            graph.imports.setdefault(node(module), set()).update(outside)
+        return graph
+
     def sql_outside(self, store: str) -> set[str]:
         return {
             module
@@ -174,15 +195,24 @@ def graph() -> ImportGraph:
 
 
 def test_the_graph_sees_the_whole_package(graph: ImportGraph) -> None:
-    assert {"orchestrator.engine", "orchestrator.store.store", "orchestrator.kernel"} <= set(
+    assert {"orchestrator.engine.core", "orchestrator.store.store", "orchestrator.kernel"} <= set(
         graph.modules
     )
-    assert "orchestrator.store" in graph.imports["orchestrator.engine"]
+    assert "orchestrator.store" in graph.imports["orchestrator.engine.core"]
     assert "sqlalchemy" in graph.external["orchestrator.store.store"]
 
 
 def test_no_import_cycles(graph: ImportGraph) -> None:
     assert graph.cycles() == [], "import cycles in src/ (break them; see decision 0017)"
+
+
+def test_no_cycles_between_packages(graph: ImportGraph) -> None:
+    packages = graph.packages(PACKAGE)
+    assert {"orchestrator.lifecycle", "orchestrator.engine", "orchestrator.settings"} <= set(
+        packages.modules
+    )
+    assert "orchestrator.lifecycle" in packages.imports["orchestrator.engine"]
+    assert packages.cycles() == [], "packages that import each other (see decision 0021)"
 
 
 def test_only_store_imports_sqlalchemy(graph: ImportGraph) -> None:
@@ -214,6 +244,22 @@ def test_a_planted_cycle_through_a_lazy_import_is_found(tmp_path: Path) -> None:
         },
     )
     assert graph.cycles() == [["pkg.a", "pkg.b"]]
+
+
+def test_a_planted_cycle_between_packages_is_found(tmp_path: Path) -> None:
+    graph = _plant(
+        tmp_path,
+        {
+            "pkg/engine/__init__.py": "",
+            "pkg/engine/core.py": "from pkg.lifecycle.moves import advance\n",
+            "pkg/lifecycle/__init__.py": "",
+            "pkg/lifecycle/moves.py": "from pkg import settings\n",
+            "pkg/lifecycle/later.py": "def f():\n    from pkg.engine import core\n",
+            "pkg/settings.py": "import json\n",
+        },
+    )
+    assert graph.cycles() == []
+    assert graph.packages("pkg").cycles() == [["pkg.engine", "pkg.lifecycle"]]
 
 
 def test_a_planted_sql_import_outside_the_store_is_found(tmp_path: Path) -> None:

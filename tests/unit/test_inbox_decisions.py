@@ -11,7 +11,9 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.inbox import (
+from orchestrator.kernel.stages import ROLLBACK_TARGET, STAGE_TRANSITIONS, TERMINAL_STAGES
+from orchestrator.store import Task
+from orchestrator.webhooks.inbox import (
     ACTIONS,
     INBOX_BACKOFF_S,
     INBOX_MAX_ATTEMPTS,
@@ -22,8 +24,6 @@ from orchestrator.inbox import (
     decide_intent,
     retry_at,
 )
-from orchestrator.kernel.stages import ROLLBACK_TARGET, STAGE_TRANSITIONS, TERMINAL_STAGES
-from orchestrator.store import Task
 
 TASK = Task(
     id=1,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.webhook_events import (
+from orchestrator.webhooks.events import (
     BranchPushed,
     ChangesRequested,
     Ignored,
@@ -181,7 +181,7 @@ def test_bad_deliveries_say_what_is_wrong(
 
 def test_the_init_templates_integration_lines_load(tmp_path: Path) -> None:
     """``orch init``'s commented integration keys, uncommented, are valid settings."""
-    from orchestrator.cli import INIT_TEMPLATE
+    from orchestrator.cli.main import INIT_TEMPLATE
     from orchestrator.settings import load_settings
 
     keys = ("telegram_chat_id", "tracker_mode", "forge =", "merge_method", "tracker =")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from orchestrator.kernel.stages import JOB_STAGES, STAGE_TRANSITIONS
-from orchestrator.next_steps import merge_commit, next_steps
+from orchestrator.lifecycle.next_steps import merge_commit, next_steps
 from orchestrator.store import Event, Task
 
 TASK = Task(

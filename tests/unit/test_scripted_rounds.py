@@ -3,7 +3,7 @@
 import pytest
 
 from orchestrator.agents.scripted import parse_recipe
-from orchestrator.demo_project import DEMO_RECIPE, RED_GREEN_RECIPE
+from orchestrator.cli.demo_project import DEMO_RECIPE, RED_GREEN_RECIPE
 from orchestrator.errors import UsageError
 
 ROUNDS = """\

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.api.run_logs import LogFollower, UnreadableLogError, read_log
+from orchestrator.api.streams import EVENT_GAP_GRACE_S, parse_last_event_id, releasable, sse_message
 from orchestrator.errors import UsageError
 from orchestrator.redact import mask_text
-from orchestrator.run_logs import LogFollower, UnreadableLogError, read_log
 from orchestrator.store import Event
-from orchestrator.streams import EVENT_GAP_GRACE_S, parse_last_event_id, releasable, sse_message
 
 
 def event(event_id: int, created_at: float) -> Event:

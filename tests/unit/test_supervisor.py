@@ -9,7 +9,7 @@ from typing import Final
 
 import pytest
 
-from orchestrator.supervisor import Loop, Supervisor, every
+from orchestrator.maintenance.supervisor import Loop, Supervisor, every
 
 WAIT_S: Final = 10.0  # a deadline against hanging, never the pass criterion
 

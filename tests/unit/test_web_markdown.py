@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.web.markdown import MAX_MARKDOWN_CHARS, render_markdown
+from orchestrator.api.web.markdown import MAX_MARKDOWN_CHARS, render_markdown
 
 ALLOWED_TAGS = frozenset(
     [

@@ -1,4 +1,4 @@
-"""The Costs and Health pages' values (``orchestrator.web.reports``): pure functions of
+"""The Costs and Health pages' values (``orchestrator.api.web.reports``): pure functions of
 a cost report's period and a ``GET /status`` answer."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.api.web.reports import health_view, period_from_form
 from orchestrator.errors import UsageError
-from orchestrator.web.reports import health_view, period_from_form
 
 DAY = 86_400.0
 NOW = datetime(2026, 12, 2, 15, 4, 5, tzinfo=UTC).timestamp()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.web.routes import UI_HOME, safe_next
+from orchestrator.api.web.routes import UI_HOME, safe_next
 
 
 @given(st.one_of(st.none(), st.text(max_size=60), st.text(max_size=40).map("/ui/".__add__)))

@@ -2,7 +2,7 @@
 
 There is no pull request server: the "pull request" of a task is its branch, comments
 and commit statuses have nowhere to go but the log (the task's events trail already
-records every stage outcome), and a merge is :meth:`orchestrator.git.Repo.merge` with
+records every stage outcome), and a merge is :meth:`orchestrator.workspace.git.Repo.merge` with
 the configured method. "Is merged" is ancestry, or for a squash or rebase the landing
 commit's ``Orch-Merged-Head`` trailer.
 """
@@ -13,8 +13,8 @@ import logging
 from pathlib import Path
 
 from orchestrator.forges.base import CommitState, MergeMethod, MergeOutcome, PullRequest
-from orchestrator.git import Repo
 from orchestrator.store import Task
+from orchestrator.workspace.git import Repo
 
 __all__ = ["LocalForge"]
 

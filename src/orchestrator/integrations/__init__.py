@@ -19,10 +19,10 @@ from functools import partial
 
 import httpx
 
-from orchestrator.forge_sync import FORGE, ForgeChannel, ForgeNotifier
 from orchestrator.integrations.telegram import TelegramChannel, TelegramClient
-from orchestrator.notifier import ConsoleNotifier, FanOutNotifier, Notifier
-from orchestrator.outbox import TELEGRAM, Channel, OutboxDelivery, OutboxNotifier
+from orchestrator.outbox.delivery import TELEGRAM, Channel, OutboxDelivery, OutboxNotifier
+from orchestrator.outbox.forge_sync import FORGE, ForgeChannel, ForgeNotifier
+from orchestrator.outbox.notifier import ConsoleNotifier, FanOutNotifier, Notifier
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.trackers.writeback import TRACKER, TrackerChannel, TrackerNotifier

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from orchestrator.kernel.gates import HUMAN_GATE_ARTIFACTS
 from orchestrator.kernel.stages import REJECT_TARGET
-from orchestrator.outbox import TELEGRAM, enqueue
+from orchestrator.outbox.delivery import TELEGRAM, enqueue
 from orchestrator.store import Event, Store, Task, Tx
 
 __all__ = [

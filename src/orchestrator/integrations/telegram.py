@@ -29,7 +29,7 @@ Errors::
   card (:mod:`~orchestrator.integrations.reject_prompt`); its ``message_id`` is kept
   on the row, where the reply is matched.
 
-A 429 becomes a :class:`~orchestrator.outbox.DeliveryError` with ``retry_after_s``; other
+A 429 becomes a :class:`~orchestrator.outbox.delivery.DeliveryError` with ``retry_after_s``; other
 4xx are permanent; network errors and 5xx are retried with backoff.
 """
 
@@ -44,7 +44,7 @@ import httpx
 from orchestrator.errors import NotFoundError, OrchestratorError
 from orchestrator.integrations.card import load_card_view, render_alert, render_card
 from orchestrator.integrations.reject_prompt import REJECT_PROMPT, prompt_message
-from orchestrator.outbox import ALERT, CARD, Claim, DeliveryError
+from orchestrator.outbox.delivery import ALERT, CARD, Claim, DeliveryError
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 

@@ -12,7 +12,7 @@ Telegram posts an Update with the ``X-Telegram-Bot-Api-Secret-Token`` header set
    JSON Update — never 500 for anything a sender controls;
 2. records ``update_id`` in ``webhook_deliveries``: a replayed update is ignored (200);
 3. for a ``callback_query`` from the configured chat whose data is ``"<action>:<task>"``
-   acts through :class:`~orchestrator.service.TaskService` (as actor
+   acts through :class:`~orchestrator.lifecycle.service.TaskService` (as actor
    ``telegram:@name(id)``), and answers the query in the webhook's response
    (``{"method": "answerCallbackQuery", ...}``, as the Bot API allows), so no outbound
    call is needed; the card itself follows through the outbox. ``reject`` needs the
@@ -51,12 +51,12 @@ from orchestrator.errors import ConflictError, OrchestratorError
 from orchestrator.integrations.card import parse_callback_data
 from orchestrator.integrations.reject_prompt import enqueue_reject_prompt, find_prompt, gate_visit
 from orchestrator.kernel.events import EventKind
-from orchestrator.service import TaskService
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.store.deliveries import DeliveryStore
 from orchestrator.text_input import BadJSONError, parse_json_object
-from orchestrator.webhook_routes import BodyTooLargeError, read_capped
+from orchestrator.webhooks.routes import BodyTooLargeError, read_capped
 
 __all__ = ["MAX_BODY_BYTES", "SECRET_HEADER", "telegram_webhook_router"]
 

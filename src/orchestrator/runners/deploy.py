@@ -5,18 +5,18 @@ branch merges cleanly (``git merge-tree``) and writes ``15-deploy-report.md``,
 committed on the task branch (that file only) so the merged history carries it. The
 merge and the deploy command themselves are side effects of the ``deploy -> done``
 transition: they run under the task's transition lease, through the effect journal,
-exactly once (:mod:`orchestrator.side_effects`).
+exactly once (:mod:`orchestrator.effects.merge_deploy`).
 """
 
 from __future__ import annotations
 
 import sys
 
-from orchestrator.commit_policy import CommitPolicy, commit_work
 from orchestrator.errors import RepositoryError
-from orchestrator.git import Repo, git
 from orchestrator.kernel.gates import DEPLOY_REPORT_FILE
 from orchestrator.runners.context import TOOL_ERROR_EXIT, RunnerContext, emit_result
+from orchestrator.workspace.commit_policy import CommitPolicy, commit_work
+from orchestrator.workspace.git import Repo, git
 
 __all__ = ["run"]
 

@@ -28,10 +28,10 @@ import subprocess
 from pathlib import Path
 from typing import Final
 
-from orchestrator.commit_policy import DEFAULT_COMMIT_EXCLUDE
 from orchestrator.runners.config import RunnerConfig
 from orchestrator.runners.process import run_command
-from orchestrator.workspace import recorded_patterns
+from orchestrator.settings import DEFAULT_COMMIT_EXCLUDE
+from orchestrator.workspace.setup import recorded_patterns
 
 __all__ = ["EXPLANATION_FILE", "Explanation", "explain_defer", "explain_prompt"]
 

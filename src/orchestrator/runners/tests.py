@@ -129,7 +129,7 @@ def _setup(context: RunnerContext, scratch: Path, deadline: _Deadline) -> Comman
     if not context.config.setup_command:
         return None
     # What it creates (a venv) is never committed: a runner stage commits only its
-    # report (orchestrator.commit_policy).
+    # report (orchestrator.workspace.commit_policy).
     return run_command(
         context.config.setup_command,
         cwd=context.worktree,

@@ -13,7 +13,7 @@ after noon would land on the next day), SQLite has no ``floor`` before 3.35 but 
 ``CAST(real AS INTEGER)`` truncates, which is the floor for every moment after 1970.
 
 A task's budget window opens at its creation or at a person's last retry (the rule of
-:mod:`orchestrator.budget`); :meth:`CostStore.running_task_spend` sums the runs in that
+:mod:`orchestrator.lifecycle.budget`); :meth:`CostStore.running_task_spend` sums the runs in that
 window for every task with a job running, and orders them by how much of their budget
 they have used, in SQL, given each repository's budget. It starts from the jobs'
 status index, so a long queue costs it nothing.
@@ -133,7 +133,7 @@ class CostStore:
     def spend_cube(self, since: float, until: float) -> list[SpendRow]:
         """The period's spend in its finest grouping, one row per (UTC day, repository,
         agent, model, stage) with runs: every other grouping and the total are sums of
-        these rows (:func:`orchestrator.costs.group_spend`), so one scan of the runs
+        these rows (:func:`orchestrator.api.costs.group_spend`), so one scan of the runs
         serves them all. The key is that tuple, in that order."""
         keys = [
             self._day().label("day"),

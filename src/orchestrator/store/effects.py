@@ -3,8 +3,8 @@
 An effect is recorded as an ``intent`` before it runs and completed as ``done`` or
 ``failed`` after; an intent of an earlier lease epoch is closed as ``interrupted`` when
 a later run decides about it. The writes run inside the caller's transaction, after it
-checked the lease (:meth:`orchestrator.leases.LeaseManager.check`), so a fenced-off
-owner writes nothing. Deciding what to do is :mod:`orchestrator.journal`'s business.
+checked the lease (:meth:`orchestrator.effects.leases.LeaseManager.check`), so a fenced-off
+owner writes nothing. Deciding what to do is :mod:`orchestrator.effects.journal`'s business.
 """
 
 from __future__ import annotations

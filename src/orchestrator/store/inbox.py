@@ -4,7 +4,7 @@ Every operation is one short transaction with a name that says what it does. The
 claim is a compare-and-swap ``pending -> applying`` stamped with the applier's boot id
 and bumping ``attempts`` (the claim's fencing token); every later write of the claim is
 fenced by (status, owner, attempts), so an owner whose claim was taken over writes
-nothing. Deciding what to do with an intent is :mod:`orchestrator.inbox`'s business.
+nothing. Deciding what to do with an intent is :mod:`orchestrator.webhooks.inbox`'s business.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The ``instances`` and ``transition_lease`` tables (decision 0002).
 
 Every operation has a name that says what it does; whether an owner is alive, and so
-whether a lease may be taken over, is :mod:`orchestrator.leases`' business. The lease
+whether a lease may be taken over, is :mod:`orchestrator.effects.leases`' business. The lease
 row's ``lease_epoch`` is the fencing token: taking a lease is a compare-and-swap from the
 epoch that was read, releasing one is fenced by (epoch, owner), and :func:`lease_for_share`
 locks the row ``FOR SHARE`` on PostgreSQL so a concurrent take-over waits for the

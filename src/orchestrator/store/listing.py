@@ -1,6 +1,6 @@
 """The API's lists, a page at a time, and the facts a task list shows beside each task.
 
-Every list is keyset-paginated on row ids (``orchestrator.pagination`` makes the
+Every list is keyset-paginated on row ids (``orchestrator.api.pagination`` makes the
 cursor): a page asks for ``limit + 1`` rows after (or before) an id, the extra row only
 saying that there is a next page. Each method is one query, or one grouped query per
 fact for a whole page of tasks, never one query per row.

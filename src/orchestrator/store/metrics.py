@@ -5,7 +5,7 @@ serve`` instances and a restart all report the same numbers. One scrape is a fix
 handful of grouped queries (:meth:`MetricsStore.snapshot`), whatever the number of
 tasks; histograms are counted in SQL, one ``SUM(CASE ...)`` per bucket, so no row
 leaves the database. Turning the snapshot into Prometheus families is
-:mod:`orchestrator.metrics`'s business.
+:mod:`orchestrator.api.metrics`'s business.
 
 A stage's duration is the time between the crossing that entered it and the one that
 left it (:data:`~orchestrator.store.listing.CROSSING`); the stage a task is in now is

@@ -8,7 +8,7 @@ attempts, and for a take-over the previous owner) that stamps the claimer and bu
 ``attempts`` (the claim's fencing token); every later write of the claim is fenced by
 (status ``sending``, owner, attempts), so an owner whose claim was taken over writes
 nothing. What to deliver, when, and what a failure means is
-:mod:`orchestrator.outbox`'s business.
+:mod:`orchestrator.outbox.delivery`'s business.
 """
 
 from __future__ import annotations

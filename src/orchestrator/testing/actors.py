@@ -17,15 +17,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from orchestrator.crossings import CrossingRun
-from orchestrator.engine import Engine
-from orchestrator.git import Repo, git
+from orchestrator.engine.core import Engine
 from orchestrator.kernel.gates import DEPLOY_REPORT_FILE
-from orchestrator.reaper import Reaper
-from orchestrator.reconciler import Reconciler
+from orchestrator.lifecycle.crossings import CrossingRun
+from orchestrator.lifecycle.transitions import Crossing, artifact_dir, enter_transition
+from orchestrator.maintenance.reaper import Reaper
+from orchestrator.maintenance.reconciler import Reconciler
 from orchestrator.settings import load_settings
 from orchestrator.store import Store, Task, Tx
-from orchestrator.transitions import Crossing, artifact_dir, enter_transition
+from orchestrator.workspace.git import Repo, git
 
 __all__ = ["ROLES", "act", "add_finalizing_deploy_job", "prepare_deploy_task"]
 

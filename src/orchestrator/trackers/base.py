@@ -3,7 +3,7 @@
 A tracker (Plane, GitHub issues, or none: ``local``) meets the pipeline three ways:
 
 * **intake** — a new work item becomes a task (a signed webhook, see
-  :mod:`orchestrator.webhook_events`); the task remembers its **origin** (which issue
+  :mod:`orchestrator.webhooks.events`); the task remembers its **origin** (which issue
   in which project) in its ``origin`` column, written with the task;
 * **write back** — after each stage outcome, a comment on the issue and the issue's
   state mapped from our stage (``tracker_states`` over the adapter's defaults), both

@@ -1,7 +1,7 @@
 """Write-back: after each stage outcome, a comment and a state on the task's tracker,
 through the durable outbox.
 
-:class:`TrackerNotifier` is a :class:`~orchestrator.notifier.Notifier`, composed with
+:class:`TrackerNotifier` is a :class:`~orchestrator.outbox.notifier.Notifier`, composed with
 the others (the console, the Telegram outbox) by :mod:`orchestrator.integrations`. For a
 task that came from a tracker (its origin, see
 :func:`~orchestrator.trackers.base.task_origin`) each new outcome — a stage change, a
@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from orchestrator.errors import IntegrationError
 from orchestrator.kernel.stages import stage_label
-from orchestrator.outbox import Claim, DeliveryError, enqueue
+from orchestrator.outbox.delivery import Claim, DeliveryError, enqueue
 from orchestrator.store import DuplicateError, Store, Task
 from orchestrator.trackers.base import Tracker, task_origin
 

@@ -1,0 +1,1 @@
+"""The orch command line: its commands, progress display, the demo and the stage diagram."""

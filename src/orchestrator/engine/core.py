@@ -1,0 +1,670 @@
+"""The engine: dispatch queued jobs, watch them run, finalize them through the gates.
+
+Theory of operation
+-------------------
+One engine per process, driven by :meth:`Engine.tick` (the ``serve`` loop, ``orch run``
+and the demo all call it). A tick
+
+1. collects jobs whose process exited (or stops those past their timeout or budget, or
+   whose task moved on under them, e.g. cancelled: SIGTERM now, SIGKILL from a deadline
+   heap at the grace deadline, so a job that ignores SIGTERM never holds the tick),
+   records the exit, and **finalizes** them:
+   evaluate the stage's gates read-only, ask the kernel what next
+   (:func:`decide_after_job`), **claim** the job's terminal status with a
+   compare-and-swap, and only if that claim won, commit the stage's artifacts and apply
+   the decision (stage CAS + next job + events in one transaction, or, when the move
+   has side effects, :func:`enter_transition` handed to the crossing pool, so a merge,
+   a deploy or a health window never holds up the tick; see :mod:`crossings`);
+2. **dispatches** queued jobs whose time has come, within the global and per-repository
+   limits: claim (CAS ``queued -> running``), render prompt and command, spawn under
+   the launcher in the task's worktree in a new process group, record pid and run;
+3. every few seconds runs the **reaper** and the **reconciler** (``maintenance``).
+
+Claim-before-act means any number of actors (this monitor, a reaper, a reconciler,
+another engine) may try to finalize the same job: exactly one wins, the others do
+nothing. Notifications go out only after the transaction that caused them committed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import shlex
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Final
+
+from orchestrator.agents import (
+    AgentSpec,
+    RunBudgetWatch,
+    RunContext,
+    build_invocation,
+    job_outcome,
+    render_prompt,
+    resolve_agent,
+    result_file_for,
+)
+from orchestrator.errors import OrchestratorError
+from orchestrator.job_env import job_environment
+from orchestrator.kernel.failures import FailureKind
+from orchestrator.lifecycle.budget import stop_if_over_budget
+from orchestrator.lifecycle.crossings import CrossingPool
+from orchestrator.lifecycle.finalizer import Finalizer, runner_facts
+from orchestrator.lifecycle.transitions import (
+    EventKind,
+    Runtime,
+    artifact_dir,
+)
+from orchestrator.maintenance.services import MAINTENANCE_INTERVAL_S, Maintenance
+from orchestrator.outbox.notifier import Notifier, notify_safely
+from orchestrator.procs.job import RunningProcess, job_stop_grace_s, spawn_job
+from orchestrator.procs.proc import pid_alive, start_ticks
+from orchestrator.runners.environment import runner_environment
+from orchestrator.settings import Settings
+from orchestrator.store import Job, Store, Task
+from orchestrator.workspace.git import git
+from orchestrator.workspace.setup import (
+    prepare_workspace,
+)
+from orchestrator.workspace.worktrees import ensure_worktree
+
+__all__ = ["ENGINE_TICK_S", "Engine"]
+
+log = logging.getLogger("orchestrator.engine.core")
+
+ENGINE_TICK_S: Final = 0.05
+# How often running jobs are checked against their task's stage (cancel, rollback).
+STAGE_CHECK_INTERVAL_S: Final = 0.5
+ACTOR: Final = "engine"
+
+
+@dataclass
+class _Live:
+    job: Job
+    task: Task
+    run_id: int
+    process: RunningProcess | None
+    timeout_s: float
+    start_error: str | None = None
+    budget: RunBudgetWatch | None = None
+    # How it failed, when the engine knows before it ends: why it was stopped or could
+    # not start (kernel/failures.py; ENVIRONMENT sends the task to a person).
+    failure: FailureKind | None = None
+
+
+class Engine:
+    """Runs the jobs of one store under one set of settings."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        notifier: Notifier | None = None,
+        *,
+        boot_id: str | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
+        self.runtime = runtime or Runtime.create(store, settings, notifier, boot_id=boot_id)
+        self.store = self.runtime.store
+        self.settings = self.runtime.settings
+        self.notifier: Notifier = self.runtime.notifier
+        # A random id per process start: rows it owns are recognisably this boot's.
+        self.boot_id = self.runtime.owner.boot_id
+        self._live: dict[int, _Live] = {}
+        # (monotonic deadline, job id): when a SIGTERMed job's group gets its SIGKILL.
+        self._kill_deadlines: list[tuple[float, int]] = []
+        self._last_stage_check = 0.0
+        self._last_maintenance = 0.0
+        self._recovered = False
+        self.started_at = time.time()
+        # When the last tick began (GET /status: a loop alive but stuck shows here).
+        self.last_tick_at: float | None = None
+        # Side-effectful crossings run here, beside the tick (one per task at once).
+        self.crossings = CrossingPool(self.settings.crossing_workers)
+        self.finalizer = Finalizer(self.runtime, self.crossings)
+        # kill_job comes from the reaper's loop too: stops and the heap are guarded.
+        self._kill_lock = threading.Lock()
+        self.services = Maintenance.create(self.finalizer, self.kill_job)
+        self.janitor = self.services.janitor
+        # False when a supervisor runs the services in their own loops (orch serve).
+        self.inline_maintenance = True
+
+    # --- loop --------------------------------------------------------------------------
+    def tick(self) -> bool:
+        """One pass: recover once, finalize what finished, start what is due."""
+        self.last_tick_at = time.time()
+        if not self._recovered:
+            self.recover_on_startup()
+        self.crossings.supervise()
+        crossed = bool(self.crossings.forget_ended())
+        finished = self._collect()
+        started = self._dispatch()
+        self._maybe_maintain()
+        return finished or started or crossed
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        until: Callable[[], bool] | None = None,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        """Tick until ``stop`` is set or ``until()`` holds."""
+        while not stop.is_set():
+            busy = self.tick()
+            if on_tick is not None:
+                on_tick()
+            if until is not None and until():
+                return
+            if not busy:
+                stop.wait(ENGINE_TICK_S)
+
+    def idle(self) -> bool:
+        """No crossing in flight here, no job queued, deferred, running or finalizing."""
+        # The pool first: a crossing that ends meanwhile has committed what it queued
+        # (a rollback's development job) before it leaves the pool, so the store sees it.
+        if self.crossings.pending() or self._live:
+            return False
+        pending = self.store.jobs_by_status(("queued", "deferred", "running", "finalizing"))
+        return not pending and not self._live
+
+    def wait_for_crossings(self, timeout_s: float | None = None) -> bool:
+        """Block until no crossing of this engine is in flight; False on timeout."""
+        return self.crossings.wait(timeout_s)
+
+    def running_jobs(self) -> list[Job]:
+        return [live.job for live in self._live.values()]
+
+    def shutdown(self, *, kill: bool = False, crossing_wait_s: float | None = None) -> None:
+        """Stop watching. Running agents are left running (and stay recorded) unless
+        ``kill``; the next engine adopts them (:meth:`requeue_running_jobs`).
+
+        Crossings in flight are waited for up to ``crossing_wait_s`` (default
+        ``crossing_shutdown_wait_s``); one still going then is left to the next engine,
+        as after a crash: its lease expires and the journal finds what it did."""
+        wait_s = (
+            self.settings.crossing_shutdown_wait_s if crossing_wait_s is None else crossing_wait_s
+        )
+        if not self.crossings.wait(wait_s):
+            log.warning(
+                "%d crossing(s) still in flight after %ss; the next engine completes them",
+                self.crossings.pending(),
+                wait_s,
+            )
+        if kill:
+            self._kill_all("engine shutdown")
+        self._live.clear()
+
+    def _kill_all(self, reason: str) -> None:
+        """SIGTERM every job at once, collect them as they end; SIGKILL what is left at
+        the grace deadline (each job's own, from the deadline heap)."""
+        for live in self._live.values():
+            if live.process is not None and live.process.killed_reason is None:
+                self._stop(live, reason, FailureKind.KILLED)
+        give_up = time.monotonic() + self._stop_grace_s() + ENGINE_TICK_S
+        while self._live and time.monotonic() < give_up:
+            if not self._collect(final=True):
+                time.sleep(ENGINE_TICK_S)
+        for live in self._live.values():
+            if live.process is not None:
+                live.process.force_kill()
+        self._collect(final=True)
+
+    def _maybe_maintain(self) -> None:
+        if not self.inline_maintenance:
+            return  # a supervisor runs the services in their own loops
+        now = time.monotonic()
+        if now - self._last_maintenance < MAINTENANCE_INTERVAL_S:
+            return
+        self._last_maintenance = now
+        self.maintenance()
+
+    def maintenance(self) -> None:
+        """One inline sweep of the maintenance services (when no supervisor runs them)."""
+        self.services.sweep_inline()
+
+    # --- restart recovery --------------------------------------------------------------
+    def recover_on_startup(self) -> None:
+        """Adopt or requeue the jobs of dead engines, then reclaim stale leases."""
+        self._recovered = True
+        self.requeue_running_jobs()
+        self.runtime.leases.reclaim_stale(actor="recovery")
+
+    def requeue_running_jobs(self) -> None:
+        """Running jobs of dead engines: adopt those still alive, finish the others.
+
+        A job is adopted when its pid is alive and started when recorded (not a reused
+        pid); the new engine watches it through the launcher's exit and tail files. A
+        job that is gone is finalized from its recorded exit, or failed and retried when
+        it left none. Finalizing jobs of dead engines are finalized now.
+        """
+        for job, task in self.store.jobs_by_status(("running", "finalizing")):
+            if job.id in self._live or job.owner_boot_id == self.boot_id:
+                continue
+            if self.runtime.leases.instance_alive(job.owner_boot_id):
+                continue  # another live engine watches it
+            run = self.store.job_run(job.id)
+            if job.status == "finalizing":
+                self.finalizer.finalize_orphan(job, run.exit_code if run else None, "")
+                continue
+            log_path = Path(run.log_path) if run else None
+            alive = pid_alive(job.pid) and (
+                job.pid_start is None or start_ticks(job.pid or 0) == job.pid_start
+            )
+            if alive and run is not None and log_path is not None:
+                with self.store.transaction() as tx:
+                    adopted = tx.adopt_job(
+                        job.id, old_boot_id=job.owner_boot_id, new_boot_id=self.boot_id
+                    )
+                    if adopted:
+                        tx.add_event(
+                            EventKind.JOB_ADOPTED,
+                            actor="recovery",
+                            task_id=task.id,
+                            job_id=job.id,
+                            to_stage=job.stage,
+                            reason=f"pid {job.pid} survived its engine; watching it again",
+                        )
+                if adopted:
+                    running_for = time.time() - (job.started_at or time.time())
+                    adopted_process = RunningProcess.adopt(job.pid or 0, log_path, running_for)
+                    timeout = job.timeout_s or self._timeout_of(job, task)
+                    budget = self._budget_of(job, task, log_path)
+                    self._live[job.id] = _Live(
+                        job, task, run.id, adopted_process, timeout, budget=budget
+                    )
+                continue
+            process = RunningProcess.adopt(job.pid or 0, log_path, 0.0) if log_path else None
+            exit_code = process.recorded_exit() if process else -1
+            output = process.tail_text() if process else ""
+            if run is None:
+                self.finalizer.finalize_orphan(job, None, "")
+                continue
+            live = _Live(job, task, run.id, process, 0.0)
+            if exit_code == -1:
+                live.start_error = "the job was lost with the previous orchestrator process"
+                live.failure = FailureKind.LOST
+                if process is not None:
+                    process.killed_reason = live.start_error
+            self._finish(
+                live, None if exit_code == -1 else exit_code, claim_from="running", output=output
+            )
+
+    def _budget_of(self, job: Job, task: Task, log_path: Path) -> RunBudgetWatch | None:
+        """The run-budget watch of an adopted job, with the budget it started under."""
+        if not job.budget_usd:
+            return None
+        try:
+            spec = resolve_agent(self.settings, job.agent, Path(task.repository), job.stage)
+        except OrchestratorError as exc:
+            # Its spend is read by its agent's adapter: without it, only the timeout holds.
+            log.warning("job %s: run budget not watched after adoption: %s", job.id, exc)
+            return None
+        config = spec.config.model_copy(update={"budget_usd": job.budget_usd})
+        return RunBudgetWatch(replace(spec, config=config), result_file_for(log_path))
+
+    def _timeout_of(self, job: Job, task: Task) -> float:
+        """A job's timeout resolved again (a job from before its limits were stored):
+        its agent's or stage's, else the global."""
+        try:
+            spec = resolve_agent(self.settings, job.agent, Path(task.repository), job.stage)
+        except OrchestratorError:
+            return self.settings.agent_timeout_s
+        return spec.config.timeout_s or self.settings.agent_timeout_s
+
+    # --- dispatch ----------------------------------------------------------------------
+    def _dispatch(self) -> bool:
+        ready = self.store.ready_jobs(time.time())
+        if not ready:
+            return False
+        counts = self.store.active_job_counts()
+        total = sum(counts.values())
+        # A task being crossed (merge, deploy, health window) gets no job meanwhile.
+        busy_tasks = {live.task.id for live in self._live.values()} | self.crossings.busy_tasks()
+        started = False
+        for job, repository in ready:
+            if total >= self.settings.max_running_jobs:
+                break
+            if counts.get(repository, 0) >= self.settings.max_running_jobs_per_repo:
+                continue
+            if job.task_id in busy_tasks:
+                continue
+            if job.kind == "agent" and stop_if_over_budget(self.runtime, job):
+                continue  # the task's cost budget is spent: a person decides
+            if self.launch_job(job):
+                total += 1
+                counts[repository] = counts.get(repository, 0) + 1
+                busy_tasks.add(job.task_id)
+                started = True
+        return started
+
+    def launch_job(self, job: Job) -> bool:
+        """Claim ``job`` and start its process; False if another actor claimed it first."""
+        task = self.store.get_task(job.task_id)
+        with self.store.transaction() as tx:
+            if task.stage != job.stage or task.failed:
+                if tx.set_job_status_cas(
+                    job.id,
+                    "queued",
+                    "failed",
+                    error=f"task is in {task.stage}; job is stale",
+                    failure_kind=FailureKind.LOST_RACE,
+                ):
+                    tx.add_event(
+                        EventKind.JOB_LOST_RACE,
+                        actor=ACTOR,
+                        task_id=task.id,
+                        job_id=job.id,
+                        reason=f"task is in {task.stage}; the job is stale",
+                    )
+                return False
+            if not tx.set_job_status_cas(job.id, "queued", "running", owner_boot_id=self.boot_id):
+                return False
+        job = self.store.get_job(job.id)
+        worktree = Path(task.worktree)
+        log_dir = self.settings.data_dir / "logs" / task.work_item
+        log_path = (log_dir / f"{job.id:06d}-{job.stage}-a{job.attempt}.log").resolve()
+        spec: AgentSpec | None = None
+        try:
+            spec = resolve_agent(self.settings, job.agent, Path(task.repository), job.stage)
+            argv, env, prompt = self._command(spec, job, task, log_path)
+            timeout_s = spec.config.timeout_s or self.settings.agent_timeout_s
+        except OrchestratorError as exc:
+            # The agent's configuration is unusable (an unknown agent, a bad template):
+            # a person fixes orch.toml, retrying cannot.
+            return self._start_failed(
+                job, task, log_path, spec, str(exc), failure=FailureKind.ENVIRONMENT
+            )
+        try:
+            # A retried task's worktree may have been removed while it was failed.
+            ensure_worktree(self.store, self.settings, task, actor=ACTOR)
+            start_sha = git(worktree, "rev-parse", "HEAD").stdout.strip()
+            repository = Path(task.repository)
+            # Included files copied once; the hooks run in the job, before its command.
+            wrapper = prepare_workspace(
+                self.settings.repo_config(repository), repository, worktree, log_path
+            )
+            process = spawn_job(
+                argv,
+                cwd=worktree,
+                env=env,
+                log_path=log_path,
+                max_log_bytes=self.settings.log_max_bytes,
+                stdin_text=prompt,
+                wrapper=wrapper,
+                grace_s=self.settings.kill_grace_s,
+            )
+        except (OSError, OrchestratorError) as exc:
+            reason = f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
+            return self._start_failed(job, task, log_path, spec, reason)
+        with self.store.transaction() as tx:
+            tx.set_job_process(
+                job.id,
+                pid=process.pid,
+                start_sha=start_sha,
+                pid_start=start_ticks(process.pid),
+                # Stored, so an engine adopting the job after a restart keeps them.
+                timeout_s=timeout_s,
+                budget_usd=spec.config.budget_usd,
+            )
+            run_id = tx.insert_agent_run(
+                job_id=job.id,
+                task_id=task.id,
+                agent=spec.name,
+                model=spec.config.model,
+                effort=spec.config.effort,
+                attempt=job.attempt,
+                log_path=str(log_path),
+            )
+            tx.add_event(
+                EventKind.JOB_STARTED,
+                actor=ACTOR,
+                task_id=task.id,
+                job_id=job.id,
+                to_stage=job.stage,
+                reason=f"{spec.kind} {spec.name} pid {process.pid}, attempt {job.attempt}",
+            )
+        job = self.store.get_job(job.id)
+        budget = RunBudgetWatch(spec, result_file_for(log_path))
+        self._live[job.id] = _Live(job, task, run_id, process, timeout_s, budget=budget)
+        notify_safely(lambda: self.notifier.on_task_changed(task, f"{job.stage} started"))
+        return True
+
+    def _start_failed(
+        self,
+        job: Job,
+        task: Task,
+        log_path: Path,
+        spec: AgentSpec | None,
+        reason: str,
+        *,
+        failure: FailureKind = FailureKind.LAUNCH_FAILED,
+    ) -> bool:
+        """Record a job that could not start; ``failure=ENVIRONMENT`` (an unusable agent
+        configuration) sends the task to a person instead of retrying it."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(f"[orch: {reason}]\n", encoding="utf-8")
+        with self.store.transaction() as tx:
+            run_id = tx.insert_agent_run(
+                job_id=job.id,
+                task_id=task.id,
+                agent=job.agent,
+                model=spec.config.model if spec else "",
+                effort=spec.config.effort if spec else "",
+                attempt=job.attempt,
+                log_path=str(log_path),
+            )
+        self._live[job.id] = _Live(
+            job, task, run_id, None, 0.0, start_error=reason, failure=failure
+        )
+        return True
+
+    def _command(
+        self, spec: AgentSpec, job: Job, task: Task, log_path: Path
+    ) -> tuple[list[str], dict[str, str], str | None]:
+        log_dir = log_path.parent
+        worktree = Path(task.worktree)
+        stage_config = self.settings.stage_config(Path(task.repository), job.stage)
+        docs = artifact_dir(task.work_item)
+        template = None
+        if stage_config.prompt:
+            template = Path(task.repository) / stage_config.prompt
+        prompt = render_prompt(
+            job.stage,
+            {
+                "role": {"analysis": "analyst", "architecture": "architect"}.get(
+                    job.stage, "developer" if job.stage == "development" else "engineer"
+                ),
+                "work_item": task.work_item,
+                "title": task.title,
+                "description": task.description,
+                "stage": job.stage,
+                "attempt": job.attempt,
+                "artifact_dir": docs,
+                "worktree": str(worktree),
+                "feedback": job.feedback or "",
+            },
+            template,
+        )
+        log_dir.mkdir(parents=True, exist_ok=True)
+        prompt_file = (log_dir / f"{job.id:06d}-{job.stage}-prompt.md").resolve()
+        prompt_file.write_text(prompt, encoding="utf-8")
+        result_file = result_file_for(log_path)
+        result_file.unlink(missing_ok=True)
+        invocation = build_invocation(
+            spec,
+            RunContext(job.stage, task.work_item, worktree, prompt, prompt_file, result_file),
+        )
+        repo_config = self.settings.repo_config(Path(task.repository))
+        test_command = repo_config.test_command
+        if isinstance(test_command, str):
+            test_command = shlex.split(test_command)
+        task_vars = {
+            "ORCH_WORK_ITEM": task.work_item,
+            "ORCH_STAGE": job.stage,
+            "ORCH_ATTEMPT": str(job.attempt),
+            "ORCH_ROLLBACK_COUNT": str(task.rollback_count),
+            "ORCH_ARTIFACT_DIR": docs,
+            "ORCH_TASK_TITLE": task.title,
+            "ORCH_TASK_DESCRIPTION": task.description,
+            "ORCH_PROMPT_FILE": str(prompt_file),
+            "ORCH_FEEDBACK": job.feedback or "",
+            "ORCH_REPOSITORY": task.repository,
+            "ORCH_BRANCH": task.branch,
+            "ORCH_BASE_BRANCH": task.base_branch,
+        }
+        if test_command:
+            task_vars["ORCH_TEST_COMMAND"] = json.dumps(test_command)
+        if spec.kind == "runner":
+            # A runner gets its repository's runner settings as one JSON variable.
+            task_vars.update(runner_environment(self.settings, task, job, log_dir))
+        # Built from an allow-list, never inherited whole: no secret of ours reaches a job.
+        env = job_environment(
+            os.environ,
+            passthrough=self.settings.agent_env_passthrough,
+            secrets=self.settings.secret_values,
+            layers=(invocation.env, spec.config.env, task_vars),
+        )
+        # The adapter decides how the prompt travels: stdin (None = none) or argv.
+        return invocation.argv, env, invocation.stdin
+
+    # --- monitor -----------------------------------------------------------------------
+    def _collect(self, *, final: bool = False) -> bool:
+        if not self._live:
+            return False
+        self._enforce_kill_deadlines()
+        moved = self._stage_moved_tasks() if not final else set()
+        progressed = False
+        for job_id, live in list(self._live.items()):
+            exit_code: int | None
+            if live.process is None:
+                exit_code = None
+            else:
+                if live.task.id in moved and live.process.killed_reason is None:
+                    self._stop(live, "the task moved to another stage", FailureKind.LOST_RACE)
+                elif (
+                    live.process.killed_reason is None and live.process.elapsed_s() > live.timeout_s
+                ):
+                    self._stop(live, f"timed out after {live.timeout_s:.0f}s", FailureKind.TIMEOUT)
+                elif live.process.killed_reason is None and live.budget is not None:
+                    over = live.budget.over_budget(live.process.tail_text)
+                    if over is not None:
+                        self._stop(live, f"{live.job.agent} went {over}", FailureKind.BUDGET)
+                exit_code = live.process.poll()
+                if exit_code is None:
+                    continue
+            del self._live[job_id]
+            self._finish(live, exit_code)
+            progressed = True
+        return progressed
+
+    def kill_job(self, job_id: int, reason: str, failure: FailureKind = FailureKind.REAPED) -> bool:
+        """Stop one of this engine's running jobs (the reaper's tier 3): SIGTERM now,
+        SIGKILL at the grace deadline; the watch pass collects it when it ended. Safe
+        from any thread; False if this engine does not watch the job."""
+        live = self._live.get(job_id)
+        if live is None or live.process is None:
+            return False
+        self._stop(live, reason, failure)
+        return True
+
+    def _stop_grace_s(self) -> float:
+        # The launcher kills the job's tree at kill_grace_s; the engine SIGKILLs what is
+        # left only if the launcher has not ended LAUNCHER_MARGIN_S later.
+        return job_stop_grace_s(self.settings.kill_grace_s)
+
+    def _stop(self, live: _Live, reason: str, failure: FailureKind) -> None:
+        """SIGTERM the job's group without waiting (once); schedule its SIGKILL.
+        ``failure`` is how the job failed, whatever its exit code says then."""
+        assert live.process is not None
+        with self._kill_lock:
+            if live.process.killed_reason is not None:
+                return
+            live.failure = failure
+            deadline = live.process.terminate(reason, self._stop_grace_s())
+            heapq.heappush(self._kill_deadlines, (deadline, live.job.id))
+
+    def _enforce_kill_deadlines(self) -> None:
+        """SIGKILL the groups of stopped jobs whose grace deadline has passed."""
+        now = time.monotonic()
+        while True:
+            with self._kill_lock:
+                if not self._kill_deadlines or self._kill_deadlines[0][0] > now:
+                    return
+                _, job_id = heapq.heappop(self._kill_deadlines)
+            live = self._live.get(job_id)
+            if live is None or live.process is None:
+                continue  # it ended within its grace and was collected
+            if live.process.force_kill():
+                log.warning(
+                    "job %s outlived its kill grace; its process group is SIGKILLed", job_id
+                )
+
+    def _stage_moved_tasks(self) -> set[int]:
+        now = time.monotonic()
+        if now - self._last_stage_check < STAGE_CHECK_INTERVAL_S:
+            return set()
+        self._last_stage_check = now
+        moved = set()
+        for live in self._live.values():
+            current = self.store.get_task(live.task.id)
+            if current.stage != live.job.stage or current.failed:
+                moved.add(live.task.id)
+        return moved
+
+    def _finish(
+        self,
+        live: _Live,
+        exit_code: int | None,
+        *,
+        claim_from: str = "running",
+        output: str | None = None,
+    ) -> None:
+        job, task = live.job, live.task
+        if output is None:
+            output = live.process.tail_text() if live.process else ""
+        log_path = live.process.log_path if live.process else None
+        outcome = job_outcome(
+            self.settings, job.agent, task.repository, job.stage, output, exit_code, log_path
+        )
+        usage = outcome.usage
+        facts = runner_facts(output)
+        killed = live.process.killed_reason if live.process else None
+        failure = live.failure
+        if exit_code == -1 and killed is None and live.start_error is None:
+            killed = "the job ended without recording an exit code (killed)"
+            failure = FailureKind.KILLED
+        elif killed is None and live.start_error is None and outcome.error:
+            failure = FailureKind.AGENT_ERROR
+        with self.store.transaction() as tx:
+            if not tx.set_job_status_cas(job.id, claim_from, "finalizing"):
+                return  # someone else (a reaper, another engine) already took it
+            tx.record_exit(
+                live.run_id,
+                exit_code=exit_code if exit_code is not None else -1,
+                model=usage.model if usage else None,
+                input_tokens=usage.input_tokens if usage else 0,
+                output_tokens=usage.output_tokens if usage else 0,
+                cost_usd=usage.cost_usd if usage else 0.0,
+                num_turns=usage.num_turns if usage else None,
+            )
+            tx.add_event(
+                EventKind.JOB_KILLED if killed else EventKind.JOB_EXITED,
+                actor=ACTOR,
+                task_id=task.id,
+                job_id=job.id,
+                to_stage=job.stage,
+                reason=killed or live.start_error or outcome.error or f"exit code {exit_code}",
+                data={
+                    "exit_code": exit_code,
+                    **outcome.event_data(),
+                    **facts,
+                },
+            )
+        error = killed or live.start_error or outcome.error
+        self.finalizer.finalize(job, exit_code, error, output, failure=failure)

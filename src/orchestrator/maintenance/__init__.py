@@ -1,0 +1,3 @@
+"""Maintenance services as named loops under one supervisor: reaper, reconciler, janitor,
+inbox, outbox and heartbeat.
+"""

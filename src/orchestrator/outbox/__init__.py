@@ -1,0 +1,3 @@
+"""Notifications delivered at least once from the outbox: the delivery loop, the notifier
+and the forge status sync.
+"""
