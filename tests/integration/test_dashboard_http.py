@@ -359,8 +359,21 @@ def test_a_viewer_sees_no_actions_and_its_post_is_a_403(world: World) -> None:
 # --- hostile input ---------------------------------------------------------------------------
 
 
+def test_a_work_item_leads_to_its_tasks_page(world: World) -> None:
+    with world.client() as client:
+        login(client, world.tokens["viewer"])
+        response = client.get("/ui/tasks/SHOP-1")
+        assert response.status_code == 303, response.text
+        assert response.headers["location"] == f"/ui/tasks/{world.task.id}"
+        page = client.get(response.headers["location"])
+        card = client.get("/ui/board/cards/SHOP-1")  # the board's own links are numbers
+    assert page.status_code == 200
+    assert "SHOP-1" in page.text
+    assert card.status_code == 404
+
+
 @pytest.mark.parametrize(
-    "ref", ["abc", "-1", "0", "9" * 40, "1.5", "%00", "%EF%BC%91", "SHOP-1", "1%20OR%201=1"]
+    "ref", ["-1", "0", "9" * 40, "1.5", "%00", "%EF%BC%91", "SHOP-2", "1%20OR%201=1", "a" * 65]
 )
 def test_bad_task_ids_are_a_404_page(world: World, ref: str) -> None:
     with world.client() as client:

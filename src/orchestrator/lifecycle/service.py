@@ -39,6 +39,7 @@ __all__ = [
     "MAX_DESCRIPTION_CHARS",
     "MAX_FEEDBACK_CHARS",
     "MAX_TITLE_CHARS",
+    "WORK_ITEM_PATTERN",
     "CreateRequest",
     "TaskService",
     "prepare_create",
@@ -54,12 +55,16 @@ MAX_FEEDBACK_CHARS: Final = 4_000
 # How much of the feedback the event's one-line reason repeats (all of it is in its data).
 FEEDBACK_REASON_CHARS: Final = 200
 # Letters, digits, dot, dash, underscore; starts with a letter or digit; no "..".
-_WORK_ITEM: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+WORK_ITEM_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def validate_work_item(work_item: str) -> str:
     """A work item id safe as a branch name, a path segment and a shell word."""
-    if not _WORK_ITEM.match(work_item) or ".." in work_item or work_item.endswith((".", ".lock")):
+    if (
+        not WORK_ITEM_PATTERN.match(work_item)
+        or ".." in work_item
+        or work_item.endswith((".", ".lock"))
+    ):
         raise UsageError(
             f"work item {work_item[:80]!r} is not valid: use 1-64 letters, digits, '.', '-' "
             "or '_', starting with a letter or digit (e.g. PROJ-42)"

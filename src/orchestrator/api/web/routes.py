@@ -65,7 +65,7 @@ from orchestrator.kernel.actions import (
     allowed_actions,
 )
 from orchestrator.kernel.stages import stage_label
-from orchestrator.lifecycle.service import MAX_FEEDBACK_CHARS, TaskService
+from orchestrator.lifecycle.service import MAX_FEEDBACK_CHARS, WORK_ITEM_PATTERN, TaskService
 from orchestrator.settings import Settings
 from orchestrator.store import Store, Task
 from orchestrator.store.listing import ListingStore
@@ -319,8 +319,15 @@ def web_router(
         return HTMLResponse(html, headers=dict(SECURITY_HEADERS))
 
     @router.get("/ui/tasks/{task_ref}", response_class=HTMLResponse)
-    def task_page(request: Request, task_ref: str) -> HTMLResponse:
+    def task_page(request: Request, task_ref: str) -> Response:
+        """A task by its number; a work item (``/ui/tasks/SVC-42``, as people type it)
+        redirects to its number's page, or names its repositories when it is in several."""
         try:
+            if not task_ref.isdigit() and WORK_ITEM_PATTERN.match(task_ref):
+                found = store.find_task(task_ref)
+                return RedirectResponse(
+                    f"{UI_HOME}tasks/{found.id}", status_code=303, headers=dict(SECURITY_HEADERS)
+                )
             task = store.get_task(_task_id(task_ref))
             return page(request, "task.html", task_context(request, task))
         except OrchestratorError as exc:
