@@ -15,7 +15,9 @@ things break the layers behind the edge, and are refused here with one clear lin
 Unicode *format* characters (category Cf: the zero-width joiner in 👩‍💻, the
 right-to-left mark of Hebrew and Arabic text) are text, and accepted; only their
 bidirectional *overrides and isolates*, which reorder what a reader sees, are dropped
-where text is shown (:func:`display_safe`).
+where text is shown (:func:`display_safe`). A tool's terminal escapes (a test suite
+run with ``--color=yes``) are dropped from output we quote in reports and feedback
+(:func:`strip_terminal_escapes`).
 
 :func:`parse_json_object` is the JSON parser of the webhooks: it refuses nesting past
 Python's recursion limit and lone surrogates anywhere (keys too), naming where; NUL
@@ -25,6 +27,7 @@ characters in values are dropped (a vendor's text may carry one; no column can).
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from pathlib import Path
 from typing import Any, Final
@@ -40,6 +43,7 @@ __all__ = [
     "display_safe",
     "lone_surrogate_at",
     "parse_json_object",
+    "strip_terminal_escapes",
 ]
 
 # Linux's NAME_MAX and PATH_MAX (ext4, xfs, btrfs, tmpfs all keep NAME_MAX at 255).
@@ -50,6 +54,19 @@ SHOWN_CHARS: Final = 60
 # Bidirectional embeddings, overrides and isolates (LRE..RLO, LRI..PDI): they reorder the
 # characters a reader sees ("Trojan Source"). Marks (LRM, RLM, ALM) do not, and stay.
 BIDI_CONTROLS: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+# ECMA-48 sequences a terminal acts on: CSI (colours, cursor moves: ESC [ ... final),
+# OSC (titles, links: ESC ] ... BEL or ESC \\), character-set choices (ESC ( B) and the
+# two-character ESC X forms; then
+# any ESC or other C1 control left over.
+TERMINAL_ESCAPE: Final = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[ -/]+[0-~]"
+    r"|\x1b[@-Z\\-_]"
+    r"|[\x1b\x80-\x9f]"
+)
 
 
 class BadJSONError(ValueError):
@@ -113,6 +130,13 @@ def check_path(text: str, what: str = "the path") -> Path:
     if not path.is_absolute():
         raise UsageError(f"{what} {_shown(text)} is not an absolute path; give the full path")
     return path
+
+
+def strip_terminal_escapes(text: str) -> str:
+    """``text`` without the escape sequences a terminal would act on (colours, cursor
+    moves, titles): what ``pytest --color=yes`` or a progress bar prints, as a reader of
+    a Markdown report or an agent's prompt should see it."""
+    return TERMINAL_ESCAPE.sub("", text)
 
 
 def display_safe(text: str) -> str:

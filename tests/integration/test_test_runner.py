@@ -82,6 +82,20 @@ def test_tc02_failing_tests_fail_the_gate_naming_the_test(tmp_path: Path) -> Non
     assert "result FAIL" in verdict.reason
 
 
+def test_a_suite_run_in_colour_is_reported_without_terminal_escapes(tmp_path: Path) -> None:
+    """python-slugify's pyproject says ``addopts = "--color=yes"``: its report's log tail
+    (and so the development agent's feedback) was full of ESC[32m."""
+    coloured = PASSING["pyproject.toml"] + 'addopts = "--color=yes"\n'
+    files = {**PASSING, "pyproject.toml": coloured, "tests/test_wrong.py": FAILING_TEST}
+    repo = make_repo(tmp_path / "repo", files)
+    done = run_runner(repo)
+    assert done.returncode == 0, done.stderr
+    text = report(repo)
+    assert _fields(text) == ("FAIL", "FAIL", 1)
+    assert "\x1b" not in text
+    assert "1 failed, 2 passed" in text  # pytest's own summary line, in the log tail
+
+
 def test_tc03_no_tests_collected_is_a_fail(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", {"calc.py": PASSING["calc.py"], "tests/helpers.py": ""})
     done = run_runner(repo)

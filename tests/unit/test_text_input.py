@@ -15,6 +15,7 @@ from orchestrator.text_input import (
     check_text,
     display_safe,
     parse_json_object,
+    strip_terminal_escapes,
 )
 
 
@@ -101,3 +102,21 @@ def test_parse_json_object_takes_valid_unicode_or_says_why(value: dict[str, obje
     # What comes back can be stored: it encodes as UTF-8 and holds no NUL.
     json.dumps(parsed, ensure_ascii=False).encode("utf-8")
     assert "\\u0000" not in json.dumps(parsed)
+
+
+def test_terminal_escapes_are_dropped_and_the_text_kept() -> None:
+    coloured = (
+        "\x1b[32m.\x1b[0m\x1b[32m.\x1b[0m \x1b[32m\x1b[1m82 passed\x1b[0m\x1b[32m in 0.66s\x1b[0m"
+    )
+    assert strip_terminal_escapes(coloured) == ".. 82 passed in 0.66s"
+    titled = "\x1b]0;pytest\x07ok \x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\ \x1b(Bdone\x1b[2K\r"
+    assert strip_terminal_escapes(titled) == "ok link done\r"
+
+
+@given(st.text())
+def test_no_escape_survives_and_plain_text_is_untouched(text: str) -> None:
+    stripped = strip_terminal_escapes(text)
+    assert "\x1b" not in stripped
+    assert not any("\x80" <= ch <= "\x9f" for ch in stripped)
+    if not any(ch == "\x1b" or "\x80" <= ch <= "\x9f" for ch in text):
+        assert stripped == text

@@ -28,6 +28,7 @@ from typing import Final
 
 from orchestrator.procs.kill import KILL_GRACE_S, force_kill, kill_tree
 from orchestrator.procs.spawn import spawn
+from orchestrator.text_input import strip_terminal_escapes
 
 __all__ = [
     "CommandResult",
@@ -125,7 +126,7 @@ def _tail(path: Path, max_bytes: int = TAIL_BYTES) -> str:
             data = handle.read()
     except OSError:
         return ""
-    return data.decode("utf-8", errors="replace")
+    return strip_terminal_escapes(data.decode("utf-8", errors="replace"))
 
 
 def run_command(

@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from orchestrator import __version__
-from orchestrator.api.costs import DEFAULT_TOP, cost_report
+from orchestrator.api.costs import DEFAULT_TOP, cost_report, format_usd
 from orchestrator.api.guard import (
     LOGIN_PATH,
     PRINCIPAL_STATE_KEY,
@@ -114,7 +114,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["stage_label"] = stage_label
-    env.filters["usd"] = lambda value: f"${float(value):,.2f}"
+    env.filters["usd"] = lambda value: format_usd(float(value))
     return env
 
 
