@@ -982,6 +982,11 @@ def serve(context: Context, host: str | None, port: int | None) -> None:
         overrides["port"] = port
     if overrides:
         context.override_settings(overrides)
+    from orchestrator.maintenance.leadership import hold_single_instance  # noqa: PLC0415
+
+    # SQLite is single-instance: a second orch serve on the file is refused here, before
+    # it writes anything; the lock is held until this process ends.
+    single = hold_single_instance(context.settings.effective_database_url)
 
     if not context.debug:
         logging.getLogger("orchestrator").setLevel(logging.INFO)
@@ -998,8 +1003,14 @@ def serve(context: Context, host: str | None, port: int | None) -> None:
         is_alive=engine.runtime.leases.instance_alive,
     )
     code = run_server(
-        context.settings, context.store, notifier=notifier, engine=engine, delivery=delivery
+        context.settings,
+        context.store,
+        notifier=notifier,
+        engine=engine,
+        delivery=delivery,
     )
+    if single is not None:
+        single.release()
     sys.exit(code)
 
 

@@ -1,0 +1,269 @@
+"""Several ``orch serve`` instances on one database (issue 12, decision 0027).
+
+Every instance is the real ``orch serve`` as its own process, stopped with SIGKILL
+where the test is about a crash (nothing of it runs its shutdown then):
+
+* SQLite is single-instance: a second ``orch serve`` on the same file is refused with
+  one line and exit code 1, writing nothing; after the first dies by SIGKILL (its job
+  still running under the launcher) the next one starts and adopts the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import pytest
+
+from orchestrator.lifecycle.service import TaskService
+from orchestrator.settings import load_settings
+from orchestrator.store import Store, Task
+
+pytestmark = pytest.mark.e2e
+
+ORCH: Final = [sys.executable, "-m", "orchestrator"]
+WAIT_S: Final = 60.0
+POLL_S: Final = 0.05
+# created -> development -> done: one job per task.
+ONLY_DEVELOPMENT: Final = [
+    "analysis",
+    "brd-approval",
+    "architecture",
+    "testing",
+    "deploy-staging",
+    "deploy",
+]
+# The agent says it started, waits (bounded) for the test's release file, then commits.
+AGENT: Final = """\
+set -e
+echo "$ORCH_WORK_ITEM" >> "$OUT/started"
+i=0
+while [ ! -f "$OUT/release" ]; do
+  i=$((i + 1)); if [ "$i" -gt 1200 ]; then break; fi
+  sleep 0.05
+done
+echo "$ORCH_WORK_ITEM" >> code.txt
+echo "$ORCH_WORK_ITEM" >> "$OUT/ran"
+"""
+
+
+def run_git(cwd: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@localhost",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@localhost",
+    }
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def make_repo(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "README.md").write_text("demo\n")
+    run_git(path, "init", "--quiet", "-b", "main")
+    run_git(path, "add", "--all")
+    run_git(path, "commit", "--quiet", "-m", "initial")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not true after {timeout_s}s")
+        time.sleep(POLL_S)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@dataclass
+class Instance:
+    """One ``orch serve`` process and its port."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def status(self) -> dict[str, Any]:
+        answer = httpx.get(f"http://127.0.0.1:{self.port}/status", timeout=5.0)
+        answer.raise_for_status()
+        result: dict[str, Any] = answer.json()
+        return result
+
+    def healthy(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"orch serve exited {self.process.returncode}:\n{self.log.read_text()}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2.0).is_success
+        except httpx.TransportError:
+            return False
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+@dataclass
+class Cluster:
+    """``orch serve`` instances over one database, each with its own data dir."""
+
+    tmp_path: Path
+    db_url: str
+    repo: Path
+    out: Path
+    instances: list[Instance] = field(default_factory=list)
+    config: Path = Path()
+
+    def configure(self, **values: Any) -> None:
+        script = self.tmp_path / "agent.sh"
+        script.write_text(f"OUT={self.out}\n{AGENT}")
+        settings = {
+            "database_url": self.db_url,
+            "data_dir": str(self.tmp_path / "data"),
+            "retry_backoff_s": 0,
+            "public_read": True,
+            "host": "127.0.0.1",
+            "skip": ONLY_DEVELOPMENT,
+            **values,
+        }
+        body = "\n".join(f"{key} = {json.dumps(value)}" for key, value in settings.items())
+        body += (
+            f"\n\n[agents.sh]\ncommand = {json.dumps(['sh', str(script)])}\n"
+            '\n[stages.development]\nagent = "sh"\n'
+        )
+        self.config = self.tmp_path / "orch.toml"
+        self.config.write_text(body)
+
+    def serve(self, name: str) -> Instance:
+        """Start ``orch serve`` on a free port (it may be refused: see ``refused``)."""
+        port = free_port()
+        log = self.tmp_path / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+        with log.open("ab") as sink:
+            process = subprocess.Popen(
+                [*ORCH, "--config", str(self.config), "serve", "--port", str(port)],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
+            )
+        instance = Instance(process, port, log)
+        self.instances.append(instance)
+        return instance
+
+    def start(self, name: str) -> Instance:
+        instance = self.serve(name)
+        wait_for(instance.healthy, f"{name} answering /health")
+        return instance
+
+    def create(self, work_item: str) -> Task:
+        settings = load_settings(self.config)
+        store = Store.open(settings.effective_database_url)
+        try:
+            service = TaskService(store, settings)
+            return service.create_task(repo_path=self.repo, title="Greet", work_item=work_item)
+        finally:
+            store.close()
+
+    def store(self) -> Store:
+        return Store.open(load_settings(self.config).effective_database_url)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    url: str = getattr(request, "param", "sqlite")
+    if url == "sqlite":
+        url = f"sqlite:///{tmp_path}/shared/orch.db"
+    else:
+        url = str(request.getfixturevalue("pg_database"))
+    out = tmp_path / "out"
+    out.mkdir()
+    made = Cluster(tmp_path, url, make_repo(tmp_path / "repo"), out)
+    try:
+        yield made
+    finally:
+        (out / "release").touch()  # let any agent still waiting end
+        for instance in made.instances:
+            if instance.process.poll() is None:
+                instance.process.kill()
+                instance.process.wait()
+
+
+# --- SQLite: one instance ----------------------------------------------------------------
+
+
+def test_a_second_serve_on_one_sqlite_file_is_refused_with_one_line(cluster: Cluster) -> None:
+    """Seen failing without the lock: the second server started beside the first and
+    was still running a minute later."""
+    cluster.configure()
+    first = cluster.start("first")
+
+    second = cluster.serve("second")
+    code = second.process.wait(timeout=WAIT_S)
+
+    assert code == 1
+    said = [line for line in second.log.read_text().splitlines() if line.strip()]
+    assert len(said) == 1, said
+    assert "single-instance" in said[0]
+    assert f"pid {first.process.pid}" in said[0]
+    assert "PostgreSQL" in said[0]
+    # The refused one wrote nothing: only the first is a registered instance.
+    status = first.status()
+    assert [row["pid"] for row in status["instances"]] == [first.process.pid]
+    assert first.healthy()
+
+
+def test_a_killed_serve_leaves_no_lock_and_its_job_is_adopted(cluster: Cluster) -> None:
+    """The lock goes with its process however it dies, and the job that outlived it (in
+    its own session under the launcher) does not hold it. Seen failing with a pid file
+    in place of the flock (a lock a crash does not drop): the restarted server was
+    refused."""
+    cluster.configure()
+    task = cluster.create("T-1")
+    first = cluster.start("first")
+    wait_for(lambda: lines(cluster.out / "started") == ["T-1"], "the agent started")
+    store = cluster.store()
+    try:
+        wait_for(lambda: store.task_jobs(task.id)[0].pid is not None, "the job's pid recorded")
+        [job] = store.task_jobs(task.id)
+        first.kill()
+        assert job.pid is not None
+        assert alive(job.pid)  # the job outlived its server
+
+        second = cluster.start("second")
+        (cluster.out / "release").touch()
+        wait_for(lambda: store.get_task(task.id).stage == "done", "the task done")
+    finally:
+        store.close()
+    assert lines(cluster.out / "ran") == ["T-1"]  # adopted, not run again
+    assert second.healthy()
