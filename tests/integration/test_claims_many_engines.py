@@ -1,0 +1,137 @@
+"""Several engines over one database never run the same job (issue 12, decision 0027).
+
+TC-01's shape applied to dispatch: ``ENGINES`` engine processes (the real
+:class:`~orchestrator.engine.core.Engine`, each in its own process with its own boot id)
+start at the same moment over one database holding ``TASKS`` queued jobs, and all
+dispatch from the same list of ready jobs, oldest first, so they contend for every one.
+The claim is one compare-and-swap statement (``UPDATE jobs SET status = 'running' ...
+WHERE id = :id AND status = 'queued'``): on PostgreSQL a second claimer blocks on the
+row until the first commits, then finds the status changed and matches nothing (READ
+COMMITTED re-evaluates the condition); on SQLite ``BEGIN IMMEDIATE`` serialises them.
+
+Each job must then have run exactly once: one line per task in the agents' shared
+record, one run and one ``job.started`` event per job, every task done. Seen failing on
+PostgreSQL with the claim made a read and then an unconditional write (10 ms apart):
+four work items ran two or three times. SQLite passes that mutant, rightly: its
+``BEGIN IMMEDIATE`` holds the write lock from the read on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Final
+
+import pytest
+from support import make_repo
+
+from orchestrator.lifecycle.service import TaskService
+from orchestrator.settings import load_settings
+from orchestrator.store import Store
+
+ENGINES: Final = 3
+TASKS: Final = 24
+# Generous, never a pass criterion.
+ENGINE_TIMEOUT_S: Final = 600
+# created -> development -> done: one job per task.
+ONLY_DEVELOPMENT: Final = [
+    "analysis",
+    "brd-approval",
+    "architecture",
+    "testing",
+    "deploy-staging",
+    "deploy",
+]
+# The agent records that it ran (O_APPEND: lines from many processes never interleave).
+AGENT: Final = """\
+set -e
+echo "$ORCH_WORK_ITEM $ORCH_ATTEMPT" >> "$RAN"
+echo "$ORCH_WORK_ITEM" >> code.txt
+"""
+# One engine: waits for the starting gun, then dispatches until no job is left anywhere.
+ENGINE: Final = """
+import sys, threading, time
+from pathlib import Path
+from orchestrator.engine.core import Engine
+from orchestrator.settings import load_settings
+from orchestrator.store import Store
+
+settings = load_settings(Path(sys.argv[1]))
+store = Store.open(settings.effective_database_url)
+engine = Engine(store, settings)
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.005)
+engine.run(threading.Event(), until=engine.idle)
+engine.shutdown()
+print(engine.boot_id)
+store.close()
+"""
+
+
+def test_engines_over_one_database_run_each_job_exactly_once(tmp_path: Path, db_url: str) -> None:
+    ran = tmp_path / "ran.txt"
+    agent = tmp_path / "agent.sh"
+    agent.write_text(f'RAN="{ran}"\n{AGENT}')
+    config = tmp_path / "orch.toml"
+    config.write_text(
+        f"database_url = {json.dumps(db_url)}\n"
+        f"data_dir = {json.dumps(str(tmp_path / 'data'))}\n"
+        "retry_backoff_s = 0\n"
+        f"max_running_jobs = {TASKS}\n"
+        f"max_running_jobs_per_repo = {TASKS}\n"
+        f"skip = {json.dumps(ONLY_DEVELOPMENT)}\n"
+        f"\n[agents.sh]\ncommand = {json.dumps(['sh', str(agent)])}\n"
+        '\n[stages.development]\nagent = "sh"\n'
+    )
+    settings = load_settings(config)
+    repo = make_repo(tmp_path / "repo")
+    store = Store.open(db_url)
+    try:
+        service = TaskService(store, settings)
+        work_items = [f"R-{n}" for n in range(1, TASKS + 1)]
+        for work_item in work_items:
+            service.create_task(repo_path=repo, title="Race", work_item=work_item)
+        go = tmp_path / "go"
+        engines = [
+            subprocess.Popen(
+                [sys.executable, "-c", ENGINE, str(config), str(go)],
+                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(ENGINES)
+        ]
+        go.touch()
+        for engine in engines:
+            _out, err = engine.communicate(timeout=ENGINE_TIMEOUT_S)
+            assert engine.returncode == 0, err
+
+        runs = Counter(line.split()[0] for line in ran.read_text().splitlines())
+        twice = {item: count for item, count in runs.items() if count != 1}
+        assert twice == {}, f"jobs not run exactly once: {twice}"
+        assert sorted(runs) == sorted(work_items)
+        owners = set()
+        for task in store.list_tasks(limit=TASKS):
+            assert (task.stage, task.failed_reason) == ("done", None), task.work_item
+            [job] = store.task_jobs(task.id)
+            assert (job.status, job.attempt) == ("done", 1)
+            assert len(store.task_runs(task.id)) == 1, task.work_item
+            started = [e for e in store.task_events(task.id) if e.kind == "job.started"]
+            assert len(started) == 1, task.work_item
+            owners.add(job.owner_boot_id)
+        # The engines did share the work (the test raced at all).
+        assert len(owners) >= 2, owners
+    finally:
+        store.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_orch_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("ORCH_")]:
+        monkeypatch.delenv(name)
