@@ -35,6 +35,7 @@ from orchestrator.kernel.decisions import Limits
 from orchestrator.kernel.gates import GATES
 from orchestrator.kernel.stages import JOB_STAGES, STAGE_TRANSITIONS, Pipeline
 from orchestrator.procs.kill import KILL_GRACE_S
+from orchestrator.procs.native import Launcher
 from orchestrator.redact import MASK, redact_value
 from orchestrator.redact import secret_values as find_secret_values
 
@@ -429,6 +430,11 @@ class Settings(BaseSettings):
     # Seconds between the SIGTERM to a stopped job (timeout, budget, cancel) and the
     # SIGKILL of whatever of it is left; the engine never waits it out.
     kill_grace_s: float = Field(default=KILL_GRACE_S, gt=0, le=600)
+    # The per-job supervisor: native (a small C program, built with the host's C
+    # compiler on first use and cached; the Python one, said in one log line, where it
+    # cannot be built) or python (python -m orchestrator.procs.launcher, about 6 MB more
+    # memory per running job). Both write the same files: a job is adopted either way.
+    launcher: Launcher = "native"
     # Dollars a task may spend on agent runs since it was created or last retried by a
     # person; past it no new agent job starts and the task fails for a human. 0 = no limit.
     task_budget_usd: float = Field(default=0.0, ge=0)

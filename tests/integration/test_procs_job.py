@@ -1,10 +1,13 @@
 """Jobs under the launcher against real children: tree-kill, SIGKILL after the grace,
 big pipes.
 
-No database. ``spawn_job`` starts the launcher (``orchestrator.procs.launcher``) as the
-leader of a new session, and the launcher starts the command (``sh -c``) in the same group. Scripts
-start grandchildren and write their pids (``$!``) to a file so the test can prove they
-are gone. Teardown SIGKILLs and reaps whatever a failed test left behind.
+No database. ``spawn_job`` starts the launcher as the leader of a new session, and the
+launcher starts the command (``sh -c``) in the same group. Every test runs under both
+launchers (decision 0026): the native one (``launcher.c``, built on first use into the
+user's cache directory, as in production) and the Python one
+(``orchestrator.procs.launcher``). Scripts start grandchildren and write their pids
+(``$!``) to a file so the test can prove they are gone. Teardown SIGKILLs and reaps
+whatever a failed test left behind.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +23,9 @@ from typing import Final
 
 import pytest
 
+from orchestrator.procs import native
 from orchestrator.procs.job import TAIL_BYTES, RunningProcess, kill_job, spawn_job
+from orchestrator.procs.native import LAUNCHERS, Launcher
 
 WAIT_TIMEOUT_S: Final = 10.0
 POLL_INTERVAL_S: Final = 0.02
@@ -63,8 +69,17 @@ def group_gone(pgid: int) -> bool:
     return False
 
 
+@pytest.fixture(params=LAUNCHERS)
+def launcher(request: pytest.FixtureRequest) -> Launcher:
+    """Which launcher the test's jobs run under; the native one must be there to test."""
+    which: Launcher = request.param
+    if which == "native":
+        assert native.native_launcher() is not None, "the native launcher was not built"
+    return which
+
+
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Start]:
+def start(tmp_path: Path, launcher: Launcher) -> Iterator[Start]:
     """Spawn ``sh -c script`` in ``tmp_path``; everything is killed and reaped after."""
     started: list[RunningProcess] = []
 
@@ -83,6 +98,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
             max_log_bytes=max_log_bytes,
             stdin_text=stdin_text,
             grace_s=grace_s,
+            launcher=launcher,
         )
         started.append(process)
         return process
@@ -127,6 +143,17 @@ def test_a_job_leads_its_own_session_and_group(start: Start) -> None:
     assert os.getsid(process.pid) == process.pid
     assert os.getpgid(process.pid) == process.pid
     assert os.getpgid(process.pid) != os.getpgid(0)
+
+
+def test_the_job_runs_under_the_launcher_asked_for(start: Start, launcher: Launcher) -> None:
+    # Else every test below would test the Python launcher twice.
+    process = start(f"exec sleep {NEVER_S:.0f}")
+
+    program = Path(f"/proc/{process.pid}/exe").resolve()
+    if launcher == "native":
+        assert program == native.native_launcher()
+    else:
+        assert program == Path(sys.executable).resolve()
 
 
 def test_kill_job_leaves_no_grandchild(start: Start, tmp_path: Path) -> None:
@@ -310,7 +337,7 @@ def test_the_stdin_pipe_is_closed_when_the_job_stops_reading(start: Start) -> No
     wait_for(lambda: stdin.closed, "our end of the job's stdin pipe is closed", timeout_s=3)
 
 
-def test_a_missing_program_raises_file_not_found(tmp_path: Path) -> None:
+def test_a_missing_program_raises_file_not_found(tmp_path: Path, launcher: Launcher) -> None:
     with pytest.raises(FileNotFoundError):
         spawn_job(
             ["/nonexistent/bin/agent"],
@@ -318,7 +345,31 @@ def test_a_missing_program_raises_file_not_found(tmp_path: Path) -> None:
             env=dict(os.environ),
             log_path=tmp_path / "missing.log",
             max_log_bytes=LOG_CAP_BYTES,
+            launcher=launcher,
         )
+
+
+def test_a_program_that_cannot_be_started_is_recorded_by_the_launcher(
+    tmp_path: Path, launcher: Launcher
+) -> None:
+    # spawn_job finds the file, the launcher cannot exec it: not executable.
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\necho never\n")
+    process = spawn_job(
+        [str(script)],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        log_path=tmp_path / "cannot.log",
+        max_log_bytes=LOG_CAP_BYTES,
+        launcher=launcher,
+    )
+    assert process.popen is not None
+
+    assert process.popen.wait(timeout=WAIT_TIMEOUT_S) == 127
+    assert process.poll() == 127
+    message = f"[orch: cannot start {str(script)!r}: Permission denied]\n"
+    assert process.log_path.read_text() == message
+    assert process.tail_text() == message
 
 
 # --- detached descendants: the launcher is their subreaper ----------------------------------

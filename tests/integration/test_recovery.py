@@ -42,6 +42,7 @@ import sqlalchemy as sa
 from orchestrator.engine.core import Engine
 from orchestrator.lifecycle.service import TaskService
 from orchestrator.lifecycle.transitions import Runtime
+from orchestrator.procs.native import LAUNCHERS
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Event, Job, Store, Task
 from orchestrator.store.schema import effects
@@ -170,6 +171,8 @@ class World:
     out: Path
     config: Path = Path()
     settings: Settings | None = None
+    # Which launcher the jobs run under (the adoption tests run under both).
+    launcher: str = "native"
     engines: list[Engine] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -178,6 +181,7 @@ class World:
             f"database_url = {json.dumps(self.db_url)}",
             f"data_dir = {json.dumps(str(self.tmp_path / 'data'))}",
             "retry_backoff_s = 0",
+            f"launcher = {json.dumps(self.launcher)}",
         ]
         lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
         self.config = self.tmp_path / "orch.toml"
@@ -239,6 +243,9 @@ class World:
         job = self.job(task)
         assert job.status == "running"
         assert job.pid is not None
+        # The job runs under the launcher the settings name.
+        program = Path(f"/proc/{job.pid}/exe").resolve().name
+        assert program.startswith("launcher-" if self.launcher == "native" else "python")
         return job
 
     def drive(self, engine: Engine, until: Callable[[], bool], what: str) -> None:
@@ -276,9 +283,13 @@ def world(tmp_path: Path, db_url: str) -> Iterator[World]:
 # --- jobs of a dead engine ---------------------------------------------------------------
 
 
-def test_a_still_running_agent_is_adopted_and_finished_from_its_files(world: World) -> None:
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_still_running_agent_is_adopted_and_finished_from_its_files(
+    world: World, launcher: str
+) -> None:
     """Seen failing with adoption disabled in ``requeue_running_jobs`` (a live pid
     treated as gone): no job.adopted event, the running agent's job given up as lost."""
+    world.launcher = launcher
     world.configure_agent()
     task = world.create()
     job = world.crash_while_the_agent_runs(task)
@@ -311,9 +322,13 @@ def test_a_still_running_agent_is_adopted_and_finished_from_its_files(world: Wor
     assert run_git(world.repo, "show", f"{done.branch}:code.txt").split() == ["x1"]
 
 
-def test_a_job_gone_without_an_exit_is_requeued_with_the_next_attempt(world: World) -> None:
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_job_gone_without_an_exit_is_requeued_with_the_next_attempt(
+    world: World, launcher: str
+) -> None:
     """Seen failing with the "gone" branch of ``requeue_running_jobs`` skipped: the
     job stayed running forever (the drive timed out)."""
+    world.launcher = launcher
     world.configure_agent()
     task = world.create()
     job = world.crash_while_the_agent_runs(task)
@@ -342,9 +357,13 @@ def test_a_job_gone_without_an_exit_is_requeued_with_the_next_attempt(world: Wor
     assert lines(world.out / "ran") == ["2"]
 
 
-def test_a_job_that_ended_while_no_engine_ran_is_finalized_not_rerun(world: World) -> None:
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_job_that_ended_while_no_engine_ran_is_finalized_not_rerun(
+    world: World, launcher: str
+) -> None:
     """Seen failing with the recorded exit ignored in ``requeue_running_jobs`` (exit
     taken as -1): the job was retried and the agent's side file had two lines."""
+    world.launcher = launcher
     world.configure_agent()
     task = world.create()
     job = world.crash_while_the_agent_runs(task)

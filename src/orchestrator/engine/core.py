@@ -398,6 +398,7 @@ class Engine:
                 stdin_text=prompt,
                 wrapper=wrapper,
                 grace_s=self.settings.kill_grace_s,
+                launcher=self.settings.launcher,
             )
         except (OSError, OrchestratorError) as exc:
             reason = f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"

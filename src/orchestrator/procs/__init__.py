@@ -9,7 +9,9 @@
 * :mod:`~orchestrator.procs.job`: an agent or runner job under the launcher (its capped
   log, tail and exit files; stop without waiting, SIGKILL at the deadline).
 * :mod:`~orchestrator.procs.launcher`: ``python -m orchestrator.procs.launcher``, the
-  per-job supervisor that outlives the engine.
+  per-job supervisor that outlives the engine; ``launcher.c`` is the same in C (a tenth
+  of a megabyte per job instead of six), which :mod:`~orchestrator.procs.native` builds
+  on first use and chooses when it can (decision 0026).
 
 Standard library only, and this ``__init__`` imports nothing: the launcher and the
 workspace hooks run in every job and import :mod:`~orchestrator.procs.proc` and

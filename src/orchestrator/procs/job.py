@@ -1,7 +1,9 @@
 """A job (an agent or a runner) under the launcher: its process group, files and exit.
 
-:func:`spawn_job` starts the launcher (:mod:`orchestrator.procs.launcher`) in a new
-session with the job's command; the launcher is the job's child subreaper, so whatever
+:func:`spawn_job` starts the launcher in a new session with the job's command: the
+native one (``launcher.c``, built on first use by :mod:`orchestrator.procs.native`) or
+the Python one (:mod:`orchestrator.procs.launcher`), alike in arguments, files and
+behaviour (decision 0026). The launcher is the job's child subreaper, so whatever
 the job starts, in whatever session or group, stays in its tree, and it kills that tree
 when the command ends or when it gets SIGTERM. It copies the output into the run's log
 up to a size cap, keeps the last bytes in a tail file (the result line an agent prints
@@ -23,7 +25,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Final
 from orchestrator.procs import kill
 from orchestrator.procs.kill import KILL_GRACE_S
 from orchestrator.procs.launcher import TAIL_BYTES
+from orchestrator.procs.native import Launcher, launcher_argv
 from orchestrator.procs.proc import pid_alive
 from orchestrator.procs.spawn import spawn
 
@@ -48,7 +50,6 @@ __all__ = [
 # exit before what is left of it is SIGKILLed from outside. Not a second grace: the
 # job's processes got theirs from the launcher.
 LAUNCHER_MARGIN_S: Final = 2.0
-LAUNCHER_MODULE: Final = "orchestrator.procs.launcher"
 
 
 def job_stop_grace_s(kill_grace_s: float = KILL_GRACE_S) -> float:
@@ -153,12 +154,15 @@ def spawn_job(
     stdin_text: str | None = None,
     wrapper: Sequence[str] = (),
     grace_s: float = KILL_GRACE_S,
+    launcher: Launcher = "native",
 ) -> RunningProcess:
     """Start ``argv`` under the launcher in a new session; OSError if it cannot start.
 
     ``wrapper`` goes between the launcher and ``argv`` (the workspace hooks, which then
     exec ``argv``); ``argv[0]`` must exist all the same. ``grace_s`` is the launcher's
-    grace when it stops the job's tree (the ``kill_grace_s`` setting).
+    grace when it stops the job's tree (the ``kill_grace_s`` setting); ``launcher``
+    which launcher (the ``launcher`` setting; ``native`` falls back to ``python`` where
+    it cannot be built).
 
     The launcher writes ``<log>.tail`` and ``<log>.exit`` next to the log, so the job's
     outcome is known even to an engine that did not start it.
@@ -166,10 +170,15 @@ def spawn_job(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     for stale in (log_path.with_suffix(".tail"), log_path.with_suffix(".exit")):
         stale.unlink(missing_ok=True)
-    launcher = [
-        sys.executable,
-        "-m",
-        LAUNCHER_MODULE,
+    program = argv[0]
+    if os.sep in program:
+        found = (cwd / program).exists()  # an absolute path stays absolute
+    else:
+        found = shutil.which(program, path=env.get("PATH")) is not None
+    if not found:
+        raise FileNotFoundError(2, "No such file or directory", program)
+    command = [
+        *launcher_argv(launcher),
         str(log_path),
         str(log_path.with_suffix(".tail")),
         str(log_path.with_suffix(".exit")),
@@ -179,12 +188,5 @@ def spawn_job(
         *wrapper,
         *argv,
     ]
-    program = argv[0]
-    if os.sep in program:
-        found = (cwd / program).exists()  # an absolute path stays absolute
-    else:
-        found = shutil.which(program, path=env.get("PATH")) is not None
-    if not found:
-        raise FileNotFoundError(2, "No such file or directory", program)
-    popen = spawn(launcher, cwd=cwd, env=env, stdin=stdin_text)
+    popen = spawn(command, cwd=cwd, env=env, stdin=stdin_text)
     return RunningProcess(popen.pid, log_path, popen)

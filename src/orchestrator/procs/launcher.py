@@ -23,6 +23,11 @@ and first SIGKILLs the launcher's tree, which is still the launcher's while it l
 Standard library and :mod:`orchestrator.procs.proc` / :mod:`~orchestrator.procs.kill`
 only (themselves standard library only): it starts fast and cannot fail on an import of
 ours that pulls in the rest of the orchestrator.
+
+``launcher.c`` beside this file is the same launcher in C (the same arguments, files and
+behaviour, at a sixtieth of the memory); jobs run under it wherever it can be built
+(:mod:`orchestrator.procs.native`, decision 0026), and under this one otherwise. A change
+of behaviour here is made there too: the tests of ``test_procs_job.py`` run on both.
 """
 
 from __future__ import annotations
