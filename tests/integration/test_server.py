@@ -217,10 +217,12 @@ def test_status_reports_version_counts_and_boot_id(
         "outbox",
         "inbox",
         "loops",
+        "leader",
         "engine_last_tick_at",
         "transition_leases",
         "instances",
     }
+    assert status["leader"] is None  # outside orch serve
     assert status["version"] == __version__
     assert status["boot_id"] == engine.boot_id
     assert status["uptime_s"] >= 0
@@ -720,6 +722,7 @@ SUPERVISED_LOOPS: Final = (
     "reaper",
     "reconciler",
     "worktree-janitor",
+    "rescuer",
     "inbox",
     "heartbeat",
 )

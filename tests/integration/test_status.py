@@ -127,8 +127,12 @@ def test_orch_serve_reports_its_loops_running(tmp_path: Path) -> None:
         "reconciler": "running",
         "worktree-janitor": "running",
         "heartbeat": "running",
+        "rescuer": "running",
         "inbox": "running",
     }
+    # SQLite: the one instance leads, with no election (decision 0027).
+    assert status["leader"]["is_leader"] is True
+    assert status["leader"]["election"] == "single-instance"
     assert status["engine_last_tick_at"] is not None
     assert [row["boot_id"] for row in status["instances"]] == [status["boot_id"]]
     assert status["instances"][0]["alive"] is True

@@ -83,3 +83,9 @@ def test_a_restarted_or_stopped_loop_needs_a_look() -> None:
         "loop inbox is stopped",
         "loop reaper was restarted 2 time(s); last error: OperationalError",
     ]
+
+
+def test_a_loop_on_standby_is_healthy() -> None:
+    """Another instance leads the maintenance (decision 0027): nothing to look at."""
+    loops = [{"name": "reaper", "state": "standby", "restarts": 0, "last_error": None}]
+    assert health_view(status(loops=loops), NOW)["problems"] == []

@@ -24,6 +24,12 @@ listens (a port already in use must not leave jobs started behind it).
   Telegram is configured). A loop that dies is logged, restarted with a backoff and
   shown with its restarts and last error under ``loops`` in ``GET /status``; what the
   outbox had not delivered, or an intent the inbox had claimed, is picked up again.
+* Several instances on one PostgreSQL database: the reaper, the reconciler, the
+  janitor, the rescuer (the engine adopts or finishes the running jobs of instances
+  that died), the inbox and outbox delivery run on the elected leader only (the ``leader``
+  loop holds an advisory lock; the others show ``standby``); every instance dispatches
+  and watches its own jobs. SQLite has one instance, which leads
+  (:mod:`orchestrator.maintenance.leadership`).
 
 uvicorn re-raises a signal it handled once it returns (so a default handler would end
 the process by that signal); :func:`run_server` holds its own handlers around the server
@@ -48,7 +54,9 @@ from orchestrator.api.server import create_app
 from orchestrator.effects.leases import Heartbeat
 from orchestrator.engine.core import Engine
 from orchestrator.lifecycle.service import TaskService
-from orchestrator.maintenance.supervisor import Loop, Supervisor
+from orchestrator.maintenance.leadership import Leadership
+from orchestrator.maintenance.services import MAINTENANCE_INTERVAL_S
+from orchestrator.maintenance.supervisor import Loop, Supervisor, every
 from orchestrator.outbox.delivery import OutboxDelivery
 from orchestrator.outbox.notifier import Notifier, NullNotifier
 from orchestrator.settings import Settings
@@ -125,13 +133,16 @@ def run_server(
     notifier: Notifier | None = None,
     engine: Engine | None = None,
     delivery: OutboxDelivery | None = None,
+    leadership: Leadership | None = None,
 ) -> int:
     """Serve the API on ``settings.host:settings.port`` with the engine running beside it.
 
     Blocks until SIGTERM/SIGINT (returns 0) or until the engine loop dies or the server
     cannot start (returns 1). ``engine`` is for tests and embedding; by default one is
     built from ``store``, ``settings`` and ``notifier``. ``delivery`` (if any) delivers
-    the outbox in its own supervised thread.
+    the outbox in its own supervised thread. ``leadership`` decides whether this
+    instance runs the maintenance that must run once (default: elected by an advisory
+    lock on PostgreSQL, always on SQLite).
     """
     notifier = notifier or NullNotifier()
     engine = engine or Engine(store, settings, notifier)
@@ -141,13 +152,19 @@ def run_server(
     service = TaskService(store, settings, notifier)
     inbox = InboxApplier(service, engine.runtime)
     heartbeat = Heartbeat(store, engine.runtime.owner)
-    loops = [
+    leadership = leadership or Leadership.for_store(store)
+    # What must run once per database runs on the leader only (decision 0027).
+    led = [
         *engine.services.loops(),
+        # Dead instances' running jobs: adopted or finished by the leader's engine.
+        Loop("rescuer", every(MAINTENANCE_INTERVAL_S, engine.request_rescue)),
         Loop("inbox", inbox.run, wake=inbox.wake),
-        Loop("heartbeat", heartbeat.run),
     ]
     if delivery is not None:
-        loops.append(Loop("outbox", delivery.run))
+        led.append(Loop("outbox", delivery.run))
+    loops = [Loop("heartbeat", heartbeat.run), *map(leadership.led_loop, led)]
+    if leadership.elected:
+        loops.insert(0, Loop("leader", leadership.run))
     supervisor = Supervisor(loops)
     stop = threading.Event()
 
@@ -162,6 +179,7 @@ def run_server(
         engine=engine,
         on_intent=inbox.wake,
         loops=loop_states,
+        leader=leadership.status,
     )
     engine_failure: list[BaseException] = []
     database = store.engine.url.set(password=None).render_as_string(hide_password=False)

@@ -213,13 +213,15 @@ def create_app(
     engine: Engine | None = None,
     on_intent: Callable[[], None] | None = None,
     loops: Callable[[], list[dict[str, Any]]] | None = None,
+    leader: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """The API over ``store`` and ``service``; ``engine`` (if any) is only reported on.
 
     ``on_intent`` is called when a webhook recorded an intent in the inbox (``orch
     serve`` wakes its inbox loop); without it the intent waits for the next sweep.
     ``loops`` reports the background loops' states for ``/status`` (``orch serve``'s
-    engine thread and supervisor).
+    engine thread and supervisor), ``leader`` whether this instance leads the
+    maintenance (``orch serve``'s :class:`~orchestrator.maintenance.leadership.Leadership`).
     """
     app = FastAPI(
         title="orchestrator",
@@ -285,6 +287,7 @@ def create_app(
             engine=engine,
             loops=loops() if loops is not None else [],
             leases=leases(),
+            leader=leader() if leader is not None else None,
         )
 
     # The dashboard's Health page shows the same answer.

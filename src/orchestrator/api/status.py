@@ -10,7 +10,9 @@ alive. Two come from this process: its version and uptime, and its **loops**: th
 engine's thread and the loops ``orch serve``'s supervisor runs (reaper, reconciler,
 worktree janitor, inbox, heartbeat, outbox), each ``running``, ``restarting`` or
 ``stopped`` with its restarts and last error (:mod:`orchestrator.maintenance.supervisor`), and the
-engine's last tick. A supervised loop that dies is restarted, so its restarts and last
+engine's last tick, and whether it is the **leader** that runs the maintenance that must
+run once (decision 0027: an advisory lock on PostgreSQL, the one instance on SQLite). A
+supervised loop that dies is restarted, so its restarts and last
 error show it; the engine's death stops ``orch serve``, and its last tick is what shows
 an engine that is alive but stuck.
 """
@@ -49,6 +51,7 @@ def status_report(
     engine: Engine | None,
     loops: list[dict[str, Any]],
     leases: LeaseManager,
+    leader: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``GET /status`` answer (docs/api.md lists its fields)."""
     now = time.time()
@@ -70,6 +73,8 @@ def status_report(
         "inbox": InboxStore(store).inbox_summary(now),
         # This process's supervised loops; the engine's last tick (None before the first).
         "loops": loops,
+        # Whether this instance leads the maintenance that runs once (None outside serve).
+        "leader": with_iso_times(leader) if leader is not None else None,
         "engine_last_tick_at": iso_utc(engine.last_tick_at) if engine is not None else None,
         "transition_leases": {
             "enabled": leases.settings.transition_lease_enabled,

@@ -133,6 +133,8 @@ class Engine:
         self.janitor = self.services.janitor
         # False when a supervisor runs the services in their own loops (orch serve).
         self.inline_maintenance = True
+        # Set by the leader's rescuer: the next tick takes over dead instances' jobs.
+        self._rescue_due = threading.Event()
 
     # --- loop --------------------------------------------------------------------------
     def tick(self) -> bool:
@@ -140,6 +142,9 @@ class Engine:
         self.last_tick_at = time.time()
         if not self._recovered:
             self.recover_on_startup()
+        elif self._rescue_due.is_set():
+            self._rescue_due.clear()
+            self.requeue_running_jobs()
         self.crossings.supervise()
         crossed = bool(self.crossings.forget_ended())
         finished = self._collect()
@@ -234,6 +239,12 @@ class Engine:
         self._recovered = True
         self.requeue_running_jobs()
         self.runtime.leases.reclaim_stale(actor="recovery")
+
+    def request_rescue(self) -> None:
+        """Ask the next tick to adopt or finish the running jobs of instances that died
+        meanwhile (the leader's ``rescuer`` loop, every few seconds): without it, the
+        jobs of an instance that is not restarted would wait for the reaper's tier 3."""
+        self._rescue_due.set()
 
     def requeue_running_jobs(self) -> None:
         """Running jobs of dead engines: adopt those still alive, finish the others.

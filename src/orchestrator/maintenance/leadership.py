@@ -11,22 +11,55 @@ exactly one (decision 0027).
   is refused with one line naming the holder's pid. The operating system drops the lock
   when the holder dies however it dies (SIGKILL included), so a restart after a crash is
   never refused; the descriptor is not inherited (Python opens it close-on-exec), so a
-  job that outlives its server does not keep the lock.
+  job that outlives its server does not keep the lock. The one instance is the leader.
+* **PostgreSQL elects a leader.** :class:`Leadership` runs as the supervised ``leader``
+  loop: every ``LEADER_RETRY_S`` an instance that does not lead tries
+  ``pg_try_advisory_lock`` on a connection of its own
+  (:class:`~orchestrator.store.advisory.AdvisoryLock`), and the leader checks that it
+  still holds it. The lock is the session's, so it goes when the leader's connection
+  does: a leader killed by SIGKILL loses it as soon as the server sees the socket
+  close, and another instance takes over at its next try.
+* **Led loops.** The maintenance that must run once (reaper, reconciler, worktree
+  janitor, inbox, outbox delivery) runs through :meth:`Leadership.led`: its body
+  starts when this instance becomes the leader and is asked to stop (its stop event
+  set) when it stops being one; meanwhile the loop is on ``standby``. Leadership saves
+  work, it does not make anything correct: every write those services make is a claim
+  or a compare-and-swap, so two leaders for a moment (a partitioned leader that has
+  not noticed yet) do no harm.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final, Protocol
 
 from orchestrator.errors import ConflictError
-from orchestrator.store import sqlite_path
+from orchestrator.maintenance.supervisor import Body, Loop
+from orchestrator.store import Store, sqlite_path
+from orchestrator.store.advisory import AdvisoryLock
 
-__all__ = ["LOCK_SUFFIX", "SingleInstanceLock", "hold_single_instance"]
+__all__ = [
+    "LEADER_RETRY_S",
+    "LOCK_SUFFIX",
+    "Elector",
+    "Leadership",
+    "SingleInstanceLock",
+    "hold_single_instance",
+]
+
+log = logging.getLogger("orchestrator.maintenance.leadership")
+
+# How often a follower tries to take the lead, and the leader checks it still has it.
+LEADER_RETRY_S: Final = 2.0
+# How long a led loop waits for leadership before looking at its stop event again.
+LEADER_WAIT_S: Final = 1.0
 
 # The lock file sits beside the database: ``orch.db`` -> ``orch.db.lock``.
 LOCK_SUFFIX: Final = ".lock"
@@ -71,3 +104,145 @@ def hold_single_instance(database_url: str) -> SingleInstanceLock | None:
     file.write(f"{os.getpid()}\n")
     file.flush()
     return SingleInstanceLock(path, file)
+
+
+# --- leader election -----------------------------------------------------------------------
+class Elector(Protocol):
+    """What elects a leader: :class:`~orchestrator.store.advisory.AdvisoryLock`."""
+
+    def try_acquire(self) -> bool: ...
+
+    def still_held(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class Leadership:
+    """Whether this instance leads, kept current by :meth:`run`; ``elector`` None means
+    the only instance (SQLite), which always leads."""
+
+    def __init__(self, elector: Elector | None, *, retry_s: float = LEADER_RETRY_S) -> None:
+        self._elector = elector
+        self.retry_s = retry_s
+        self._lock = threading.Lock()
+        self._leading = threading.Event()
+        # The stop events of led bodies running now: set when the lead is lost.
+        self._terms: set[threading.Event] = set()
+        self.since: float | None = None
+        self.changes = 0
+        if elector is None:
+            self._gain()
+
+    @classmethod
+    def for_store(cls, store: Store) -> Leadership:
+        """An advisory-lock election on PostgreSQL; the only instance on SQLite."""
+        if store.engine.dialect.name == "postgresql":
+            return cls(AdvisoryLock(store))
+        return cls(None)
+
+    @property
+    def elected(self) -> bool:
+        """Whether an election runs (PostgreSQL), rather than one instance leading."""
+        return self._elector is not None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading.is_set()
+
+    def status(self) -> dict[str, Any]:
+        """For ``GET /status``: whether this instance leads, since when, how it was chosen,
+        and how many times it gained or lost the lead."""
+        return {
+            "is_leader": self.is_leader,
+            "elected_at": self.since,
+            "election": "advisory-lock" if self.elected else "single-instance",
+            "changes": self.changes,
+        }
+
+    # --- the leader loop -------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Try to lead (or check that we still do) every ``retry_s`` until ``stop``; the
+        lead is given up when this loop ends, however it ends."""
+        try:
+            while not stop.is_set():
+                self.check()
+                stop.wait(self.retry_s)
+        finally:
+            if self._elector is not None:
+                self._lose("this instance is stopping")
+                with contextlib.suppress(Exception):
+                    self._elector.release()
+
+    def check(self) -> None:
+        """One election step: a follower tries to take the lead, the leader checks it
+        still has it. A database error is logged; the next step tries again."""
+        if self._elector is None:
+            return
+        if self.is_leader:
+            if not self._elector.still_held():
+                self._lose("the leader lock's connection dropped")
+            return
+        try:
+            won = self._elector.try_acquire()
+        except Exception as exc:
+            log.warning("leader election: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            return
+        if won:
+            self._gain()
+
+    def _gain(self) -> None:
+        with self._lock:
+            self.since = time.time()
+            self.changes += 1
+            self._leading.set()
+        log.info("this instance leads the maintenance now")
+
+    def _lose(self, why: str) -> None:
+        with self._lock:
+            was = self._leading.is_set()
+            self._leading.clear()
+            self.since = None
+            for term in self._terms:
+                term.set()
+        if was:
+            self.changes += 1
+            log.warning("this instance no longer leads the maintenance: %s", why)
+
+    # --- led loops ---------------------------------------------------------------------
+    def led(self, body: Body) -> Body:
+        """``body`` run only while this instance leads: started when it becomes the
+        leader, its stop event set when it stops being one or when ``stop`` is set."""
+
+        def led_body(stop: threading.Event) -> None:
+            while not stop.is_set():
+                if not self._leading.wait(LEADER_WAIT_S):
+                    continue
+                term = threading.Event()
+                with self._lock:
+                    self._terms.add(term)
+                    leading = self._leading.is_set()
+                try:
+                    if leading and not stop.is_set():
+                        body(term)
+                finally:
+                    with self._lock:
+                        self._terms.discard(term)
+
+        return led_body
+
+    def led_loop(self, loop: Loop) -> Loop:
+        """``loop`` run through :meth:`led`, shown ``standby`` while another leads."""
+        wake = loop.wake
+
+        def wake_led() -> None:
+            self.end_led()
+            if wake is not None:
+                wake()
+
+        return Loop(loop.name, self.led(loop.body), wake=wake_led, active=lambda: self.is_leader)
+
+    def end_led(self) -> None:
+        """Set every led body's stop event (at shutdown: the supervisor's wake)."""
+        with self._lock:
+            for term in self._terms:
+                term.set()

@@ -14,7 +14,8 @@ runs its body until the stop event is set:
   resets once an incarnation has lived ``HEALTHY_AFTER_S``), so a database outage does
   not spin and a bug does not go unnoticed;
 * :meth:`Supervisor.status` is what ``GET /status`` shows under ``loops``: each loop's
-  state (``running``, ``restarting``, ``stopped``), restarts and last error.
+  state (``running``, ``standby`` for a led loop on an instance that does not lead,
+  ``restarting``, ``stopped``), restarts and last error.
 
 The services depend on the store, the runtime and the :class:`~orchestrator.lifecycle.finalizer.
 Finalizer` only, never on the engine; the engine's dispatch loop is not one of them (its
@@ -63,11 +64,14 @@ def every(interval_s: float, sweep: Callable[[], object]) -> Body:
 @dataclass(frozen=True)
 class Loop:
     """A named background loop: ``body(stop)`` runs until ``stop`` is set; raising means
-    the loop died. ``wake`` (optional) is called at shutdown to end a wait early."""
+    the loop died. ``wake`` (optional) is called at shutdown to end a wait early.
+    ``active`` (optional) says whether the loop works now: a led loop on an instance
+    that does not lead is shown ``standby``."""
 
     name: str
     body: Body
     wake: Callable[[], None] | None = None
+    active: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -131,10 +135,13 @@ class Supervisor:
         for state in self._states:
             with state.lock:
                 alive = state.thread is not None and state.thread.is_alive()
+                shown = state.state if alive else "stopped"
+                if shown == "running" and state.loop.active is not None:
+                    shown = "running" if state.loop.active() else "standby"
                 rows.append(
                     {
                         "name": state.loop.name,
-                        "state": state.state if alive else "stopped",
+                        "state": shown,
                         "restarts": state.restarts,
                         "last_error": state.last_error,
                         "last_error_at": state.last_error_at,

@@ -224,8 +224,11 @@ def health_view(status: Mapping[str, Any], now: float) -> dict[str, Any]:
         }
         for loop in status["loops"]
     ]
+    # A led loop on standby is healthy: another instance leads (decision 0027).
     problems = [
-        f"loop {loop['name']} is {loop['state']}" for loop in loops if loop["state"] != "running"
+        f"loop {loop['name']} is {loop['state']}"
+        for loop in loops
+        if loop["state"] not in ("running", "standby")
     ]
     problems += [
         f"loop {loop['name']} was restarted {loop['restarts']} time(s); last error: "
