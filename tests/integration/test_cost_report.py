@@ -10,11 +10,13 @@ so a plain cast would move every afternoon run to the next day).
 from __future__ import annotations
 
 import itertools
+from dataclasses import astuple
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +24,7 @@ from orchestrator.api.costs import GROUPINGS, Period, cost_report, group_spend, 
 from orchestrator.kernel.events import EventKind
 from orchestrator.settings import Settings
 from orchestrator.store import Store
-from orchestrator.store.costs import CostStore
+from orchestrator.store.costs import CostStore, SpendRow
 from orchestrator.store.schema import agent_runs, events, jobs, tasks
 
 DAY: Final = 86_400.0
@@ -133,6 +135,51 @@ def test_days_are_utc_days_on_both_databases(store: Store) -> None:
     ]
 
 
+def _cube(rows: list[SpendRow]) -> list[tuple[object, ...]]:
+    return sorted((*row.key, round(row.cost_usd, 9), *astuple(row)[2:]) for row in rows)
+
+
+def test_whole_days_come_from_the_rollup_and_partial_days_from_the_runs(store: Store) -> None:
+    """The cube of any period, whole days, partial ones or a stretch inside one day, is
+    what summing its runs gives (the oracle: the runs' own grouped query), also after
+    runs are recorded again with another model, moved to another day and deleted: the
+    rollup follows every write of a run. Seen failing without the triggers (the whole
+    days were empty) and with an update trigger that did not take the old values out."""
+    costs = CostStore(store)
+    alpha, beta = add_task(store, REPO_A), add_task(store, REPO_B)
+    runs = []
+    for day in range(4):
+        for hour, task, model in ((1, alpha, "opus"), (13, beta, "haiku"), (23, alpha, "opus")):
+            moment = DEC_1 + day * DAY + hour * 3600
+            add_run(store, task, at=moment, cost=0.1 * (hour + day), model=model)
+            runs.append(task)
+    periods = [
+        (DEC_1 + 6 * 3600, DEC_1 + 3 * DAY + 6 * 3600),  # partial first and last day
+        (DEC_1, DEC_1 + 2 * DAY),  # whole days only
+        (DEC_1 + 3600, DEC_1 + 2 * 3600),  # inside one day
+        (DEC_1 - DAY, DEC_1 + 5 * DAY),  # beyond every run
+    ]
+
+    def check() -> None:
+        for since, until in periods:
+            assert _cube(costs.spend_cube(since, until)) == _cube(
+                costs._runs_cube([(since, until)])
+            ), (since, until)
+
+    check()
+    with store.transaction() as tx:
+        run_ids = [row.id for row in tx.conn.execute(sa.select(agent_runs.c.id))]
+        tx.record_exit(run_ids[0], exit_code=0, model="sonnet", cost_usd=5.0)
+        tx.conn.execute(
+            agent_runs.update()
+            .where(agent_runs.c.id == run_ids[1])
+            .values(started_at=DEC_1 + 2 * DAY + 60)
+        )
+        tx.conn.execute(agent_runs.delete().where(agent_runs.c.id == run_ids[2]))
+    check()
+    assert total_spend(costs.spend_cube(DEC_1 - DAY, DEC_1 + 5 * DAY)).runs == len(runs) - 1
+
+
 def test_the_period_includes_since_and_excludes_until(store: Store) -> None:
     task = add_task(store)
     add_run(store, task, at=DEC_1 - 0.001, cost=1.0)
@@ -180,6 +227,20 @@ def test_top_tasks_are_the_costliest_in_the_period(store: Store) -> None:
         (cheap, 0.5, 1),
     ]
     assert CostStore(store).top_tasks(DEC_1, DEC_1 + DAY, limit=1)[0].task_id == dear
+
+
+def test_top_tasks_cut_ties_by_the_older_task(store: Store) -> None:
+    """The top is cut among the per-task sums before they meet the tasks: at the cut,
+    equal spend goes to the older task, whatever order the sums come in."""
+    tied = [add_task(store) for _ in range(4)]
+    for task in reversed(tied):
+        add_run(store, task, at=DEC_1, cost=0.25)
+    dear = add_task(store)
+    add_run(store, dear, at=DEC_1, cost=0.5)
+
+    top = CostStore(store).top_tasks(DEC_1, DEC_1 + DAY, limit=3)
+
+    assert [row.task_id for row in top] == [dear, tied[0], tied[1]]
 
 
 def test_budgets_count_the_window_since_the_last_retry_and_each_repository(

@@ -159,6 +159,61 @@ def test_queue_page_and_counts(store: Store) -> None:
     assert listing.queue_counts() == {"queued": 3, "deferred": 0, "running": 1, "finalizing": 0}
 
 
+def test_queue_pages_merge_every_status_in_id_order_with_their_tasks(store: Store) -> None:
+    """A page takes the first ids of each status (the ``(status, id)`` index) and merges
+    them: paging through jobs of all four queue statuses, interleaved with finished ones,
+    in pages smaller than any one status's share, yields each once, in id order, each
+    with its own task."""
+    listing = ListingStore(store)
+    tasks = [add_task(store, f"S-{n}") for n in range(3)]
+    expected: list[int] = []
+    with store.transaction() as tx:
+        for n in range(12):
+            task_id = tasks[n % 3]
+            job_id = tx.enqueue_job(
+                task_id=task_id, stage="analysis", kind="agent", agent="a", attempt=n + 1
+            )
+            status = ("queued", "running", "deferred", "finalizing", "done", "failed")[n % 6]
+            if status != "queued":
+                tx.conn.execute(jobs.update().where(jobs.c.id == job_id).values(status=status))
+            if status not in ("done", "failed"):
+                expected.append(job_id)
+
+    seen: list[int] = []
+    after = None
+    while True:
+        page = listing.queue_page(after_id=after, limit=3)
+        for job, task in page[:3]:
+            assert job == store.get_job(job.id)
+            assert task == store.get_task(job.task_id)
+        seen += [job.id for job, _ in page[:3]]
+        if len(page) <= 3:
+            break
+        after = page[2][0].id
+    assert seen == expected
+    assert listing.queue_counts() == {"queued": 2, "deferred": 2, "running": 2, "finalizing": 2}
+
+
+def test_repositories_are_each_name_once_in_order(store: Store) -> None:
+    for n, repository in enumerate(["/srv/b", "/srv/a", "/srv/c", "/srv/a", "/srv/b"]):
+        with store.transaction() as tx:
+            tx.insert_task(
+                work_item=f"R-{n}",
+                repository=repository,
+                title="t",
+                description="",
+                stage="analysis",
+                branch=f"orch/R-{n}",
+                base_branch="main",
+                base_sha="0" * 40,
+                worktree=f"/wt/R-{n}",
+            )
+    listing = ListingStore(store)
+
+    assert listing.repositories() == ["/srv/a", "/srv/b", "/srv/c"]
+    assert listing.repositories(limit=2) == ["/srv/a", "/srv/b"]
+
+
 def test_metrics_snapshot_counts_in_sql(store: Store) -> None:
     task_id = add_task(store, "M-1")
     run_job(store, task_id, "analysis", run_s=3, cost=0.25, tokens=100)

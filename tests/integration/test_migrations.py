@@ -24,7 +24,7 @@ from orchestrator.store.deliveries import DeliveryStore
 from orchestrator.store.schema import metadata
 from orchestrator.store.store import MIGRATIONS_DIR
 
-HEAD = "0009"  # bump with every new migration
+HEAD = "0011"  # bump with every new migration
 
 
 def _unquote(default: str) -> str:
@@ -83,6 +83,7 @@ def test_migrated_database_matches_schema(empty_db_url: str) -> None:
         "webhook_deliveries",
         "api_tokens",
         "inbox",
+        "spend_days",
     }
 
 
@@ -352,5 +353,82 @@ def test_0009_backfills_failure_kinds_origins_and_pending_rollbacks(empty_db_url
         _migrate(store, "0007", down=True)
         _migrate(store, "head")
         assert store.get_job(jobs["timeout"]).failure_kind == "timeout"
+    finally:
+        store.close()
+
+
+# --- 0010: indexes for the pages and lists --------------------------------------------
+def _indexes(store: Store) -> dict[str, set[str]]:
+    with store.engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        return {
+            table: {str(index["name"]) for index in inspector.get_indexes(table)}
+            for table in ("tasks", "jobs", "agent_runs")
+        }
+
+
+def test_0010_adds_the_read_indexes_and_goes_down_cleanly(empty_db_url: str) -> None:
+    """0010 adds the work-item, queue and spend indexes (the spend index in place of the
+    task-id one) on a database holding rows; down puts 0009's indexes back; up again."""
+    added = {
+        "tasks": {"ix_tasks_work_item"},
+        "jobs": {"ix_jobs_status_id"},
+        "agent_runs": {"ix_agent_runs_task_spend", "ix_agent_runs_started_at"},
+    }
+    store = Store.open(empty_db_url, migrate=False)
+    try:
+        _migrate(store, "0009")
+        with store.engine.connect() as conn, conn.begin():
+            rows = _Rows(conn)
+            rows.job(rows.task("I-1"), "done", exit_code=0)
+        before = _indexes(store)
+        assert "ix_agent_runs_task_id" in before["agent_runs"]
+        _migrate(store, "0010")
+        after = _indexes(store)
+        for table, names in added.items():
+            assert after[table] == (before[table] | names) - {"ix_agent_runs_task_id"}
+        assert store.task_runs(store.find_task("I-1").id)[0].exit_code == 0
+
+        _migrate(store, "0009", down=True)
+        assert _indexes(store) == before
+        _migrate(store, "head")
+        assert _indexes(store)["agent_runs"] >= added["agent_runs"]
+    finally:
+        store.close()
+
+
+# --- 0011: the cost report's daily rollup, kept by triggers ---------------------------
+def _spend_days(store: Store) -> list[tuple[Any, ...]]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT * FROM spend_days WHERE runs > 0 ORDER BY day"))
+        return [tuple(row) for row in rows]
+
+
+def test_0011_backfills_the_rollup_and_its_triggers_go_down_and_up(empty_db_url: str) -> None:
+    """Runs written before 0011 are in the rollup after it (backfill), a run written
+    after it too (triggers); down drops the table and the triggers (a run can still be
+    written), and up again backfills what was written in between."""
+    store = Store.open(empty_db_url, migrate=False)
+    try:
+        _migrate(store, "0010")
+        with store.engine.connect() as conn, conn.begin():
+            rows = _Rows(conn)
+            task = rows.task("S-1")
+            rows.job(task, "done", exit_code=0)
+            rows.job(task, "done", exit_code=0)
+            conn.execute(sa.text("UPDATE agent_runs SET cost_usd = 0.5, input_tokens = 7"))
+        _migrate(store, "0011")
+        # started_at 1.0: day 0; the _Rows job is in development, its task in /repos/r.
+        assert _spend_days(store) == [(0, "/repos/r", "claude", "", "development", 1.0, 14, 0, 2)]
+        with store.engine.connect() as conn, conn.begin():
+            _Rows(conn).job(task, "done", exit_code=0)
+        assert _spend_days(store)[0][-1] == 3
+
+        _migrate(store, "0010", down=True)
+        with store.engine.connect() as conn, conn.begin():
+            _Rows(conn).job(task, "done", exit_code=0)
+            assert "spend_days" not in sa.inspect(conn).get_table_names()
+        _migrate(store, "head")
+        assert _spend_days(store) == [(0, "/repos/r", "claude", "", "development", 1.0, 14, 0, 4)]
     finally:
         store.close()

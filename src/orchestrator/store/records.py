@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -10,7 +11,13 @@ __all__ = ["AgentRun", "ApiToken", "Event", "Job", "Task", "TaskCard"]
 
 class _Record:
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload, no-any-return]
+        """The fields by name; a JSON value (a dict or a list) is a copy, as with
+        ``dataclasses.asdict``, which deep-copied every field and cost a page of 100
+        tasks more than its three queries."""
+        return {
+            name: copy.deepcopy(value) if isinstance(value, dict | list) else value
+            for name, value in vars(self).items()
+        }
 
 
 @dataclass(frozen=True)

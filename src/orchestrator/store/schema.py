@@ -16,6 +16,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -32,6 +33,7 @@ __all__ = [
     "jobs",
     "metadata",
     "outbox",
+    "spend_days",
     "task_cards",
     "tasks",
     "transition_lease",
@@ -82,6 +84,8 @@ tasks = Table(
     Column("pending_rollback", Integer, nullable=True),
     UniqueConstraint("repository", "work_item"),
     Index(None, "origin_key"),
+    # GET /tasks/{ref} finds a task by its work item alone (migration 0010).
+    Index(None, "work_item"),
 )
 
 jobs = Table(
@@ -118,6 +122,8 @@ jobs = Table(
     Column("failure_kind", String(32), nullable=True),
     Index(None, "status", "not_before"),
     Index(None, "task_id"),
+    # /queue's page: each status's jobs in id order, read from the index (0010).
+    Index(None, "status", "id"),
 )
 
 agent_runs = Table(
@@ -138,8 +144,38 @@ agent_runs = Table(
     Column("num_turns", Integer, nullable=True),
     Column("log_path", String(2048), nullable=False),
     Column("started_at", Float, nullable=False),
-    Index(None, "task_id"),
+    # A task's runs, covering what its spend sums: the cost report's top tasks and the
+    # task lists' cost read the index alone (migration 0010; it replaced ix_..._task_id).
+    Index(
+        "ix_agent_runs_task_spend",
+        "task_id",
+        "started_at",
+        "cost_usd",
+        "input_tokens",
+        "output_tokens",
+    ),
     Index(None, "job_id"),
+    # The runs of a stretch of time (the cost report's partial days).
+    Index(None, "started_at"),
+)
+
+# The cost report's daily rollup (decision 0025): the runs that started on one UTC day
+# (days since 1970-01-01) for one (repository, agent, model, stage), summed. Database
+# triggers on agent_runs keep it (migration 0011), so every write of a run moves it, in
+# the same transaction; a key whose runs all moved away stays with runs = 0.
+spend_days = Table(
+    "spend_days",
+    metadata,
+    Column("day", BigInteger, nullable=False),
+    Column("repository", String(1024), nullable=False),
+    Column("agent", String(100), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("stage", String(32), nullable=False),
+    Column("cost_usd", Float, nullable=False, server_default="0"),
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("runs", Integer, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("day", "repository", "agent", "model", "stage"),
 )
 
 # Append-only audit trail: every transition, verdict, retry and side effect.

@@ -112,6 +112,8 @@ def _environment() -> Environment:
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        # The templates ship in the package: no stat of each file on every render.
+        auto_reload=False,
     )
     env.filters["stage_label"] = stage_label
     env.filters["usd"] = lambda value: format_usd(float(value))
