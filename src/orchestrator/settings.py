@@ -442,8 +442,10 @@ class Settings(BaseSettings):
     reaper_finalize_grace_s: float = Field(default=300.0, ge=0)
     # Reaper tier 3: a job running longer than this is killed whatever its lease says.
     reaper_max_running_s: float = Field(default=7200.0, gt=0)
-    # Running jobs at once, over all repositories and per repository.
+    # Running jobs at once on this instance, over all repositories: each `orch serve`
+    # sharing a PostgreSQL database has its own (a host's capacity).
     max_running_jobs: int = Field(default=4, ge=1)
+    # Running jobs at once per repository, counted over every instance of the database.
     max_running_jobs_per_repo: int = Field(default=2, ge=1)
     # Threads that run side-effectful crossings (merge, deploy, post-deploy health window,
     # rollback) beside the engine's loop, which keeps dispatching and enforcing timeouts;

@@ -14,6 +14,9 @@ record, one run and one ``job.started`` event per job, every task done. Seen fai
 PostgreSQL with the claim made a read and then an unconditional write (10 ms apart):
 four work items ran two or three times. SQLite passes that mutant, rightly: its
 ``BEGIN IMMEDIATE`` holds the write lock from the read on.
+
+``max_running_jobs`` is each instance's own capacity (the per-repository limit counts
+every instance's jobs).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Final
 import pytest
 from support import make_repo
 
+from orchestrator.engine.core import Engine
 from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import load_settings
 from orchestrator.store import Store
@@ -135,3 +139,44 @@ def test_engines_over_one_database_run_each_job_exactly_once(tmp_path: Path, db_
 def _no_orch_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [name for name in os.environ if name.startswith("ORCH_")]:
         monkeypatch.delenv(name)
+
+
+def test_max_running_jobs_is_each_instances_own(tmp_path: Path, db_url: str) -> None:
+    """Two engines (boot ids) over one database, ``max_running_jobs = 1``: each runs one
+    job (a host's capacity), and neither starts a second. Seen failing with the limit
+    counted over the database: the second engine started nothing."""
+    release = tmp_path / "release"
+    agent = tmp_path / "agent.sh"
+    agent.write_text(
+        f'i=0; while [ ! -f "{release}" ] && [ "$i" -lt 1200 ]; do i=$((i+1)); sleep 0.05; done\n'
+        'echo "$ORCH_WORK_ITEM" >> code.txt\n'
+    )
+    config = tmp_path / "orch.toml"
+    config.write_text(
+        f"database_url = {json.dumps(db_url)}\n"
+        f"data_dir = {json.dumps(str(tmp_path / 'data'))}\n"
+        "max_running_jobs = 1\nmax_running_jobs_per_repo = 5\n"
+        f"skip = {json.dumps(ONLY_DEVELOPMENT)}\n"
+        f"\n[agents.sh]\ncommand = {json.dumps(['sh', str(agent)])}\n"
+        '\n[stages.development]\nagent = "sh"\n'
+    )
+    settings = load_settings(config)
+    repo = make_repo(tmp_path / "repo")
+    store = Store.open(db_url)
+    first, second = Engine(store, settings), Engine(store, settings)
+    try:
+        service = TaskService(store, settings)
+        for work_item in ("C-1", "C-2", "C-3"):
+            service.create_task(repo_path=repo, title="Capacity", work_item=work_item)
+        first.tick()
+        second.tick()
+        first.tick()
+        second.tick()
+        assert (len(first.running_jobs()), len(second.running_jobs())) == (1, 1)
+        owners = Counter(job.owner_boot_id for job, _ in store.jobs_by_status(("running",)))
+        assert owners == {first.boot_id: 1, second.boot_id: 1}
+    finally:
+        release.touch()
+        first.shutdown(kill=True)
+        second.shutdown(kill=True)
+        store.close()

@@ -15,9 +15,10 @@ and the demo all call it). A tick
    the decision (stage CAS + next job + events in one transaction, or, when the move
    has side effects, :func:`enter_transition` handed to the crossing pool, so a merge,
    a deploy or a health window never holds up the tick; see :mod:`crossings`);
-2. **dispatches** queued jobs whose time has come, within the global and per-repository
-   limits: claim (CAS ``queued -> running``), render prompt and command, spawn under
-   the launcher in the task's worktree in a new process group, record pid and run;
+2. **dispatches** queued jobs whose time has come, within this instance's limit and the
+   per-repository one (over every instance): claim (CAS ``queued -> running``), render
+   prompt and command, spawn under the launcher in the task's worktree in a new process
+   group, record pid and run;
 3. every few seconds runs the **reaper** and the **reconciler** (``maintenance``).
 
 Claim-before-act means any number of actors (this monitor, a reaper, a reconciler,
@@ -333,8 +334,10 @@ class Engine:
         ready = self.store.ready_jobs(time.time())
         if not ready:
             return False
+        # Per repository over every instance; in all, this instance's own jobs only
+        # (max_running_jobs is a host's capacity, decision 0027).
         counts = self.store.active_job_counts()
-        total = sum(counts.values())
+        total = len(self._live)
         # A task being crossed (merge, deploy, health window) gets no job meanwhile.
         busy_tasks = {live.task.id for live in self._live.values()} | self.crossings.busy_tasks()
         started = False
