@@ -29,7 +29,9 @@ listens (a port already in use must not leave jobs started behind it).
   that died), the inbox and outbox delivery run on the elected leader only (the ``leader``
   loop holds an advisory lock; the others show ``standby``); every instance dispatches
   and watches its own jobs. SQLite has one instance, which leads
-  (:mod:`orchestrator.maintenance.leadership`).
+  (:mod:`orchestrator.maintenance.leadership`). On PostgreSQL every instance also runs
+  ``wakeups``: a job enqueued anywhere wakes its idle engine (LISTEN/NOTIFY,
+  :mod:`orchestrator.engine.wakeups`), which then polls only every second.
 
 uvicorn re-raises a signal it handled once it returns (so a default handler would end
 the process by that signal); :func:`run_server` holds its own handlers around the server
@@ -53,6 +55,7 @@ import uvicorn
 from orchestrator.api.server import create_app
 from orchestrator.effects.leases import Heartbeat
 from orchestrator.engine.core import Engine
+from orchestrator.engine.wakeups import JobWakeups
 from orchestrator.lifecycle.service import TaskService
 from orchestrator.maintenance.leadership import Leadership
 from orchestrator.maintenance.services import MAINTENANCE_INTERVAL_S
@@ -165,6 +168,8 @@ def run_server(
     loops = [Loop("heartbeat", heartbeat.run), *map(leadership.led_loop, led)]
     if leadership.elected:
         loops.insert(0, Loop("leader", leadership.run))
+        # PostgreSQL: a job enqueued on any instance wakes this engine (LISTEN/NOTIFY).
+        loops.append(Loop("wakeups", JobWakeups(store, engine).run))
     supervisor = Supervisor(loops)
     stop = threading.Event()
 
@@ -226,6 +231,7 @@ def run_server(
             exit_code = EXIT_FAILURE
         finally:
             stop.set()
+            engine.wake()  # an idle wait ends now
             if thread.is_alive():
                 thread.join(ENGINE_JOIN_TIMEOUT_S)
             if thread.is_alive():

@@ -74,11 +74,14 @@ from orchestrator.workspace.setup import (
 )
 from orchestrator.workspace.worktrees import ensure_worktree
 
-__all__ = ["ENGINE_TICK_S", "Engine"]
+__all__ = ["ENGINE_IDLE_POLL_S", "ENGINE_TICK_S", "Engine"]
 
 log = logging.getLogger("orchestrator.engine.core")
 
 ENGINE_TICK_S: Final = 0.05
+# With nothing to watch and enqueued jobs announced (LISTEN/NOTIFY on PostgreSQL), the
+# engine waits this long between polls: the fallback for a notification that was lost.
+ENGINE_IDLE_POLL_S: Final = 1.0
 # How often running jobs are checked against their task's stage (cancel, rollback).
 STAGE_CHECK_INTERVAL_S: Final = 0.5
 ACTOR: Final = "engine"
@@ -136,6 +139,14 @@ class Engine:
         self.inline_maintenance = True
         # Set by the leader's rescuer: the next tick takes over dead instances' jobs.
         self._rescue_due = threading.Event()
+        # Ends an idle wait early (a job was enqueued, shutdown).
+        self._wake = threading.Event()
+        # True while a listener announces enqueued jobs (engine/wakeups.py): idle, the
+        # engine then polls every idle_poll_s instead of every tick.
+        self.wakeups_pushed = False
+        self.idle_poll_s = ENGINE_IDLE_POLL_S
+        # How long the idle wait going on now lasts at most (None: not waiting).
+        self.waiting_s: float | None = None
 
     # --- loop --------------------------------------------------------------------------
     def tick(self) -> bool:
@@ -160,15 +171,30 @@ class Engine:
         until: Callable[[], bool] | None = None,
         on_tick: Callable[[], None] | None = None,
     ) -> None:
-        """Tick until ``stop`` is set or ``until()`` holds."""
+        """Tick until ``stop`` is set (call :meth:`wake` after setting it, so an idle
+        wait ends at once) or ``until()`` holds."""
         while not stop.is_set():
+            self._wake.clear()  # before the tick: a wake during it is not lost
             busy = self.tick()
             if on_tick is not None:
                 on_tick()
             if until is not None and until():
                 return
             if not busy:
-                stop.wait(ENGINE_TICK_S)
+                self.waiting_s = self._idle_wait_s()
+                self._wake.wait(self.waiting_s)
+                self.waiting_s = None
+
+    def wake(self) -> None:
+        """End the current idle wait: a job was enqueued, or the engine should stop."""
+        self._wake.set()
+
+    def _idle_wait_s(self) -> float:
+        """A tick's worth while anything runs here or nobody announces jobs; otherwise
+        the slow fallback poll (a lost notification waits at most that long)."""
+        if not self.wakeups_pushed or self._live or self.crossings.pending():
+            return ENGINE_TICK_S
+        return self.idle_poll_s
 
     def idle(self) -> bool:
         """No crossing in flight here, no job queued, deferred, running or finalizing."""
@@ -246,6 +272,7 @@ class Engine:
         meanwhile (the leader's ``rescuer`` loop, every few seconds): without it, the
         jobs of an instance that is not restarted would wait for the reaper's tier 3."""
         self._rescue_due.set()
+        self.wake()
 
     def requeue_running_jobs(self) -> None:
         """Running jobs of dead engines: adopt those still alive, finish the others.
