@@ -41,12 +41,14 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from orchestrator.errors import ForbiddenError, NotAuthenticatedError, UsageError
 from orchestrator.kernel.events import EventKind
-from orchestrator.settings import Settings
-from orchestrator.store import Store
+
+if TYPE_CHECKING:  # annotations only: `orch --help` and `orch token create` stay light
+    from orchestrator.settings import Settings
+    from orchestrator.store import Store
 
 __all__ = [
     "ADMIN_PATHS",

@@ -17,10 +17,12 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from orchestrator.kernel.origins import issue_key
 from orchestrator.store import Store
 from orchestrator.store.deliveries import DeliveryStore
+from orchestrator.store.revisions import migration_heads
 from orchestrator.store.schema import metadata
 from orchestrator.store.store import MIGRATIONS_DIR
 
@@ -127,6 +129,36 @@ def test_upgrade_from_empty_then_again_is_a_no_op(empty_db_url: str) -> None:
 
 def test_opened_store_is_at_head(store: Store) -> None:
     assert store.upgrade() == (HEAD, HEAD)
+
+
+def test_the_heads_read_without_alembic_are_alembics() -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+
+    heads = set(ScriptDirectory.from_config(config).get_heads())
+
+    assert migration_heads(MIGRATIONS_DIR / "versions") == heads == {HEAD}
+
+
+def test_open_migrates_a_database_behind_head_and_skips_alembic_at_head(
+    empty_db_url: str,
+) -> None:
+    store = Store.open(empty_db_url, migrate=False)
+    try:
+        assert not store.at_head()  # no version table yet
+        store.upgrade()
+        assert store.at_head()
+        _migrate(store, "0008", down=True)
+        assert not store.at_head()
+    finally:
+        store.close()
+
+    reopened = Store.open(empty_db_url)  # behind: Alembic runs
+    try:
+        assert reopened.at_head()
+        assert reopened.upgrade() == (HEAD, HEAD)
+    finally:
+        reopened.close()
 
 
 @pytest.mark.postgres

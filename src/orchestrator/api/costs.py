@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from orchestrator.api.cost_limits import DEFAULT_PERIOD_DAYS, DEFAULT_TOP, MAX_PERIOD_DAYS, MAX_TOP
 from orchestrator.api.format import iso_utc, with_iso_times
 from orchestrator.errors import UsageError
 from orchestrator.settings import Settings
@@ -75,11 +76,6 @@ __all__ = [
     "total_spend",
 ]
 
-DEFAULT_PERIOD_DAYS: Final = 30
-# A longer period is refused: the per-day list would be long and nobody reads it.
-MAX_PERIOD_DAYS: Final = 731
-DEFAULT_TOP: Final = 10
-MAX_TOP: Final = 100
 # The longest date or time text we try to read (an ISO 8601 time with an offset and
 # microseconds is 32 characters).
 MAX_MOMENT_CHARS: Final = 40

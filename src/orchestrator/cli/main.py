@@ -8,12 +8,18 @@ errors, 1 for failures, and no traceback unless ``--debug``.
 Both consoles have Rich markup off: titles, reasons, paths and setting values are user
 text, and ``[bug] crash`` must print as written. Styling is applied with ``style=`` or
 :class:`rich.text.Text`, never by formatting markup around user text.
+
+Start-up is kept short (docs/architecture.md, "Command-line start-up"): this module
+imports only click and what every command needs; the settings (pydantic), the store
+(SQLAlchemy), Rich and each command's own modules are imported inside the commands that
+use them, and ``orch dev`` (the model server's HTTP stack) only when one of its commands
+is asked for. ``orch --help`` loads none of them; ``tests/e2e/test_cli_startup.py``
+holds that line.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
@@ -24,48 +30,61 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from orchestrator import __version__
-from orchestrator.api.costs import DEFAULT_TOP, MAX_TOP, cost_report, parse_period
-from orchestrator.api.format import format_age, with_iso_times
-from orchestrator.api.run_logs import LogFollower, masked_log, read_log, run_ended
-from orchestrator.auth import (
-    ROLES,
-    TokenKind,
-    issue_token,
-    local_actor,
-    refuse_inside_job,
-    token_file,
-    write_token_file,
-)
-from orchestrator.cli.costs import cost_report_renderables
-from orchestrator.cli.dev import dev
-from orchestrator.cli.progress import EventPrinter, JobBoard, task_summary_rows
+from orchestrator.api.cost_limits import DEFAULT_TOP, MAX_TOP
+from orchestrator.auth import ROLES, TokenKind, local_actor, refuse_inside_job
 from orchestrator.errors import ConfigError, NotFoundError, OrchestratorError, UsageError
-from orchestrator.kernel.stages import TERMINAL_STAGES, stage_label
-from orchestrator.lifecycle.next_steps import NextSteps, next_steps
-from orchestrator.lifecycle.service import TaskService, prepare_create
-from orchestrator.outbox.notifier import Notifier
-from orchestrator.settings import (
-    Settings,
-    SettingSource,
-    describe_settings,
-    find_config_file,
-    load_settings,
-)
-from orchestrator.store import AgentRun, Store, Task, database_label, sqlite_path
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+    from orchestrator.cli.progress import JobBoard
+    from orchestrator.lifecycle.next_steps import NextSteps
+    from orchestrator.lifecycle.service import TaskService
+    from orchestrator.outbox.notifier import Notifier
+    from orchestrator.settings import Settings, SettingSource
+    from orchestrator.store import AgentRun, Store, Task
 
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-out = Console(highlight=False, soft_wrap=True, markup=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+class _LazyConsole:
+    """A Rich console made when something is first printed: importing Rich costs more
+    than ``orch --help`` itself, and ``--help``, ``--version`` and ``--json`` print
+    through click."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console  # noqa: PLC0415 - see the class docstring
+
+            self._console = Console(
+                stderr=self._stderr, highlight=False, soft_wrap=True, markup=False
+            )
+        return self._console
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.console.is_terminal
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        """:meth:`rich.console.Console.print`."""
+        self.console.print(*objects, **options)
+
+
+out = _LazyConsole()
+err = _LazyConsole(stderr=True)
 # Variables that name where the data lives without an orch.toml (see require_config).
 LOCATION_VARIABLES = ("ORCH_CONFIG", "ORCH_DATABASE_URL", "ORCH_DATA_DIR")
 # `orch run` stopped by Ctrl-C (the shell's 128 + SIGINT).
@@ -84,12 +103,16 @@ class Context:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from orchestrator.settings import load_settings  # noqa: PLC0415 - pydantic
+
             self._settings = load_settings(self.config)
         return self._settings
 
     @property
     def store(self) -> Store:
         if self._store is None:
+            from orchestrator.store import Store  # noqa: PLC0415 - SQLAlchemy
+
             self._store = Store.open(self.settings.effective_database_url)
         return self._store
 
@@ -100,6 +123,8 @@ class Context:
     @property
     def config_path(self) -> Path | None:
         """The orch.toml in use: --config, $ORCH_CONFIG or ./orch.toml; None when none."""
+        from orchestrator.settings import find_config_file  # noqa: PLC0415 - pydantic
+
         return find_config_file(self.config)
 
     def where(self) -> str:
@@ -134,10 +159,14 @@ class Context:
 
     def has_database(self) -> bool:
         """False when the SQLite file does not exist yet: reads must not create it."""
+        from orchestrator.store import sqlite_path  # noqa: PLC0415 - SQLAlchemy
+
         path = sqlite_path(self.settings.effective_database_url)
         return path is None or path.exists()
 
     def service(self) -> TaskService:
+        from orchestrator.lifecycle.service import TaskService  # noqa: PLC0415 - git, agents
+
         return TaskService(self.store, self.settings, self.notifier())
 
     def notifier(self) -> Notifier:
@@ -167,6 +196,8 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def display_database(settings: Settings) -> str:
     """The database URL for people: a SQLite file as its path, passwords hidden."""
+    from orchestrator.store import database_label  # noqa: PLC0415 - SQLAlchemy
+
     return database_label(settings.effective_database_url)
 
 
@@ -177,6 +208,8 @@ def _print_json(value: Any) -> None:
 def _task_json(
     store: Store, task: Task, *, full: bool = False, steps: NextSteps | None = None
 ) -> dict[str, Any]:
+    from orchestrator.api.format import with_iso_times  # noqa: PLC0415 - a read command's
+
     data = with_iso_times(task.to_dict())
     data["failed"] = task.failed
     if steps is not None:
@@ -191,6 +224,8 @@ def _task_json(
 
 
 def _state(task: Task, language: str) -> str:
+    from orchestrator.kernel.stages import stage_label  # noqa: PLC0415 - a read command's
+
     if task.failed:
         return f"failed at {stage_label(task.stage, language)}"
     return stage_label(task.stage, language)
@@ -240,6 +275,8 @@ def cli(ctx: click.Context, config: Path | None, debug: bool) -> None:
     testing, staging and deploy; each stage is a job in the task's own git
     worktree, judged by quality gates. Start with `orch demo`.
     """
+    import logging  # noqa: PLC0415 - not for --help and --version
+
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -305,6 +342,8 @@ agent = "claude"
 @pass_context
 def init(context: Context, force: bool) -> None:
     """Write a commented orch.toml here and create the database."""
+    from orchestrator.auth import issue_token, token_file, write_token_file  # noqa: PLC0415
+
     target = context.config or Path("orch.toml")
     if target.exists() and not force:
         raise ConfigError(f"{target} already exists; use --force to overwrite it")
@@ -339,6 +378,8 @@ def db() -> None:
 @pass_context
 def db_upgrade(context: Context) -> None:
     """Apply the database migrations (they also run at every start)."""
+    from orchestrator.store import Store  # noqa: PLC0415 - SQLAlchemy
+
     store = Store(context.settings.effective_database_url)
     try:
         before, after = store.upgrade()
@@ -360,6 +401,8 @@ def config() -> None:
 @pass_context
 def config_show(context: Context, as_json: bool) -> None:
     """Print every setting, its value, where it came from and what it means."""
+    from orchestrator.settings import describe_settings  # noqa: PLC0415 - pydantic
+
     described = describe_settings(context.settings, context.config)
     database = display_database(context.settings)
     if as_json:
@@ -384,6 +427,8 @@ def _setting_json(item: SettingSource) -> dict[str, Any]:
 
 def _setting_text(item: SettingSource, shown: str | None = None) -> Text:
     """``name = value  (source)`` and the meaning under it; never truncated (no table)."""
+    from rich.text import Text  # noqa: PLC0415 - Rich only where it prints
+
     value = shown if shown is not None else json.dumps(item.value, default=str)
     text = Text.assemble((item.name, "bold"), " = ", value, (f"  ({item.source})", "dim"))
     if item.description:
@@ -423,6 +468,8 @@ def task_create(
     as_json: bool,
 ) -> None:
     """Create a task; its first job is queued for `orch run` or `orch serve`."""
+    from orchestrator.lifecycle.service import prepare_create  # noqa: PLC0415 - git, agents
+
     refuse_inside_job(os.environ, "creating a task")
     context.require_config("task create")
     # Check everything before the database is even opened: bad input writes nothing.
@@ -452,6 +499,10 @@ def task_create(
 @pass_context
 def task_list(context: Context, stage: str | None, as_json: bool) -> None:
     """List tasks, newest first."""
+    from rich.table import Table  # noqa: PLC0415 - Rich only where it prints
+
+    from orchestrator.api.format import format_age  # noqa: PLC0415 - one command's
+
     context.warn_without_config()
     tasks = context.store.list_tasks(stage=stage) if context.has_database() else []
     if as_json:
@@ -487,6 +538,12 @@ repo_option = click.option(
 @pass_context
 def task_show(context: Context, ref: str, repo: Path | None, as_json: bool) -> None:
     """Show a task: its stage, what to do next, its runs and its events trail."""
+    from rich.table import Table  # noqa: PLC0415 - Rich only where it prints
+    from rich.text import Text  # noqa: PLC0415
+
+    from orchestrator.cli.progress import task_summary_rows  # noqa: PLC0415 - one command's
+    from orchestrator.lifecycle.next_steps import next_steps  # noqa: PLC0415
+
     found = context.task(ref, repo)
     store = context.store
     steps = next_steps(
@@ -627,6 +684,8 @@ def task_logs(
     follow: bool,
 ) -> None:
     """Print the log of the task's last run (or of all runs); secrets are masked."""
+    from orchestrator.api.format import with_iso_times  # noqa: PLC0415 - one command's
+
     if follow and (all_runs or as_json):
         raise UsageError("--follow prints one run as it is written; leave out --all and --json")
     found = context.task(ref, repo)
@@ -668,12 +727,21 @@ def _run_header(store: Store, run: AgentRun) -> str:
 
 
 def _log(run: AgentRun, secrets: frozenset[str]) -> str:
+    from orchestrator.api.run_logs import masked_log, read_log  # noqa: PLC0415 - one command's
+
     return masked_log(read_log(Path(run.log_path)).text, secrets)
 
 
 def _follow_log(store: Store, run: AgentRun, secrets: frozenset[str]) -> None:
     """Print the run's log, then what is written to it until the run ends; Ctrl-C
     leaves quietly (exit 0): the run goes on, only the watching stops."""
+    from orchestrator.api.run_logs import (  # noqa: PLC0415 - one command's
+        LogFollower,
+        masked_log,
+        read_log,
+        run_ended,
+    )
+
     first = read_log(Path(run.log_path), whole_lines=True)
     follower = LogFollower(Path(run.log_path), first.end)
     try:
@@ -715,6 +783,8 @@ def token() -> None:
 @pass_context
 def token_create(context: Context, name: str, role: str, as_json: bool) -> None:
     """Create a token; its secret is shown once, only its hash is kept."""
+    from orchestrator.auth import issue_token  # noqa: PLC0415 - hashing, secrets
+
     refuse_inside_job(os.environ, "creating an API token")
     secret = issue_token(context.store, name, role, actor=local_actor())
     if as_json:
@@ -730,6 +800,10 @@ def token_create(context: Context, name: str, role: str, as_json: bool) -> None:
 @pass_context
 def token_list(context: Context, as_json: bool) -> None:
     """List tokens: name, role, who created them and when (never the secrets)."""
+    from rich.table import Table  # noqa: PLC0415 - Rich only where it prints
+
+    from orchestrator.api.format import with_iso_times  # noqa: PLC0415 - one command's
+
     tokens = context.store.api_tokens() if context.has_database() else []
     if as_json:
         _print_json([with_iso_times(t.to_dict()) for t in tokens])
@@ -794,6 +868,9 @@ def costs_command(
     with a job running against its task_budget_usd, and every running job against
     its run budget.
     """
+    from orchestrator.api.costs import cost_report, parse_period  # noqa: PLC0415 - one command's
+    from orchestrator.cli.costs import cost_report_renderables  # noqa: PLC0415
+
     period = parse_period(since, until, time.time())
     context.warn_without_config()
     if not context.has_database():
@@ -900,13 +977,18 @@ def run(context: Context, as_json: bool) -> None:
     `orch run` returns then: exit code 1 when a task failed during this run.
     Use `orch serve` to keep the pipeline running.
     """
+    from orchestrator.cli.progress import EventPrinter, JobBoard  # noqa: PLC0415 - one command's
+
     context.require_config("run")
     if not as_json:
         out.print(context.where(), style="dim")
-    printer = EventPrinter(context.store, out, context.settings.language, quiet=as_json)
+    printer = EventPrinter(context.store, out.console, context.settings.language, quiet=as_json)
     printer.skip_existing()
     board = JobBoard(
-        context.store, out, context.settings.log_mask_values, live=out.is_terminal and not as_json
+        context.store,
+        out.console,
+        context.settings.log_mask_values,
+        live=out.is_terminal and not as_json,
     )
     failed_before = {t.id for t in context.store.list_tasks() if t.failed}
     # Set by the first Ctrl-C, before any second one can raise: the engine's shutdown
@@ -943,10 +1025,14 @@ def _live_board(board: JobBoard) -> AbstractContextManager[object]:
         return nullcontext()
     from rich.live import Live  # noqa: PLC0415 - only on a terminal
 
-    return Live(get_renderable=board.render, console=out, refresh_per_second=4, transient=True)
+    return Live(
+        get_renderable=board.render, console=out.console, refresh_per_second=4, transient=True
+    )
 
 
 def _print_run_summary(tasks: list[Task], failed_now: list[Task]) -> None:
+    from orchestrator.kernel.stages import TERMINAL_STAGES  # noqa: PLC0415 - one command's
+
     waiting = [t for t in tasks if t.stage not in TERMINAL_STAGES and not t.failed]
     failed = [t for t in tasks if t.failed]
     done = [t for t in tasks if t.stage == "done"]
@@ -989,6 +1075,8 @@ def serve(context: Context, host: str | None, port: int | None) -> None:
     single = hold_single_instance(context.settings.effective_database_url)
 
     if not context.debug:
+        import logging  # noqa: PLC0415 - configured by the group, see cli()
+
         logging.getLogger("orchestrator").setLevel(logging.INFO)
     from orchestrator.engine.core import Engine  # noqa: PLC0415
     from orchestrator.integrations import build_delivery  # noqa: PLC0415
@@ -1093,10 +1181,34 @@ def demo(context: Context, keep: Path | None) -> None:
     """Run DEMO-1 ("add a slugify() helper") through the whole pipeline, offline."""
     from orchestrator.cli.demo import run_demo  # noqa: PLC0415
 
-    sys.exit(run_demo(keep, out))
+    sys.exit(run_demo(keep, out.console))
 
 
-cli.add_command(dev)
+class _ElsewhereGroup(click.Group):
+    """A group whose subcommands are defined in another module, imported when one of them
+    is asked for (``orch dev model-server``, ``orch dev --help``): the group's own name
+    and help, all ``orch --help`` shows, cost nothing."""
+
+    def __init__(self, *args: Any, commands: Callable[[], click.Group], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._load = commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return self._load().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._load().get_command(ctx, cmd_name)
+
+
+def _dev_commands() -> click.Group:
+    from orchestrator.cli.dev import dev  # noqa: PLC0415 - the model server's HTTP stack
+
+    return dev
+
+
+@cli.group(cls=_ElsewhereGroup, commands=_dev_commands)
+def dev() -> None:
+    """Developer tools: a scripted model server and a fake Telegram for dry runs."""
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ from rich.text import Text
 
 from orchestrator.api.format import format_age
 from orchestrator.api.run_logs import UnreadableLogError, masked_log, read_log
+from orchestrator.kernel.events import EventKind
 from orchestrator.kernel.stages import STAGE_ORDER, stage_label
-from orchestrator.lifecycle.transitions import EventKind
 from orchestrator.store import Event, Job, Store, Task
 
 __all__ = [

@@ -42,6 +42,7 @@ __all__ = [
     "TestsVerdict",
     "Verdict",
     "_parse_tests_verdict",
+    "artifact_dir",
     "check_adr_present",
     "check_brd_present",
     "check_code_committed",
@@ -68,6 +69,11 @@ STAGE_REPORT_FILES: Final[Mapping[str, str]] = {
 }
 # A BRD shorter than this is a placeholder, not requirements.
 MIN_BRD_CHARS: Final = 40
+
+
+def artifact_dir(work_item: str) -> str:
+    """Where a work item's documents live, relative to the worktree."""
+    return f"{ARTIFACT_ROOT}/{work_item}"
 
 
 class Outcome(enum.StrEnum):

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from orchestrator.kernel.events import EventKind
-from orchestrator.kernel.gates import HUMAN_GATE_ARTIFACTS
+from orchestrator.kernel.gates import HUMAN_GATE_ARTIFACTS, artifact_dir
 from orchestrator.kernel.stages import DONE, JOB_STAGES, REJECT_TARGET
-from orchestrator.lifecycle.transitions import artifact_dir
 from orchestrator.store import Event, Task
 
 __all__ = ["MERGE_EFFECT", "NextSteps", "merge_commit", "next_steps"]

@@ -23,7 +23,7 @@ from orchestrator.effects.journal import EffectFailedError, EffectInFlightError,
 from orchestrator.effects.leases import Lease, LeaseLostError, LeaseManager, Owner
 from orchestrator.effects.merge_deploy import deploy_effect, effects_for
 from orchestrator.kernel.events import EventKind
-from orchestrator.kernel.gates import ARTIFACT_ROOT
+from orchestrator.kernel.gates import artifact_dir
 from orchestrator.kernel.stages import ROLLBACK_TARGET
 from orchestrator.lifecycle import moves as lifecycle
 from orchestrator.lifecycle.feedback import post_deploy_feedback
@@ -58,11 +58,6 @@ __all__ = [
     "lease_enabled",
     "plan_job",
 ]
-
-
-def artifact_dir(work_item: str) -> str:
-    """Where a work item's documents live, relative to the worktree."""
-    return f"{ARTIFACT_ROOT}/{work_item}"
 
 
 @dataclass

@@ -32,6 +32,7 @@ from orchestrator.errors import (
 from orchestrator.kernel.failures import FailureKind
 from orchestrator.kernel.origins import origin_key
 from orchestrator.store.records import AgentRun, ApiToken, Event, Job, Task, TaskCard
+from orchestrator.store.revisions import VERSION_TABLE, migration_heads
 from orchestrator.store.schema import (
     agent_runs,
     api_tokens,
@@ -549,9 +550,23 @@ class Store:
     def open(cls, url: str, *, migrate: bool = True, sqlite_synchronous: str = "FULL") -> Store:
         """Connect and bring the schema up to date (migrations run at start)."""
         store = cls(url, sqlite_synchronous=sqlite_synchronous)
-        if migrate:
+        if migrate and not store.at_head():
             store.upgrade()
         return store
+
+    def at_head(self) -> bool:
+        """True when the database is at the newest migration (read without Alembic:
+        :mod:`orchestrator.store.revisions`); False when unsure or behind."""
+        heads = migration_heads(MIGRATIONS_DIR / "versions")
+        if heads is None:
+            return False
+        query = sa.text(f"SELECT version_num FROM {VERSION_TABLE}")  # noqa: S608 - a constant
+        try:
+            with self.engine.connect() as conn:
+                current = {str(row[0]) for row in conn.execute(query)}
+        except sa.exc.DBAPIError:
+            return False  # no version table yet (a new database), or none reachable
+        return current == heads
 
     def ping(self) -> None:
         """A cheap round trip; :class:`DatabaseUnavailableError` when it fails."""
