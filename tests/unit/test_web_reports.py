@@ -89,3 +89,28 @@ def test_a_loop_on_standby_is_healthy() -> None:
     """Another instance leads the maintenance (decision 0027): nothing to look at."""
     loops = [{"name": "reaper", "state": "standby", "restarts": 0, "last_error": None}]
     assert health_view(status(loops=loops), NOW)["problems"] == []
+
+
+@pytest.mark.parametrize(
+    ("leader", "said"),
+    [
+        (None, "no maintenance in this process"),
+        (
+            {"is_leader": True, "elected_at": None, "election": "single-instance", "changes": 1},
+            "this instance (the only one: SQLite)",
+        ),
+        (
+            {"is_leader": True, "elected_at": "2026-12-02T15:00:00.000Z"}
+            | {"election": "advisory-lock", "changes": 1},
+            "this instance (advisory lock held since 2026-12-02T15:00:00.000Z)",
+        ),
+        (
+            {"is_leader": False, "elected_at": None, "election": "advisory-lock", "changes": 0},
+            "another instance; this one's maintenance loops are on standby",
+        ),
+    ],
+)
+def test_the_health_page_says_who_leads_the_maintenance(
+    leader: dict[str, object] | None, said: str
+) -> None:
+    assert health_view(status(leader=leader), NOW)["leader"] == said

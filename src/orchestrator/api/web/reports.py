@@ -209,6 +209,17 @@ def _seconds_since(iso: str | None, now: float) -> float | None:
     return now - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+def _leader(leader: Mapping[str, Any] | None) -> str:
+    """Whether this instance runs the maintenance that must run once (decision 0027)."""
+    if leader is None:
+        return "no maintenance in this process"
+    if leader["election"] == "single-instance":
+        return "this instance (the only one: SQLite)"
+    if leader["is_leader"]:
+        return f"this instance (advisory lock held since {leader['elected_at']})"
+    return "another instance; this one's maintenance loops are on standby"
+
+
 def health_view(status: Mapping[str, Any], now: float) -> dict[str, Any]:
     """The Health page's values from a ``GET /status`` answer."""
     inbox = status["inbox"]
@@ -247,6 +258,7 @@ def health_view(status: Mapping[str, Any], now: float) -> dict[str, Any]:
         problems.append(f"{len(dead)} instance(s) not stopped but not alive")
     return {
         "status": status,
+        "leader": _leader(status.get("leader")),
         "uptime": format_age(float(status["uptime_s"])),
         "engine_tick": _age(_seconds_since(status["engine_last_tick_at"], now)),
         "loops": loops,
