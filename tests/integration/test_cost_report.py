@@ -367,3 +367,81 @@ def test_every_grouping_sums_to_the_total(store: Store, drawn: list[tuple]) -> N
     by_repository = {row.key[0]: row.runs for row in group_spend(cube, "repository")}
     for repository in {run[0] for run in inside}:
         assert by_repository[repository] == sum(1 for run in inside if run[0] == repository)
+
+
+tasks_drawn = st.lists(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=-2 * DAY, max_value=5 * DAY),  # around the period
+            st.sampled_from([0, 1, 2, 3, 8]),  # cost in eighths of a dollar: exact sums, ties
+        ),
+        max_size=3,
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    tasks_drawn,
+    st.floats(min_value=-DAY, max_value=3 * DAY),
+    st.floats(min_value=1, max_value=4 * DAY),
+    st.integers(min_value=1, max_value=4),
+    st.integers(min_value=1, max_value=3),
+    st.integers(min_value=1, max_value=3),
+)
+def test_top_tasks_by_all_time_spend_are_the_grouped_top(
+    store: Store,
+    drawn: list[list[tuple[float, int]]],
+    start: float,
+    length: float,
+    limit: int,
+    candidates: int,
+    pages: int,
+) -> None:
+    """Visiting tasks by their spend over all time (``task_spend``, kept by triggers)
+    finds the same top as grouping every run of the period, whatever the period, the
+    ties, the page size and the number of pages before the grouped fallback; also after
+    a run is moved out of the period and another deleted."""
+    with store.transaction() as tx:  # a fresh set of runs for each example
+        for table in (agent_runs, jobs, events, tasks):
+            tx.conn.execute(table.delete())
+    for runs in drawn:
+        task = add_task(store)
+        for offset, eighths in runs:
+            add_run(store, task, at=DEC_1 + offset, cost=eighths / 8)
+    costs = CostStore(store, top_candidates=candidates, top_candidate_pages=pages)
+    since, until = DEC_1 + start, DEC_1 + start + length
+
+    def check() -> None:
+        found = costs.top_tasks(since, until, limit)
+        assert found == costs.top_tasks_grouped(since, until, limit)
+
+    check()
+    with store.transaction() as tx:
+        run_ids = sorted(row.id for row in tx.conn.execute(sa.select(agent_runs.c.id)))
+        if run_ids:
+            tx.conn.execute(
+                agent_runs.update()
+                .where(agent_runs.c.id == run_ids[0])
+                .values(started_at=DEC_1 - 10 * DAY)
+            )
+            tx.conn.execute(agent_runs.delete().where(agent_runs.c.id == run_ids[-1]))
+    check()
+
+
+def test_top_tasks_visit_past_a_tie_at_the_cut(store: Store) -> None:
+    """Tasks of equal spend are visited newest first, so a tie at the cut is not the end:
+    the older task still takes the place (seen failing with the stop rule on ``>=``)."""
+    tied = [add_task(store) for _ in range(3)]
+    for task in tied:
+        add_run(store, task, at=DEC_1, cost=1.0)
+
+    top = CostStore(store, top_candidates=1).top_tasks(DEC_1, DEC_1 + DAY, limit=1)
+
+    assert [row.task_id for row in top] == [tied[0]]

@@ -26,7 +26,7 @@ from orchestrator.store.revisions import migration_heads
 from orchestrator.store.schema import metadata
 from orchestrator.store.store import MIGRATIONS_DIR
 
-HEAD = "0011"  # bump with every new migration
+HEAD = "0012"  # bump with every new migration
 
 
 def _unquote(default: str) -> str:
@@ -86,6 +86,7 @@ def test_migrated_database_matches_schema(empty_db_url: str) -> None:
         "api_tokens",
         "inbox",
         "spend_days",
+        "task_spend",
     }
 
 
@@ -462,5 +463,37 @@ def test_0011_backfills_the_rollup_and_its_triggers_go_down_and_up(empty_db_url:
             assert "spend_days" not in sa.inspect(conn).get_table_names()
         _migrate(store, "head")
         assert _spend_days(store) == [(0, "/repos/r", "claude", "", "development", 1.0, 14, 0, 4)]
+    finally:
+        store.close()
+
+
+def test_0012_backfills_task_spend_and_its_triggers_go_down_and_up(empty_db_url: str) -> None:
+    """Each task's spend over all time: backfilled from the runs written before 0012,
+    moved by a run written after it, dropped with its triggers by down, rebuilt by up."""
+    store = Store.open(empty_db_url, migrate=False)
+    try:
+        _migrate(store, "0011")
+        with store.engine.connect() as conn, conn.begin():
+            rows = _Rows(conn)
+            task = rows.task("T-1")
+            rows.job(task, "done", exit_code=0)
+            conn.execute(sa.text("UPDATE agent_runs SET cost_usd = 0.5"))
+
+        def spend() -> list[tuple[Any, ...]]:
+            with store.engine.connect() as conn:
+                query = sa.text("SELECT task_id, cost_usd, runs FROM task_spend")
+                return [tuple(row) for row in conn.execute(query)]
+
+        _migrate(store, "0012")
+        assert spend() == [(task, 0.5, 1)]
+        with store.engine.connect() as conn, conn.begin():
+            _Rows(conn).job(task, "done", exit_code=0)
+        assert spend() == [(task, 0.5, 2)]
+        _migrate(store, "0011", down=True)
+        with store.engine.connect() as conn, conn.begin():
+            _Rows(conn).job(task, "done", exit_code=0)
+            assert "task_spend" not in sa.inspect(conn).get_table_names()
+        _migrate(store, "head")
+        assert spend() == [(task, 0.5, 3)]
     finally:
         store.close()

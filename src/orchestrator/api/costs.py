@@ -20,9 +20,10 @@ the job). A run's cost is recorded when it ends, so a job shows what its finishe
 recorded; the engine itself watches a run's live spend and stops it past its budget.
 
 Parsing and grouping are pure; :func:`cost_report` reads through
-:class:`~orchestrator.store.costs.CostStore` (five queries: the period's spend in its
-finest grouping, whole days from a rollup and partial ones from the runs, the top
-tasks, the running tasks' and jobs' budgets) and the settings' budgets.
+:class:`~orchestrator.store.costs.CostStore` (the period's spend in its finest
+grouping, whole days from a rollup and partial ones from the runs; the top tasks,
+visited by their spend over all time; the running tasks' and jobs' budgets) and the
+settings' budgets.
 """
 
 from __future__ import annotations

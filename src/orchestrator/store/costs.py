@@ -7,9 +7,9 @@ cost is recorded once, when it ends, against the run). The period's spend is gro
 those rows. Its whole days are read from the ``spend_days`` rollup that triggers on
 ``agent_runs`` keep (migration 0011, decision 0025), so a 30-day report reads about 30
 rows per key, not every run; only the runs of a partial first or last day are summed
-from ``agent_runs`` (its ``started_at`` index). The top tasks sum the period's runs per
-task from a covering index and meet ``tasks`` for the top few only. With the budgets
-the report is five queries.
+from ``agent_runs`` (its ``started_at`` index). The top tasks visit tasks by their
+spend over all time (``task_spend``, migration 0012), costliest first, and stop once no
+task left can enter the top (:meth:`CostStore.top_tasks`).
 
 Days are UTC days, bucketed in SQL as ``floor(started_at / 86400)``. The two databases
 need different spellings: PostgreSQL's ``CAST(double AS integer)`` *rounds* (a run
@@ -33,12 +33,18 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from orchestrator.kernel.events import EventKind
-from orchestrator.store.schema import agent_runs, events, jobs, spend_days, tasks
+from orchestrator.store.schema import agent_runs, events, jobs, spend_days, task_spend, tasks
 from orchestrator.store.store import ACTIVE_JOB_STATUSES, Store
 
 __all__ = ["DAY_S", "BudgetRow", "CostStore", "JobBudgetRow", "SpendRow", "TopTaskRow"]
 
 DAY_S: Final = 86_400
+# The top tasks visit tasks by their spend over all time, this many at a time, and group
+# the period's runs per task instead after this many pages (decision 0025).
+TOP_CANDIDATES: Final = 100
+TOP_CANDIDATE_PAGES: Final = 5
+# What the trigger-kept sums may lose to rounding against a fresh sum of the runs.
+BOUND_SLACK_USD: Final = 1e-9
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,17 @@ def _sums() -> list[Any]:
     ]
 
 
+def _top_row(row: sa.Row[Any]) -> TopTaskRow:
+    return TopTaskRow(
+        task_id=int(row.id),
+        work_item=row.work_item,
+        title=row.title,
+        repository=row.repository,
+        stage=row.stage,
+        spend=_spend((int(row.id),), row),
+    )
+
+
 def _spend(key: tuple[Any, ...], row: sa.Row[Any]) -> SpendRow:
     # PostgreSQL sums BIGINT as NUMERIC (a Decimal) and FLOAT as double: normalise both.
     return SpendRow(
@@ -118,8 +135,16 @@ def _spend(key: tuple[Any, ...], row: sa.Row[Any]) -> SpendRow:
 class CostStore:
     """The cost report's grouped reads over one :class:`~orchestrator.store.Store`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        top_candidates: int = TOP_CANDIDATES,
+        top_candidate_pages: int = TOP_CANDIDATE_PAGES,
+    ) -> None:
         self.store = store
+        self.top_candidates = top_candidates
+        self.top_candidate_pages = top_candidate_pages
 
     def _all(self, query: sa.Select[Any]) -> list[sa.Row[Any]]:
         with self.store.engine.connect() as conn:
@@ -195,8 +220,61 @@ class CostStore:
     def top_tasks(self, since: float, until: float, limit: int) -> list[TopTaskRow]:
         """The ``limit`` tasks whose runs in the period cost most (ties: older task first).
 
-        The runs are summed per task from ``ix_agent_runs_task_spend`` alone (it holds
-        every column the sums read) and only the top ``limit`` sums meet ``tasks``."""
+        Tasks are visited by their spend over all time (``task_spend``), costliest first,
+        ``top_candidates`` at a time, and their runs in the period summed from the
+        covering ``ix_agent_runs_task_spend``. A task's spend in the period is at most its
+        spend over all time, so once the ``limit``-th best found is above what the next
+        task spent in all, no later task can enter the top. When the top is not known
+        after ``top_candidate_pages`` pages (a short period over a long history), the
+        period's runs are grouped per task instead (:meth:`top_tasks_grouped`)."""
+        best: list[sa.Row[Any]] = []
+        after: tuple[float, int] | None = None
+        for _ in range(self.top_candidate_pages):
+            candidates = sa.select(task_spend.c.cost_usd, task_spend.c.task_id).where(
+                task_spend.c.runs > 0
+            )
+            if after is not None:
+                candidates = candidates.where(
+                    sa.tuple_(task_spend.c.cost_usd, task_spend.c.task_id) < sa.tuple_(*after)
+                )
+            page = self._all(
+                candidates.order_by(
+                    task_spend.c.cost_usd.desc(), task_spend.c.task_id.desc()
+                ).limit(self.top_candidates)
+            )
+            if page:
+                ids = [int(row.task_id) for row in page]
+                best = sorted(
+                    [*best, *self._all(self._task_sums(since, until).where(tasks.c.id.in_(ids)))],
+                    key=lambda row: (-float(row.cost_usd or 0.0), int(row.id)),
+                )[:limit]
+            if len(page) < self.top_candidates:
+                return [_top_row(row) for row in best]  # every task was visited
+            after = (float(page[-1].cost_usd), int(page[-1].task_id))
+            if len(best) == limit and float(best[-1].cost_usd) > after[0] + BOUND_SLACK_USD:
+                return [_top_row(row) for row in best]
+        return self.top_tasks_grouped(since, until, limit)
+
+    def _task_sums(self, since: float, until: float) -> sa.Select[Any]:
+        """Each task with runs in the period, with what they spent."""
+        return (
+            self._in_period(
+                sa.select(
+                    tasks.c.id,
+                    tasks.c.work_item,
+                    tasks.c.title,
+                    tasks.c.repository,
+                    tasks.c.stage,
+                    *_sums(),
+                ).join(agent_runs, agent_runs.c.task_id == tasks.c.id),
+                since,
+                until,
+            )
+        ).group_by(tasks.c.id, tasks.c.work_item, tasks.c.title, tasks.c.repository, tasks.c.stage)
+
+    def top_tasks_grouped(self, since: float, until: float, limit: int) -> list[TopTaskRow]:
+        """:meth:`top_tasks` by grouping every run of the period per task: the top cut
+        in the grouped query over the covering index, only its rows meet ``tasks``."""
         sums = _sums()
         per_task = (
             self._in_period(sa.select(agent_runs.c.task_id, *sums), since, until)
@@ -221,17 +299,7 @@ class CostStore:
             .order_by(per_task.c.cost_usd.desc(), tasks.c.id)
             .limit(limit)
         )
-        return [
-            TopTaskRow(
-                task_id=int(row.id),
-                work_item=row.work_item,
-                title=row.title,
-                repository=row.repository,
-                stage=row.stage,
-                spend=_spend((int(row.id),), row),
-            )
-            for row in self._all(query)
-        ]
+        return [_top_row(row) for row in self._all(query)]
 
     # --- budgets -------------------------------------------------------------------------
     def _running_task_ids(self) -> sa.Select[Any]:

@@ -35,6 +35,7 @@ __all__ = [
     "outbox",
     "spend_days",
     "task_cards",
+    "task_spend",
     "tasks",
     "transition_lease",
     "webhook_deliveries",
@@ -176,6 +177,21 @@ spend_days = Table(
     Column("output_tokens", BigInteger, nullable=False, server_default="0"),
     Column("runs", Integer, nullable=False, server_default="0"),
     PrimaryKeyConstraint("day", "repository", "agent", "model", "stage"),
+)
+
+# Each task's spend over all time, kept by triggers on agent_runs like spend_days
+# (migration 0012): an upper bound of its spend in any period, by which the cost
+# report's top tasks visit the costliest tasks first (decision 0025). No foreign key: a
+# run deleted with its task must not fail to take itself out.
+task_spend = Table(
+    "task_spend",
+    metadata,
+    Column("task_id", Integer, primary_key=True, autoincrement=False),
+    Column("cost_usd", Float, nullable=False, server_default="0"),
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("runs", Integer, nullable=False, server_default="0"),
+    Index(None, "cost_usd", "task_id"),
 )
 
 # Append-only audit trail: every transition, verdict, retry and side effect.
