@@ -443,6 +443,8 @@ def test_metrics_parse_and_move_when_a_task_runs(world: World) -> None:
     verdicts = [v for (name, _), v in after.items() if name == "orch_gate_verdicts_total"]
     assert sum(verdicts) >= 1
     assert after[("orch_transition_leases_held", ())] == 0
+    # The server's store counts what it sends: at least the first scrape's own queries.
+    assert after[("orch_db_statements_total", ())] > before[("orch_db_statements_total", ())]
 
 
 def test_metrics_need_a_token_unless_reads_are_public(tmp_path: Path, world: World) -> None:

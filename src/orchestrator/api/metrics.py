@@ -87,6 +87,7 @@ METRIC_NAMES: Final = (
     "orch_transition_leases_held",
     "orch_inbox_intents",
     "orch_webhook_deliveries_total",
+    "orch_db_statements_total",
 )
 
 # The histograms among them (each also exposes _bucket, _sum and _count series).
@@ -258,7 +259,15 @@ class StoreCollector(Collector):
         self.metrics = MetricsStore(store)
 
     def collect(self) -> Iterator[Metric]:
+        # Read before the snapshot's own queries: a scrape's statements count in the next.
+        statements = self.metrics.store.statements
         yield from families(self.metrics.snapshot())
+        counter = CounterMetricFamily(
+            "orch_db_statements",
+            "SQL statements this orch process sent to the database since it started",
+        )
+        counter.add_metric([], float(statements))
+        yield counter
 
 
 def render_metrics(store: Store) -> bytes:

@@ -13,6 +13,7 @@ keeps it that way.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -545,6 +546,20 @@ class Store:
             )
         self.url = url
         self.engine = _create_engine(url, sqlite_synchronous)
+        self._statements = 0
+        self._statements_lock = threading.Lock()
+        sa.event.listen(self.engine, "before_cursor_execute", self._count_statement)
+
+    def _count_statement(self, *_args: Any) -> None:
+        with self._statements_lock:
+            self._statements += 1
+
+    @property
+    def statements(self) -> int:
+        """SQL statements this process has sent through this store since it opened (what
+        ``orch_db_statements_total`` shows: how much the database is asked, idle or not)."""
+        with self._statements_lock:
+            return self._statements
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True, sqlite_synchronous: str = "FULL") -> Store:
