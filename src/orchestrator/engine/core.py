@@ -68,6 +68,7 @@ from orchestrator.procs.proc import pid_alive, start_ticks
 from orchestrator.runners.environment import runner_environment
 from orchestrator.settings import Settings
 from orchestrator.store import Job, Store, Task
+from orchestrator.store.leases import LeaseStore
 from orchestrator.workspace.git import git
 from orchestrator.workspace.setup import (
     prepare_workspace,
@@ -156,7 +157,7 @@ class Engine:
             self.recover_on_startup()
         elif self._rescue_due.is_set():
             self._rescue_due.clear()
-            self.requeue_running_jobs()
+            self.requeue_running_jobs(this_host_only=True)
         self.crossings.supervise()
         crossed = bool(self.crossings.forget_ended())
         finished = self._collect()
@@ -274,19 +275,25 @@ class Engine:
         self._rescue_due.set()
         self.wake()
 
-    def requeue_running_jobs(self) -> None:
+    def requeue_running_jobs(self, *, this_host_only: bool = False) -> None:
         """Running jobs of dead engines: adopt those still alive, finish the others.
 
         A job is adopted when its pid is alive and started when recorded (not a reused
         pid); the new engine watches it through the launcher's exit and tail files. A
         job that is gone is finalized from its recorded exit, or failed and retried when
         it left none. Finalizing jobs of dead engines are finalized now.
+
+        ``this_host_only`` (the rescuer's sweeps) leaves the jobs of instances that ran
+        on another host: their pids and files mean nothing here, and their agent may
+        still run there (decision 0027).
         """
         for job, task in self.store.jobs_by_status(("running", "finalizing")):
             if job.id in self._live or job.owner_boot_id == self.boot_id:
                 continue
             if self.runtime.leases.instance_alive(job.owner_boot_id):
                 continue  # another live engine watches it
+            if this_host_only and not self._owned_on_this_host(job):
+                continue
             run = self.store.job_run(job.id)
             if job.status == "finalizing":
                 self.finalizer.finalize_orphan(job, run.exit_code if run else None, "")
@@ -333,6 +340,13 @@ class Engine:
             self._finish(
                 live, None if exit_code == -1 else exit_code, claim_from="running", output=output
             )
+
+    def _owned_on_this_host(self, job: Job) -> bool:
+        """Whether the instance that claimed ``job`` ran on this host (unknown: no)."""
+        if job.owner_boot_id is None:
+            return False
+        owner = LeaseStore(self.store).instance(job.owner_boot_id)
+        return owner is not None and owner["host"] == self.runtime.owner.host
 
     def _budget_of(self, job: Job, task: Task, log_path: Path) -> RunBudgetWatch | None:
         """The run-budget watch of an adopted job, with the budget it started under."""
