@@ -308,12 +308,17 @@ def test_the_maintenance_fails_over_when_the_leader_is_killed(cluster: Cluster) 
     assert {name: states[name] for name in LED_LOOPS} == dict.fromkeys(LED_LOOPS, "standby")
     assert (states["leader"], states["heartbeat"]) == ("running", "running")
     assert {loop_states(first)[name] for name in LED_LOOPS} == {"running"}
+    # Either instance says which one leads.
+    for asked in (first, second):
+        said = {row["pid"]: row["leader"] for row in asked.status()["instances"]}
+        assert said == {first.process.pid: True, second.process.pid: False}
 
     first.kill()
     wait_for(lambda: leads(second), "the second instance taking over")
     states = loop_states(second)
     assert {name: states[name] for name in LED_LOOPS} == dict.fromkeys(LED_LOOPS, "running")
     assert second.status()["leader"]["elected_at"].endswith("Z")
+    assert second.status()["leader"]["leader_boot_id"] == second.status()["boot_id"]
 
     store = cluster.store()
     try:

@@ -26,9 +26,11 @@ def store(pg_database: str) -> Iterator[Store]:
 
 
 def test_one_holder_at_a_time_and_a_cut_connection_frees_it(store: Store) -> None:
-    first, second = AdvisoryLock(store), AdvisoryLock(store)
+    first, second = AdvisoryLock(store, name="first"), AdvisoryLock(store, name="second")
     try:
+        assert first.holder() is None
         assert first.try_acquire()
+        assert (first.holder(), second.holder()) == ("first", "first")
         assert first.try_acquire()  # re-entrant for its holder
         assert not second.try_acquire()
         assert first.still_held()
@@ -47,6 +49,7 @@ def test_one_holder_at_a_time_and_a_cut_connection_frees_it(store: Store) -> Non
         assert not first.still_held()  # the holder notices
         assert second.try_acquire()
         assert not first.try_acquire()
+        assert first.holder() == "second"
     finally:
         first.close()
         second.close()

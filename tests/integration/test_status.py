@@ -133,6 +133,7 @@ def test_orch_serve_reports_its_loops_running(tmp_path: Path) -> None:
     # SQLite: the one instance leads, with no election (decision 0027).
     assert status["leader"]["is_leader"] is True
     assert status["leader"]["election"] == "single-instance"
+    assert status["instances"][0]["leader"] is True
     assert status["engine_last_tick_at"] is not None
     assert [row["boot_id"] for row in status["instances"]] == [status["boot_id"]]
     assert status["instances"][0]["alive"] is True

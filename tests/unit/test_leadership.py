@@ -45,6 +45,9 @@ class FakeElector:
         self.held = False
         self.released += 1
 
+    def holder(self) -> str | None:
+        return "someone-else" if not self.held else None
+
 
 class Body:
     """A led body that records each start and ends when its stop event is set."""
@@ -66,7 +69,7 @@ class Body:
 @pytest.fixture
 def world() -> tuple[FakeElector, Leadership, Body, Supervisor]:
     elector = FakeElector()
-    leadership = Leadership(elector)
+    leadership = Leadership(elector, boot_id="me")
     body = Body()
     supervisor = Supervisor([leadership.led_loop(Loop("reaper", body))])
     return elector, leadership, body, supervisor
@@ -88,6 +91,7 @@ def test_a_follower_runs_no_led_body_and_shows_standby(
         assert body.starts == 0
         assert states(supervisor) == {"reaper": "standby"}
         assert leadership.status()["is_leader"] is False
+        assert leadership.status()["leader_boot_id"] == "someone-else"
     finally:
         supervisor.stop(WAIT_S)
 
@@ -104,6 +108,7 @@ def test_the_body_starts_with_the_lead_and_stops_when_it_is_lost(
         assert body.started.wait(WAIT_S)
         assert states(supervisor) == {"reaper": "running"}
         assert leadership.status()["elected_at"] is not None
+        assert leadership.status()["leader_boot_id"] == "me"
 
         elector.connected = False  # the leader's connection dropped
         leadership.check()
@@ -148,7 +153,7 @@ def test_the_leader_loop_gives_the_lead_up_when_it_ends(
 
 
 def test_the_only_instance_always_leads() -> None:
-    leadership = Leadership(None)
+    leadership = Leadership(None, boot_id="me")
     body = Body()
     supervisor = Supervisor([leadership.led_loop(Loop("reaper", body))])
     supervisor.start()
@@ -159,6 +164,7 @@ def test_the_only_instance_always_leads() -> None:
             "elected_at": leadership.since,
             "election": "single-instance",
             "changes": 1,
+            "leader_boot_id": "me",
         }
         leadership.check()  # nothing to elect
         assert leadership.is_leader

@@ -155,7 +155,7 @@ def run_server(
     service = TaskService(store, settings, notifier)
     inbox = InboxApplier(service, engine.runtime)
     heartbeat = Heartbeat(store, engine.runtime.owner)
-    leadership = leadership or Leadership.for_store(store)
+    leadership = leadership or Leadership.for_store(store, engine.boot_id)
     # What must run once per database runs on the leader only (decision 0027).
     led = [
         *engine.services.loops(),

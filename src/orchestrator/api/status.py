@@ -59,6 +59,7 @@ def status_report(
     counts.update(store.counts_by_stage())
     held = leases.held()
     instances = LeaseStore(store).open_instances(MAX_INSTANCES_SHOWN)
+    leader_boot_id = leader.get("leader_boot_id") if leader is not None else None
     return {
         "version": __version__,
         "started_at": iso_utc(started_at),
@@ -94,6 +95,8 @@ def status_report(
                     "heartbeat_at": row["heartbeat_at"],
                     "heartbeat_age_s": round(max(now - float(row["heartbeat_at"]), 0.0), 3),
                     "alive": leases.instance_alive(row["boot_id"]),
+                    # Whether it leads the maintenance (None: not known here).
+                    "leader": None if leader is None else row["boot_id"] == leader_boot_id,
                 }
             )
             for row in instances

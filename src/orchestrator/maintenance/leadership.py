@@ -116,13 +116,22 @@ class Elector(Protocol):
 
     def release(self) -> None: ...
 
+    def holder(self) -> str | None: ...
+
 
 class Leadership:
     """Whether this instance leads, kept current by :meth:`run`; ``elector`` None means
     the only instance (SQLite), which always leads."""
 
-    def __init__(self, elector: Elector | None, *, retry_s: float = LEADER_RETRY_S) -> None:
+    def __init__(
+        self,
+        elector: Elector | None,
+        *,
+        boot_id: str | None = None,
+        retry_s: float = LEADER_RETRY_S,
+    ) -> None:
         self._elector = elector
+        self.boot_id = boot_id
         self.retry_s = retry_s
         self._lock = threading.Lock()
         self._leading = threading.Event()
@@ -134,11 +143,12 @@ class Leadership:
             self._gain()
 
     @classmethod
-    def for_store(cls, store: Store) -> Leadership:
-        """An advisory-lock election on PostgreSQL; the only instance on SQLite."""
+    def for_store(cls, store: Store, boot_id: str) -> Leadership:
+        """An advisory-lock election on PostgreSQL (the lock's session named by this
+        instance's ``boot_id``); the only instance on SQLite."""
         if store.engine.dialect.name == "postgresql":
-            return cls(AdvisoryLock(store))
-        return cls(None)
+            return cls(AdvisoryLock(store, name=boot_id), boot_id=boot_id)
+        return cls(None, boot_id=boot_id)
 
     @property
     def elected(self) -> bool:
@@ -157,7 +167,21 @@ class Leadership:
             "elected_at": self.since,
             "election": "advisory-lock" if self.elected else "single-instance",
             "changes": self.changes,
+            "leader_boot_id": self.leader_boot_id(),
         }
+
+    def leader_boot_id(self) -> str | None:
+        """The boot id of the instance that leads now, whichever it is (None: nobody
+        holds the lock, or it cannot be read)."""
+        if self.is_leader:
+            return self.boot_id
+        if self._elector is None:
+            return None
+        try:
+            return self._elector.holder()
+        except Exception as exc:
+            log.warning("cannot read who leads: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            return None
 
     # --- the leader loop -------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

@@ -39,6 +39,15 @@ KEEPALIVE_ARGS: Final = {
     "tcp_user_timeout": 10_000,
     "connect_timeout": 5,
 }
+# The holding session's application_name is this prefix and the holder's name.
+APPLICATION_PREFIX: Final = "orch-leader:"
+# Who holds the lock: the application_name of the granted session.
+HOLDER_QUERY: Final = sa.text(
+    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND ((l.classid::bigint << 32) | l.objid::bigint) = :key LIMIT 1"
+)
 # Whether this session holds the lock (a bigint key is stored as classid:objid).
 HELD_QUERY: Final = sa.text(
     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
@@ -50,14 +59,29 @@ HELD_QUERY: Final = sa.text(
 class AdvisoryLock:
     """One session advisory lock: try to take it, check it is still held, release it."""
 
-    def __init__(self, store: Store, key: int = PG_LEADER_LOCK_ID) -> None:
+    def __init__(self, store: Store, key: int = PG_LEADER_LOCK_ID, *, name: str = "") -> None:
+        """``name`` labels the holding session (its ``application_name``), so any session
+        can tell who holds the lock (:meth:`holder`)."""
         if store.engine.dialect.name != "postgresql":
             raise ValueError("advisory locks are PostgreSQL's")
         self.key = key
+        self._store = store
+        connect_args: dict[str, object] = dict(KEEPALIVE_ARGS)
+        if name:
+            connect_args["application_name"] = f"{APPLICATION_PREFIX}{name}"
         self._engine = sa.create_engine(
-            store.engine.url, poolclass=sa.NullPool, connect_args=dict(KEEPALIVE_ARGS)
+            store.engine.url, poolclass=sa.NullPool, connect_args=connect_args
         )
         self._conn: Connection | None = None
+
+    def holder(self) -> str | None:
+        """The ``name`` of the session holding the lock now (None: nobody, or unnamed);
+        read through the store's pool, from ``pg_locks`` and ``pg_stat_activity``."""
+        with self._store.engine.connect() as conn:
+            found = conn.execute(HOLDER_QUERY, {"key": self.key}).scalar()
+        if not isinstance(found, str) or not found.startswith(APPLICATION_PREFIX):
+            return None
+        return found.removeprefix(APPLICATION_PREFIX)
 
     def try_acquire(self) -> bool:
         """Take the lock if nobody holds it; True when this session holds it now."""
