@@ -193,7 +193,7 @@ class Leadership:
                 stop.wait(self.retry_s)
         finally:
             if self._elector is not None:
-                self._lose("this instance is stopping")
+                self._lose("this instance is stopping", level=logging.INFO)
                 with contextlib.suppress(Exception):
                     self._elector.release()
 
@@ -221,7 +221,7 @@ class Leadership:
             self._leading.set()
         log.info("this instance leads the maintenance now")
 
-    def _lose(self, why: str) -> None:
+    def _lose(self, why: str, *, level: int = logging.WARNING) -> None:
         with self._lock:
             was = self._leading.is_set()
             self._leading.clear()
@@ -230,7 +230,7 @@ class Leadership:
                 term.set()
         if was:
             self.changes += 1
-            log.warning("this instance no longer leads the maintenance: %s", why)
+            log.log(level, "this instance no longer leads the maintenance: %s", why)
 
     # --- led loops ---------------------------------------------------------------------
     def led(self, body: Body) -> Body:
