@@ -38,8 +38,10 @@ def test_one_holder_at_a_time_and_a_cut_connection_frees_it(store: Store) -> Non
         with store.engine.connect() as admin:
             cut = admin.execute(
                 sa.text(
+                    # pg_locks is the whole server's: only this database's holder.
                     "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
-                    " AND objid = :key AND granted"
+                    " AND objid = :key AND granted AND database ="
+                    " (SELECT oid FROM pg_database WHERE datname = current_database())"
                 ),
                 {"key": first.key},
             ).all()
