@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import pytest
 
+from orchestrator.engine import core
 from orchestrator.engine.core import Engine
 from orchestrator.lifecycle.service import TaskService
 from orchestrator.settings import AgentConfig, Settings, load_settings
@@ -485,6 +486,43 @@ def test_cancel_kills_the_running_agent_and_merges_nothing(world: World) -> None
     assert run_git(world.repo, "rev-parse", final.branch).strip() == final.base_sha
     assert world.store.jobs_by_status(("queued", "deferred", "running", "finalizing")) == []
     assert engine.idle()
+
+
+def test_a_watch_pass_asks_as_much_for_four_running_jobs_as_for_one(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a running job's task moved (cancelled, rolled back) is learnt by one
+    query for every running job's task (decision 0028): a pass costs the same statements
+    with one job running and with four, and a cancelled task's job is still stopped,
+    alone. Seen failing with a ``get_task`` per running job (SQLite: 4 statements a pass
+    with one job running, 10 with four)."""
+    world.configure("sleep 3600", max_running_jobs=4, max_running_jobs_per_repo=4)
+    monkeypatch.setattr(core, "STAGE_CHECK_INTERVAL_S", 0.0)  # every pass checks
+    engine = world.engine()
+    engine.inline_maintenance = False  # the reaper's and reconciler's sweeps aside
+
+    def one_pass() -> int:
+        before = world.store.statements
+        engine.tick()
+        return world.store.statements - before
+
+    first = world.create("T-1")
+    world.drive(engine, lambda: len(engine.running_jobs()) == 1, "one job running")
+    with_one = one_pass()
+    others = [world.create(f"T-{n}") for n in range(2, 5)]
+    world.drive(engine, lambda: len(engine.running_jobs()) == 4, "four jobs running")
+    with_four = one_pass()
+    assert with_four == with_one
+
+    cancelled = others[0]
+    world.service.cancel(world.task(cancelled), actor="test", reason="not needed")
+    [job] = jobs_of(world, cancelled)
+    world.drive(
+        engine, lambda: world.store.get_job(job.id).status == "failed", "the cancelled job's end"
+    )
+    assert world.store.get_job(job.id).failure_kind == "lost_race"
+    running = {live.task_id for live in engine.running_jobs()}
+    assert running == {first.id, others[1].id, others[2].id}
 
 
 # --- limits --------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from orchestrator.store.revisions import migration_heads
 from orchestrator.store.schema import metadata
 from orchestrator.store.store import MIGRATIONS_DIR
 
-HEAD = "0012"  # bump with every new migration
+HEAD = "0012b"  # bump with every new migration
 
 
 def _unquote(default: str) -> str:

@@ -11,7 +11,11 @@ one reconciler sweep repair it, with real git and a real deploy command:
 * the job ``failed`` and its decision (a retry) was never applied: the sweep applies it;
 * the stage moved but its job was never enqueued: the sweep enqueues it;
 * a failed job is judged by its ``failure_kind``, never its error text: a job given up
-  because its task moved on is left alone, an environment failure goes to a person.
+  because its task moved on is left alone, an environment failure goes to a person;
+* a sweep reads what changed, not history (decision 0028): a task older than 10,000
+  newer ones is repaired, a change after the last sweep is seen by the next one, and a
+  change the window cannot see (stamped before it, as by a late commit or a clock
+  behind) is found by the slow full pass, a keyset page of task ids a sweep.
 
 How each test was seen to fail without its mechanism is noted on the test (mutants in a
 copy of ``src/`` put first on ``PYTHONPATH``).
@@ -19,12 +23,15 @@ copy of ``src/`` put first on ``PYTHONPATH``).
 
 from __future__ import annotations
 
+import math
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
 import pytest
+import sqlalchemy as sa
 from support import make_repo
 
 from orchestrator.engine.core import Engine
@@ -33,6 +40,7 @@ from orchestrator.lifecycle.transitions import Runtime
 from orchestrator.maintenance.reconciler import Reconciler
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Event, Store, Task
+from orchestrator.store.schema import jobs, tasks
 from orchestrator.testing.actors import prepare_deploy_task
 
 CONFIG: Final = """\
@@ -240,3 +248,87 @@ def test_an_environment_failure_redecided_after_a_crash_goes_to_a_person(world: 
     assert failed.failed_reason is not None
     assert "needs a person" in failed.failed_reason
     assert [(j.attempt, j.status) for j in world.store.task_jobs(task.id)] == [(1, "failed")]
+
+
+def _ended_tasks(store: Store, count: int) -> None:
+    """``count`` tasks that ended long ago (``done``), written in one statement."""
+    long_ago = time.time() - 30 * 86_400
+    rows = [
+        {
+            "work_item": f"OLD-{number}",
+            "repository": "/nowhere",
+            "title": "ended long ago",
+            "description": "",
+            "stage": "done",
+            "branch": f"orch/OLD-{number}",
+            "base_branch": "main",
+            "base_sha": "0" * 40,
+            "worktree": f"/nowhere/OLD-{number}",
+            "created_at": long_ago,
+            "updated_at": long_ago,
+        }
+        for number in range(count)
+    ]
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(tasks), rows)
+
+
+def _stamp_long_ago(store: Store, task: Task) -> None:
+    """The task's row and jobs as if written an hour ago: what a transaction that
+    committed late, or a host whose clock is behind, leaves before a window's start."""
+    with store.engine.begin() as conn:
+        for table, key in ((tasks, tasks.c.id), (jobs, jobs.c.task_id)):
+            conn.execute(
+                sa.update(table).where(key == task.id).values(updated_at=table.c.updated_at - 3600)
+            )
+
+
+def test_a_task_older_than_ten_thousand_newer_ones_is_repaired(world: World) -> None:
+    """Seen failing before decision 0028: the sweep read the newest 10,000 tasks
+    (``list_tasks(limit=10_000)``), never this one, and repaired nothing."""
+    task = world.task()
+    world.job_to(task, "done")
+    _ended_tasks(world.store, 10_000)
+
+    assert Reconciler(world.engine.finalizer).sweep() == 1
+    assert world.engine.wait_for_crossings(60)
+    assert world.store.get_task(task.id).stage == "done"
+    assert world.merges("R-1") == 1
+
+
+def test_a_change_after_the_last_sweep_is_seen_by_the_next(world: World) -> None:
+    """The same reconciler sweeps before and after the crash's leftover: its change
+    window, not a fresh start, finds it (a page of 1 task id, so the full pass alone
+    would take a sweep per task). Seen failing with the window's two terms removed
+    from ``ReconcilerStore.candidates``: the sweep after the change repaired nothing."""
+    task = world.task()
+    _ended_tasks(world.store, 20)
+    reconciler = Reconciler(world.engine.finalizer, page=1)
+    assert reconciler.sweep() == 0  # the job is still finalizing: nothing to repair
+    reconciler.sweep()  # the full pass moves on past the task
+
+    world.job_to(task, "done")
+    assert reconciler.sweep() == 1
+    assert world.engine.wait_for_crossings(60)
+    assert world.store.get_task(task.id).stage == "done"
+
+
+def test_a_change_the_window_cannot_see_is_found_by_the_full_pass(world: World) -> None:
+    """A leftover stamped before the reconciler's window (a late commit, a clock behind)
+    is repaired once the full pass's page reaches it, within a round of pages. Seen
+    failing with the page left out of ``Reconciler.sweep``: no sweep ever repaired it."""
+    task = world.task()
+    _ended_tasks(world.store, 9)
+    page = 3
+    reconciler = Reconciler(world.engine.finalizer, page=page)
+    assert reconciler.sweep() == 0  # the first page (the task among it) while finalizing
+
+    world.job_to(task, "done")
+    _stamp_long_ago(world.store, task)
+    repaired = [reconciler.sweep() for _ in range(math.ceil(10 / page) + 1)]
+
+    assert repaired[0] == 0  # the window did not see it: its rows predate the window
+    assert sum(repaired) == 1
+    assert world.engine.wait_for_crossings(60)
+    assert world.store.get_task(task.id).stage == "done"
+    assert world.merges("R-1") == 1

@@ -666,10 +666,12 @@ class Engine:
         if now - self._last_stage_check < STAGE_CHECK_INTERVAL_S:
             return set()
         self._last_stage_check = now
+        # One query for every running job's task, however many run (decision 0028).
+        states = self.store.task_stages({live.task.id for live in self._live.values()})
         moved = set()
         for live in self._live.values():
-            current = self.store.get_task(live.task.id)
-            if current.stage != live.job.stage or current.failed:
+            stage, failed = states.get(live.task.id, ("", True))  # gone: moved for good
+            if stage != live.job.stage or failed:
                 moved.add(live.task.id)
         return moved
 

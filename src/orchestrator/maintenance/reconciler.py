@@ -16,6 +16,16 @@ deferring on a live transition lease:
   ``failure_kind`` gives (an environment failure goes to a person). A job whose kind
   says the task went elsewhere on purpose (``lost_race``, ``cancelled``) is left alone:
   the kind is read, never the error text.
+
+A sweep does not read history (decision 0028). It asks the store for live tasks with no
+job pending among those written since its last sweep (``tasks.updated_at`` or a job's
+``updated_at``, re-reading ``CHANGE_SLACK_S`` before the cursor for a transaction that
+committed late), the tasks it deferred last time, and one keyset page of
+``FULL_PASS_PAGE`` task ids: the slow full pass, which goes round every task however
+old, catches what the window cannot see (a clock behind on another host, a commit later
+than the slack). The window ends ``reaper_finalize_grace_s`` ago, so a task is looked at
+once its own actor's grace is over. A new reconciler's first window has no start: a
+restarted engine repairs what the crash left at its first sweep.
 """
 
 from __future__ import annotations
@@ -27,49 +37,75 @@ from typing import TYPE_CHECKING, Final
 from orchestrator.errors import RepositoryError
 from orchestrator.kernel.events import EventKind
 from orchestrator.kernel.failures import SUPERSEDED, cause_of
-from orchestrator.kernel.stages import JOB_STAGES, TERMINAL_STAGES
+from orchestrator.kernel.stages import JOB_STAGES
 from orchestrator.lifecycle.transitions import enqueue_stage_job
+from orchestrator.store.reconciling import ChangeWindow, ReconcilerStore
 
 if TYPE_CHECKING:
     from orchestrator.kernel.gates import Verdict
     from orchestrator.lifecycle.finalizer import Finalizer
     from orchestrator.store import Task
 
-__all__ = ["ACTOR", "Reconciler"]
+__all__ = ["ACTOR", "CHANGE_SLACK_S", "FULL_PASS_PAGE", "Reconciler"]
 
 log = logging.getLogger("orchestrator.maintenance.reconciler")
 ACTOR: Final = "reconciler"
-PENDING: Final = ("queued", "deferred", "running", "finalizing")
+# Each window re-reads this much before the last one's end: a row stamped by a
+# transaction that committed up to this late is still seen.
+CHANGE_SLACK_S: Final = 60.0
+# Task ids the full pass covers per sweep (10,000 tasks: once every 10 sweeps).
+FULL_PASS_PAGE: Final = 1_000
 
 
 class Reconciler:
     """Repairs through the finalizer; never starts a crossing the pool already runs."""
 
-    def __init__(self, finalizer: Finalizer) -> None:
+    def __init__(self, finalizer: Finalizer, *, page: int = FULL_PASS_PAGE) -> None:
         self.finalizer = finalizer
         self.runtime = finalizer.runtime
         self.store = finalizer.store
         self.settings = finalizer.settings
+        self.reads = ReconcilerStore(self.store)
+        self.page = page
+        # The end of the last window read (None: nothing read yet), the full pass's
+        # position, and the tasks deferred last sweep (asked for again by id).
+        self._changed_until: float | None = None
+        self._page_after = 0
+        self._deferred: set[int] = set()
 
     def sweep(self) -> int:
-        """Repair every task that needs it; returns how many were repaired."""
-        pending_tasks = {job.task_id for job, _ in self.store.jobs_by_status(PENDING)}
+        """Repair every task that needs it among those this sweep looks at (see the
+        module's docstring); returns how many were repaired."""
+        until = time.time() - self.settings.reaper_finalize_grace_s
+        after = None if self._changed_until is None else self._changed_until - CHANGE_SLACK_S
+        page_end = self.reads.page_end(self._page_after, self.page)
+        if page_end is None and self._page_after:
+            self._page_after = 0  # the pass went round every task: begin the next one
+            page_end = self.reads.page_end(0, self.page)
+        page = None if page_end is None else (self._page_after, page_end)
+        candidates = self.reads.candidates(
+            JOB_STAGES, window=ChangeWindow(after, until), page=page, ids=self._deferred
+        )
+        self._changed_until = until
+        self._page_after = page_end or 0
         live_leases = {info.task_id for info in self.runtime.leases.held() if info.live}
         # This engine's own crossings in flight (they may not hold their lease yet).
         crossing = self.finalizer.crossings.busy_tasks()
+        deferred: set[int] = set()
         repaired = 0
-        for task in self.store.list_tasks(limit=10_000):
-            if task.stage in TERMINAL_STAGES or task.failed or task.stage not in JOB_STAGES:
-                continue
-            if task.id in pending_tasks or task.id in crossing:
+        for task in candidates:
+            if task.id in crossing:
+                deferred.add(task.id)
                 continue
             if task.id in live_leases:
+                deferred.add(task.id)
                 self._event(task, EventKind.RECONCILER_DEFERRED, "a live owner holds the lease")
                 continue
             if self._recently_moved(task):
                 continue  # its own actor may still be between claim and act
             if self.repair(task):
                 repaired += 1
+        self._deferred = deferred
         return repaired
 
     def _recently_moved(self, task: Task) -> bool:

@@ -87,6 +87,8 @@ tasks = Table(
     Index(None, "origin_key"),
     # GET /tasks/{ref} finds a task by its work item alone (migration 0010).
     Index(None, "work_item"),
+    # The reconciler's change window (migration 0012b).
+    Index(None, "updated_at"),
 )
 
 jobs = Table(
@@ -125,6 +127,7 @@ jobs = Table(
     Index(None, "task_id"),
     # /queue's page: each status's jobs in id order, read from the index (0010).
     Index(None, "status", "id"),
+    Index(None, "updated_at"),
 )
 
 agent_runs = Table(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -696,6 +696,19 @@ class Store:
         if stage is not None:
             query = query.where(tasks.c.stage == stage)
         return [_task(row) for row in self._all(query)]
+
+    def task_stages(self, task_ids: Collection[int]) -> dict[int, tuple[str, bool]]:
+        """Each task's stage and whether it failed, in one query whatever their number:
+        the engine's watch pass, learning which running jobs' tasks moved under them."""
+        if not task_ids:
+            return {}
+        query = sa.select(tasks.c.id, tasks.c.stage, tasks.c.failed_reason).where(
+            tasks.c.id.in_(sorted(task_ids))
+        )
+        return {
+            int(task_id): (str(stage), failed is not None)
+            for task_id, stage, failed in map(tuple, self._all(query))
+        }
 
     def count_tasks(self, repository: str) -> int:
         query = sa.select(sa.func.count()).select_from(tasks)
