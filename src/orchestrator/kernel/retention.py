@@ -1,6 +1,6 @@
 """Whether an ended task's worktree may be removed now. Pure; no I/O.
 
-The janitor (``worktrees.py``) loads the facts of a task (its stage, whether it failed,
+The janitor (``workspace/worktrees.py``) loads the facts of a task (its stage, whether it failed,
 when it ended, whether a job of it is still pending) and asks :func:`worktree_disposition`;
 the answer is :class:`Remove` or :class:`Keep` with the reason, and for a kept worktree
 the time it becomes due. Rules:

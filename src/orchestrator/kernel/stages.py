@@ -93,7 +93,7 @@ ROLLBACK_TARGET: Final[Mapping[str, str]] = {
 # the person's feedback (the BRD goes back to the analysis that wrote it).
 REJECT_TARGET: Final[Mapping[str, str]] = {"brd-approval": "analysis"}
 # Which transitions have side effects, in the order they run (the effects themselves
-# are built in side_effects.py; entering one takes the transition lease).
+# are built in effects/merge_deploy.py; entering one takes the transition lease).
 TRANSITION_EFFECTS: Final[Mapping[tuple[str, str], tuple[str, ...]]] = {
     ("deploy", "done"): ("merge", "deploy"),
 }

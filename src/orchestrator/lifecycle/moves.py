@@ -557,7 +557,7 @@ def after_commit(listeners: Listeners, change: Change | None) -> Task | None:
     """Tell every listener about a committed ``change``; the task as it is now.
 
     Never raises for a listener: each call is :func:`notify_safely`, and the worktree's
-    release leaves a failure to the janitor (worktrees.py). None in, None out, so a
+    release leaves a failure to the janitor (workspace/worktrees.py). None in, None out, so a
     caller may pass a lost change straight through.
     """
     if change is None:
@@ -570,6 +570,6 @@ def after_commit(listeners: Listeners, change: Change | None) -> Task | None:
         message = change.alert
         notify_safely(lambda: notifier.alert(task, message))
     if ended(task):
-        # worktrees.py decides whether it goes now or after its retention.
+        # workspace/worktrees.py decides whether it goes now or after its retention.
         release_quietly(store, settings, task.id, actor=change.actor)
     return task

@@ -81,7 +81,7 @@ tasks = Table(
     Column("origin", JSON(none_as_null=True), nullable=True),
     Column("origin_key", String(300), nullable=True),
     # The id of the deploy.unhealthy event whose rollback is still to finish; set with
-    # the verdict, cleared by every stage move (monitor.py).
+    # the verdict, cleared by every stage move (lifecycle/post_deploy.py).
     Column("pending_rollback", Integer, nullable=True),
     UniqueConstraint("repository", "work_item"),
     Index(None, "origin_key"),
