@@ -87,7 +87,7 @@ from orchestrator.workspace.git import GIT_ENV
 
 DEFAULT_TASKS: Final = 50
 DEFAULT_KILLS: Final = 30
-DEFAULT_TIMEOUT_S: Final = 900.0
+DEFAULT_TIMEOUT_S: Final = 3600.0  # the whole run; a loaded machine needs it (docs/reliability.md)
 DEFAULT_PG_URL: Final = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REPO_NAME: Final = "chaosrepo"
 WORK_ITEM_PREFIX: Final = "CHAOS"
