@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-Decision 0027 lets an idle engine on PostgreSQL poll every ``ENGINE_IDLE_POLL_S`` (1 s)
+Decision 0027 lets an idle engine on PostgreSQL poll only every ``ENGINE_IDLE_POLL_S``
 instead of every 50 ms tick while its ``wakeups`` loop listens for ``NOTIFY
-orch_jobs``. This script measures what an idle instance costs, in one run, in three
+orch_jobs`` (and decision 0029 the maintenance loops once the store is quiet).
+This script measures what an idle instance costs, in one run, in three
 configurations over a fresh database each (created on ``$ORCH_TEST_PG_URL``'s server,
 dropped after):
 
@@ -186,7 +187,7 @@ def measure(name: str, mode: str, instances: int, settle_s: float, window_s: flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--window-s", type=float, default=30.0, help="measured idle time")
-    parser.add_argument("--settle-s", type=float, default=10.0, help="idle time before it")
+    parser.add_argument("--settle-s", type=float, default=40.0, help="idle time before it")
     parser.add_argument("--instances", type=int, default=2, help="instances of the last run")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()

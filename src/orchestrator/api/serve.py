@@ -58,7 +58,10 @@ from orchestrator.engine.core import Engine
 from orchestrator.engine.wakeups import JobWakeups
 from orchestrator.lifecycle.service import TaskService
 from orchestrator.maintenance.leadership import Leadership
-from orchestrator.maintenance.services import MAINTENANCE_INTERVAL_S
+from orchestrator.maintenance.services import (
+    MAINTENANCE_IDLE_INTERVAL_S,
+    MAINTENANCE_INTERVAL_S,
+)
 from orchestrator.maintenance.supervisor import Loop, Supervisor, every
 from orchestrator.outbox.delivery import OutboxDelivery
 from orchestrator.outbox.notifier import Notifier, NullNotifier
@@ -160,11 +163,20 @@ def run_server(
     led = [
         *engine.services.loops(),
         # Dead instances' running jobs: adopted or finished by the leader's engine.
-        Loop("rescuer", every(MAINTENANCE_INTERVAL_S, engine.request_rescue)),
+        Loop(
+            "rescuer",
+            every(
+                MAINTENANCE_INTERVAL_S,
+                engine.request_rescue,
+                activity=store.activity,
+                idle_interval_s=MAINTENANCE_IDLE_INTERVAL_S,
+            ),
+            wake=store.activity.touch,
+        ),
         Loop("inbox", inbox.run, wake=inbox.wake),
     ]
     if delivery is not None:
-        led.append(Loop("outbox", delivery.run))
+        led.append(Loop("outbox", delivery.run, wake=delivery.wake))
     loops = [Loop("heartbeat", heartbeat.run), *map(leadership.led_loop, led)]
     if leadership.elected:
         loops.insert(0, Loop("leader", leadership.run))

@@ -67,7 +67,8 @@ __all__ = [
 
 log = logging.getLogger("orchestrator.effects.leases")
 
-HEARTBEAT_INTERVAL_S: Final = 2.0
+# Six beats fit in INSTANCE_STALE_S: a live instance never looks dead for a missed one.
+HEARTBEAT_INTERVAL_S: Final = 5.0
 # A cross-host owner whose heartbeat is older than this is dead.
 INSTANCE_STALE_S: Final = 30.0
 

@@ -80,9 +80,13 @@ __all__ = ["ENGINE_IDLE_POLL_S", "ENGINE_TICK_S", "Engine"]
 log = logging.getLogger("orchestrator.engine.core")
 
 ENGINE_TICK_S: Final = 0.05
-# With nothing to watch and enqueued jobs announced (LISTEN/NOTIFY on PostgreSQL), the
-# engine waits this long between polls: the fallback for a notification that was lost.
-ENGINE_IDLE_POLL_S: Final = 1.0
+# With nothing to watch and commits announced (LISTEN/NOTIFY on PostgreSQL, the database
+# file's change stamp on SQLite), the engine polls only this often: the fallback for an
+# announcement that was lost. A job due sooner (a retry's backoff) ends the wait then.
+ENGINE_IDLE_POLL_S: Final = 10.0
+# How often an idle engine on SQLite looks at the database file's change stamp (a stat,
+# no query): a job enqueued by another process (the CLI) starts within this.
+STAMP_WATCH_S: Final = 0.25
 # How often running jobs are checked against their task's stage (cancel, rollback).
 STAGE_CHECK_INTERVAL_S: Final = 0.5
 ACTOR: Final = "engine"
@@ -142,12 +146,15 @@ class Engine:
         self._rescue_due = threading.Event()
         # Ends an idle wait early (a job was enqueued, shutdown).
         self._wake = threading.Event()
-        # True while a listener announces enqueued jobs (engine/wakeups.py): idle, the
-        # engine then polls every idle_poll_s instead of every tick.
-        self.wakeups_pushed = False
+        # True while a listener announces commits (engine/wakeups.py): idle, the engine
+        # then polls every idle_poll_s instead of every tick. SQLite's commits are
+        # announced by the change stamp of its file (and in-process by the Activity).
+        self.wakeups_pushed = self.store.change_stamp() is not None
         self.idle_poll_s = ENGINE_IDLE_POLL_S
         # How long the idle wait going on now lasts at most (None: not waiting).
         self.waiting_s: float | None = None
+        # A commit that moved work in this process (an enqueued job) wakes us at once.
+        self.store.activity.subscribe(self.wake)
 
     # --- loop --------------------------------------------------------------------------
     def tick(self) -> bool:
@@ -181,21 +188,58 @@ class Engine:
                 on_tick()
             if until is not None and until():
                 return
+            working = bool(self._live) or bool(self.crossings.pending())
+            if busy or working:
+                self.store.activity.touch()  # the maintenance loops keep their cadence
             if not busy:
-                self.waiting_s = self._idle_wait_s()
-                self._wake.wait(self.waiting_s)
-                self.waiting_s = None
+                self._idle_wait(working)
 
     def wake(self) -> None:
         """End the current idle wait: a job was enqueued, or the engine should stop."""
         self._wake.set()
 
-    def _idle_wait_s(self) -> float:
-        """A tick's worth while anything runs here or nobody announces jobs; otherwise
-        the slow fallback poll (a lost notification waits at most that long)."""
-        if not self.wakeups_pushed or self._live or self.crossings.pending():
-            return ENGINE_TICK_S
-        return self.idle_poll_s
+    def _idle_wait(self, working: bool) -> None:
+        """A tick's worth while anything runs here or nobody announces commits;
+        otherwise until a commit is announced, the next queued job is due, or the slow
+        fallback poll (a lost announcement waits at most that long)."""
+        if working or not self.wakeups_pushed:
+            self.waiting_s = ENGINE_TICK_S
+            self._wake.wait(ENGINE_TICK_S)
+            self.waiting_s = None
+            return
+        now = time.time()
+        due = self.store.next_job_due(now)
+        wait_s = self.idle_poll_s if due is None else min(self.idle_poll_s, due - now)
+        if self.inline_maintenance:  # no supervisor: the sweeps run in our tick
+            next_sweep = self._last_maintenance + MAINTENANCE_INTERVAL_S - time.monotonic()
+            wait_s = min(wait_s, next_sweep)
+        self.waiting_s = max(wait_s, 0.0)
+        try:
+            if self.store.change_stamp() is None:
+                self._wake.wait(self.waiting_s)
+            else:
+                self._watch_stamp(self.waiting_s)
+        finally:
+            self.waiting_s = None
+
+    def _watch_stamp(self, wait_s: float) -> None:
+        """SQLite: wait up to ``wait_s`` for a wake, looking at the database file's change
+        stamp every ``STAMP_WATCH_S``; another process's commit ends the wait and is
+        announced to this process's loops (the Activity)."""
+        deadline = time.monotonic() + wait_s
+        seen = self.store.change_stamp()
+        while not self._wake.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._wake.wait(min(STAMP_WATCH_S, left)):
+                return
+            stamp = self.store.change_stamp()
+            if stamp != seen:
+                seen = stamp
+                if stamp != self.store.own_stamp:
+                    self.store.activity.poke()  # wakes us too
+                    return
 
     def idle(self) -> bool:
         """No crossing in flight here, no job queued, deferred, running or finalizing."""

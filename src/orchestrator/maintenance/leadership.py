@@ -15,10 +15,10 @@ exactly one (decision 0027).
 * **PostgreSQL elects a leader.** :class:`Leadership` runs as the supervised ``leader``
   loop: every ``LEADER_RETRY_S`` an instance that does not lead tries
   ``pg_try_advisory_lock`` on a connection of its own
-  (:class:`~orchestrator.store.advisory.AdvisoryLock`), and the leader checks that it
-  still holds it. The lock is the session's, so it goes when the leader's connection
-  does: a leader killed by SIGKILL loses it as soon as the server sees the socket
-  close, and another instance takes over at its next try.
+  (:class:`~orchestrator.store.advisory.AdvisoryLock`), and every ``LEADER_CHECK_S``
+  the leader checks that it still holds it. The lock is the session's, so it goes when
+  the leader's connection does: a leader killed by SIGKILL loses it as soon as the
+  server sees the socket close, and another instance takes over at its next try.
 * **Led loops.** The maintenance that must run once (reaper, reconciler, worktree
   janitor, inbox, outbox delivery) runs through :meth:`Leadership.led`: its body
   starts when this instance becomes the leader and is asked to stop (its stop event
@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
@@ -46,6 +47,7 @@ from orchestrator.store import Store, sqlite_path
 from orchestrator.store.advisory import AdvisoryLock
 
 __all__ = [
+    "LEADER_CHECK_S",
     "LEADER_RETRY_S",
     "LOCK_SUFFIX",
     "Elector",
@@ -56,8 +58,11 @@ __all__ = [
 
 log = logging.getLogger("orchestrator.maintenance.leadership")
 
-# How often a follower tries to take the lead, and the leader checks it still has it.
+# How often a follower tries to take the lead.
 LEADER_RETRY_S: Final = 2.0
+# How often the leader checks that it still holds the lock (a query on its own
+# connection; a killed leader's lock goes with its session whatever this is).
+LEADER_CHECK_S: Final = 10.0
 # How long a led loop waits for leadership before looking at its stop event again.
 LEADER_WAIT_S: Final = 1.0
 
@@ -129,10 +134,14 @@ class Leadership:
         *,
         boot_id: str | None = None,
         retry_s: float = LEADER_RETRY_S,
+        check_s: float = LEADER_CHECK_S,
     ) -> None:
         self._elector = elector
         self.boot_id = boot_id
         self.retry_s = retry_s
+        self.check_s = check_s
+        # The led loops' wakes: a lost lead ends their long idle waits too.
+        self._wakes: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._leading = threading.Event()
         # The stop events of led bodies running now: set when the lead is lost.
@@ -190,7 +199,7 @@ class Leadership:
         try:
             while not stop.is_set():
                 self.check()
-                stop.wait(self.retry_s)
+                stop.wait(self.check_s if self.is_leader else self.retry_s)
         finally:
             if self._elector is not None:
                 self._lose("this instance is stopping", level=logging.INFO)
@@ -228,6 +237,9 @@ class Leadership:
             self.since = None
             for term in self._terms:
                 term.set()
+            wakes = list(self._wakes)
+        for wake in wakes:
+            wake()
         if was:
             self.changes += 1
             log.log(level, "this instance no longer leads the maintenance: %s", why)
@@ -257,6 +269,9 @@ class Leadership:
     def led_loop(self, loop: Loop) -> Loop:
         """``loop`` run through :meth:`led`, shown ``standby`` while another leads."""
         wake = loop.wake
+        if wake is not None:
+            with self._lock:
+                self._wakes.append(wake)
 
         def wake_led() -> None:
             self.end_led()

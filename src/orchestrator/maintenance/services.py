@@ -22,12 +22,15 @@ from orchestrator.maintenance.reconciler import Reconciler
 from orchestrator.maintenance.supervisor import Loop, every
 from orchestrator.workspace.worktrees import WORKTREE_SWEEP_INTERVAL_S, WorktreeJanitor
 
-__all__ = ["MAINTENANCE_INTERVAL_S", "Maintenance"]
+__all__ = ["MAINTENANCE_IDLE_INTERVAL_S", "MAINTENANCE_INTERVAL_S", "Maintenance"]
 
 log = logging.getLogger("orchestrator.maintenance.services")
 
 # How often the reaper and the reconciler sweep.
 MAINTENANCE_INTERVAL_S: Final = 5.0
+# How often they sweep once no work has moved for QUIET_AFTER_S (store/activity.py):
+# idle, there is nothing to reap or repair, and work moving wakes them at once.
+MAINTENANCE_IDLE_INTERVAL_S: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,20 @@ class Maintenance:
 
     def loops(self) -> list[Loop]:
         """Each service as a supervised loop."""
+        activity = self.reaper.finalizer.store.activity
+
+        def paced(name: str, sweep: Callable[[], object]) -> Loop:
+            body = every(
+                MAINTENANCE_INTERVAL_S,
+                sweep,
+                activity=activity,
+                idle_interval_s=MAINTENANCE_IDLE_INTERVAL_S,
+            )
+            return Loop(name, body, wake=activity.touch)
+
         return [
-            Loop("reaper", every(MAINTENANCE_INTERVAL_S, self.reaper.sweep)),
-            Loop("reconciler", every(MAINTENANCE_INTERVAL_S, self.reconciler.sweep)),
+            paced("reaper", self.reaper.sweep),
+            paced("reconciler", self.reconciler.sweep),
             Loop("worktree-janitor", every(WORKTREE_SWEEP_INTERVAL_S, self.janitor.sweep)),
         ]
 

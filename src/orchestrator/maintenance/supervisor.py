@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from orchestrator.store.activity import QUIET_AFTER_S, Activity
+
 __all__ = [
     "MAX_RESTART_BACKOFF_S",
     "RESTART_BACKOFF_S",
@@ -50,15 +52,41 @@ STOP_JOIN_TIMEOUT_S: Final = 30.0
 Body = Callable[[threading.Event], None]
 
 
-def every(interval_s: float, sweep: Callable[[], object]) -> Body:
-    """A loop body that runs ``sweep`` now and then every ``interval_s`` until stopped."""
+def every(
+    interval_s: float,
+    sweep: Callable[[], object],
+    *,
+    activity: Activity | None = None,
+    idle_interval_s: float | None = None,
+) -> Body:
+    """A loop body that runs ``sweep`` now and then every ``interval_s`` until stopped.
 
-    def body(stop: threading.Event) -> None:
+    With an ``activity`` (the store's pulse), once no work has moved for
+    ``QUIET_AFTER_S`` the loop sweeps only every ``idle_interval_s`` and sweeps at once
+    when work moves again: idle, it asks the database almost nothing. Give such a loop
+    ``wake=activity.touch`` so that stopping it does not wait out the long interval.
+    """
+    if activity is None or idle_interval_s is None:
+
+        def body(stop: threading.Event) -> None:
+            while not stop.is_set():
+                sweep()
+                stop.wait(interval_s)
+
+        return body
+    pulse = activity
+    idle_s = idle_interval_s
+
+    def paced(stop: threading.Event) -> None:
         while not stop.is_set():
+            generation = pulse.generation
             sweep()
-            stop.wait(interval_s)
+            if pulse.quiet_for() < QUIET_AFTER_S:
+                stop.wait(interval_s)
+            else:
+                pulse.wait(idle_s, since=generation)
 
-    return body
+    return paced
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from typing import Any, Final, Protocol
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings
 from orchestrator.store import Store, Task, Tx
+from orchestrator.store.activity import QUIET_AFTER_S
 from orchestrator.store.outbox import (
     OutboxMessage,
     OutboxStatus,
@@ -63,6 +64,7 @@ from orchestrator.store.outbox import (
 __all__ = [
     "CARD",
     "OUTBOX_CLAIM_TIMEOUT_S",
+    "OUTBOX_IDLE_INTERVAL_S",
     "OUTBOX_INTERVAL_S",
     "OUTBOX_MAX_BACKOFF_S",
     "TELEGRAM",
@@ -86,6 +88,9 @@ log = logging.getLogger("orchestrator.outbox.delivery")
 
 # How often the delivery loop looks for due messages.
 OUTBOX_INTERVAL_S: Final = 0.5
+# How often it looks once no work has moved for QUIET_AFTER_S (a message written wakes
+# it at once; this bounds a retry's wait after its backoff when all is quiet).
+OUTBOX_IDLE_INTERVAL_S: Final = 30.0
 # A 'sending' claim older than this is taken over even if its owner looks alive (an
 # HTTP call is bounded by the client's timeout, far below this).
 OUTBOX_CLAIM_TIMEOUT_S: Final = 120.0
@@ -294,13 +299,30 @@ class OutboxDelivery:
             self._on_close()
 
     # --- the loop --------------------------------------------------------------------
-    def run(self, stop: threading.Event, interval_s: float = OUTBOX_INTERVAL_S) -> None:
+    def run(
+        self,
+        stop: threading.Event,
+        interval_s: float = OUTBOX_INTERVAL_S,
+        idle_interval_s: float = OUTBOX_IDLE_INTERVAL_S,
+    ) -> None:
         """Deliver until ``stop`` is set. A failing sweep (the database) propagates, so
-        the supervisor can stop the service."""
+        the supervisor can stop the service. Once no work has moved for
+        ``QUIET_AFTER_S`` it looks only every ``idle_interval_s``, and at once when a
+        message is written (its commit pokes the store's Activity)."""
+        activity = self.store.activity
         while not stop.is_set():
+            generation = activity.generation
             delivered = self.deliver_due()
-            if not delivered:
+            if delivered:
+                continue
+            if activity.quiet_for() < QUIET_AFTER_S:
                 stop.wait(interval_s)
+            else:
+                activity.wait(idle_interval_s, since=generation)
+
+    def wake(self) -> None:
+        """End a long idle wait (the supervisor stops the loop)."""
+        self.store.activity.touch()
 
     def deliver_due(self, now: float | None = None) -> int:
         """One sweep: claim and deliver every due message; returns how many were sent."""

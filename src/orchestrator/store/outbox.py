@@ -94,6 +94,7 @@ def insert_message(
     )
     inserted = result.inserted_primary_key
     assert inserted is not None
+    tx.moved = True  # delivery wakes at commit
     return int(inserted[0])
 
 

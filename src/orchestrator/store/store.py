@@ -32,6 +32,7 @@ from orchestrator.errors import (
 )
 from orchestrator.kernel.failures import FailureKind
 from orchestrator.kernel.origins import origin_key
+from orchestrator.store.activity import Activity
 from orchestrator.store.records import AgentRun, ApiToken, Event, Job, Task, TaskCard
 from orchestrator.store.revisions import VERSION_TABLE, migration_heads
 from orchestrator.store.schema import (
@@ -66,7 +67,8 @@ WRITE_OPTION: Final = "orch_write"
 MIGRATIONS_DIR: Final = Path(__file__).parent / "migrations"
 # Arbitrary constant: the PostgreSQL advisory lock taken while migrating.
 PG_MIGRATION_LOCK_ID: Final = 7_114_065
-# PostgreSQL: NOTIFY on this channel when a job is enqueued ready to run (decision 0027).
+# PostgreSQL: NOTIFY on this channel when a transaction moved work (an event, an enqueued
+# job, an outbox message; decision 0027, store/activity.py).
 JOBS_CHANNEL: Final = "orch_jobs"
 
 
@@ -172,6 +174,9 @@ class Tx:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        # Set by a write that moves work: the commit pokes the store's Activity (and,
+        # on PostgreSQL, notifies the other instances).
+        self.moved = False
 
     # --- tasks -------------------------------------------------------------------------
     def get_task(self, task_id: int) -> Task:
@@ -339,10 +344,7 @@ class Tx:
         )
         key = result.inserted_primary_key
         assert key is not None
-        if delay_s <= 0 and self.conn.dialect.name == "postgresql":
-            # Delivered at commit, folded with the transaction's others: an idle engine
-            # listening wakes now instead of at its next poll.
-            self.conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": JOBS_CHANNEL})
+        self.moved = True
         return int(key[0])
 
     def set_job_status_cas(
@@ -519,6 +521,7 @@ class Tx:
         )
         key = result.inserted_primary_key
         assert key is not None
+        self.moved = True
         return int(key[0])
 
     def outbox_key_queued(self, key: str) -> bool:
@@ -549,6 +552,12 @@ class Store:
         self._statements = 0
         self._statements_lock = threading.Lock()
         sa.event.listen(self.engine, "before_cursor_execute", self._count_statement)
+        # When work last moved through this store in this process (store/activity.py).
+        self.activity = Activity()
+        self._path = sqlite_path(url)
+        self._wal = None if self._path is None else self._path.with_name(self._path.name + "-wal")
+        # The change stamp right after this process's last write (None before any).
+        self.own_stamp: tuple[int, ...] | None = None
 
     def _count_statement(self, *_args: Any) -> None:
         with self._statements_lock:
@@ -645,11 +654,22 @@ class Store:
             with self.engine.connect() as plain:
                 conn = plain.execution_options(**{WRITE_OPTION: True})
                 with conn.begin():
-                    yield Tx(conn)
+                    tx = Tx(conn)
+                    yield tx
+                    if tx.moved and conn.dialect.name == "postgresql":
+                        # Delivered at commit (once, however many moves): every idle
+                        # instance wakes now instead of at its next poll.
+                        conn.execute(
+                            sa.text("SELECT pg_notify(:channel, '')"), {"channel": JOBS_CHANNEL}
+                        )
         except DuplicateError:
             raise
         except sa.exc.IntegrityError as exc:
             raise DuplicateError(exc.statement, exc.params, exc.orig or exc) from exc
+        if self._path is not None:
+            self.own_stamp = self.change_stamp()  # our own commit: not news to us
+        if tx.moved:
+            self.activity.poke()
 
     # Convenience: a single compare-and-swap in its own transaction.
     def update_task_stage_cas(self, task_id: int, expected: str, new: str) -> bool:
@@ -768,6 +788,33 @@ class Store:
             repository = str(mapping.pop("repository"))
             result.append((Job(**mapping), repository))
         return result
+
+    def next_job_due(self, now: float) -> float | None:
+        """When the earliest queued job not yet due comes due (a retry's backoff); None
+        when no job waits for its time."""
+        query = sa.select(sa.func.min(jobs.c.not_before)).where(
+            jobs.c.status == "queued", jobs.c.not_before > now
+        )
+        with self.engine.connect() as conn:
+            due = conn.execute(query).scalar()
+        return None if due is None else float(due)
+
+    def change_stamp(self) -> tuple[int, ...] | None:
+        """On SQLite, a value that changes whenever any process commits to the database
+        file (the sizes and modification times of the file and its write-ahead log): an
+        idle engine watches it instead of polling with queries. None elsewhere
+        (PostgreSQL announces its commits by NOTIFY) or for a database in memory."""
+        if self._path is None or self._wal is None:
+            return None
+        stamp: list[int] = []
+        for path in (self._path, self._wal):
+            try:
+                info = path.stat()
+            except OSError:
+                stamp += [0, 0]
+            else:
+                stamp += [info.st_mtime_ns, info.st_size]
+        return tuple(stamp)
 
     def jobs_by_status(self, statuses: Sequence[str]) -> list[tuple[Job, Task]]:
         """Jobs in the given statuses, each with its task."""

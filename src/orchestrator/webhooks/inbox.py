@@ -60,11 +60,13 @@ from orchestrator.lifecycle.service import TaskService
 from orchestrator.lifecycle.transitions import Crossing, Runtime, enter_transition
 from orchestrator.outbox.notifier import notify_safely
 from orchestrator.store import InboxStatus, InboxStore, Intent, Task
+from orchestrator.store.activity import QUIET_AFTER_S
 from orchestrator.store.records import Event
 
 __all__ = [
     "ACTIONS",
     "INBOX_BACKOFF_S",
+    "INBOX_IDLE_INTERVAL_S",
     "INBOX_INTERVAL_S",
     "INBOX_MAX_ATTEMPTS",
     "INBOX_WAIT_S",
@@ -81,6 +83,8 @@ log = logging.getLogger("orchestrator.webhooks.inbox")
 
 # How often the inbox loop looks for due intents (a new intent also wakes it).
 INBOX_INTERVAL_S: Final = 1.0
+# How often once no work has moved for QUIET_AFTER_S (a new intent wakes it at once).
+INBOX_IDLE_INTERVAL_S: Final = 30.0
 # How soon an intent waiting on a held lease is looked at again.
 INBOX_WAIT_S: Final = 1.0
 # The first retry after a failure; doubled each time, never beyond INBOX_MAX_BACKOFF_S.
@@ -167,16 +171,29 @@ class InboxApplier:
 
     # --- the loop --------------------------------------------------------------------
     def wake(self) -> None:
-        """Look for due intents now (a webhook just recorded one)."""
+        """Look for due intents now (a webhook just recorded one; the supervisor stops)."""
         self._wake.set()
+        self.store.activity.touch()
 
-    def run(self, stop: threading.Event, interval_s: float = INBOX_INTERVAL_S) -> None:
+    def run(
+        self,
+        stop: threading.Event,
+        interval_s: float = INBOX_INTERVAL_S,
+        idle_interval_s: float = INBOX_IDLE_INTERVAL_S,
+    ) -> None:
         """Apply until ``stop`` is set. A failing sweep (the database) propagates, so the
-        supervisor can stop the service; one intent's failure never does."""
+        supervisor can stop the service; one intent's failure never does. Once no work
+        has moved for ``QUIET_AFTER_S`` it looks only every ``idle_interval_s``, and at
+        once when work moves (an intent recorded anywhere: its event's commit)."""
+        activity = self.store.activity
         while not stop.is_set():
             self._wake.clear()
+            generation = activity.generation
             self.apply_due()
-            self._wake.wait(interval_s)
+            if activity.quiet_for() < QUIET_AFTER_S:
+                self._wake.wait(interval_s)
+            else:
+                activity.wait(idle_interval_s, since=generation)
 
     def apply_due(self) -> int:
         """One sweep: every due intent decided and, when it may, applied; returns how
