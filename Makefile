@@ -108,9 +108,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline_throughput.py
 
 # Issue 3's full counts (docs/reliability.md has the last results). Chaos: 50 tasks
-# through the pipeline while `orch serve` is SIGKILLed at least 30 times, on SQLite and
-# on PostgreSQL ($$ORCH_TEST_PG_URL). Stress: TC-01 at 1,000 rounds, five actors as
-# threads and as processes, both databases. `make test` runs both at small counts.
+# through the pipeline while `orch serve` is SIGKILLed at least 30 times, on SQLite, on
+# PostgreSQL ($$ORCH_TEST_PG_URL), and with three instances at once on PostgreSQL (issue
+# 12). Stress: TC-01 at 1,000 rounds, five actors as threads and as processes, both
+# databases. `make test` runs both at small counts.
 CHAOS_TASKS ?= 50
 CHAOS_KILLS ?= 30
 STRESS_ROUNDS ?= 1000
@@ -118,6 +119,7 @@ STRESS_ROUNDS ?= 1000
 chaos: $(STAMP)
 	$(BIN)/python bench/chaos.py --tasks $(CHAOS_TASKS) --kills $(CHAOS_KILLS)
 	$(BIN)/python bench/chaos.py --tasks $(CHAOS_TASKS) --kills $(CHAOS_KILLS) --database postgres
+	$(BIN)/python bench/chaos.py --tasks $(CHAOS_TASKS) --kills $(CHAOS_KILLS) --database postgres --instances 3
 
 stress: $(STAMP)
 	ORCH_STRESS_ROUNDS=$(STRESS_ROUNDS) $(BIN)/python -m pytest -q -p no:cacheprovider \

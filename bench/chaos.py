@@ -34,6 +34,14 @@ deploys included — or ``--max-kills`` (default 4 x ``--kills``) kills happened
 server then runs until every task is done (or ``--timeout-s``), and is stopped with
 SIGTERM.
 
+With ``--instances N`` (PostgreSQL only) N servers run at once on the one database, each
+with its own port, data dir and instance name, as a fleet would (issue 12). Every few
+moments one of them is SIGKILLed and started again at once, the one that leads the
+maintenance (it holds the advisory lock, read from ``pg_locks``) every third time; the
+others keep working meanwhile, take the dead one's jobs over and, when it led, elect a
+new leader. At the end the instances finish undisturbed and each gets SIGTERM. On top
+of the checks below, the leader must have been killed at least once.
+
 Verified at the end (each failure is listed; exit code 1 when there is any):
 
 * every task is ``done`` and not failed, and entered ``done`` exactly once;
@@ -51,6 +59,7 @@ Usage::
     .venv/bin/python bench/chaos.py                        # 50 tasks, 30 kills, SQLite
     .venv/bin/python bench/chaos.py --database postgres    # on a fresh PostgreSQL database
     .venv/bin/python bench/chaos.py --tasks 6 --kills 8 --seed 1 --json
+    .venv/bin/python bench/chaos.py --database postgres --instances 3   # a fleet of three
 
 ``--database postgres`` creates ``orch_chaos_<random>`` on the server of
 ``$ORCH_TEST_PG_URL`` (default below) and drops it at the end.
@@ -82,7 +91,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from orchestrator.store.schema import effects, events, jobs, tasks, transition_lease
+from orchestrator.store.schema import effects, events, instances, jobs, tasks, transition_lease
 from orchestrator.workspace.git import GIT_ENV
 
 DEFAULT_TASKS: Final = 50
@@ -101,6 +110,8 @@ EARLY_KILL_SHARE: Final = 0.2
 EARLY_KILL_S: Final = (0.0, 1.5)
 # Kills stop after --kills times this (the last server then finishes undisturbed).
 MAX_KILLS_FACTOR: Final = 4
+# With --instances: every this many kills, the victim is the leader.
+LEADER_KILL_EVERY: Final = 3
 # The deploy command sleeps a random time before it records the deploy: mostly short,
 # but one deploy in LONG_DEPLOY_SHARE outlives a kill and the next server's start.
 DEPLOY_SLEEP_S: Final = (0.0, 0.6)
@@ -137,6 +148,7 @@ COUNTED_EVENTS: Final = (
 CONFIG: Final = """\
 # Written by bench/chaos.py.
 data_dir = ".orch"
+instance_name = {instance}
 database_url = {database_url}
 retry_backoff_s = 0
 max_running_jobs = {max_jobs}
@@ -209,6 +221,7 @@ class Kill:
     after_listening: bool
     open_intents: int = 0
     running_jobs: int = 0
+    leader: bool = False  # with --instances: the killed one led the maintenance
 
 
 @dataclass
@@ -223,6 +236,9 @@ class Report:
     kills_after_listening: int = 0
     kills_inside_effects: int = 0
     kills_with_running_jobs: int = 0
+    instances: int = 1
+    kills_of_leader: int = 0
+    leaders_seen: int = 0
     boots: int = 0
     create_s: float = 0.0
     chaos_s: float = 0.0
@@ -281,7 +297,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def write_config(root: Path, database_url: str, port: int) -> Path:
+def write_config(root: Path, database_url: str, port: int, instance: int | None = None) -> Path:
+    """The ``orch.toml`` of one instance: in ``root`` for the only one, else in
+    ``root/instance-<n>`` with a data dir (worktrees, logs) of its own."""
     deploy_script = root / "deploy.py"
     deploy_script.write_text(
         DEPLOY_SCRIPT.format(
@@ -294,9 +312,12 @@ def write_config(root: Path, database_url: str, port: int) -> Path:
     check_script = root / "deploy_check.py"
     check_script.write_text(CHECK_SCRIPT, encoding="utf-8")
     deploys = str(root / "deploys.log")
-    path = root / "orch.toml"
+    home = root if instance is None else root / f"instance-{instance}"
+    home.mkdir(exist_ok=True)
+    path = home / "orch.toml"
     path.write_text(
         CONFIG.format(
+            instance=json.dumps("" if instance is None else f"chaos-{instance}"),
             database_url=json.dumps(database_url),
             max_jobs=MAX_RUNNING_JOBS,
             grace=REAPER_FINALIZE_GRACE_S,
@@ -507,6 +528,109 @@ def chaos_loop(
         if all_settled(db):
             break  # nothing left to interrupt; the last run finds everything done
     return done
+
+
+# --- several instances (PostgreSQL) --------------------------------------------------------
+LEADER_QUERY: Final = sa.text(
+    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()"
+    " AND a.application_name LIKE 'orch-leader:%' LIMIT 1"
+)
+
+
+def leader_pid(db: sa.Engine) -> int | None:
+    """The pid of the ``orch serve`` that leads the maintenance now (None: nobody)."""
+    with db.connect() as conn:
+        name = conn.execute(LEADER_QUERY).scalar()
+        if name is None:
+            return None
+        boot_id = str(name).removeprefix("orch-leader:")
+        pid = conn.execute(sa.select(instances.c.pid).where(instances.c.boot_id == boot_id))
+        found = pid.scalar()
+    return None if found is None else int(found)
+
+
+def _start(configs: Sequence[Path], index: int, log_dir: Path, report: Report) -> Server:
+    report.boots += 1
+    return Server.start(configs[index], log_dir, report.boots)
+
+
+def chaos_loop_many(
+    configs: Sequence[Path],
+    log_dir: Path,
+    db: sa.Engine,
+    max_kills: int,
+    rng: random.Random,
+    report: Report,
+) -> tuple[list[Kill], list[Server]]:
+    """Several instances run at once; every few moments one of them, the leader every
+    ``LEADER_KILL_EVERY``-th time, is SIGKILLed and started again at once, until the
+    pipeline settled or ``max_kills``. The survivors keep working meanwhile: they take
+    the dead one's running jobs over (the leader's rescuer), its crossings (the lease
+    expires) and, when it led, the maintenance (another instance wins the election)."""
+    servers = [_start(configs, index, log_dir, report) for index in range(len(configs))]
+    for server in servers:
+        server.wait_listening(LISTEN_TIMEOUT_S)
+    done: list[Kill] = []
+    leaders: set[int] = set()
+    while len(done) < max_kills:
+        time.sleep(rng.uniform(*KILL_DELAY_S))
+        for server in servers:
+            if server.process.poll() is not None:
+                raise ChaosError(
+                    f"an orch serve exited {server.process.returncode} on its own:\n{server.tail()}"
+                )
+        leader = leader_pid(db)
+        if leader is not None:
+            leaders.add(leader)
+        pids = [server.process.pid for server in servers]
+        if leader in pids and len(done) % LEADER_KILL_EVERY == 0:
+            victim = pids.index(leader)
+        else:
+            victim = rng.randrange(len(servers))
+        server = servers[victim]
+        listening = server.listening()
+        uptime = time.monotonic() - server.started
+        server.kill()
+        intents, running = in_flight(db)
+        killed = Kill(report.boots, round(uptime, 3), listening, intents, running)
+        killed.leader = server.process.pid == leader
+        done.append(killed)
+        servers[victim] = _start(configs, victim, log_dir, report)
+        if all_settled(db):
+            break
+    report.leaders_seen = len(leaders)
+    return done, servers
+
+
+def run_many_to_completion(
+    servers: Sequence[Server], db: sa.Engine, timeout_s: float, report: Report
+) -> None:
+    """The instances left running finish undisturbed; then each gets SIGTERM."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        for server in servers:
+            server.wait_listening(LISTEN_TIMEOUT_S)
+        while time.monotonic() < deadline:
+            exited = [server for server in servers if server.process.poll() is not None]
+            if exited:
+                report.violations.append(
+                    f"an orch serve exited {exited[0].process.returncode} on its own:\n"
+                    + exited[0].tail()
+                )
+                return
+            if all_settled(db):
+                break
+            time.sleep(POLL_S)
+        else:
+            report.violations.append(f"not settled after {timeout_s:.0f}s (see --timeout-s)")
+    finally:
+        for server in servers:
+            code = server.stop()
+            if code != 0:
+                report.violations.append(
+                    f"an orch serve exited {code} on SIGTERM:\n{server.tail()}"
+                )
 
 
 def run_to_completion(
@@ -750,23 +874,39 @@ def run_chaos(args: argparse.Namespace, root: Path, database_url: str, report: R
     started = time.monotonic()
     rng = random.Random(args.seed)
     repo = create_repository(root / REPO_NAME)
-    config = write_config(root, database_url, free_port())
+    report.instances = args.instances
+    if args.instances == 1:
+        configs = [write_config(root, database_url, free_port())]
+    else:
+        configs = [
+            write_config(root, database_url, free_port(), index) for index in range(args.instances)
+        ]
     log_dir = root / "serve-logs"
     log_dir.mkdir()
-    work_items = create_tasks(config, repo, args.tasks)
+    work_items = create_tasks(configs[0], repo, args.tasks)
     report.create_s = round(time.monotonic() - started, 1)
     db = sa.create_engine(database_url, poolclass=sa.NullPool)
     try:
         chaos_started = time.monotonic()
-        kills = chaos_loop(config, log_dir, db, args.kills, args.max_kills, rng, report)
+        servers: list[Server] = []
+        if args.instances == 1:
+            kills = chaos_loop(configs[0], log_dir, db, args.kills, args.max_kills, rng, report)
+        else:
+            kills, servers = chaos_loop_many(configs, log_dir, db, args.max_kills, rng, report)
         report.chaos_s = round(time.monotonic() - chaos_started, 1)
         report.kills = len(kills)
         report.kills_after_listening = sum(kill.after_listening for kill in kills)
         report.kills_inside_effects = sum(kill.open_intents > 0 for kill in kills)
         report.kills_with_running_jobs = sum(kill.running_jobs > 0 for kill in kills)
+        report.kills_of_leader = sum(kill.leader for kill in kills)
         final_started = time.monotonic()
         remaining = max(args.timeout_s - (time.monotonic() - started), 30.0)
-        run_to_completion(config, log_dir, db, remaining, report)
+        if args.instances == 1:
+            run_to_completion(configs[0], log_dir, db, remaining, report)
+        else:
+            run_many_to_completion(servers, db, remaining, report)
+            if report.kills and not report.kills_of_leader:
+                report.violations.append("the leader was never killed: no failover exercised")
         report.final_s = round(time.monotonic() - final_started, 1)
         verify(root, repo, db, work_items, report)
     finally:
@@ -776,6 +916,11 @@ def run_chaos(args: argparse.Namespace, root: Path, database_url: str, report: R
 
 def print_report(report: Report) -> None:
     print(f"chaos on {report.database}: {report.tasks} tasks, seed {report.seed}")
+    if report.instances > 1:
+        print(
+            f"  instances: {report.instances} at once; {report.kills_of_leader} kills of the "
+            f"leader; {report.leaders_seen} leading processes seen"
+        )
     print(
         f"  kills: {report.kills} ({report.kills_after_listening} after the server listened, "
         f"{report.kills_with_running_jobs} with jobs running, "
@@ -817,6 +962,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " x --kills)",
     )
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="orch serve instances at once on one PostgreSQL database (each its own port "
+        "and data dir); the killed one is started again at once",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the kill timing")
     parser.add_argument(
         "--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help="for the whole run"
@@ -828,6 +980,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.max_kills = MAX_KILLS_FACTOR * args.kills
     if args.tasks < 1 or args.kills < 0 or args.max_kills < args.kills:
         parser.error("--tasks must be >= 1, --kills >= 0 and --max-kills >= --kills")
+    if args.instances < 1:
+        parser.error("--instances must be >= 1")
+    if args.instances > 1 and args.database != "postgres":
+        parser.error("--instances above 1 needs --database postgres: SQLite is single-instance")
     if args.seed is None:
         args.seed = secrets.randbelow(2**31)
     return args

@@ -69,3 +69,48 @@ def test_chaos_every_task_done_every_effect_once(database: str) -> None:
     assert report["ok"] is True
     assert report["kills"] >= KILLS
     assert report["tasks_done"] == TASKS
+
+
+INSTANCES: Final = 3
+FLEET_MAX_KILLS: Final = 8
+
+
+@pytest.mark.postgres
+def test_chaos_with_three_instances_every_task_done_every_effect_once() -> None:
+    """Three ``orch serve`` on one PostgreSQL database, one of them (the leader every
+    third time) SIGKILLed and restarted every few moments (issue 12): the survivors take
+    its jobs and, when it led, the maintenance over."""
+    command = [
+        sys.executable,
+        str(CHAOS),
+        *("--tasks", str(TASKS), "--kills", str(KILLS), "--max-kills", str(FLEET_MAX_KILLS)),
+        *("--seed", str(SEED), "--instances", str(INSTANCES)),
+        *("--database", "postgres", "--timeout-s", str(RUN_TIMEOUT_S - 40), "--json"),
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert done.stdout.strip(), f"no report; stderr:\n{done.stderr}"
+    report = json.loads(done.stdout)
+    assert report["violations"] == [], "\n".join(report["violations"])
+    assert done.returncode == 0, done.stderr
+    assert report["instances"] == INSTANCES
+    assert report["kills_of_leader"] >= 1
+    assert report["tasks_done"] == TASKS
+
+
+def test_several_instances_on_sqlite_are_refused_with_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, str(CHAOS), "--instances", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--instances above 1 needs --database postgres" in done.stderr
