@@ -447,6 +447,10 @@ class Settings(BaseSettings):
     max_running_jobs: int = Field(default=4, ge=1)
     # Running jobs at once per repository, counted over every instance of the database.
     max_running_jobs_per_repo: int = Field(default=2, ge=1)
+    # Repository affinity: the repositories (directory names or paths) whose jobs this
+    # instance runs; empty = every repository. Instances sharing a PostgreSQL database
+    # may split the repositories between them (docs/scaling.md).
+    instance_repos: list[str] = Field(default_factory=list)
     # Threads that run side-effectful crossings (merge, deploy, post-deploy health window,
     # rollback) beside the engine's loop, which keeps dispatching and enforcing timeouts;
     # more crossings at once wait their turn.

@@ -180,3 +180,56 @@ def test_max_running_jobs_is_each_instances_own(tmp_path: Path, db_url: str) -> 
         first.shutdown(kill=True)
         second.shutdown(kill=True)
         store.close()
+
+
+def test_an_instance_runs_only_the_repositories_of_its_affinity(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Two engines over one database split two repositories (``instance_repos``: one by
+    directory name, one by path). The first engine's repository has its job queued
+    behind a longer backlog of the other's than the dispatch reads at once (50), so a
+    filter applied after the read would starve it. Seen failing without the filter in
+    the query: the first engine started nothing of its own and took the other's."""
+    release = tmp_path / "release"
+    agent = tmp_path / "agent.sh"
+    agent.write_text(
+        f'i=0; while [ ! -f "{release}" ] && [ "$i" -lt 1200 ]; do i=$((i+1)); sleep 0.05; done\n'
+        'echo "$ORCH_WORK_ITEM" >> code.txt\n'
+    )
+    repos = {name: make_repo(tmp_path / name) for name in ("alpha", "beta")}
+    base = (
+        f"database_url = {json.dumps(db_url)}\n"
+        f"data_dir = {json.dumps(str(tmp_path / 'data'))}\n"
+        "max_running_jobs = 2\nmax_running_jobs_per_repo = 100\n"
+        f"skip = {json.dumps(ONLY_DEVELOPMENT)}\n"
+    )
+    tail = (
+        f"\n[agents.sh]\ncommand = {json.dumps(['sh', str(agent)])}\n"
+        '\n[stages.development]\nagent = "sh"\n'
+    )
+    settings = {}
+    for name, affinity in (("alpha", "alpha"), ("beta", str(repos["beta"].resolve()))):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(base + f"instance_repos = {json.dumps([affinity])}\n" + tail)
+        settings[name] = load_settings(config)
+    store = Store.open(db_url)
+    alpha, beta = Engine(store, settings["alpha"]), Engine(store, settings["beta"])
+    try:
+        service = TaskService(store, settings["alpha"])
+        for number in range(60):
+            service.create_task(repo_path=repos["beta"], title="B", work_item=f"B-{number}")
+        service.create_task(repo_path=repos["alpha"], title="A", work_item="A-1")
+        alpha.tick()
+        beta.tick()
+        ran = {
+            name: sorted(
+                Path(store.get_task(job.task_id).repository).name for job in engine.running_jobs()
+            )
+            for name, engine in (("alpha", alpha), ("beta", beta))
+        }
+        assert ran == {"alpha": ["alpha"], "beta": ["beta", "beta"]}
+    finally:
+        release.touch()
+        alpha.shutdown(kill=True)
+        beta.shutdown(kill=True)
+        store.close()

@@ -416,7 +416,7 @@ class Engine:
 
     # --- dispatch ----------------------------------------------------------------------
     def _dispatch(self) -> bool:
-        ready = self.store.ready_jobs(time.time())
+        ready = self.store.ready_jobs(time.time(), repositories=self.settings.instance_repos)
         if not ready:
             return False
         # Per repository over every instance; in all, this instance's own jobs only

@@ -773,8 +773,15 @@ class Store:
         query = sa.select(jobs).where(jobs.c.task_id == task_id).order_by(jobs.c.id)
         return [_job(row) for row in self._all(query)]
 
-    def ready_jobs(self, now: float, limit: int = 50) -> list[tuple[Job, str]]:
-        """Queued jobs whose time has come, oldest first, with their repository."""
+    def ready_jobs(
+        self, now: float, limit: int = 50, repositories: Sequence[str] = ()
+    ) -> list[tuple[Job, str]]:
+        """Queued jobs whose time has come, oldest first, with their repository.
+
+        ``repositories`` (an instance's affinity; empty = all) keeps the jobs of those
+        repositories only, each named by its path or its directory's name, as
+        :func:`orchestrator.settings.in_scope` matches them; the filter is in the query,
+        so another repository's backlog never hides this instance's jobs."""
         query = (
             sa.select(jobs, tasks.c.repository)
             .join(tasks, tasks.c.id == jobs.c.task_id)
@@ -782,6 +789,17 @@ class Store:
             .order_by(jobs.c.not_before, jobs.c.id)
             .limit(limit)
         )
+        if repositories:
+            query = query.where(
+                sa.or_(
+                    *(
+                        tasks.c.repository == item
+                        if "/" in item
+                        else tasks.c.repository.endswith(f"/{item}", autoescape=True)
+                        for item in repositories
+                    )
+                )
+            )
         result = []
         for row in self._all(query):
             mapping = dict(row._mapping)
