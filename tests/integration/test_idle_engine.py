@@ -150,3 +150,62 @@ def test_a_job_enqueued_by_another_process_wakes_the_idle_engine_on_sqlite(
         wait_for(lambda: world.started(task), "the job started by the change stamp")
     finally:
         other.close()
+
+
+class CommitsBeforeTheWait(Store):
+    """A store whose next look for a due job lets ``commit`` run just after it: another
+    process's commit landing after the tick read the queue and before the idle wait."""
+
+    commit: Callable[[], None] | None = None
+
+    def next_job_due(self, now: float) -> float | None:
+        due = super().next_job_due(now)
+        commit, self.commit = self.commit, None
+        if commit is not None:
+            commit()
+        return due
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_commit_between_the_ticks_read_and_the_wait_is_not_missed(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Seen failing with the stamp taken when the wait began (it already held the
+    commit, so nothing ever changed): the job waited for the hour-long poll."""
+    agent = tmp_path / "agent.sh"
+    agent.write_text('echo "$ORCH_WORK_ITEM" >> code.txt\n')
+    config = tmp_path / "orch.toml"
+    config.write_text(
+        f"database_url = {json.dumps(db_url)}\n"
+        f"data_dir = {json.dumps(str(tmp_path / 'data'))}\n"
+        f"skip = {json.dumps(ONLY_DEVELOPMENT)}\n"
+        f"\n[agents.sh]\ncommand = {json.dumps(['sh', str(agent)])}\n"
+        '\n[stages.development]\nagent = "sh"\n'
+    )
+    settings = load_settings(config)
+    repo = make_repo(tmp_path / "repo")
+    store = CommitsBeforeTheWait.open(db_url)
+    other = Store.open(db_url)
+    created: list[Task] = []
+    store.commit = lambda: created.append(
+        TaskService(other, settings).create_task(repo_path=repo, title="Race", work_item="I-4")
+    )
+    engine = Engine(store, settings)
+    engine.inline_maintenance = False
+    engine.idle_poll_s = NEVER_S
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,), name="engine", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: bool(created), "the commit made")
+        wait_for(
+            lambda: any(job.status != "queued" for job in store.task_jobs(created[0].id)),
+            "the job started by the change stamp",
+        )
+    finally:
+        stop.set()
+        engine.wake()
+        thread.join(WAIT_S)
+        engine.shutdown(kill=True)
+        other.close()
+        store.close()

@@ -181,8 +181,13 @@ class Engine:
     ) -> None:
         """Tick until ``stop`` is set (call :meth:`wake` after setting it, so an idle
         wait ends at once) or ``until()`` holds."""
-        while not stop.is_set():
+        while True:
             self._wake.clear()  # before the tick: a wake during it is not lost
+            if stop.is_set():  # after the clear: a stop with its wake is never missed
+                return
+            # SQLite: what the file looked like before the tick read the queue, so a
+            # commit by another process during the tick still ends the idle wait.
+            stamp = self.store.change_stamp()
             busy = self.tick()
             if on_tick is not None:
                 on_tick()
@@ -192,13 +197,15 @@ class Engine:
             if busy or working:
                 self.store.activity.touch()  # the maintenance loops keep their cadence
             if not busy:
-                self._idle_wait(working)
+                self._idle_wait(working, stop, stamp)
 
     def wake(self) -> None:
         """End the current idle wait: a job was enqueued, or the engine should stop."""
         self._wake.set()
 
-    def _idle_wait(self, working: bool) -> None:
+    def _idle_wait(
+        self, working: bool, stop: threading.Event, stamp: tuple[int, ...] | None
+    ) -> None:
         """A tick's worth while anything runs here or nobody announces commits;
         otherwise until a commit is announced, the next queued job is due, or the slow
         fallback poll (a lost announcement waits at most that long)."""
@@ -215,31 +222,32 @@ class Engine:
             wait_s = min(wait_s, next_sweep)
         self.waiting_s = max(wait_s, 0.0)
         try:
-            if self.store.change_stamp() is None:
+            if stamp is None:
                 self._wake.wait(self.waiting_s)
             else:
-                self._watch_stamp(self.waiting_s)
+                self._watch_stamp(self.waiting_s, stop, stamp)
         finally:
             self.waiting_s = None
 
-    def _watch_stamp(self, wait_s: float) -> None:
-        """SQLite: wait up to ``wait_s`` for a wake, looking at the database file's change
-        stamp every ``STAMP_WATCH_S``; another process's commit ends the wait and is
-        announced to this process's loops (the Activity)."""
+    def _watch_stamp(
+        self, wait_s: float, stop: threading.Event, seen: tuple[int, ...] | None
+    ) -> None:
+        """SQLite: wait up to ``wait_s`` for a wake or ``stop``, looking at the database
+        file's change stamp every ``STAMP_WATCH_S`` (``seen``: before the last tick);
+        another process's commit ends the wait and is announced to this process's loops
+        (the Activity)."""
         deadline = time.monotonic() + wait_s
-        seen = self.store.change_stamp()
-        while not self._wake.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            if self._wake.wait(min(STAMP_WATCH_S, left)):
-                return
+        while not self._wake.is_set() and not stop.is_set():
             stamp = self.store.change_stamp()
             if stamp != seen:
-                seen = stamp
-                if stamp != self.store.own_stamp:
-                    self.store.activity.poke()  # wakes us too
+                before, after = self.store.own_change
+                if stamp != after or seen != before:
+                    self.store.activity.poke()  # someone else's commit; wakes us too
                     return
+                seen = stamp  # only our own commit (a heartbeat) moved it
+            left = deadline - time.monotonic()
+            if left <= 0 or self._wake.wait(min(STAMP_WATCH_S, left)):
+                return
 
     def idle(self) -> bool:
         """No crossing in flight here, no job queued, deferred, running or finalizing."""

@@ -92,7 +92,12 @@ class Reaper:
         """Kill and fail jobs running longer than ``reaper_max_running_s``."""
         reaped = 0
         now = self.runtime.clock.now()
-        for job, task in self.store.jobs_by_status(("running",)):
+        running = self.store.jobs_by_status(("running",))
+        if running:
+            # A job runs somewhere (maybe on another instance): not quiet, so the
+            # maintenance loops keep their cadence (a dead owner's job is found soon).
+            self.store.activity.touch()
+        for job, task in running:
             if job.started_at is None or now - job.started_at <= self.settings.reaper_max_running_s:
                 continue
             reason = (

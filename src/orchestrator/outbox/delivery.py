@@ -317,8 +317,10 @@ class OutboxDelivery:
                 continue
             if activity.quiet_for() < QUIET_AFTER_S:
                 stop.wait(interval_s)
-            else:
-                activity.wait(idle_interval_s, since=generation)
+                continue
+            due = self.rows.next_attempt_at()  # a retry's backoff is announced by no one
+            wait_s = idle_interval_s if due is None else min(idle_interval_s, due - self._clock())
+            activity.wait(max(wait_s, 0.0), since=generation)
 
     def wake(self) -> None:
         """End a long idle wait (the supervisor stops the loop)."""

@@ -242,6 +242,15 @@ class InboxStore:
             row = conn.execute(query).first()
         return _intent(row) if row is not None else None
 
+    def next_attempt_at(self) -> float | None:
+        """When the earliest pending intent is due again (None: no pending intent)."""
+        query = sa.select(sa.func.min(inbox.c.next_attempt_at)).where(
+            inbox.c.status == InboxStatus.PENDING
+        )
+        with self.store.engine.connect() as conn:
+            due = conn.execute(query).scalar()
+        return None if due is None else float(due)
+
     def open_intents(self, now: float, limit: int = INBOX_BATCH) -> list[Intent]:
         """Pending intents that are due, and every intent being applied (whose owner
         may have died), oldest first."""

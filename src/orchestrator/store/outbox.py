@@ -125,6 +125,15 @@ class OutboxStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    def next_attempt_at(self) -> float | None:
+        """When the earliest pending message is due (None: no pending message)."""
+        query = sa.select(sa.func.min(outbox.c.next_attempt_at)).where(
+            outbox.c.status == OutboxStatus.PENDING
+        )
+        with self.store.engine.connect() as conn:
+            due = conn.execute(query).scalar()
+        return None if due is None else float(due)
+
     def candidates(self, now: float, limit: int) -> list[OutboxMessage]:
         """Pending messages due by ``now`` and every ``sending`` one, oldest first."""
         query = (

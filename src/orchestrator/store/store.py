@@ -589,8 +589,10 @@ class Store:
         self.activity = Activity()
         self._path = sqlite_path(url)
         self._wal = None if self._path is None else self._path.with_name(self._path.name + "-wal")
-        # The change stamp right after this process's last write (None before any).
-        self.own_stamp: tuple[int, ...] | None = None
+        # SQLite: the change stamps just before and just after this process's last
+        # write (None before any): a watcher that saw the first and sees the second
+        # saw only our own commit.
+        self.own_change: tuple[tuple[int, ...] | None, tuple[int, ...] | None] = (None, None)
 
     def _count_statement(self, *_args: Any) -> None:
         with self._statements_lock:
@@ -687,6 +689,9 @@ class Store:
             with self.engine.connect() as plain:
                 conn = plain.execution_options(**{WRITE_OPTION: True})
                 with conn.begin():
+                    # SQLite: the stamp while we hold the write lock, so the watcher can
+                    # tell "only our commit changed it" from "someone else's did too".
+                    pre = self.change_stamp() if self._path is not None else None
                     tx = Tx(conn)
                     yield tx
                     if tx.moved and conn.dialect.name == "postgresql":
@@ -700,7 +705,7 @@ class Store:
         except sa.exc.IntegrityError as exc:
             raise DuplicateError(exc.statement, exc.params, exc.orig or exc) from exc
         if self._path is not None:
-            self.own_stamp = self.change_stamp()  # our own commit: not news to us
+            self.own_change = (pre, self.change_stamp())  # our own commit: not news to us
         if tx.moved:
             self.activity.poke()
 

@@ -192,8 +192,10 @@ class InboxApplier:
             self.apply_due()
             if activity.quiet_for() < QUIET_AFTER_S:
                 self._wake.wait(interval_s)
-            else:
-                activity.wait(idle_interval_s, since=generation)
+                continue
+            due = self.inbox.next_attempt_at()  # a retry's backoff is announced by no one
+            wait_s = idle_interval_s if due is None else min(idle_interval_s, due - self._clock())
+            activity.wait(max(wait_s, 0.0), since=generation)
 
     def apply_due(self) -> int:
         """One sweep: every due intent decided and, when it may, applied; returns how
