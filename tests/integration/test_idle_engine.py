@@ -48,6 +48,21 @@ def wait_for(predicate: Callable[[], bool], what: str) -> None:
         time.sleep(POLL_S)
 
 
+def development_only(tmp_path: Path, db_url: str) -> Settings:
+    """Settings whose tasks run one development job, an agent that writes a file."""
+    agent = tmp_path / "agent.sh"
+    agent.write_text('echo "$ORCH_WORK_ITEM" >> code.txt\n')
+    config = tmp_path / "orch.toml"
+    config.write_text(
+        f"database_url = {json.dumps(db_url)}\n"
+        f"data_dir = {json.dumps(str(tmp_path / 'data'))}\n"
+        f"skip = {json.dumps(ONLY_DEVELOPMENT)}\n"
+        f"\n[agents.sh]\ncommand = {json.dumps(['sh', str(agent)])}\n"
+        '\n[stages.development]\nagent = "sh"\n'
+    )
+    return load_settings(config)
+
+
 @dataclass
 class World:
     settings: Settings
@@ -68,17 +83,7 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path, db_url: str) -> Iterator[World]:
-    agent = tmp_path / "agent.sh"
-    agent.write_text('echo "$ORCH_WORK_ITEM" >> code.txt\n')
-    config = tmp_path / "orch.toml"
-    config.write_text(
-        f"database_url = {json.dumps(db_url)}\n"
-        f"data_dir = {json.dumps(str(tmp_path / 'data'))}\n"
-        f"skip = {json.dumps(ONLY_DEVELOPMENT)}\n"
-        f"\n[agents.sh]\ncommand = {json.dumps(['sh', str(agent)])}\n"
-        '\n[stages.development]\nagent = "sh"\n'
-    )
-    settings = load_settings(config)
+    settings = development_only(tmp_path, db_url)
     store = Store.open(db_url)
     engine = Engine(store, settings)
     engine.inline_maintenance = False  # a supervisor runs the sweeps, as in orch serve
@@ -172,17 +177,7 @@ def test_a_commit_between_the_ticks_read_and_the_wait_is_not_missed(
 ) -> None:
     """Seen failing with the stamp taken when the wait began (it already held the
     commit, so nothing ever changed): the job waited for the hour-long poll."""
-    agent = tmp_path / "agent.sh"
-    agent.write_text('echo "$ORCH_WORK_ITEM" >> code.txt\n')
-    config = tmp_path / "orch.toml"
-    config.write_text(
-        f"database_url = {json.dumps(db_url)}\n"
-        f"data_dir = {json.dumps(str(tmp_path / 'data'))}\n"
-        f"skip = {json.dumps(ONLY_DEVELOPMENT)}\n"
-        f"\n[agents.sh]\ncommand = {json.dumps(['sh', str(agent)])}\n"
-        '\n[stages.development]\nagent = "sh"\n'
-    )
-    settings = load_settings(config)
+    settings = development_only(tmp_path, db_url)
     repo = make_repo(tmp_path / "repo")
     store = CommitsBeforeTheWait.open(db_url)
     other = Store.open(db_url)
