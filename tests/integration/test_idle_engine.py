@@ -180,6 +180,7 @@ def test_a_commit_between_the_ticks_read_and_the_wait_is_not_missed(
     settings = development_only(tmp_path, db_url)
     repo = make_repo(tmp_path / "repo")
     store = CommitsBeforeTheWait.open(db_url)
+    assert isinstance(store, CommitsBeforeTheWait)
     other = Store.open(db_url)
     created: list[Task] = []
     store.commit = lambda: created.append(
