@@ -48,21 +48,6 @@ def wait_for(predicate: Callable[[], bool], what: str) -> None:
         time.sleep(POLL_S)
 
 
-def development_only(tmp_path: Path, db_url: str) -> Settings:
-    """Settings whose tasks run one development job, an agent that writes a file."""
-    agent = tmp_path / "agent.sh"
-    agent.write_text('echo "$ORCH_WORK_ITEM" >> code.txt\n')
-    config = tmp_path / "orch.toml"
-    config.write_text(
-        f"database_url = {json.dumps(db_url)}\n"
-        f"data_dir = {json.dumps(str(tmp_path / 'data'))}\n"
-        f"skip = {json.dumps(ONLY_DEVELOPMENT)}\n"
-        f"\n[agents.sh]\ncommand = {json.dumps(['sh', str(agent)])}\n"
-        '\n[stages.development]\nagent = "sh"\n'
-    )
-    return load_settings(config)
-
-
 @dataclass
 class World:
     settings: Settings
@@ -83,7 +68,17 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path, db_url: str) -> Iterator[World]:
-    settings = development_only(tmp_path, db_url)
+    agent = tmp_path / "agent.sh"
+    agent.write_text('echo "$ORCH_WORK_ITEM" >> code.txt\n')
+    config = tmp_path / "orch.toml"
+    config.write_text(
+        f"database_url = {json.dumps(db_url)}\n"
+        f"data_dir = {json.dumps(str(tmp_path / 'data'))}\n"
+        f"skip = {json.dumps(ONLY_DEVELOPMENT)}\n"
+        f"\n[agents.sh]\ncommand = {json.dumps(['sh', str(agent)])}\n"
+        '\n[stages.development]\nagent = "sh"\n'
+    )
+    settings = load_settings(config)
     store = Store.open(db_url)
     engine = Engine(store, settings)
     engine.inline_maintenance = False  # a supervisor runs the sweeps, as in orch serve
@@ -177,10 +172,19 @@ def test_a_commit_between_the_ticks_read_and_the_wait_is_not_missed(
 ) -> None:
     """Seen failing with the stamp taken when the wait began (it already held the
     commit, so nothing ever changed): the job waited for the hour-long poll."""
-    settings = development_only(tmp_path, db_url)
+    agent = tmp_path / "agent.sh"
+    agent.write_text('echo "$ORCH_WORK_ITEM" >> code.txt\n')
+    config = tmp_path / "orch.toml"
+    config.write_text(
+        f"database_url = {json.dumps(db_url)}\n"
+        f"data_dir = {json.dumps(str(tmp_path / 'data'))}\n"
+        f"skip = {json.dumps(ONLY_DEVELOPMENT)}\n"
+        f"\n[agents.sh]\ncommand = {json.dumps(['sh', str(agent)])}\n"
+        '\n[stages.development]\nagent = "sh"\n'
+    )
+    settings = load_settings(config)
     repo = make_repo(tmp_path / "repo")
     store = CommitsBeforeTheWait.open(db_url)
-    assert isinstance(store, CommitsBeforeTheWait)
     other = Store.open(db_url)
     created: list[Task] = []
     store.commit = lambda: created.append(
