@@ -47,6 +47,7 @@ as it is and leaves it in place.
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import logging
 import os
@@ -157,6 +158,10 @@ class Results:
     overhead_factor_per_job: float
     dispatch_latency_s: Percentiles
     dispatch_latency_unclamped_s: Percentiles
+    dispatch_latency_slot_free_s: Percentiles
+    cpu_per_job_s: float
+    cpu_per_spawn_s: float
+    cpu_ratio: float
     launch_s: Percentiles
     run_s: Percentiles
     finalize_s: Percentiles
@@ -218,12 +223,50 @@ def fresh_postgres_database(admin_url: str) -> Iterator[str]:
 
 
 # --- measurement ------------------------------------------------------------------------
-def bare_spawns(count: int) -> float:
-    """Seconds taken by ``count`` sequential ``subprocess.run(["true"])``."""
+def cpu_s() -> float:
+    """CPU seconds used so far by this process and its waited-for descendants (the
+    launchers, the agents under them, git)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def bare_spawns(count: int, cpu: list[float] | None = None) -> float:
+    """Seconds taken by ``count`` sequential ``subprocess.run(["true"])``; the CPU
+    seconds they used are appended to ``cpu``."""
+    cpu_started = cpu_s()
     started = time.perf_counter()
     for _ in range(count):
         subprocess.run(["true"], check=True)
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    if cpu is not None:
+        cpu.append(cpu_s() - cpu_started)
+    return elapsed
+
+
+def slot_latencies(jobs: Sequence[Job], engine_started_at: float, slots: int) -> list[float]:
+    """Per job, from the moment it could have started (queued, due, the engine running,
+    and one of the ``slots`` free) to its claim: the dispatch delay the engine adds,
+    without the wait for a slot that ``max_running_jobs`` imposes on a backlog.
+
+    A slot is taken at a job's ``started_at`` and given back at its ``finished_at``
+    (finalizing jobs count as active, as in the dispatch); each start takes the slot
+    that has been free longest."""
+    moments: list[tuple[float, int, Job]] = []
+    for job in jobs:
+        assert job.started_at is not None
+        assert job.finished_at is not None
+        moments.append((job.finished_at, 0, job))  # at one instant: a release first
+        moments.append((job.started_at, 1, job))
+    free = [engine_started_at] * slots
+    latencies: list[float] = []
+    for _moment, kind, job in sorted(moments, key=lambda item: (item[0], item[1])):
+        if kind == 0:
+            heapq.heappush(free, job.finished_at or 0.0)
+            continue
+        slot_free = heapq.heappop(free) if free else engine_started_at
+        eligible = max(job.enqueued_at, job.not_before, engine_started_at, slot_free)
+        latencies.append(max(0.0, (job.started_at or 0.0) - eligible))
+    return latencies
 
 
 def job_figures(
@@ -303,7 +346,8 @@ def run_benchmark(
         ]
         setup_s = time.perf_counter() - setup_started
         spawn_count = tasks * len(JOB_STAGES_RUN)
-        rounds = [bare_spawns(spawn_count) for _ in range(BASELINE_ROUNDS_EACH_SIDE)]
+        baseline_cpu: list[float] = []
+        rounds = [bare_spawns(spawn_count, baseline_cpu) for _ in range(BASELINE_ROUNDS_EACH_SIDE)]
 
         engine = Engine(store, settings)
         deadline = time.monotonic() + timeout_s
@@ -317,10 +361,12 @@ def run_benchmark(
             return timed_out
 
         engine_started_at = time.time()
+        cpu_started = cpu_s()
         wall_started = time.perf_counter()
         engine.run(threading.Event(), until=finished)
         wall_s = time.perf_counter() - wall_started
-        rounds += [bare_spawns(spawn_count) for _ in range(BASELINE_ROUNDS_EACH_SIDE)]
+        engine_cpu_s = cpu_s() - cpu_started
+        rounds += [bare_spawns(spawn_count, baseline_cpu) for _ in range(BASELINE_ROUNDS_EACH_SIDE)]
 
         final = [store.get_task(task.id) for task in created]
         not_done = [task for task in final if task.stage != "done"]
@@ -345,6 +391,8 @@ def run_benchmark(
         baseline_s = statistics.median(rounds)
         spawns_per_s = spawn_count / baseline_s
         ratio = jobs_per_s / spawns_per_s
+        cpu_per_job = engine_cpu_s / len(jobs)
+        cpu_per_spawn = statistics.median(baseline_cpu) / spawn_count
         return Results(
             command=shlex.join(sys.orig_argv),
             database=label,
@@ -362,6 +410,12 @@ def run_benchmark(
             overhead_factor_per_job=1 / ratio,
             dispatch_latency_s=Percentiles.of(samples["latency"]),
             dispatch_latency_unclamped_s=Percentiles.of(samples["unclamped"]),
+            dispatch_latency_slot_free_s=Percentiles.of(
+                slot_latencies(jobs, engine_started_at, MAX_RUNNING_JOBS)
+            ),
+            cpu_per_job_s=cpu_per_job,
+            cpu_per_spawn_s=cpu_per_spawn,
+            cpu_ratio=cpu_per_spawn / cpu_per_job,
             launch_s=Percentiles.of(samples["launch"]),
             run_s=Percentiles.of(samples["run"]),
             finalize_s=Percentiles.of(samples["finalize"]),
@@ -401,10 +455,17 @@ def print_table(results: Results) -> None:
         ),
         ("ratio pipeline ÷ bare", f"{results.ratio_pipeline_to_baseline:8.4f}"),
         ("overhead factor / job", f"{results.overhead_factor_per_job:8.1f} x a bare spawn"),
+        (
+            "CPU per stage-job",
+            f"{results.cpu_per_job_s * 1000:8.2f} ms  (a bare spawn "
+            f"{results.cpu_per_spawn_s * 1000:.2f} ms; ratio {results.cpu_ratio:.4f}, "
+            f"{1 / results.cpu_ratio:.1f} x)",
+        ),
     ]
     for name, sample in (
         ("dispatch latency", results.dispatch_latency_s),
         ("  (from enqueued_at)", results.dispatch_latency_unclamped_s),
+        ("  (once a slot is free)", results.dispatch_latency_slot_free_s),
         ("job launch", results.launch_s),
         ("job run", results.run_s),
         ("job finalize", results.finalize_s),

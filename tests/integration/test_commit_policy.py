@@ -8,15 +8,18 @@ fails the stage naming the biggest paths.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 from pathlib import Path, PurePosixPath
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.integration.support import GIT_IDENTITY
 from tests.integration.test_engine import World, run_git, world  # noqa: F401 - the fixture
 
+from orchestrator.errors import RepositoryError
 from orchestrator.settings import load_settings
 from orchestrator.workspace.commit_policy import (
     DEFAULT_COMMIT_EXCLUDE,
@@ -25,6 +28,7 @@ from orchestrator.workspace.commit_policy import (
     effective_excludes,
     plan_commit,
 )
+from orchestrator.workspace.git import git_dir
 
 
 def git(repo: Path, *args: str) -> str:
@@ -404,3 +408,34 @@ def test_a_commit_over_the_limit_fails_the_stage_naming_the_paths(world: World) 
     assert "generated/ (6 files)" in reason
     subjects = run_git(Path(ended.worktree), "log", "--format=%s").splitlines()
     assert not [s for s in subjects if "development" in s]
+
+
+# --- the git directory, read from .git ---------------------------------------------------
+
+
+def asked(worktree: Path) -> Path:
+    return Path(git(worktree, "rev-parse", "--absolute-git-dir").strip())
+
+
+def test_git_dir_reads_what_git_would_answer_for_a_checkout_and_its_worktrees(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    linked = tmp_path / "linked"
+    git(repo, "worktree", "add", "-q", "-b", "topic", str(linked))
+    relative = tmp_path / "relative"
+    git(repo, "worktree", "add", "-q", "-b", "other", str(relative))
+    pointer = (relative / ".git").read_text().removeprefix("gitdir:").strip()
+    (relative / ".git").write_text(f"gitdir: {os.path.relpath(pointer, relative)}\n")
+    for checkout in (repo, linked, relative):
+        assert git_dir(checkout) == asked(checkout), checkout
+
+
+def test_git_dir_asks_git_where_the_dot_git_entry_says_nothing_usable(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"pkg/a.txt": "a\n"})
+    assert git_dir(repo / "pkg") == asked(repo)  # a subdirectory: no .git of its own
+    linked = tmp_path / "linked"
+    git(repo, "worktree", "add", "-q", "-b", "topic", str(linked))
+    (linked / ".git").write_text("gitdir: /nowhere/at/all\n")
+    with pytest.raises(RepositoryError):
+        git_dir(linked)  # git refuses too: one clear error, not a wrong path

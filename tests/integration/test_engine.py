@@ -492,8 +492,8 @@ def test_a_watch_pass_asks_as_much_for_four_running_jobs_as_for_one(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Whether a running job's task moved (cancelled, rolled back) is learnt by one
-    query for every running job's task (decision 0028): a pass costs the same statements
-    with one job running and with four, and a cancelled task's job is still stopped,
+    query for every running job's task (decision 0028): a pass costs no more statements
+    with four jobs running than with one, and a cancelled task's job is still stopped,
     alone. Seen failing with a ``get_task`` per running job (SQLite: 4 statements a pass
     with one job running, 10 with four)."""
     world.configure("sleep 3600", max_running_jobs=4, max_running_jobs_per_repo=4)
@@ -512,7 +512,8 @@ def test_a_watch_pass_asks_as_much_for_four_running_jobs_as_for_one(
     others = [world.create(f"T-{n}") for n in range(2, 5)]
     world.drive(engine, lambda: len(engine.running_jobs()) == 4, "four jobs running")
     with_four = one_pass()
-    assert with_four == with_one
+    # Fewer with four: every slot is taken, so the pass does not even read the queue.
+    assert with_four <= with_one
 
     cancelled = others[0]
     world.service.cancel(world.task(cancelled), actor="test", reason="not needed")

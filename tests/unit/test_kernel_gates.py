@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.kernel.gates import (
+    COSTLY_FACTS,
     GATES,
     QG_CHECKS,
     Outcome,
@@ -22,6 +23,7 @@ from orchestrator.kernel.gates import (
     check_merged,
     check_staging_passed,
     check_tests_passed,
+    facts_needed,
     run_gates,
 )
 from orchestrator.kernel.gates import TestsVerdict as ParsedReport  # pytest would collect Test*
@@ -460,3 +462,52 @@ def test_a_conflicting_duplicate_never_passes(
     text, _ = generated
     conflicting = f"{text}\n{key}: PASS\n{key}: 0\n{key}: {other}\n"
     assert not check_tests_passed(report(conflicting)).passed
+
+
+# --- which facts a gate needs ----------------------------------------------------------
+
+ARTIFACT_TEXTS = st.sampled_from(
+    ["", "result: PASS\n", "result: FAIL\n", PASSING_REPORT, "# BRD\n" + "x" * 60, "ok"]
+)
+ARTIFACT_NAMES = st.sampled_from(
+    [
+        "01-brd.md",
+        "06-adr/0001-choice.md",
+        REPORT,
+        "14-staging-report.md",
+        "15-deploy-report.md",
+    ]
+)
+
+
+@HYPOTHESIS
+@given(
+    artifacts=st.dictionaries(ARTIFACT_NAMES, ARTIFACT_TEXTS, max_size=5),
+    changed=st.lists(st.sampled_from(["src/a.py", "docs/work-items/WI-1/01-brd.md"]), max_size=2),
+    merged=st.booleans(),
+)
+def test_a_gate_reads_no_costly_fact_it_does_not_declare(
+    artifacts: dict[str, str], changed: list[str], merged: bool
+) -> None:
+    """The finalizer collects changed paths and "merged" (git processes) only for the
+    gates that declare them (facts_needed): a gate whose verdict moved with a fact it
+    does not declare would be judged on a default instead."""
+    full = facts("development", artifacts=artifacts, changed_paths=tuple(changed), merged=merged)
+    for gate in GATES.values():
+        needed = facts_needed([gate])
+        cheap = facts(
+            "development",
+            artifacts=artifacts,
+            changed_paths=tuple(changed) if "changed_paths" in needed else (),
+            merged=merged if "merged" in needed else False,
+        )
+        assert gate(cheap) == gate(full), gate.__name__
+
+
+def test_a_gate_the_table_does_not_know_gets_every_costly_fact() -> None:
+    def custom(_facts: StageFacts) -> Verdict:
+        return Verdict(Outcome.PASS, "custom", "custom")
+
+    assert facts_needed([custom]) == COSTLY_FACTS
+    assert facts_needed([check_brd_present, check_tests_passed]) == frozenset()
+    assert facts_needed([check_code_committed, check_merged]) == COSTLY_FACTS

@@ -36,6 +36,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
@@ -63,6 +64,7 @@ from orchestrator.lifecycle.transitions import (
 )
 from orchestrator.maintenance.services import MAINTENANCE_INTERVAL_S, Maintenance
 from orchestrator.outbox.notifier import Notifier, notify_safely
+from orchestrator.procs.exits import ExitWatch
 from orchestrator.procs.job import RunningProcess, job_stop_grace_s, spawn_job
 from orchestrator.procs.proc import pid_alive, start_ticks
 from orchestrator.runners.environment import runner_environment
@@ -89,6 +91,9 @@ ENGINE_IDLE_POLL_S: Final = 10.0
 STAMP_WATCH_S: Final = 0.25
 # How often running jobs are checked against their task's stage (cancel, rollback).
 STAGE_CHECK_INTERVAL_S: Final = 0.5
+# The jobs one dispatch pass claimed are started together: a start is mostly waiting on
+# a spawn, a git process and a commit, so the starts overlap there (decision 0030).
+LAUNCH_WORKERS: Final = 4
 ACTOR: Final = "engine"
 
 
@@ -155,6 +160,10 @@ class Engine:
         self.waiting_s: float | None = None
         # A commit that moved work in this process (an enqueued job) wakes us at once.
         self.store.activity.subscribe(self.wake)
+        # So does a job's end (its pidfd), instead of waiting out the tick.
+        self.exits = ExitWatch(self.wake)
+        # The jobs a dispatch pass claimed are started together.
+        self._launch_pool = ThreadPoolExecutor(LAUNCH_WORKERS, thread_name_prefix="launch")
 
     # --- loop --------------------------------------------------------------------------
     def tick(self) -> bool:
@@ -193,11 +202,15 @@ class Engine:
                 on_tick()
             if until is not None and until():
                 return
-            working = bool(self._live) or bool(self.crossings.pending())
+            working = self._working()
             if busy or working:
                 self.store.activity.touch()  # the maintenance loops keep their cadence
             if not busy:
                 self._idle_wait(working, stop, stamp)
+
+    def _working(self) -> bool:
+        """Anything of this engine under way: a job running, a crossing."""
+        return bool(self._live) or bool(self.crossings.pending())
 
     def wake(self) -> None:
         """End the current idle wait: a job was enqueued, or the engine should stop."""
@@ -253,7 +266,7 @@ class Engine:
         """No crossing in flight here, no job queued, deferred, running or finalizing."""
         # The pool first: a crossing that ends meanwhile has committed what it queued
         # (a rollback's development job) before it leaves the pool, so the store sees it.
-        if self.crossings.pending() or self._live:
+        if self._working():
             return False
         pending = self.store.jobs_by_status(("queued", "deferred", "running", "finalizing"))
         return not pending and not self._live
@@ -281,9 +294,11 @@ class Engine:
                 self.crossings.pending(),
                 wait_s,
             )
+        self._launch_pool.shutdown(wait=True)
         if kill:
             self._kill_all("engine shutdown")
         self._live.clear()
+        self.exits.close()
 
     def _kill_all(self, reason: str) -> None:
         """SIGTERM every job at once, collect them as they end; SIGKILL what is left at
@@ -373,9 +388,7 @@ class Engine:
                     adopted_process = RunningProcess.adopt(job.pid or 0, log_path, running_for)
                     timeout = job.timeout_s or self._timeout_of(job, task)
                     budget = self._budget_of(job, task, log_path)
-                    self._live[job.id] = _Live(
-                        job, task, run.id, adopted_process, timeout, budget=budget
-                    )
+                    self._watch(_Live(job, task, run.id, adopted_process, timeout, budget=budget))
                 continue
             process = RunningProcess.adopt(job.pid or 0, log_path, 0.0) if log_path else None
             exit_code = process.recorded_exit() if process else -1
@@ -424,16 +437,19 @@ class Engine:
 
     # --- dispatch ----------------------------------------------------------------------
     def _dispatch(self) -> bool:
+        total = len(self._live)
+        if total >= self.settings.max_running_jobs:
+            return False  # no slot here: a backlog costs no query per tick
         ready = self.store.ready_jobs(time.time(), repositories=self.settings.instance_repos)
         if not ready:
             return False
         # Per repository over every instance; in all, this instance's own jobs only
         # (max_running_jobs is a host's capacity, decision 0027).
         counts = self.store.active_job_counts()
-        total = len(self._live)
         # A task being crossed (merge, deploy, health window) gets no job meanwhile.
-        busy_tasks = {live.task.id for live in self._live.values()} | self.crossings.busy_tasks()
-        started = False
+        busy_tasks = {live.task.id for live in self._live.values()}
+        busy_tasks |= self.crossings.busy_tasks()
+        claimed: list[tuple[Job, Task]] = []
         for job, repository in ready:
             if total >= self.settings.max_running_jobs:
                 break
@@ -441,18 +457,54 @@ class Engine:
                 continue
             if job.task_id in busy_tasks:
                 continue
-            if job.kind == "agent" and stop_if_over_budget(self.runtime, job):
+            task = self.store.get_task(job.task_id)
+            if job.kind == "agent" and stop_if_over_budget(self.runtime, job, task):
                 continue  # the task's cost budget is spent: a person decides
-            if self.launch_job(job):
+            claim = self._claim(job, task)
+            if claim is not None:
+                claimed.append(claim)
                 total += 1
                 counts[repository] = counts.get(repository, 0) + 1
                 busy_tasks.add(job.task_id)
-                started = True
-        return started
+        self._start_all(claimed)
+        return bool(claimed)
+
+    def _start_all(self, claimed: list[tuple[Job, Task]]) -> None:
+        """Start the claimed jobs together (their spawns, git processes and commits
+        overlap) and watch each; a start that raised (the store was away after a spawn)
+        raises here, once every other start has been watched."""
+        if len(claimed) == 1:
+            self._watch(self._start(*claimed[0]))
+            return
+        futures = [self._launch_pool.submit(self._start, *claim) for claim in claimed]
+        error: BaseException | None = None
+        for future in futures:
+            try:
+                self._watch(future.result())
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def launch_job(self, job: Job) -> bool:
         """Claim ``job`` and start its process; False if another actor claimed it first."""
-        task = self.store.get_task(job.task_id)
+        claimed = self._claim(job)
+        if claimed is None:
+            return False
+        self._watch(self._start(*claimed))
+        return True
+
+    def _watch(self, live: _Live) -> None:
+        """Watch a started (or adopted) job; its end wakes the engine."""
+        self._live[live.job.id] = live
+        if live.process is not None:
+            self.exits.watch(live.process.pid)
+
+    def _claim(self, job: Job, task: Task | None = None) -> tuple[Job, Task] | None:
+        """``job`` claimed ``queued -> running`` for this engine, with its task (read
+        now unless given, fresh); None if another actor claimed it first or its task
+        moved on (the job is stale)."""
+        task = task or self.store.get_task(job.task_id)
         with self.store.transaction() as tx:
             if task.stage != job.stage or task.failed:
                 if tx.set_job_status_cas(
@@ -469,10 +521,14 @@ class Engine:
                         job_id=job.id,
                         reason=f"task is in {task.stage}; the job is stale",
                     )
-                return False
+                return None
             if not tx.set_job_status_cas(job.id, "queued", "running", owner_boot_id=self.boot_id):
-                return False
-        job = self.store.get_job(job.id)
+                return None
+        return self.store.get_job(job.id), task
+
+    def _start(self, job: Job, task: Task) -> _Live:
+        """Start the process of a claimed job and record it (in the launch pool's thread
+        when the dispatch pass claimed it); what to watch, a start failure included."""
         worktree = Path(task.worktree)
         log_dir = self.settings.data_dir / "logs" / task.work_item
         log_path = (log_dir / f"{job.id:06d}-{job.stage}-a{job.attempt}.log").resolve()
@@ -538,10 +594,15 @@ class Engine:
                 reason=f"{spec.kind} {spec.name} pid {process.pid}, attempt {job.attempt}",
             )
         job = self.store.get_job(job.id)
-        budget = RunBudgetWatch(spec, result_file_for(log_path))
-        self._live[job.id] = _Live(job, task, run_id, process, timeout_s, budget=budget)
         notify_safely(lambda: self.notifier.on_task_changed(task, f"{job.stage} started"))
-        return True
+        return _Live(
+            job,
+            task,
+            run_id,
+            process,
+            timeout_s,
+            budget=RunBudgetWatch(spec, result_file_for(log_path)),
+        )
 
     def _start_failed(
         self,
@@ -552,7 +613,7 @@ class Engine:
         reason: str,
         *,
         failure: FailureKind = FailureKind.LAUNCH_FAILED,
-    ) -> bool:
+    ) -> _Live:
         """Record a job that could not start; ``failure=ENVIRONMENT`` (an unusable agent
         configuration) sends the task to a person instead of retrying it."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -567,10 +628,7 @@ class Engine:
                 attempt=job.attempt,
                 log_path=str(log_path),
             )
-        self._live[job.id] = _Live(
-            job, task, run_id, None, 0.0, start_error=reason, failure=failure
-        )
-        return True
+        return _Live(job, task, run_id, None, 0.0, start_error=reason, failure=failure)
 
     def _command(
         self, spec: AgentSpec, job: Job, task: Task, log_path: Path

@@ -29,6 +29,7 @@ from typing import Final
 
 __all__ = [
     "ARTIFACT_ROOT",
+    "COSTLY_FACTS",
     "DEPLOY_REPORT_FILE",
     "GATES",
     "HUMAN_GATE_ARTIFACTS",
@@ -50,6 +51,7 @@ __all__ = [
     "check_merged",
     "check_staging_passed",
     "check_tests_passed",
+    "facts_needed",
     "run_gates",
 ]
 
@@ -290,6 +292,28 @@ QG_CHECKS: Final[Mapping[str, tuple[Gate, ...]]] = {
     "deploy-staging": (check_staging_passed,),
     "deploy": (check_deploy_ready,),
 }
+
+# The facts that cost a git process to collect, by the gates that read them: the
+# finalizer collects a fact only for a stage one of whose gates needs it. A gate not
+# listed here (one a test or a plugin brings) gets them all.
+COSTLY_FACTS: Final = frozenset({"changed_paths", "merged"})
+_NEEDS: Final[Mapping[Gate, frozenset[str]]] = {
+    check_brd_present: frozenset(),
+    check_adr_present: frozenset(),
+    check_code_committed: frozenset({"changed_paths"}),
+    check_tests_passed: frozenset(),
+    check_staging_passed: frozenset(),
+    check_deploy_ready: frozenset(),
+    check_merged: frozenset({"merged"}),
+}
+
+
+def facts_needed(gates: Iterable[Gate]) -> frozenset[str]:
+    """Which of :data:`COSTLY_FACTS` ``gates`` read."""
+    needed: frozenset[str] = frozenset()
+    for gate in gates:
+        needed |= _NEEDS.get(gate, COSTLY_FACTS)
+    return needed
 
 
 def run_gates(gates: Iterable[Gate], facts: StageFacts) -> Verdict:

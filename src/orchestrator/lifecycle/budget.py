@@ -27,7 +27,7 @@ from typing import Final
 
 from orchestrator.kernel.events import EventKind
 from orchestrator.lifecycle import moves as lifecycle
-from orchestrator.store import AgentRun, Event, Job
+from orchestrator.store import AgentRun, Event, Job, Task
 
 __all__ = ["TaskSpend", "budget_stop_reason", "stop_if_over_budget", "task_spend"]
 
@@ -63,12 +63,13 @@ def budget_stop_reason(budget_usd: float, spend: TaskSpend, work_item: str) -> s
     )
 
 
-def stop_if_over_budget(runtime: lifecycle.Listeners, job: Job) -> bool:
+def stop_if_over_budget(runtime: lifecycle.Listeners, job: Job, task: Task | None = None) -> bool:
     """Fail ``job`` and its task if the task is over budget (through the lifecycle, so
     the card, the tracker, the forge status and the alert all hear it); True if it did
-    (or lost the job to another actor meanwhile), False when the job may start."""
+    (or lost the job to another actor meanwhile), False when the job may start.
+    ``task`` is the job's task if the caller has just read it."""
     store, settings = runtime.store, runtime.settings
-    task = store.get_task(job.task_id)
+    task = task or store.get_task(job.task_id)
     budget = settings.task_budget_for(Path(task.repository))
     if budget <= 0:
         return False

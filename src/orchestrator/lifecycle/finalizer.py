@@ -37,6 +37,7 @@ from orchestrator.kernel.decisions import (
 from orchestrator.kernel.events import EventKind
 from orchestrator.kernel.failures import FailureKind, cause_of, verdict_failure_kind
 from orchestrator.kernel.gates import (
+    COSTLY_FACTS,
     GATES,
     QG_CHECKS,
     STAGE_REPORT_FILES,
@@ -44,6 +45,7 @@ from orchestrator.kernel.gates import (
     Outcome,
     StageFacts,
     Verdict,
+    facts_needed,
     run_gates,
 )
 from orchestrator.kernel.stages import JOB_STAGES, TRANSITION_EFFECTS
@@ -150,15 +152,23 @@ class Finalizer:
                 )
                 failure = FailureKind.NONZERO_EXIT
             verdict = None
+            plan = None
             if job_error is None:
-                job_error, verdict = self.judge(task, job)
+                job_error, verdict, plan = self._judge(task, job)
                 if job_error is not None:
                     failure = FailureKind.COMMIT_REFUSED
             elif failure is None:
                 failure = FailureKind.AGENT_ERROR  # an error its caller did not classify
             decision = self.decide(task, job, job_error, verdict, cause_of(failure))
             return self.apply_decision(
-                task, job, verdict, job_error, decision, actor=actor, failure_kind=failure
+                task,
+                job,
+                verdict,
+                job_error,
+                decision,
+                actor=actor,
+                failure_kind=failure,
+                plan=plan,
             )
         except Exception as exc:  # finalization must not kill the loop
             current = self.store.get_task(job.task_id)
@@ -214,15 +224,21 @@ class Finalizer:
         """The stage's gates over the worktree as it is (and, given ``plan``, as the
         commit would take it): read-only, nothing committed. Every judgement of a job
         comes through here, the reaper's and the finalizer's alike."""
-        return run_gates(self._gates(task, job.stage), self.collect_facts(task, job, plan))
+        gates = self._gates(task, job.stage)
+        return run_gates(gates, self.collect_facts(task, job, plan, facts_needed(gates)))
 
     def judge(self, task: Task, job: Job) -> tuple[str | None, Verdict | None]:
         """A successful job's (error, verdict): a commit over the size limits is the
         job's error (nothing will be committed); otherwise the gates judge. Read-only."""
+        error, verdict, _plan = self._judge(task, job)
+        return error, verdict
+
+    def _judge(self, task: Task, job: Job) -> tuple[str | None, Verdict | None, CommitPlan]:
+        """:meth:`judge`, with the commit plan it made (the commit that follows uses it)."""
         plan = self.plan_commit(task, job)
         if plan.problem is not None:
-            return plan.problem, None
-        return None, self.evaluate(task, job, plan)
+            return plan.problem, None, plan
+        return None, self.evaluate(task, job, plan), plan
 
     def commit_policy(self, task: Task, job: Job) -> CommitPolicy:
         """What the commit after ``job`` may take: a runner only its own reports."""
@@ -249,12 +265,19 @@ class Finalizer:
             return QG_CHECKS.get(stage, ())
         return tuple(GATES[name] for name in names)
 
-    def collect_facts(self, task: Task, job: Job, plan: CommitPlan | None = None) -> StageFacts:
+    def collect_facts(
+        self,
+        task: Task,
+        job: Job,
+        plan: CommitPlan | None = None,
+        needed: frozenset[str] = COSTLY_FACTS,
+    ) -> StageFacts:
         """Read what the gates may look at; a snapshot, so gates stay pure.
 
         Changed paths are those the job committed itself and those the engine's commit
         will take (``plan``): the gates judge a job before the commit, and files the
-        commit policy leaves out (a venv, ``.env``) never count as work.
+        commit policy leaves out (a venv, ``.env``) never count as work. The facts that
+        cost git processes (changed paths, merged) are read only when ``needed``.
         """
         worktree = Path(task.worktree)
         root = worktree / artifact_dir(task.work_item)
@@ -264,12 +287,15 @@ class Finalizer:
                 if path.is_file() and path.stat().st_size <= MAX_ARTIFACT_BYTES:
                     relative = path.relative_to(root).as_posix()
                     artifacts[relative] = path.read_text(encoding="utf-8", errors="replace")
-        repo = Repo(Path(task.repository))
-        since = job.start_sha or task.base_sha
-        changed = set(git(worktree, "diff", "--name-only", since, "HEAD").stdout.split("\n"))
-        changed |= set((plan or self.plan_commit(task, job)).paths)
-        merged = repo.is_merged(task.branch, task.base_branch)
-        paths = tuple(sorted(path for path in changed if path))
+        paths: tuple[str, ...] = ()
+        if "changed_paths" in needed:
+            since = job.start_sha or task.base_sha
+            changed = set(git(worktree, "diff", "--name-only", since, "HEAD").stdout.split("\n"))
+            changed |= set((plan or self.plan_commit(task, job)).paths)
+            paths = tuple(sorted(path for path in changed if path))
+        merged = "merged" in needed and Repo(Path(task.repository)).is_merged(
+            task.branch, task.base_branch
+        )
         return StageFacts(task.work_item, job.stage, artifacts, paths, merged)
 
     def lost(self, job: Job, task: Task, why: str, actor: str) -> None:
@@ -300,12 +326,16 @@ class Finalizer:
         actor: str = ACTOR,
         claim_from: str | None = "finalizing",
         failure_kind: FailureKind | None = None,
+        plan: CommitPlan | None = None,
     ) -> bool:
         """Claim the job's terminal status, then (only if we won) act on the decision.
 
         ``claim_from=None`` skips the claim: the reconciler repairing a job that is
         already terminal. A failed job is stored with ``failure_kind`` (how its caller
-        saw it fail) or, when its gates judged it, the kind of their verdict.
+        saw it fail) or, when its gates judged it, the kind of their verdict. ``plan``
+        is the commit plan the judgement made: when it is empty there is nothing to
+        commit (the job has ended and its tree with it, so nothing writes the worktree
+        meanwhile) and no git process is spent on planning it again.
         """
         passed = verdict is not None and verdict.passed
         if claim_from is not None:
@@ -337,7 +367,8 @@ class Finalizer:
         # Only a job that ended well and got a verdict is committed: an agent's failure
         # and a DEFER (a tool error) leave the worktree as it is, for the next attempt.
         judged = verdict is not None and verdict.outcome is not Outcome.DEFER
-        if worktree.is_dir() and job_error is None and judged:
+        nothing_planned = plan is not None and not plan.paths
+        if worktree.is_dir() and job_error is None and judged and not nothing_planned:
             message = f"{task.work_item}: {job.stage} (attempt {job.attempt})"
             # A worktree removed meanwhile (another actor finished the task) raises here;
             # the callers (finalize, the reconciler's repair) count that as a lost race.

@@ -12,6 +12,7 @@ keeps it that way.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -593,6 +594,12 @@ class Store:
         # write (None before any): a watcher that saw the first and sees the second
         # saw only our own commit.
         self.own_change: tuple[tuple[int, ...] | None, tuple[int, ...] | None] = (None, None)
+        # SQLite has one writer at a time. Threads of this process that write at once
+        # queue here, handed the turn as soon as it is free; on SQLite's own lock they
+        # would wait in its busy handler, which sleeps 1, 2, 5 ... up to 100 ms between
+        # tries (other processes still do). Re-entrant, so a nested write fails as it
+        # did (on SQLite's timeout) rather than hanging.
+        self._write_turn = threading.RLock() if self._path is not None else None
 
     def _count_statement(self, *_args: Any) -> None:
         with self._statements_lock:
@@ -686,7 +693,7 @@ class Store:
     def transaction(self) -> Iterator[Tx]:
         """One atomic unit of writes; commits on exit, rolls back on an exception."""
         try:
-            with self.engine.connect() as plain:
+            with self._write_turn or contextlib.nullcontext(), self.engine.connect() as plain:
                 conn = plain.execution_options(**{WRITE_OPTION: True})
                 with conn.begin():
                     # SQLite: the stamp while we hold the write lock, so the watcher can

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Final
 
 from orchestrator.settings import DEFAULT_COMMIT_EXCLUDE
-from orchestrator.workspace.git import git
+from orchestrator.workspace.git import git, git_dir
 
 __all__ = [
     "DEFAULT_COMMIT_EXCLUDE",
@@ -101,8 +101,7 @@ class CommitPlan:
 def _scratch_index(worktree: Path) -> Iterator[dict[str, str]]:
     """A private copy of the worktree's index, reset to HEAD (stat data kept, so
     unchanged files are not hashed again)."""
-    real = Path(git(worktree, "rev-parse", "--git-path", "index").stdout.strip())
-    real = real if real.is_absolute() else worktree / real
+    real = git_dir(worktree) / "index"  # a linked worktree's index is its own
     scratch_dir = Path(tempfile.mkdtemp(prefix="orch-index-"))
     try:
         env = {"GIT_INDEX_FILE": str(scratch_dir / "index")}

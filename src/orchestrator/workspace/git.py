@@ -31,6 +31,7 @@ __all__ = [
     "MergeResult",
     "Repo",
     "git",
+    "git_dir",
     "remove_tree",
 ]
 
@@ -87,6 +88,28 @@ def git(
         first = detail[0] if detail else f"exit code {result.returncode}"
         raise RepositoryError(f"git {' '.join(args[:2])} failed in {cwd}: {first}")
     return result
+
+
+def git_dir(worktree: Path) -> Path:
+    """The git directory of the checkout whose top level is ``worktree``.
+
+    Read from its ``.git`` as git itself does (a directory, or a file ``gitdir: <path>``
+    in a linked worktree), so the engine spends no git process on it per job; git is
+    asked only when that entry says nothing usable (a subdirectory, an odd layout).
+    """
+    dot_git = worktree / ".git"
+    try:
+        if dot_git.is_dir():
+            return dot_git.resolve()
+        pointer = dot_git.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        pointer = ""
+    if pointer.startswith("gitdir:"):
+        target = Path(pointer.removeprefix("gitdir:").strip())
+        target = target if target.is_absolute() else worktree / target
+        if (target / "HEAD").is_file():
+            return target.resolve()
+    return Path(git(worktree, "rev-parse", "--absolute-git-dir").stdout.strip())
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Final
 
 from orchestrator.errors import RepositoryError
 from orchestrator.settings import RepoConfig
-from orchestrator.workspace.git import git
+from orchestrator.workspace.git import git_dir
 from orchestrator.workspace.hooks import HOOK_FAILED_EXIT
 
 __all__ = [
@@ -43,8 +43,7 @@ _SPECIAL: Final = re.compile(r"([\\*?\[\]!#])")
 
 def state_dir(worktree: Path) -> Path:
     """Where orch keeps its notes on a worktree: inside the worktree's own git dir."""
-    git_dir = git(worktree, "rev-parse", "--absolute-git-dir").stdout.strip()
-    return Path(git_dir) / "orch"
+    return git_dir(worktree) / "orch"
 
 
 def _argv(command: list[str] | str) -> list[str]:
