@@ -59,9 +59,10 @@ def test_close_stops_the_thread_and_can_be_repeated() -> None:
     child = subprocess.Popen(["sleep", "30"])
     try:
         watch.watch(child.pid)
+        [thread] = [t for t in threading.enumerate() if t is watch._thread]
         watch.close()
         watch.close()
-        assert not [t for t in threading.enumerate() if t.name == "exit-watch" and t.is_alive()]
+        assert not thread.is_alive()
     finally:
         child.kill()
         child.wait()

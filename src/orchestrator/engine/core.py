@@ -39,7 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from orchestrator.agents import (
     AgentSpec,
@@ -91,10 +91,12 @@ ENGINE_IDLE_POLL_S: Final = 10.0
 STAMP_WATCH_S: Final = 0.25
 # How often running jobs are checked against their task's stage (cancel, rollback).
 STAGE_CHECK_INTERVAL_S: Final = 0.5
-# The jobs one dispatch pass claimed are started together: a start is mostly waiting on
-# a spawn, a git process and a commit, so the starts overlap there (decision 0030).
+# The jobs one dispatch pass claimed are started together, and the jobs one watch pass
+# found ended are finalized together: both are mostly waiting on spawns, git processes
+# and commits, so they overlap there; the pass waits for them all (decision 0030).
 LAUNCH_WORKERS: Final = 4
 ACTOR: Final = "engine"
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -162,8 +164,9 @@ class Engine:
         self.store.activity.subscribe(self.wake)
         # So does a job's end (its pidfd), instead of waiting out the tick.
         self.exits = ExitWatch(self.wake)
-        # The jobs a dispatch pass claimed are started together.
-        self._launch_pool = ThreadPoolExecutor(LAUNCH_WORKERS, thread_name_prefix="launch")
+        # The jobs a pass claimed are started together, those it saw end finalized so.
+        self._pool = ThreadPoolExecutor(LAUNCH_WORKERS, thread_name_prefix="engine-pass")
+        self._pool_closed = False
 
     # --- loop --------------------------------------------------------------------------
     def tick(self) -> bool:
@@ -294,11 +297,12 @@ class Engine:
                 self.crossings.pending(),
                 wait_s,
             )
-        self._launch_pool.shutdown(wait=True)
         if kill:
             self._kill_all("engine shutdown")
         self._live.clear()
         self.exits.close()
+        self._pool_closed = True  # a pass after this (a test's) works without the pool
+        self._pool.shutdown(wait=True)
 
     def _kill_all(self, reason: str) -> None:
         """SIGTERM every job at once, collect them as they end; SIGKILL what is left at
@@ -473,18 +477,27 @@ class Engine:
         """Start the claimed jobs together (their spawns, git processes and commits
         overlap) and watch each; a start that raised (the store was away after a spawn)
         raises here, once every other start has been watched."""
-        if len(claimed) == 1:
-            self._watch(self._start(*claimed[0]))
-            return
-        futures = [self._launch_pool.submit(self._start, *claim) for claim in claimed]
+        for live in self._together(self._start, claimed):
+            self._watch(live)
+
+    def _together(self, work: Callable[..., _T], calls: list[tuple[Any, ...]]) -> list[_T]:
+        """``work(*call)`` for every call, overlapping in the pool; the results in order.
+        A call that raised raises here once every other call has ended (and the results
+        of those that did not are lost to the caller: only a store that went away makes
+        a start or a finalization raise, and that stops the loop as it always did)."""
+        if len(calls) <= 1 or self._pool_closed:
+            return [work(*call) for call in calls]
+        futures = [self._pool.submit(work, *call) for call in calls]
+        results: list[_T] = []
         error: BaseException | None = None
         for future in futures:
             try:
-                self._watch(future.result())
+                results.append(future.result())
             except Exception as exc:
                 error = error or exc
         if error is not None:
             raise error
+        return results
 
     def launch_job(self, job: Job) -> bool:
         """Claim ``job`` and start its process; False if another actor claimed it first."""
@@ -705,7 +718,7 @@ class Engine:
             return False
         self._enforce_kill_deadlines()
         moved = self._stage_moved_tasks() if not final else set()
-        progressed = False
+        ended: list[tuple[_Live, int | None]] = []
         for job_id, live in list(self._live.items()):
             exit_code: int | None
             if live.process is None:
@@ -725,9 +738,9 @@ class Engine:
                 if exit_code is None:
                     continue
             del self._live[job_id]
-            self._finish(live, exit_code)
-            progressed = True
-        return progressed
+            ended.append((live, exit_code))
+        self._together(self._finish, ended)
+        return bool(ended)
 
     def kill_job(self, job_id: int, reason: str, failure: FailureKind = FailureKind.REAPED) -> bool:
         """Stop one of this engine's running jobs (the reaper's tier 3): SIGTERM now,
