@@ -113,3 +113,38 @@ def test_stopping_a_quiet_loop_does_not_wait_out_its_idle_interval() -> None:
     # Not a speed bound: without the wake the thread would still be waiting its hour.
     assert time.monotonic() - began < WAIT_S
     assert [row["state"] for row in supervisor.status()] == ["stopped"]
+
+
+def test_rest_waits_the_busy_interval_while_work_moves() -> None:
+    clock = FakeClock()
+    activity = Activity(clock)
+    waited: list[float] = []
+    activity.rest(
+        activity.generation, busy_wait=waited.append, interval_s=0.5, idle_interval_s=NEVER_S
+    )
+    assert waited == [0.5]
+
+
+def test_a_quiet_rest_ends_when_the_next_retry_is_due() -> None:
+    """The inbox's and the outbox's wait: a retry's backoff is announced by no one, so a
+    quiet loop must wake for it (seen hanging for the idle hour with ``due_in_s``
+    ignored)."""
+    clock = FakeClock()
+    activity = Activity(clock)
+    clock.now += QUIET_AFTER_S + 1
+    began = time.monotonic()
+    activity.rest(
+        activity.generation,
+        busy_wait=pytest.fail,
+        interval_s=0.5,
+        idle_interval_s=NEVER_S,
+        due_in_s=lambda: 0.05,
+    )
+    assert time.monotonic() - began < WAIT_S  # a bound against hanging, not a speed test
+    activity.rest(
+        activity.generation,
+        busy_wait=pytest.fail,
+        interval_s=0.5,
+        idle_interval_s=NEVER_S,
+        due_in_s=lambda: -3.0,  # overdue: no wait at all
+    )

@@ -301,6 +301,7 @@ class Engine:
             self._kill_all("engine shutdown")
         self._live.clear()
         self.exits.close()
+        self.store.activity.unsubscribe(self.wake)
         self._pool_closed = True  # a pass after this (a test's) works without the pool
         self._pool.shutdown(wait=True)
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from orchestrator.store.activity import QUIET_AFTER_S, Activity
+from orchestrator.store.activity import Activity
 
 __all__ = [
     "MAX_RESTART_BACKOFF_S",
@@ -81,10 +81,9 @@ def every(
         while not stop.is_set():
             generation = pulse.generation
             sweep()
-            if pulse.quiet_for() < QUIET_AFTER_S:
-                stop.wait(interval_s)
-            else:
-                pulse.wait(idle_s, since=generation)
+            pulse.rest(
+                generation, busy_wait=stop.wait, interval_s=interval_s, idle_interval_s=idle_s
+            )
 
     return paced
 

@@ -51,7 +51,6 @@ from typing import Any, Final, Protocol
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings
 from orchestrator.store import Store, Task, Tx
-from orchestrator.store.activity import QUIET_AFTER_S
 from orchestrator.store.outbox import (
     OutboxMessage,
     OutboxStatus,
@@ -315,12 +314,17 @@ class OutboxDelivery:
             delivered = self.deliver_due()
             if delivered:
                 continue
-            if activity.quiet_for() < QUIET_AFTER_S:
-                stop.wait(interval_s)
-                continue
-            due = self.rows.next_attempt_at()  # a retry's backoff is announced by no one
-            wait_s = idle_interval_s if due is None else min(idle_interval_s, due - self._clock())
-            activity.wait(max(wait_s, 0.0), since=generation)
+            activity.rest(
+                generation,
+                busy_wait=stop.wait,
+                interval_s=interval_s,
+                idle_interval_s=idle_interval_s,
+                due_in_s=self._next_retry_in_s,
+            )
+
+    def _next_retry_in_s(self) -> float | None:
+        due = self.rows.next_attempt_at()
+        return None if due is None else due - self._clock()
 
     def wake(self) -> None:
         """End a long idle wait (the supervisor stops the loop)."""

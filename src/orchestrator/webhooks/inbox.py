@@ -60,7 +60,6 @@ from orchestrator.lifecycle.service import TaskService
 from orchestrator.lifecycle.transitions import Crossing, Runtime, enter_transition
 from orchestrator.outbox.notifier import notify_safely
 from orchestrator.store import InboxStatus, InboxStore, Intent, Task
-from orchestrator.store.activity import QUIET_AFTER_S
 from orchestrator.store.records import Event
 
 __all__ = [
@@ -190,12 +189,17 @@ class InboxApplier:
             self._wake.clear()
             generation = activity.generation
             self.apply_due()
-            if activity.quiet_for() < QUIET_AFTER_S:
-                self._wake.wait(interval_s)
-                continue
-            due = self.inbox.next_attempt_at()  # a retry's backoff is announced by no one
-            wait_s = idle_interval_s if due is None else min(idle_interval_s, due - self._clock())
-            activity.wait(max(wait_s, 0.0), since=generation)
+            activity.rest(
+                generation,
+                busy_wait=self._wake.wait,
+                interval_s=interval_s,
+                idle_interval_s=idle_interval_s,
+                due_in_s=self._next_retry_in_s,
+            )
+
+    def _next_retry_in_s(self) -> float | None:
+        due = self.inbox.next_attempt_at()
+        return None if due is None else due - self._clock()
 
     def apply_due(self) -> int:
         """One sweep: every due intent decided and, when it may, applied; returns how
