@@ -9,6 +9,7 @@ effective value came from, for ``orch config show``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -38,6 +39,10 @@ from orchestrator.procs.kill import KILL_GRACE_S
 from orchestrator.procs.native import Launcher
 from orchestrator.redact import MASK, redact_value
 from orchestrator.redact import secret_values as find_secret_values
+
+# Words a shell would treat as operators: in a hook given as one string they mean the
+# author expected a shell.
+SHELL_OPERATORS: Final = frozenset({"&&", "||", "|", ";", ">", ">>", "<", "&"})
 
 # What tools create and no one means to commit: the commit policy's built-in excludes
 # (orchestrator.workspace.commit_policy), here because commit_exclude's check needs them.
@@ -328,7 +333,8 @@ class RepoConfig(_Strict):
     # output); "!<pattern>" drops that pattern from the built-in list.
     commit_exclude: list[str] = Field(default_factory=list)
     # Run once in a new worktree, before its first job (e.g. create the venv); argument
-    # list or one string. Its failure fails the task for a person, never for the agent.
+    # list or one string split like a shell would, never run by one (for "&&", write
+    # ["sh", "-c", "..."]). Its failure fails the task for a person, never for the agent.
     after_create: list[str] | str | None = None
     # Run in the worktree before every agent or runner job; failure as after_create.
     before_run: list[str] | str | None = None
@@ -346,6 +352,25 @@ class RepoConfig(_Strict):
 
     _stages_known = field_validator("stages")(_check_stage_keys)
     _forge_repo_shape = field_validator("forge_repo")(_check_forge_repo)
+
+    @field_validator("after_create", "before_run")
+    @classmethod
+    def _no_shell(cls, value: list[str] | str | None) -> list[str] | str | None:
+        """A hook given as one string is split like a shell would, never run by one: an
+        ``&&`` in it would reach the command as an argument."""
+        if not isinstance(value, str):
+            return value
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} cannot be split into arguments: {exc}") from None
+        operators = [word for word in words if word in SHELL_OPERATORS]
+        if operators:
+            raise ValueError(
+                f"{value!r} is not run by a shell, so {operators[0]!r} would reach the "
+                f'command as an argument; write ["sh", "-c", {json.dumps(value)}]'
+            )
+        return value
 
     @field_validator("commit_exclude", "worktree_include")
     @classmethod

@@ -503,3 +503,36 @@ def test_commit_exclude_patterns_are_one_line_each(tmp_path: Path) -> None:
 def test_commit_limits_have_sane_defaults(tmp_path: Path) -> None:
     settings = load_settings()
     assert (settings.commit_max_files, settings.commit_max_bytes) == (2_000, 20_000_000)
+
+
+# --- hooks are not run by a shell -------------------------------------------------------
+
+
+@pytest.mark.parametrize("operator", ["&&", "||", "|", ";", ">", "<"])
+def test_a_hook_string_expecting_a_shell_is_refused_with_the_fix(
+    tmp_path: Path, operator: str
+) -> None:
+    hook = f"python3 -m venv .venv {operator} .venv/bin/pip install -e ."
+    message = config_error(tmp_path, f"[repos.app]\nafter_create = {hook!r}\n")
+    assert "repos.app.after_create" in message
+    assert f"{operator!r} would reach the command as an argument" in message
+    assert f'write ["sh", "-c", "{hook}"]' in message
+
+
+def test_hooks_that_need_no_shell_load_as_written(tmp_path: Path) -> None:
+    write_config(
+        tmp_path,
+        """
+        [repos.app]
+        after_create = "make setup ARGS='a && b'"
+        before_run = ["sh", "-c", "test -d .venv && echo ready"]
+        """,
+    )
+    config = load_settings(cwd=tmp_path).repos["app"]
+    assert config.after_create == "make setup ARGS='a && b'"  # quoted: one argument
+    assert config.before_run == ["sh", "-c", "test -d .venv && echo ready"]
+
+
+def test_a_hook_string_that_cannot_be_split_is_refused(tmp_path: Path) -> None:
+    message = config_error(tmp_path, '[repos.app]\nbefore_run = "echo \'unclosed"\n')
+    assert "cannot be split into arguments" in message
