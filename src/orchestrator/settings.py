@@ -44,6 +44,38 @@ from orchestrator.redact import secret_values as find_secret_values
 # author expected a shell.
 SHELL_OPERATORS: Final = frozenset({"&&", "||", "|", ";", ">", ">>", "<", "&"})
 
+def _bare_words(command: str) -> list[str]:
+    """The words of ``command`` as a shell splits them, leaving out every word with a
+    quoted or escaped character in it: a quoted ``'|'`` (``tr '|' ,``) or an escaped
+    ``\\;`` (``find -exec``) is meant as an argument, a bare ``&&`` as an operator."""
+    words: list[str] = []
+    word: list[str] = []
+    quote: str | None = None
+    quoted = in_word = False
+    chars = iter(command)
+    for char in chars:
+        if quote is not None:
+            if char == quote:
+                quote = None
+            else:
+                word.append(next(chars, "") if char == "\\" and quote == '"' else char)
+        elif char in "'\"":
+            quote, quoted, in_word = char, True, True
+        elif char == "\\":
+            word.append(next(chars, ""))
+            quoted = in_word = True
+        elif char.isspace():
+            if in_word and not quoted:
+                words.append("".join(word))
+            word, quoted, in_word = [], False, False
+        else:
+            word.append(char)
+            in_word = True
+    if in_word and not quoted:
+        words.append("".join(word))
+    return words
+
+
 # What tools create and no one means to commit: the commit policy's built-in excludes
 # (orchestrator.workspace.commit_policy), here because commit_exclude's check needs them.
 # Gitignore syntax: "x/" is a directory named x at any depth, "/x/" only at the top of the
@@ -361,10 +393,10 @@ class RepoConfig(_Strict):
         if not isinstance(value, str):
             return value
         try:
-            words = shlex.split(value)
+            shlex.split(value)
         except ValueError as exc:
             raise ValueError(f"{value!r} cannot be split into arguments: {exc}") from None
-        operators = [word for word in words if word in SHELL_OPERATORS]
+        operators = [word for word in _bare_words(value) if word in SHELL_OPERATORS]
         if operators:
             raise ValueError(
                 f"{value!r} is not run by a shell, so {operators[0]!r} would reach the "

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orchestrator.errors import ConfigError, UsageError
 from orchestrator.kernel.decisions import Limits
@@ -15,6 +18,7 @@ from orchestrator.kernel.stages import Pipeline
 from orchestrator.settings import (
     Settings,
     SettingSource,
+    _bare_words,
     describe_settings,
     find_config_file,
     load_settings,
@@ -526,13 +530,46 @@ def test_hooks_that_need_no_shell_load_as_written(tmp_path: Path) -> None:
         [repos.app]
         after_create = "make setup ARGS='a && b'"
         before_run = ["sh", "-c", "test -d .venv && echo ready"]
+        [repos.other]
+        after_create = "tr '|' ,"
+        before_run = 'find . -name x -exec rm {} \\;'
         """,
     )
-    config = load_settings(cwd=tmp_path).repos["app"]
+    loaded = load_settings(cwd=tmp_path)
+    config = loaded.repos["app"]
     assert config.after_create == "make setup ARGS='a && b'"  # quoted: one argument
     assert config.before_run == ["sh", "-c", "test -d .venv && echo ready"]
+    assert loaded.repos["other"].after_create == "tr '|' ,"
+    assert loaded.repos["other"].before_run == "find . -name x -exec rm {} \\;"
 
 
 def test_a_hook_string_that_cannot_be_split_is_refused(tmp_path: Path) -> None:
     message = config_error(tmp_path, '[repos.app]\nbefore_run = "echo \'unclosed"\n')
     assert "cannot be split into arguments" in message
+
+
+@given(
+    st.lists(
+        st.tuples(st.text(alphabet="ab1&|;<>'\" $", min_size=1, max_size=6), st.booleans()),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_bare_words_are_the_words_written_without_quotes_or_escapes(
+    parts: list[tuple[str, bool]],
+) -> None:
+    """Each word either quoted (shlex.quote, forced) or written as is when it needs no
+    quoting: the bare words are exactly the second kind, and a shell's split of the
+    whole line gives back every word."""
+    rendered = []
+    bare = []
+    for word, force_quote in parts:
+        plain = shlex.quote(word) == word
+        if plain and not force_quote:
+            rendered.append(word)
+            bare.append(word)
+        else:
+            rendered.append("'" + word.replace("'", "'\"'\"'") + "'")
+    line = " ".join(rendered)
+    assert shlex.split(line) == [word for word, _ in parts]
+    assert _bare_words(line) == bare

@@ -36,7 +36,6 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -94,9 +93,48 @@ STAGE_CHECK_INTERVAL_S: Final = 0.5
 # The jobs one dispatch pass claimed are started together, and the jobs one watch pass
 # found ended are finalized together: both are mostly waiting on spawns, git processes
 # and commits, so they overlap there; the pass waits for them all (decision 0030).
-LAUNCH_WORKERS: Final = 4
+PASS_WORKERS: Final = 4
 ACTOR: Final = "engine"
 _T = TypeVar("_T")
+
+
+def _together(work: Callable[..., _T], calls: list[tuple[Any, ...]]) -> list[_T | Exception]:
+    """``work(*call)`` for every call, up to ``PASS_WORKERS`` at once; each call's
+    result or the exception it raised, in order. The threads are daemons, so a call
+    stuck on something without a timeout never holds up the process's exit."""
+    outcomes: list[_T | Exception] = []
+    if len(calls) <= 1:
+        for call in calls:
+            try:
+                outcomes.append(work(*call))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+    slots: dict[int, _T | Exception] = {}
+    pending = iter(enumerate(calls))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                item = next(pending, None)
+            if item is None:
+                return
+            index, call = item
+            try:
+                slots[index] = work(*call)
+            except Exception as exc:
+                slots[index] = exc
+
+    threads = [
+        threading.Thread(target=worker, name=f"engine-pass-{n}", daemon=True)
+        for n in range(min(PASS_WORKERS, len(calls)))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [slots[index] for index in range(len(calls))]
 
 
 @dataclass
@@ -164,9 +202,6 @@ class Engine:
         self.store.activity.subscribe(self.wake)
         # So does a job's end (its pidfd), instead of waiting out the tick.
         self.exits = ExitWatch(self.wake)
-        # The jobs a pass claimed are started together, those it saw end finalized so.
-        self._pool = ThreadPoolExecutor(LAUNCH_WORKERS, thread_name_prefix="engine-pass")
-        self._pool_closed = False
 
     # --- loop --------------------------------------------------------------------------
     def tick(self) -> bool:
@@ -302,8 +337,6 @@ class Engine:
         self._live.clear()
         self.exits.close()
         self.store.activity.unsubscribe(self.wake)
-        self._pool_closed = True  # a pass after this (a test's) works without the pool
-        self._pool.shutdown(wait=True)
 
     def _kill_all(self, reason: str) -> None:
         """SIGTERM every job at once, collect them as they end; SIGKILL what is left at
@@ -455,50 +488,41 @@ class Engine:
         busy_tasks = {live.task.id for live in self._live.values()}
         busy_tasks |= self.crossings.busy_tasks()
         claimed: list[tuple[Job, Task]] = []
-        for job, repository in ready:
-            if total >= self.settings.max_running_jobs:
-                break
-            if counts.get(repository, 0) >= self.settings.max_running_jobs_per_repo:
-                continue
-            if job.task_id in busy_tasks:
-                continue
-            task = self.store.get_task(job.task_id)
-            if job.kind == "agent" and stop_if_over_budget(self.runtime, job, task):
-                continue  # the task's cost budget is spent: a person decides
-            claim = self._claim(job, task)
-            if claim is not None:
-                claimed.append(claim)
-                total += 1
-                counts[repository] = counts.get(repository, 0) + 1
-                busy_tasks.add(job.task_id)
-        self._start_all(claimed)
+        try:
+            for job, repository in ready:
+                if total >= self.settings.max_running_jobs:
+                    break
+                if counts.get(repository, 0) >= self.settings.max_running_jobs_per_repo:
+                    continue
+                if job.task_id in busy_tasks:
+                    continue
+                task = self.store.get_task(job.task_id)
+                if job.kind == "agent" and stop_if_over_budget(self.runtime, job, task):
+                    continue  # the task's cost budget is spent: a person decides
+                claim = self._claim(job, task)
+                if claim is not None:
+                    claimed.append(claim)
+                    total += 1
+                    counts[repository] = counts.get(repository, 0) + 1
+                    busy_tasks.add(job.task_id)
+        finally:
+            # What was claimed is started even when a later claim raised: a job left
+            # claimed but unstarted would be failed as lost by the next engine.
+            self._start_all(claimed)
         return bool(claimed)
 
     def _start_all(self, claimed: list[tuple[Job, Task]]) -> None:
         """Start the claimed jobs together (their spawns, git processes and commits
-        overlap) and watch each; a start that raised (the store was away after a spawn)
-        raises here, once every other start has been watched."""
-        for live in self._together(self._start, claimed):
-            self._watch(live)
-
-    def _together(self, work: Callable[..., _T], calls: list[tuple[Any, ...]]) -> list[_T]:
-        """``work(*call)`` for every call, overlapping in the pool; the results in order.
-        A call that raised raises here once every other call has ended (and the results
-        of those that did not are lost to the caller: only a store that went away makes
-        a start or a finalization raise, and that stops the loop as it always did)."""
-        if len(calls) <= 1 or self._pool_closed:
-            return [work(*call) for call in calls]
-        futures = [self._pool.submit(work, *call) for call in calls]
-        results: list[_T] = []
-        error: BaseException | None = None
-        for future in futures:
-            try:
-                results.append(future.result())
-            except Exception as exc:
-                error = error or exc
+        overlap) and watch each one that started; a start that raised (the store went
+        away after a spawn) raises here, once every other start is watched."""
+        error: Exception | None = None
+        for outcome in _together(self._start, claimed):
+            if isinstance(outcome, Exception):
+                error = error or outcome
+            else:
+                self._watch(outcome)
         if error is not None:
             raise error
-        return results
 
     def launch_job(self, job: Job) -> bool:
         """Claim ``job`` and start its process; False if another actor claimed it first."""
@@ -740,7 +764,9 @@ class Engine:
                     continue
             del self._live[job_id]
             ended.append((live, exit_code))
-        self._together(self._finish, ended)
+        errors = [outcome for outcome in _together(self._finish, ended) if outcome is not None]
+        if errors:
+            raise errors[0]  # the store went away: the others were finalized all the same
         return bool(ended)
 
     def kill_job(self, job_id: int, reason: str, failure: FailureKind = FailureKind.REAPED) -> bool:

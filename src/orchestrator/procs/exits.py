@@ -16,15 +16,21 @@ sees every end at its next tick, as before.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
 import threading
 from collections.abc import Callable
+from typing import Final
 
 __all__ = ["ExitWatch"]
 
 log = logging.getLogger("orchestrator.procs.exits")
+
+# pidfd_open failing so means this system has no pidfds for us; anything else (out of
+# descriptors) is about this one process, and the next one is tried again.
+NO_PIDFDS: Final = frozenset({errno.ENOSYS, errno.EPERM, errno.EINVAL})
 
 
 class ExitWatch:
@@ -38,22 +44,27 @@ class ExitWatch:
         self._stop_read, self._stop_write = -1, -1
         self._thread: threading.Thread | None = None
         self._usable = hasattr(os, "pidfd_open") and hasattr(select, "epoll")
+        self._closed = False
 
     def watch(self, pid: int) -> bool:
         """Push ``pid``'s end; False when it cannot be (the caller keeps polling). A
         process that has already ended is announced at once."""
-        if not self._usable:
+        if not self._usable or self._closed:
             return False
         try:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:
             self._on_exit()  # gone already
             return True
-        except OSError as exc:  # ENOSYS, EPERM: no pidfds here
-            log.info("exits are polled, not pushed: pidfd_open: %s", exc)
-            self._usable = False
+        except OSError as exc:
+            if exc.errno in NO_PIDFDS:
+                log.info("exits are polled, not pushed: pidfd_open: %s", exc)
+                self._usable = False
             return False
         with self._lock:
+            if self._closed:
+                os.close(fd)
+                return False
             if self._epoll is None:
                 self._start()
             assert self._epoll is not None
@@ -62,8 +73,10 @@ class ExitWatch:
         return True
 
     def close(self) -> None:
-        """Stop the thread and close every descriptor; idempotent."""
+        """Stop the thread and close every descriptor; idempotent. Nothing is watched
+        after it (:meth:`watch` returns False)."""
         with self._lock:
+            self._closed = True
             thread, self._thread = self._thread, None
             if thread is None:
                 return

@@ -707,12 +707,14 @@ class Store:
                         conn.execute(
                             sa.text("SELECT pg_notify(:channel, '')"), {"channel": JOBS_CHANNEL}
                         )
+                if self._path is not None:
+                    # Our own commit, not news to us: read before another thread of this
+                    # process can write (another process still can, a rare early wake).
+                    self.own_change = (pre, self.change_stamp())
         except DuplicateError:
             raise
         except sa.exc.IntegrityError as exc:
             raise DuplicateError(exc.statement, exc.params, exc.orig or exc) from exc
-        if self._path is not None:
-            self.own_change = (pre, self.change_stamp())  # our own commit: not news to us
         if tx.moved:
             self.activity.poke()
 
