@@ -44,6 +44,7 @@ from orchestrator.redact import secret_values as find_secret_values
 # author expected a shell.
 SHELL_OPERATORS: Final = frozenset({"&&", "||", "|", ";", ">", ">>", "<", "&"})
 
+
 def _bare_words(command: str) -> list[str]:
     """The words of ``command`` as a shell splits them, leaving out every word with a
     quoted or escaped character in it: a quoted ``'|'`` (``tr '|' ,``) or an escaped
@@ -424,6 +425,10 @@ class RepoConfig(_Strict):
         return value
 
 
+# A repository without overrides (a frozen model: one instance serves them all).
+NO_REPO_OVERRIDES: Final = RepoConfig()
+
+
 class PlaneProjectConfig(_Strict):
     """A Plane project whose work items become tasks, under ``[plane_projects.<project id>]``."""
 
@@ -755,6 +760,8 @@ class Settings(BaseSettings):
 
     def repo_config(self, repo_path: Path) -> RepoConfig:
         """The overrides of the repository at ``repo_path`` (empty when none match)."""
+        if not self.repos:
+            return NO_REPO_OVERRIDES  # asked several times a job: no path resolved
         resolved = repo_path.resolve()
         for name, config in self.repos.items():
             if config.path is not None:
@@ -762,7 +769,7 @@ class Settings(BaseSettings):
                     return config
             elif name == resolved.name:
                 return config
-        return RepoConfig()
+        return NO_REPO_OVERRIDES
 
     def task_budget_for(self, repo_path: Path) -> float:
         """Dollars a task in this repository may spend; 0 = no limit."""
