@@ -127,7 +127,7 @@ def test_rest_waits_the_busy_interval_while_work_moves() -> None:
 
 def test_a_quiet_rest_ends_when_the_next_retry_is_due() -> None:
     """The inbox's and the outbox's wait: a retry's backoff is announced by no one, so a
-    quiet loop must wake for it (seen hanging for the idle hour with ``due_in_s``
+    quiet loop must wake for it (seen hanging for the idle hour with ``next_due``
     ignored)."""
     clock = FakeClock()
     activity = Activity(clock)
@@ -138,7 +138,8 @@ def test_a_quiet_rest_ends_when_the_next_retry_is_due() -> None:
         busy_wait=pytest.fail,
         interval_s=0.5,
         idle_interval_s=NEVER_S,
-        due_in_s=lambda: 0.05,
+        next_due=lambda: 1000.05,
+        now=lambda: 1000.0,
     )
     assert time.monotonic() - began < WAIT_S  # a bound against hanging, not a speed test
     activity.rest(
@@ -146,5 +147,6 @@ def test_a_quiet_rest_ends_when_the_next_retry_is_due() -> None:
         busy_wait=pytest.fail,
         interval_s=0.5,
         idle_interval_s=NEVER_S,
-        due_in_s=lambda: -3.0,  # overdue: no wait at all
+        next_due=lambda: 997.0,  # overdue: no wait at all
+        now=lambda: 1000.0,
     )

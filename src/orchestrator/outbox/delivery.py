@@ -319,12 +319,9 @@ class OutboxDelivery:
                 busy_wait=stop.wait,
                 interval_s=interval_s,
                 idle_interval_s=idle_interval_s,
-                due_in_s=self._next_retry_in_s,
+                next_due=self.rows.next_attempt_at,
+                now=self._clock,
             )
-
-    def _next_retry_in_s(self) -> float | None:
-        due = self.rows.next_attempt_at()
-        return None if due is None else due - self._clock()
 
     def wake(self) -> None:
         """End a long idle wait (the supervisor stops the loop)."""

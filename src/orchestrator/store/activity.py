@@ -93,18 +93,19 @@ class Activity:
         busy_wait: Callable[[float], object],
         interval_s: float,
         idle_interval_s: float,
-        due_in_s: Callable[[], float | None] = lambda: None,
+        next_due: Callable[[], float | None] = lambda: None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         """A loop's wait between two sweeps (``since``: the generation read before the
         sweep). While work moves: ``busy_wait(interval_s)`` (the loop's own stop or wake
         event). Once quiet for ``QUIET_AFTER_S``: until work moves after ``since``,
-        ``idle_interval_s`` passes, or the loop's next retry is due (``due_in_s``, in
-        seconds from now; a retry's backoff is announced by no one)."""
+        ``idle_interval_s`` passes, or the loop's next retry is due (``next_due``, a time
+        on the ``now`` clock; a retry's backoff is announced by no one)."""
         if self.quiet_for() < QUIET_AFTER_S:
             busy_wait(interval_s)
             return
-        due = due_in_s()
-        wait_s = idle_interval_s if due is None else min(idle_interval_s, due)
+        due = next_due()
+        wait_s = idle_interval_s if due is None else min(idle_interval_s, due - now())
         self.wait(max(wait_s, 0.0), since=since)
 
     def wait(self, timeout_s: float, since: int | None = None) -> bool:

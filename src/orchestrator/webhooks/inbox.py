@@ -194,12 +194,9 @@ class InboxApplier:
                 busy_wait=self._wake.wait,
                 interval_s=interval_s,
                 idle_interval_s=idle_interval_s,
-                due_in_s=self._next_retry_in_s,
+                next_due=self.inbox.next_attempt_at,
+                now=self._clock,
             )
-
-    def _next_retry_in_s(self) -> float | None:
-        due = self.inbox.next_attempt_at()
-        return None if due is None else due - self._clock()
 
     def apply_due(self) -> int:
         """One sweep: every due intent decided and, when it may, applied; returns how
