@@ -359,6 +359,10 @@ class RepoConfig(_Strict):
     forge_repo: str | None = None
     # How this repository's task branches are merged; None = the global `merge_method`.
     merge_method: Literal["merge", "squash", "rebase"] | None = None
+    # The git remote through which this repository's task branches and default branch
+    # travel between hosts that share no disk: a remote of the clone ("origin") or a URL.
+    # Every host needs a clone at the same path (docs/scaling.md). "" = one host only.
+    remote: str = ""
 
     # --- workspace and commit policy (docs/workspace.md) --------------------------------
     # Patterns (gitignore syntax) of paths the engine never commits, on top of the
@@ -504,6 +508,10 @@ class Settings(BaseSettings):
     reaper_finalize_grace_s: float = Field(default=300.0, ge=0)
     # Reaper tier 3: a job running longer than this is killed whatever its lease says.
     reaper_max_running_s: float = Field(default=7200.0, gt=0)
+    # Hosts that share no disk (a repository `remote`): the jobs of a host no instance of
+    # which has beaten for this long are retried elsewhere (its agents are gone with it,
+    # or will be wasted if it comes back). PostgreSQL's leader does it (the rescuer).
+    host_takeover_s: float = Field(default=120.0, ge=10)
     # Running jobs at once on this instance, over all repositories: each `orch serve`
     # sharing a PostgreSQL database has its own (a host's capacity).
     max_running_jobs: int = Field(default=4, ge=1)

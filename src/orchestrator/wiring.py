@@ -35,7 +35,8 @@ from orchestrator.trackers.base import Tracker, state_for
 from orchestrator.trackers.github import GITHUB_DEFAULT_STATES, GitHubIssuesTracker
 from orchestrator.trackers.local import LocalTracker
 from orchestrator.trackers.plane import PLANE_DEFAULT_STATES, PlaneTracker
-from orchestrator.workspace.git import Repo, git
+from orchestrator.workspace.git import git
+from orchestrator.workspace.remote import open_repo
 
 __all__ = [
     "GITHUB_API_URL",
@@ -101,7 +102,7 @@ def open_forge(
     """The forge of ``task``'s repository, ready for use; its HTTP client is closed after."""
     choice = forge_choice(settings, Path(task.repository))
     if choice.kind == "local":
-        yield LocalForge(Repo(Path(task.repository)), choice.merge_method)
+        yield LocalForge(open_repo(settings, task.repository), choice.merge_method)
         return
     if not choice.repo:
         raise ConfigError(

@@ -268,6 +268,14 @@ class LeaseManager:
             )
         return self.clock.now() - float(found["heartbeat_at"]) < INSTANCE_STALE_S
 
+    def host_silent_s(self, host: str) -> float | None:
+        """Seconds since any instance on ``host`` last beat; None for this host (alive
+        by definition) or a host never seen."""
+        if host == self.owner.host:
+            return None
+        seen = self.rows.host_last_seen(host)
+        return None if seen is None else max(0.0, self.clock.now() - seen)
+
     def refuse_if_held(self, tx: Tx, task: Task, action: str) -> None:
         """Raise :class:`SideEffectsUnderWayError` when a live owner holds the task's
         lease, read inside ``tx`` (the row locked for share on PostgreSQL; SQLite's

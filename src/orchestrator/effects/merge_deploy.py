@@ -36,6 +36,7 @@ from orchestrator.procs.spawn import PIPE, spawn
 from orchestrator.settings import Settings
 from orchestrator.store import Task
 from orchestrator.workspace.git import Repo
+from orchestrator.workspace.remote import open_repo
 
 __all__ = ["DeployEffect", "MergeEffect", "deploy_effect", "effects_for"]
 
@@ -105,7 +106,9 @@ class DeployEffect:
     secrets: frozenset[str] = frozenset()
 
     def _target(self) -> str:
-        return self.repo.rev(self.task.base_branch)
+        # With a remote, the default branch as it is there now (another host may have
+        # merged since this host last looked).
+        return self.repo.current(self.task.base_branch)
 
     def _env(self, target: str) -> dict[str, str]:
         task_variables = {
@@ -213,7 +216,7 @@ def deploy_effect(settings: Settings, task: Task, name: str = "deploy") -> Deplo
         return None
     check = _argv(config.deploy_check_command) if config.deploy_check_command else None
     return DeployEffect(
-        Repo(Path(task.repository)),
+        open_repo(settings, task.repository),
         task,
         _argv(config.deploy_command),
         check,

@@ -390,21 +390,28 @@ class Engine:
 
         ``this_host_only`` (the rescuer's sweeps) leaves the jobs of instances that ran
         on another host: their pids and files mean nothing here, and their agent may
-        still run there (decision 0027).
+        still run there (decision 0027). Once no instance of that host has beaten for
+        ``host_takeover_s``, its jobs are failed as lost and retried by whoever claims
+        them; the task's branch comes from the remote (decision 0031).
         """
         for job, task in self.store.jobs_by_status(("running", "finalizing")):
             if job.id in self._live or job.owner_boot_id == self.boot_id:
                 continue
             if self.runtime.leases.instance_alive(job.owner_boot_id):
                 continue  # another live engine watches it
+            gone_host = None
             if this_host_only and not self._owned_on_this_host(job):
-                continue
+                gone_host = self._gone_host(job)
+                if gone_host is None:
+                    continue
             run = self.store.job_run(job.id)
             if job.status == "finalizing":
-                self.finalizer.finalize_orphan(job, run.exit_code if run else None, "")
+                # A gone host's job ended there, with its worktree: judged here, it is lost.
+                known = run.exit_code if run and not gone_host else None
+                self.finalizer.finalize_orphan(job, known, "")
                 continue
-            log_path = Path(run.log_path) if run else None
-            alive = pid_alive(job.pid) and (
+            log_path = Path(run.log_path) if run and not gone_host else None
+            alive = not gone_host and pid_alive(job.pid) and (
                 job.pid_start is None or start_ticks(job.pid or 0) == job.pid_start
             )
             if alive and run is not None and log_path is not None:
@@ -436,7 +443,12 @@ class Engine:
                 continue
             live = _Live(job, task, run.id, process, 0.0)
             if exit_code == -1:
-                live.start_error = "the job was lost with the previous orchestrator process"
+                live.start_error = (
+                    f"the job was lost with its host {gone_host}, silent for "
+                    f"{self.settings.host_takeover_s:.0f}s or more"
+                    if gone_host
+                    else "the job was lost with the previous orchestrator process"
+                )
                 live.failure = FailureKind.LOST
                 if process is not None:
                     process.killed_reason = live.start_error
@@ -450,6 +462,17 @@ class Engine:
             return False
         owner = LeaseStore(self.store).instance(job.owner_boot_id)
         return owner is not None and owner["host"] == self.runtime.owner.host
+
+    def _gone_host(self, job: Job) -> str | None:
+        """The host of the instance that claimed ``job`` when no instance of it has
+        beaten for ``host_takeover_s``; None while it may still be running the job."""
+        owner = LeaseStore(self.store).instance(job.owner_boot_id) if job.owner_boot_id else None
+        if owner is None:
+            return None
+        silent = self.runtime.leases.host_silent_s(owner["host"])
+        if silent is None or silent < self.settings.host_takeover_s:
+            return None
+        return str(owner["host"])
 
     def _budget_of(self, job: Job, task: Task, log_path: Path) -> RunBudgetWatch | None:
         """The run-budget watch of an adopted job, with the budget it started under."""

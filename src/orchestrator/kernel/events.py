@@ -55,6 +55,8 @@ class EventKind:
     RECONCILER_DECIDE: Final = "reconciler.decide"
     WORKTREE_REMOVED: Final = "worktree.removed"
     WORKTREE_RESTORED: Final = "worktree.restored"
+    # This host's task branch made the remote's before a job (decision 0031).
+    BRANCH_SYNCED: Final = "branch.synced"
     # --- the edges ---------------------------------------------------------------------
     WEBHOOK: Final = "webhook"
     TOKEN_CREATED: Final = "token.created"  # noqa: S105 - an event name

@@ -62,7 +62,8 @@ from orchestrator.workspace.commit_policy import (
     effective_excludes,
     plan_commit,
 )
-from orchestrator.workspace.git import Repo, git
+from orchestrator.workspace.git import git
+from orchestrator.workspace.remote import open_repo, push_task_branch
 from orchestrator.workspace.setup import recorded_patterns
 from orchestrator.workspace.worktrees import release_quietly
 
@@ -293,7 +294,7 @@ class Finalizer:
             changed = set(git(worktree, "diff", "--name-only", since, "HEAD").stdout.split("\n"))
             changed |= set((plan or self.plan_commit(task, job)).paths)
             paths = tuple(sorted(path for path in changed if path))
-        merged = "merged" in needed and Repo(Path(task.repository)).is_merged(
+        merged = "merged" in needed and open_repo(self.settings, task.repository).is_merged(
             task.branch, task.base_branch
         )
         return StageFacts(task.work_item, job.stage, artifacts, paths, merged)
@@ -377,6 +378,10 @@ class Finalizer:
             )
             if plan.problem is not None:
                 log.warning("job %s: nothing committed: %s", job.id, plan.problem)
+        if self.settings.repo_config(Path(task.repository)).remote and worktree.is_dir():
+            # Hosts share no disk: the stage's commits reach the remote before the task
+            # moves on (a failure raises: the move is not recorded on this host alone).
+            push_task_branch(open_repo(self.settings, task.repository), task.branch)
         return self._act(task, job, decision, actor)
 
     def _rollback_feedback(self, task: Task, stage: str, reason: str) -> str:

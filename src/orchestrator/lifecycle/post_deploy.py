@@ -61,6 +61,7 @@ from orchestrator.settings import RepoConfig, Settings
 from orchestrator.store import Store, Task
 from orchestrator.workspace.commit_policy import CommitPolicy, commit_work, effective_excludes
 from orchestrator.workspace.git import LANDED_ON_TRAILER, MERGED_HEAD_TRAILER, Repo, git
+from orchestrator.workspace.remote import open_repo
 from orchestrator.workspace.setup import recorded_patterns
 
 __all__ = [
@@ -330,7 +331,7 @@ class RevertEffect:
                 return {"revert_sha": found, "already_reverted": True}
             landing = find_landing(self.repo, self.task)
             target = self.task.base_branch
-            before = self.repo.rev(target)
+            before = self.repo.current(target)
             message = (
                 f"Roll back {self.task.work_item}: post-deploy health check failed\n\n"
                 f"{ROLLBACK_TRAILER}: {self.marker}\n"
@@ -340,7 +341,7 @@ class RevertEffect:
             sha = self.repo.commit_in_scratch(
                 scratch, before, lambda tree: _revert(tree, landing, message)
             )
-            self.repo.move_branch(target, sha, before)
+            self.repo.publish(target, sha, before)
         self.revert_sha = sha
         return {"revert_sha": sha, "landing": landing.tip, "base": landing.base}
 
@@ -437,7 +438,7 @@ def rollback_effects(
             "repository on disk: revert the merge on the forge by hand, then "
             f"`orch task rollback {task.work_item}`"
         )
-    repo = Repo(Path(task.repository))
+    repo = open_repo(settings, task.repository)
     revert = RevertEffect(repo, task, rollback, f"revert#{rollback}")
     built: list[Effect] = [revert]
     deploy = redeploy(f"redeploy#{rollback}")

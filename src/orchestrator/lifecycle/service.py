@@ -8,16 +8,17 @@ change goes through :func:`advance_stage` (a compare-and-swap) in one transactio
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 from orchestrator.agents import check_available, resolve_agent
 from orchestrator.effects.leases import LeaseManager, Owner
-from orchestrator.errors import AgentError, ConflictError, UsageError
+from orchestrator.errors import AgentError, ConflictError, RepositoryError, UsageError
 from orchestrator.kernel.actions import Action, refusal
 from orchestrator.kernel.gates import HUMAN_GATE_ARTIFACTS
 from orchestrator.kernel.stages import (
@@ -32,7 +33,8 @@ from orchestrator.outbox.notifier import Notifier, NullNotifier
 from orchestrator.settings import Settings
 from orchestrator.store import DuplicateError, Store, Task, Tx
 from orchestrator.text_input import check_text
-from orchestrator.workspace.git import Repo, git
+from orchestrator.workspace.git import RemoteMovedError, Repo, git
+from orchestrator.workspace.remote import open_repo, start_task_branch
 from orchestrator.workspace.worktrees import ensure_worktree
 
 __all__ = [
@@ -46,6 +48,8 @@ __all__ = [
     "validate_title",
     "validate_work_item",
 ]
+
+log = logging.getLogger("orchestrator.lifecycle.service")
 
 MAX_TITLE_CHARS: Final = 200
 MAX_DESCRIPTION_CHARS: Final = 20_000
@@ -166,8 +170,13 @@ def prepare_create(
             check_available(resolve_agent(settings, plan.agent))
             if stage == "testing" and plan.agent == TEST_RUNNER and settings.test_runner_hybrid:
                 check_hybrid_explainer(settings, repo.path)
-    base_branch = repo.default_branch(settings.repo_config(repo.path).default_branch)
-    return CreateRequest(repo, title, description, work_item, base_branch, repo.rev(base_branch))
+    config = settings.repo_config(repo.path)
+    repo = replace(repo, remote=config.remote)
+    base_branch = repo.default_branch(config.default_branch)
+    # With a remote, from its default branch as it is there now.
+    return CreateRequest(
+        repo, title, description, work_item, base_branch, repo.current(base_branch)
+    )
 
 
 @dataclass
@@ -216,7 +225,16 @@ class TaskService:
         if worktree.exists():
             raise ConflictError(f"{worktree} already exists; remove it or choose another id")
         repo.add_worktree(worktree, branch, base_sha)
+        pushed: str | None = None
         try:
+            try:
+                start_task_branch(repo, branch, base_sha)  # any host may take its first job
+                pushed = base_sha if repo.remote else None
+            except RemoteMovedError:
+                raise ConflictError(
+                    f"branch {branch} already exists on {repo.remote}; delete it there or "
+                    "choose another --work-item"
+                ) from None
             with self.store.transaction() as tx:
                 task_id = tx.insert_task(
                     work_item=work_item,
@@ -252,12 +270,12 @@ class TaskService:
                 )
         except DuplicateError:
             repo.remove_worktree(worktree)
-            git_branch_delete(repo, branch)
+            git_branch_delete(repo, branch, pushed)
             raise ConflictError(f"task {work_item} already exists in {repository}") from None
         except BaseException:
             # Nothing half-written: the worktree goes with the transaction.
             repo.remove_worktree(worktree)
-            git_branch_delete(repo, branch)
+            git_branch_delete(repo, branch, pushed)
             raise
         if change is None:  # a new task cannot lose its first move
             raise ConflictError(f"task {work_item} changed meanwhile; try again")
@@ -388,7 +406,10 @@ class TaskService:
         worktree = Path(task.worktree)
         if worktree.is_dir() and (worktree / ".git").exists():
             return
-        if not Repo(Path(task.repository)).has_branch(task.branch):
+        repo = open_repo(self.settings, task.repository)
+        if repo.remote and repo.fetch(task.branch)[task.branch] is not None:
+            return  # the worktree comes back from the remote's branch
+        if not repo.has_branch(task.branch):
             raise ConflictError(
                 f"task {task.work_item}'s worktree was removed and its branch {task.branch} "
                 f"no longer exists in {task.repository}: restore the branch, or cancel the task"
@@ -424,8 +445,15 @@ class TaskService:
         return lifecycle.after_commit(self, change)
 
 
-def git_branch_delete(repo: Repo, branch: str) -> None:
+def git_branch_delete(repo: Repo, branch: str, pushed: str | None = None) -> None:
+    """Delete a task branch that was just made; ``pushed``: the tip it was pushed at,
+    deleted there too (if it is still that: a compare-and-swap)."""
     git(repo.path, "branch", "-D", branch, check=False)
+    if pushed is not None:
+        try:
+            repo.push(branch, None, pushed)
+        except RepositoryError as exc:
+            log.warning("could not delete %s from %s: %s", branch, repo.remote, exc)
 
 
 def _check(action: Action, task: Task) -> None:

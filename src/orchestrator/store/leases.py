@@ -119,6 +119,14 @@ class LeaseStore:
                 instances.update().where(instances.c.boot_id == boot_id).values(stopped_at=at)
             )
 
+    def host_last_seen(self, host: str) -> float | None:
+        """The newest heartbeat of any process start on ``host``, stopped ones included."""
+        with self.store.engine.connect() as conn:
+            seen = conn.execute(
+                sa.select(sa.func.max(instances.c.heartbeat_at)).where(instances.c.host == host)
+            ).scalar()
+        return None if seen is None else float(seen)
+
     def instance(self, boot_id: str) -> dict[str, Any] | None:
         """The instance row of a process start (a mapping of its columns)."""
         with self.store.engine.connect() as conn:

@@ -29,6 +29,7 @@ __all__ = [
     "MERGED_HEAD_TRAILER",
     "MERGE_METHODS",
     "MergeResult",
+    "RemoteMovedError",
     "Repo",
     "git",
     "git_dir",
@@ -51,6 +52,15 @@ MERGED_HEAD_TRAILER: Final = "Orch-Merged-Head"
 # knows which commits the landing made (a rebase makes one per branch commit).
 LANDED_ON_TRAILER: Final = "Orch-Landed-On"
 MERGE_METHODS: Final = ("merge", "squash", "rebase")
+# Where a fetch keeps a remote's branch tips (``refs/orch/remote/<branch>``): orch's
+# own namespace, whatever the remote is called or if it is a bare URL.
+TRACKING_PREFIX: Final = "refs/orch/remote/"
+# A merge whose push lost the race to another host's is made again on the new tip.
+PUBLISH_ATTEMPTS: Final = 5
+
+
+class RemoteMovedError(RepositoryError):
+    """A push's compare-and-swap failed: the remote's branch was not where we saw it."""
 
 
 def git(
@@ -120,9 +130,16 @@ class MergeResult:
 
 @dataclass(frozen=True)
 class Repo:
-    """A repository on disk: the local forge."""
+    """A repository on disk: the local forge.
+
+    With ``remote`` (a git remote of this clone, or a URL) the repository is shared by
+    hosts that share no disk (decision 0031): the remote holds the truth of the default
+    branch and of every task branch, :meth:`fetch` reads it, :meth:`push` moves it by a
+    compare-and-swap, and the local branches follow it.
+    """
 
     path: Path
+    remote: str = ""
 
     @classmethod
     def at(cls, path: Path) -> Repo:
@@ -158,6 +175,101 @@ class Repo:
 
     def rev(self, ref: str) -> str:
         return git(self.path, "rev-parse", "--verify", f"{ref}^{{commit}}").stdout.strip()
+
+    # --- the remote (hosts that share no disk) --------------------------------------------
+    def fetch(self, *branches: str) -> dict[str, str | None]:
+        """Fetch ``branches`` from the remote into orch's tracking refs; each one's tip
+        there, None where the remote lacks it. Without a remote: every tip None."""
+        if not self.remote:
+            return dict.fromkeys(branches)
+        with self._remote_lock():
+            specs = [f"+refs/heads/{b}:{TRACKING_PREFIX}{b}" for b in branches]
+            result = git(self.path, *_FETCH, self.remote, *specs, check=False)
+            if result.returncode != 0:
+                if "couldn't find remote ref" not in result.stderr:
+                    raise RepositoryError(_remote_failure("fetch from", self.remote, result))
+                for branch in branches:  # one is missing there: learn which, one by one
+                    spec = f"+refs/heads/{branch}:{TRACKING_PREFIX}{branch}"
+                    one = git(self.path, *_FETCH, self.remote, spec, check=False)
+                    if one.returncode == 0:
+                        continue
+                    if "couldn't find remote ref" not in one.stderr:
+                        raise RepositoryError(_remote_failure("fetch from", self.remote, one))
+                    git(self.path, "update-ref", "-d", f"{TRACKING_PREFIX}{branch}", check=False)
+            return {branch: self.tracked(branch) for branch in branches}
+
+    def tracked(self, branch: str) -> str | None:
+        """The remote's tip of ``branch`` as last fetched or pushed; None if unknown."""
+        ref = f"{TRACKING_PREFIX}{branch}"
+        found = git(self.path, "rev-parse", "--verify", "--quiet", ref, check=False)
+        return found.stdout.strip() or None
+
+    def tip(self, branch: str) -> str:
+        """Where ``branch`` is: the remote's tip as last fetched, else the local one."""
+        return (self.tracked(branch) if self.remote else None) or self.rev(branch)
+
+    def push(self, branch: str, new: str | None, expected: str | None) -> None:
+        """Move the remote's ``branch`` from ``expected`` (None: it must not exist) to
+        ``new`` (None: delete it): a compare-and-swap (``--force-with-lease``). Raises
+        :class:`RemoteMovedError` when the remote's branch was elsewhere."""
+        lease = f"--force-with-lease=refs/heads/{branch}:{expected or ''}"
+        with self._remote_lock():
+            result = git(
+                self.path,
+                "push", "--quiet", "--no-verify", "--porcelain", lease,
+                self.remote, f"{new or ''}:refs/heads/{branch}",
+                check=False,
+            )  # fmt: skip
+            if result.returncode != 0:
+                said = result.stdout + result.stderr
+                if "stale info" in said or "rejected" in said or "already exists" in said:
+                    raise RemoteMovedError(
+                        f"{self.remote}'s {branch} moved (expected "
+                        f"{(expected or 'none')[:10]}): another host changed it"
+                    )
+                raise RepositoryError(_remote_failure("push to", self.remote, result))
+            if new is None:
+                git(self.path, "update-ref", "-d", f"{TRACKING_PREFIX}{branch}")
+            else:
+                git(self.path, "update-ref", f"{TRACKING_PREFIX}{branch}", new)
+
+    def follow(self, branch: str, new: str) -> None:
+        """Bring the local ``branch`` to the remote's tip ``new`` where that loses
+        nothing: create it, or fast-forward it (a checkout that has it moves too). A
+        local branch that went its own way is left as it is."""
+        local = git(self.path, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}",
+                    check=False).stdout.strip()  # fmt: skip
+        if local == new:
+            return
+        if not local:
+            git(self.path, "update-ref", f"refs/heads/{branch}", new, "")
+        elif self.is_ancestor(local, new):
+            self.move_branch(branch, new, local)
+
+    def current(self, branch: str) -> str:
+        """``branch``'s tip now: fetched first when there is a remote (the local branch
+        follows), else the local one."""
+        if self.remote and (fetched := self.fetch(branch)[branch]) is not None:
+            self.follow(branch, fetched)
+            return fetched
+        return self.rev(branch)
+
+    def publish(self, branch: str, new: str, expected: str) -> None:
+        """Move ``branch`` from ``expected`` to its descendant ``new`` where it lives:
+        on the remote (then the local branch follows), else here (:meth:`move_branch`,
+        under :meth:`locked`)."""
+        if not self.remote:
+            self.move_branch(branch, new, expected)
+            return
+        self.push(branch, new, expected)
+        self.follow(branch, new)
+
+    @contextmanager
+    def _remote_lock(self) -> Iterator[None]:
+        # Fetches and pushes of one clone never interleave (ref locks; every process
+        # of this host).
+        with _reentrant_flock(self.common_dir() / "orch-remote.lock"):
+            yield
 
     def add_worktree(self, worktree: Path, branch: str, base: str) -> None:
         """Create ``worktree`` on a new ``branch`` from ``base``; reuse it if it exists."""
@@ -289,8 +401,14 @@ class Repo:
 
     def is_merged(self, branch: str, into: str) -> bool:
         """Whether ``branch``'s head has landed on ``into``: by ancestry (a merge commit
-        or a fast-forward), or by a squash / rebase commit carrying its trailer."""
-        head = self.rev(branch)
+        or a fast-forward), or by a squash / rebase commit carrying its trailer. With a
+        remote, both are read there (fetched first)."""
+        if self.remote:
+            # ``into`` may be a commit (the one deployed): only branches are fetched.
+            self.fetch(branch, *([into] if self.has_branch(into) else []))
+        return self._landed(self.tip(branch), self.tip(into) if self.has_branch(into) else into)
+
+    def _landed(self, head: str, into: str) -> bool:
         if self.is_ancestor(head, into):
             return True
         found = git(
@@ -326,18 +444,34 @@ class Repo:
         fast-forward of the worktree that has ``into`` checked out, so a user's checkout
         stays consistent).
         """
-        head = self.rev(branch)
-        target_before = self.rev(into)
-        if self.is_merged(branch, target_before):
-            return MergeResult(target_before, already_merged=True)
-        start = head if method == "rebase" else target_before
-        merge_sha = self.commit_in_scratch(
-            scratch,
-            start,
-            lambda tree: _land(tree, method, head, target_before, message, f"{branch} into {into}"),
+        what = f"{branch} into {into}"
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            if self.remote:
+                self.fetch(branch, into)
+            head, target_before = self.tip(branch), self.tip(into)
+            if self._landed(head, target_before):
+                if self.remote:
+                    self.follow(into, target_before)
+                return MergeResult(target_before, already_merged=True)
+            merge_sha = self.land(scratch, method, head, target_before, message, what)
+            try:
+                self.publish(into, merge_sha, target_before)
+            except RemoteMovedError:
+                if attempt == PUBLISH_ATTEMPTS:
+                    raise
+                continue  # another host landed something first: merge onto its tip
+            return MergeResult(merge_sha, already_merged=False)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def land(
+        self, scratch: Path, method: str, head: str, target: str, message: str, what: str
+    ) -> str:
+        """The commits that land ``head`` on ``target`` by ``method``, made in
+        ``scratch``; their tip (nothing moves yet)."""
+        start = head if method == "rebase" else target
+        return self.commit_in_scratch(
+            scratch, start, lambda tree: _land(tree, method, head, target, message, what)
         )
-        self.move_branch(into, merge_sha, target_before)
-        return MergeResult(merge_sha, already_merged=False)
 
     def commit_in_scratch(self, scratch: Path, start: str, make: Callable[[Path], str]) -> str:
         """Run ``make`` in a throwaway detached worktree at ``start``; the commit it made.
@@ -370,6 +504,15 @@ class Repo:
                 f"{holder} has {branch} checked out with local changes to files this "
                 "change touches; commit or stash them, then retry the task"
             )
+
+
+_FETCH: Final = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head")
+
+
+def _remote_failure(verb: str, remote: str, result: subprocess.CompletedProcess[str]) -> str:
+    detail = (result.stderr or result.stdout).strip().splitlines()
+    first = detail[0] if detail else f"exit code {result.returncode}"
+    return f"cannot {verb} remote {remote}: {first}; check the repository's `remote` setting"
 
 
 @functools.lru_cache(maxsize=256)

@@ -55,6 +55,7 @@ from orchestrator.kernel.stages import DONE, TERMINAL_STAGES
 from orchestrator.settings import Settings
 from orchestrator.store import Store, Task
 from orchestrator.workspace.git import Repo, remove_tree
+from orchestrator.workspace.remote import open_repo, sync_task_branch
 
 __all__ = [
     "WORKTREE_REMOVED",
@@ -175,7 +176,7 @@ def release_worktree(
     if not (repository / ".git").exists():
         # The repository itself is gone: only what lies in our own directory is ours.
         return _release(store, settings, None, task.id, actor, now, dry_run)
-    repo = Repo(repository)
+    repo = open_repo(settings, repository)
     with repo.worktree_lock():
         return _release(store, settings, repo, task.id, actor, now, dry_run)
 
@@ -251,21 +252,34 @@ def ensure_worktree(store: Store, settings: Settings, task: Task, *, actor: str)
     removed; True if it was recreated. Raises :class:`RepositoryError` when it cannot
     be (the branch is gone)."""
     path = Path(task.worktree)
-    repo = Repo(Path(task.repository))
+    repo = open_repo(settings, task.repository)
     with repo.worktree_lock():
+        # With a remote, this host's branch becomes the remote's first (another host
+        # may have run the task's last job).
+        synced = sync_task_branch(repo, task.branch, task.base_branch, path)
         recreated = repo.restore_worktree(path, task.branch, owned_root=worktrees_root(settings))
+        if synced is None and not recreated and task.worktree_removed_at is None:
+            return False  # the usual case: no second read of the task
         current = store.get_task(task.id)
-        if recreated or current.worktree_removed_at is not None:
-            with store.transaction() as tx:
-                tx.set_worktree_removed(task.id, None)
-                if recreated:
-                    tx.add_event(
-                        EventKind.WORKTREE_RESTORED,
-                        actor=actor,
-                        task_id=task.id,
-                        to_stage=current.stage,
-                        reason=f"recreated {path} from {task.branch}",
-                    )
+        with store.transaction() as tx:
+            tx.set_worktree_removed(task.id, None)
+            if synced:
+                tx.add_event(
+                    EventKind.BRANCH_SYNCED,
+                    actor=actor,
+                    task_id=task.id,
+                    to_stage=current.stage,
+                    reason=f"{task.branch} {synced} ({repo.remote})",
+                    data={"synced": synced, "remote": repo.remote},
+                )
+            if recreated:
+                tx.add_event(
+                    EventKind.WORKTREE_RESTORED,
+                    actor=actor,
+                    task_id=task.id,
+                    to_stage=current.stage,
+                    reason=f"recreated {path} from {task.branch}",
+                )
     return recreated
 
 

@@ -1,0 +1,116 @@
+"""Task branches that travel through the repository's remote, for hosts that share no disk.
+
+Theory of operation
+-------------------
+A repository with ``remote`` set (``[repos.<name>] remote = "origin"``, a git remote of
+the host's clone or a URL) is shared by every host that runs its tasks (decision 0031).
+Each host has its own clone and its own worktrees at the same paths; the remote holds
+the truth:
+
+* **Created**: a task branch starts from the remote's default branch and is pushed at
+  once, so any host can take its first job (:func:`start_task_branch`).
+* **Before a job**: :func:`sync_task_branch` fetches the task branch and the default
+  branch. This host's copy then catches up: made where missing, fast-forwarded where
+  behind, pushed where ahead (a crash between a commit and its push, on this host),
+  and reset to the remote where the two went separate ways (local commits that were
+  never pushed belong to no recorded stage).
+* **After a job**: the finalizer pushes what it committed (:func:`push_task_branch`)
+  before it moves the task on, so a stage's result is never recorded on one host only.
+* **Merges** land on the remote's default branch by a compare-and-swap push, made again
+  on the new tip when another host landed first (:meth:`Repo.merge`).
+
+A push is a compare-and-swap on the remote's branch (``--force-with-lease``): two hosts
+never overwrite each other's work, whatever they raced on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from orchestrator.errors import RepositoryError
+from orchestrator.settings import Settings
+from orchestrator.workspace.git import RemoteMovedError, Repo, git
+
+__all__ = ["open_repo", "push_task_branch", "start_task_branch", "sync_task_branch"]
+
+log = logging.getLogger("orchestrator.workspace.remote")
+
+
+def open_repo(settings: Settings, repository: str | Path) -> Repo:
+    """The repository at ``repository`` with its configured remote (none by default)."""
+    path = Path(repository)
+    return Repo(path, settings.repo_config(path).remote)
+
+
+def start_task_branch(repo: Repo, branch: str, sha: str) -> None:
+    """Publish a new task branch at ``sha``; a :class:`RemoteMovedError` when the
+    remote has a branch by that name already. Without a remote: nothing."""
+    if repo.remote:
+        repo.push(branch, sha, None)
+
+
+def push_task_branch(repo: Repo, branch: str) -> str | None:
+    """After a job: push this host's task branch where it is ahead of the remote; what
+    was pushed, None when there was nothing to push (no remote, or the remote is ahead:
+    another host ran a later job, as when the reconciler repairs a job of a dead host).
+
+    Raises :class:`RepositoryError` when the remote cannot be reached or the two went
+    separate ways: the stage's result must not be recorded on this host alone.
+    """
+    if not repo.remote or not repo.has_branch(branch):
+        return None
+    local = repo.rev(branch)
+    known = repo.tracked(branch)  # as last fetched or pushed: checked by the push
+    for last in (False, True):
+        if known == local or (known is not None and repo.is_ancestor(local, known)):
+            return None
+        if known is None or repo.is_ancestor(known, local):
+            try:
+                repo.push(branch, local, known)
+                return local
+            except RemoteMovedError:
+                pass
+        elif last:
+            raise RepositoryError(
+                f"{branch} here and on {repo.remote} went separate ways "
+                f"({local[:10]} and {known[:10]}); retry the task"
+            )
+        known = repo.fetch(branch)[branch]
+    raise RepositoryError(f"{branch} keeps moving on {repo.remote}; retry the task")
+
+
+def sync_task_branch(repo: Repo, branch: str, base_branch: str, worktree: Path) -> str | None:
+    """Before a job, under the worktree lock: this host's task branch (and worktree,
+    when there is one) is the remote's. What was done ("fetched", "fast-forwarded",
+    "pushed", "reset to the remote's"), None when nothing was needed or there is no
+    remote. Raises :class:`RepositoryError` when the branch is nowhere."""
+    if not repo.remote:
+        return None
+    tips = repo.fetch(base_branch, branch)
+    if (base := tips[base_branch]) is not None:
+        repo.follow(base_branch, base)  # fresh for the deploy preflight and new tasks
+    remote_tip = tips[branch]
+    local = repo.rev(branch) if repo.has_branch(branch) else None
+    if remote_tip is None:
+        if local is None:
+            raise RepositoryError(
+                f"branch {branch} is neither in {repo.path} nor on {repo.remote}; cancel the task"
+            )
+        repo.push(branch, local, None)  # created here; the push never happened
+        return "pushed"
+    if local == remote_tip:
+        return None
+    if local is not None and repo.is_ancestor(remote_tip, local):
+        repo.push(branch, local, remote_tip)
+        return "pushed"
+    done = "fetched" if local is None else "fast-forwarded"
+    if local is not None and not repo.is_ancestor(local, remote_tip):
+        done = "reset to the remote's"
+        log.warning("%s: local commits %s never pushed; taking %s's", branch, local, repo.remote)
+    if (worktree / ".git").exists():
+        # Tracked files follow; untracked ones (a venv) stay.
+        git(worktree, "reset", "--hard", "--quiet", remote_tip)
+    else:
+        git(repo.path, "update-ref", f"refs/heads/{branch}", remote_tip)
+    return done

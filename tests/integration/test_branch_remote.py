@@ -1,0 +1,239 @@
+"""Task branches through a remote (decision 0031): two clones of one bare repository play
+two hosts that share no disk. Real git throughout; the remote's hooks make the races."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import GIT_IDENTITY, make_repo
+
+from orchestrator.errors import RepositoryError
+from orchestrator.workspace.git import RemoteMovedError, Repo, git
+from orchestrator.workspace.remote import push_task_branch, start_task_branch, sync_task_branch
+
+BRANCH = "orch/T-1"
+
+
+def _run(cwd: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_IDENTITY}
+    done = subprocess.run(args, cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def _hosts(tmp_path: Path, count: int = 2) -> tuple[Path, list[Repo]]:
+    """A bare remote and ``count`` clones of it, each a host's repository."""
+    seed = make_repo(tmp_path / "seed")
+    remote = tmp_path / "remote.git"
+    _run(tmp_path, "git", "clone", "-q", "--bare", str(seed), str(remote))
+    hosts = []
+    for number in range(count):
+        clone = tmp_path / f"host{number}"
+        _run(tmp_path, "git", "clone", "-q", str(remote), str(clone))
+        hosts.append(Repo(clone, "origin"))
+    return remote, hosts
+
+
+def _worktree(repo: Repo) -> Path:
+    return repo.path.parent / f"{repo.path.name}-wt"
+
+
+def _commit(worktree: Path, name: str) -> str:
+    (worktree / name).write_text(name, encoding="utf-8")
+    _run(worktree, "git", "add", name)
+    _run(worktree, "git", "commit", "-q", "-m", name)
+    return _run(worktree, "git", "rev-parse", "HEAD")
+
+
+def _remote_tip(remote: Path, branch: str) -> str | None:
+    found = git(remote, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
+    return found.stdout.strip() or None
+
+
+def _create(repo: Repo) -> Path:
+    """What `orch task create` does on ``repo``'s host: worktree and branch, pushed."""
+    base = repo.current("main")
+    worktree = _worktree(repo)
+    repo.add_worktree(worktree, BRANCH, base)
+    start_task_branch(repo, BRANCH, base)
+    return worktree
+
+
+def _prepare(repo: Repo) -> Path:
+    """What the engine does before a job on ``repo``'s host."""
+    worktree = _worktree(repo)
+    with repo.worktree_lock():
+        sync_task_branch(repo, BRANCH, "main", worktree)
+        repo.restore_worktree(worktree, BRANCH, owned_root=None)
+    return worktree
+
+
+def test_a_task_created_on_one_host_runs_its_next_job_on_another(tmp_path: Path) -> None:
+    remote, (a, b) = _hosts(tmp_path)
+    work_a = _create(a)
+    assert _remote_tip(remote, BRANCH) == a.rev(BRANCH)
+    first = _commit(work_a, "analysis.md")
+    assert push_task_branch(a, BRANCH) == first
+    assert _remote_tip(remote, BRANCH) == first
+
+    # B never saw the task: its branch and worktree come from the remote.
+    with b.worktree_lock():
+        assert sync_task_branch(b, BRANCH, "main", _worktree(b)) == "fetched"
+    work_b = _prepare(b)
+    assert (work_b / "analysis.md").read_text() == "analysis.md"
+    second = _commit(work_b, "design.md")
+    assert push_task_branch(b, BRANCH) == second
+
+    # Back on A, with its worktree still there and behind: fast-forwarded.
+    with a.worktree_lock():
+        assert sync_task_branch(a, BRANCH, "main", work_a) == "fast-forwarded"
+    assert (work_a / "design.md").is_file()
+    assert a.rev(BRANCH) == second
+
+
+def test_a_commit_never_pushed_is_pushed_by_its_host_before_the_next_job(tmp_path: Path) -> None:
+    remote, (a, _b) = _hosts(tmp_path)
+    work = _create(a)
+    unpushed = _commit(work, "code.py")  # the host crashed between commit and push
+    with a.worktree_lock():
+        assert sync_task_branch(a, BRANCH, "main", work) == "pushed"
+    assert _remote_tip(remote, BRANCH) == unpushed
+
+
+def test_a_host_that_went_its_own_way_takes_the_remotes_branch(tmp_path: Path) -> None:
+    remote, (a, b) = _hosts(tmp_path)
+    work_a = _create(a)
+    work_b = _prepare(b)
+    _commit(work_b, "lost.py")  # B's job ended, B died before its push
+    recorded = _commit(work_a, "kept.py")  # the job ran again on A and was recorded
+    push_task_branch(a, BRANCH)
+    with b.worktree_lock():
+        assert sync_task_branch(b, BRANCH, "main", work_b) == "reset to the remote's"
+    assert b.rev(BRANCH) == recorded == _remote_tip(remote, BRANCH)
+    assert not (work_b / "lost.py").exists()
+    assert (work_b / "kept.py").is_file()
+
+
+def test_a_push_never_overwrites_a_branch_that_moved_on_the_remote(tmp_path: Path) -> None:
+    remote, (a, b) = _hosts(tmp_path)
+    work_a = _create(a)
+    work_b = _prepare(b)
+    ahead = _commit(work_b, "later.md")
+    push_task_branch(b, BRANCH)
+    # A's copy is behind: the reconciler repairing an old job there pushes nothing.
+    assert push_task_branch(a, BRANCH) is None
+    assert _remote_tip(remote, BRANCH) == ahead
+    # A's copy went its own way: refused, the remote unchanged.
+    _commit(work_a, "other.md")
+    with pytest.raises(RepositoryError, match="separate ways"):
+        push_task_branch(a, BRANCH)
+    assert _remote_tip(remote, BRANCH) == ahead
+    # Creating the same task branch again is refused by the remote.
+    with pytest.raises(RemoteMovedError):
+        start_task_branch(b, BRANCH, a.rev("main"))
+
+
+def test_a_merge_lands_on_the_remote_once(tmp_path: Path) -> None:
+    remote, (a, b) = _hosts(tmp_path)
+    work = _create(a)
+    head = _commit(work, "feature.py")
+    push_task_branch(a, BRANCH)
+    result = b.merge(BRANCH, "main", "Merge T-1", tmp_path / "scratch-b")
+    assert not result.already_merged
+    assert _remote_tip(remote, "main") == result.merge_sha
+    assert b.rev("main") == result.merge_sha  # the local default branch followed
+    # Another host asks again (a retried crossing): it is merged already, nothing moves.
+    again = a.merge(BRANCH, "main", "Merge T-1", tmp_path / "scratch-a")
+    assert again.already_merged
+    assert again.merge_sha == result.merge_sha
+    assert a.is_merged(BRANCH, "main")
+    assert _run(remote, "git", "merge-base", "--is-ancestor", head, "main") == ""
+
+
+def test_a_merge_that_loses_the_race_to_another_host_lands_on_its_tip(tmp_path: Path) -> None:
+    remote, (a, b) = _hosts(tmp_path)
+    work = _create(a)
+    _commit(work, "feature.py")
+    push_task_branch(a, BRANCH)
+    # Another host's landing: a commit on main that B has not fetched. The remote's
+    # pre-receive hook moves main to it the first time B pushes, just before B's update.
+    other = tmp_path / "other"
+    _run(tmp_path, "git", "clone", "-q", str(remote), str(other))
+    (other / "hotfix.py").write_text("x", encoding="utf-8")
+    _run(other, "git", "add", "hotfix.py")
+    _run(other, "git", "commit", "-q", "-m", "hotfix")
+    hotfix = _run(other, "git", "rev-parse", "HEAD")
+    _run(other, "git", "push", "-q", "origin", "HEAD:refs/heads/staged")
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\n"
+        "if [ ! -e raced ]; then touch raced; "
+        # Outside the push's quarantine, as another receive-pack's update would be.
+        f"env -u GIT_QUARANTINE_PATH git update-ref refs/heads/main {hotfix}; fi\n",
+        encoding="utf-8",
+    )
+    hook.chmod(0o755)
+    result = b.merge(BRANCH, "main", "Merge T-1", tmp_path / "scratch")
+    assert (remote / "raced").exists()
+    tip = _remote_tip(remote, "main")
+    assert tip == result.merge_sha
+    # Both landed: the hotfix was not overwritten, the task branch is merged.
+    assert _run(remote, "git", "merge-base", "--is-ancestor", hotfix, "main") == ""
+    assert b.is_merged(BRANCH, "main")
+
+
+def test_an_unreachable_remote_is_one_clear_error(tmp_path: Path) -> None:
+    _remote, (a, _b) = _hosts(tmp_path)
+    work = _create(a)
+    _commit(work, "x.py")
+    broken = Repo(a.path, str(tmp_path / "missing.git"))
+    with pytest.raises(RepositoryError, match=r"cannot push to remote .*missing\.git"):
+        push_task_branch(broken, BRANCH)
+    with pytest.raises(RepositoryError, match=r"cannot fetch from remote .*missing\.git"):
+        broken.fetch("main")
+
+
+# Each step: (host, action). After any sequence, syncing a host makes it the remote's,
+# and the remote's branch only ever moves forward: no recorded (pushed) commit is lost.
+_STEPS = st.lists(
+    st.tuples(st.integers(0, 1), st.sampled_from(["commit", "push", "sync"])),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=_STEPS)
+def test_sync_never_loses_a_pushed_commit(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[int, str]]
+) -> None:
+    tmp_path = tmp_path_factory.mktemp("hosts")
+    remote, hosts = _hosts(tmp_path)
+    _create(hosts[0])
+    _prepare(hosts[1])
+    pushed: list[str] = [hosts[0].rev(BRANCH)]
+    for number, (host, action) in enumerate(steps):
+        repo = hosts[host]
+        if action == "commit":
+            _commit(_worktree(repo), f"f{number}.txt")
+        elif action == "push":
+            with contextlib.suppress(RepositoryError):  # separate ways: refused, nothing moved
+                push_task_branch(repo, BRANCH)
+        else:
+            _prepare(repo)
+            assert repo.rev(BRANCH) == _remote_tip(remote, BRANCH)
+        tip = _remote_tip(remote, BRANCH)
+        assert tip is not None
+        if tip != pushed[-1]:
+            # The remote moved: only forward, over every tip it had.
+            assert all(
+                _run(remote, "git", "merge-base", "--is-ancestor", old, tip) == "" for old in pushed
+            )
+            pushed.append(tip)
