@@ -55,13 +55,16 @@ def dead_pid() -> int:
     return done.pid
 
 
-def claimed_by_a_dead_instance(store: Store, task_id: int, host: str) -> Job:
-    """The task's queued job, claimed by an instance of ``host`` that is dead now."""
+def claimed_by_a_dead_instance(
+    store: Store, task_id: int, host: str, *, silent_s: float = 3600
+) -> Job:
+    """The task's queued job, claimed by an instance of ``host`` that is dead now (its
+    last heartbeat ``silent_s`` ago: dead by heartbeat too)."""
     owner = Owner(
         instance="gone", host=host, pid=dead_pid(), boot_id=f"gone-{host}", pid_start=None
     )
     owner.register(store)
-    LeaseStore(store).beat(owner.boot_id, time.time() - 3600)  # dead by heartbeat too
+    LeaseStore(store).beat(owner.boot_id, time.time() - silent_s)
     [job] = store.task_jobs(task_id)
     with store.transaction() as tx:
         assert tx.set_job_status_cas(job.id, "queued", "running", owner_boot_id=owner.boot_id)
@@ -85,11 +88,12 @@ def test_a_dead_instance_of_this_host_has_its_job_taken_over(
 def test_a_dead_instance_of_another_host_keeps_its_job(
     world: tuple[Store, Engine, int],
 ) -> None:
-    """Its agent may still run over there; only that host's next start (or the reaper's
-    tier 3) decides. Seen failing without ``this_host_only``: the job was given up as
-    lost and run again here."""
+    """Its agent may still run over there while its host was seen within
+    ``host_takeover_s``; that host's next start decides. Seen failing without
+    ``this_host_only``: the job was given up as lost and run again here."""
     store, engine, task_id = world
-    job = claimed_by_a_dead_instance(store, task_id, "another-host")
+    # Dead by heartbeat (30 s), its host not yet silent for host_takeover_s (120 s).
+    job = claimed_by_a_dead_instance(store, task_id, "another-host", silent_s=60)
 
     engine.request_rescue()
     engine.tick()
@@ -97,3 +101,23 @@ def test_a_dead_instance_of_another_host_keeps_its_job(
     after = store.get_job(job.id)
     assert (after.status, after.owner_boot_id) == ("running", job.owner_boot_id)
     assert len(store.task_jobs(task_id)) == 1
+
+
+def test_the_jobs_of_a_host_silent_for_host_takeover_s_are_retried_here(
+    world: tuple[Store, Engine, int],
+) -> None:
+    """Decision 0031: that host is gone, and its agents with it. The job is failed as
+    lost, naming the host, and a new attempt is queued for any instance to claim. Seen
+    failing with the rescuer left at this host's jobs only: the job stayed running."""
+    store, engine, task_id = world
+    job = claimed_by_a_dead_instance(store, task_id, "another-host", silent_s=600)
+
+    engine.request_rescue()
+    engine.tick()
+
+    after = store.get_job(job.id)
+    assert after.status == "failed"
+    assert "lost with its host another-host" in (after.error or "")
+    attempts = store.task_jobs(task_id)
+    assert len(attempts) == 2
+    assert attempts[-1].attempt == 2

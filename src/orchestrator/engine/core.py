@@ -405,14 +405,24 @@ class Engine:
                 if gone_host is None:
                     continue
             run = self.store.job_run(job.id)
+            lost = (
+                f"the job was lost with its host {gone_host}, silent for "
+                f"{self.settings.host_takeover_s:.0f}s or more"
+                if gone_host
+                else "the job was lost with the previous orchestrator process"
+            )
             if job.status == "finalizing":
                 # A gone host's job ended there, with its worktree: judged here, it is lost.
-                known = run.exit_code if run and not gone_host else None
-                self.finalizer.finalize_orphan(job, known, "")
+                if gone_host:
+                    self.finalizer.finalize_orphan(job, None, "", lost=lost)
+                else:
+                    self.finalizer.finalize_orphan(job, run.exit_code if run else None, "")
                 continue
             log_path = Path(run.log_path) if run and not gone_host else None
-            alive = not gone_host and pid_alive(job.pid) and (
-                job.pid_start is None or start_ticks(job.pid or 0) == job.pid_start
+            alive = (
+                not gone_host
+                and pid_alive(job.pid)
+                and (job.pid_start is None or start_ticks(job.pid or 0) == job.pid_start)
             )
             if alive and run is not None and log_path is not None:
                 with self.store.transaction() as tx:
@@ -439,16 +449,14 @@ class Engine:
             exit_code = process.recorded_exit() if process else -1
             output = process.tail_text() if process else ""
             if run is None:
-                self.finalizer.finalize_orphan(job, None, "")
+                if gone_host:
+                    self.finalizer.finalize_orphan(job, None, "", lost=lost)
+                else:
+                    self.finalizer.finalize_orphan(job, None, "")
                 continue
             live = _Live(job, task, run.id, process, 0.0)
             if exit_code == -1:
-                live.start_error = (
-                    f"the job was lost with its host {gone_host}, silent for "
-                    f"{self.settings.host_takeover_s:.0f}s or more"
-                    if gone_host
-                    else "the job was lost with the previous orchestrator process"
-                )
+                live.start_error = lost
                 live.failure = FailureKind.LOST
                 if process is not None:
                     process.killed_reason = live.start_error

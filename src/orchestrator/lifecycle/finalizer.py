@@ -107,11 +107,18 @@ class Finalizer:
         self.crossings = crossings
 
     def finalize_orphan(
-        self, job: Job, exit_code: int | None, output: str, *, actor: str = "recovery"
+        self,
+        job: Job,
+        exit_code: int | None,
+        output: str,
+        *,
+        actor: str = "recovery",
+        lost: str = "the job's engine died before it ended",
     ) -> None:
         """Finalize a job whose engine died: claim it ``running -> finalizing`` (a
-        ``finalizing`` one is left as it is), then judge it as any finished job."""
-        error = None if exit_code is not None else "the job's engine died before it ended"
+        ``finalizing`` one is left as it is), then judge it as any finished job; with
+        no exit code it failed, ``lost`` saying why."""
+        error = None if exit_code is not None else lost
         with self.store.transaction() as tx:
             tx.set_job_status_cas(job.id, "running", "finalizing")
         failure = FailureKind.LOST if error is not None else None
