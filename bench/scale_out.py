@@ -14,6 +14,11 @@ on the server of ``$ORCH_TEST_PG_URL``, dropped after) and a fresh git repositor
   worktrees and instance name; one host, so they share the repository's directory),
   each allowed ``--jobs`` running jobs (``max_running_jobs``, a host's capacity; the
   per-repository limit is set out of the way);
+* with ``--hosts``, each instance is a host that shares no disk with the others
+  (decision 0031): a mount and UTS namespace of its own in which the same path holds
+  its own clone of a bare repository (the repository's ``remote``) and its own data
+  dir. Task branches then travel through that remote: pushed when created and after
+  each job, fetched before each job, merged there. This needs root (``unshare``);
 * once every instance answers ``/health``, the tasks are created in one burst through
   another connection, as a client of the fleet would, and the clock runs until the last
   task is ``done``.
@@ -33,6 +38,7 @@ Usage::
 
     .venv/bin/python bench/scale_out.py                       # 1, 2 and 4 instances
     .venv/bin/python bench/scale_out.py --instances 1 3 --tasks 30 --agent-s 2 --json
+    .venv/bin/python bench/scale_out.py --hosts               # hosts that share no disk
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -140,13 +147,23 @@ def make_repository(path: Path) -> Path:
     return path
 
 
-def write_config(home: Path, url: str, index: int, agent_s: float, jobs: int) -> Path:
-    home.mkdir()
+def write_config(
+    home: Path, url: str, index: int, agent_s: float, jobs: int, srv: Path | None = None
+) -> Path:
+    """``home``'s settings; with ``srv`` (hosts), written for the paths every host sees
+    there, with the repository at ``srv/repo`` and its remote ``origin``."""
+    home.mkdir(exist_ok=True)
     agent = ["sh", "-c", f'sleep {agent_s:g}; echo "$ORCH_WORK_ITEM" >> work.txt']
     config = home / "orch.toml"
+    seen = srv or home
+    repos = (
+        f'\n[repos.repo]\npath = {json.dumps(str(srv / "repo"))}\nremote = "origin"\n'
+        if srv is not None
+        else ""
+    )
     config.write_text(
         f"database_url = {json.dumps(url)}\n"
-        f"data_dir = {json.dumps(str(home / 'data'))}\n"
+        f"data_dir = {json.dumps(str(seen / 'data'))}\n"
         f'instance_name = "scale-{index}"\n'
         f'host = "127.0.0.1"\nport = {free_port()}\n'
         f"max_running_jobs = {jobs}\n"
@@ -154,7 +171,7 @@ def write_config(home: Path, url: str, index: int, agent_s: float, jobs: int) ->
         "retry_backoff_s = 0\n"
         f"skip = {json.dumps(SKIPPED)}\n"
         f"\n[agents.sleeper]\ncommand = {json.dumps(agent)}\n"
-        '\n[stages.development]\nagent = "sleeper"\n'
+        '\n[stages.development]\nagent = "sleeper"\n' + repos
     )
     return config
 
@@ -184,19 +201,54 @@ class Instance:
             self.process.wait()
 
 
-def start(config: Path) -> Instance:
+def as_host(home: Path, srv: Path, name: str, argv: list[str]) -> list[str]:
+    """``argv`` run as a host of its own: ``home`` seen at ``srv``, host name ``name``."""
+    script = 'mount --bind "$1" "$2" && hostname "$3" && shift 3 && exec "$@"'
+    return [
+        "unshare", "--mount", "--uts", "--propagation", "private",
+        "sh", "-c", script, "host", str(home), str(srv), name, *argv,
+    ]  # fmt: skip
+
+
+def start(config: Path, srv: Path | None = None) -> Instance:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     orch = Path(sys.executable).with_name("orch")
-    with (config.parent / "serve.log").open("wb") as log:
+    home = config.parent
+    argv = [str(orch), "--config", str(config), "serve"]
+    if srv is not None:
+        argv = as_host(
+            home, srv, home.name, [str(orch), "--config", str(srv / "orch.toml"), "serve"]
+        )
+    with (home / "serve.log").open("wb") as log:
         process = subprocess.Popen(
-            [str(orch), "--config", str(config), "serve"],
-            cwd=config.parent,
+            argv,
+            cwd="/",
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     port = load_settings(config).port
-    return Instance(process, config.parent, port)
+    return Instance(process, home, port)
+
+
+def git_clone(cwd: Path, option: str, source: Path, target: Path) -> Path:
+    options = [option] if option else []
+    env = {**os.environ, **GIT_ENV}
+    subprocess.run(
+        ["git", "clone", "-q", *options, str(source), str(target)], cwd=cwd, check=True, env=env
+    )
+    return target
+
+
+def check_on_remote(remote: Path, work_items: Sequence[str]) -> None:
+    """Every task's work reached the remote: its branch there carries its agent's line."""
+    for work_item in work_items:
+        shown = subprocess.run(
+            ["git", "show", f"refs/heads/orch/{work_item}:work.txt"],
+            cwd=remote, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if work_item not in shown.stdout.split():
+            raise BenchError(f"{work_item}'s work is not on the remote: {shown.stderr.strip()}")
 
 
 def wait_healthy(instances: Sequence[Instance]) -> None:
@@ -221,13 +273,27 @@ def run(count: int, args: argparse.Namespace, root: Path) -> Result:
         scratch = root / f"n{count}"
         scratch.mkdir()
         repo = make_repository(scratch / "repo")
-        configs = [
-            write_config(scratch / f"instance-{index}", url, index, args.agent_s, args.jobs)
-            for index in range(count)
-        ]
-        settings = load_settings(configs[0])
+        srv = None
+        if args.hosts:
+            # The creator of the tasks is one more host: its clone is what `srv` holds
+            # outside the namespaces, where no instance sees it.
+            srv = scratch / "srv"
+            remote = scratch / "remote.git"
+            git_clone(scratch, "--bare", repo, remote)
+            srv.mkdir()
+            repo = git_clone(scratch, "", remote, srv / "repo")
+        configs = []
+        for index in range(count):
+            home = scratch / f"instance-{index}"
+            if srv is not None:
+                home.mkdir()
+                git_clone(scratch, "", scratch / "remote.git", home / "repo")
+            configs.append(write_config(home, url, index, args.agent_s, args.jobs, srv))
+        settings = load_settings(
+            write_config(srv, url, count, args.agent_s, args.jobs, srv) if srv else configs[0]
+        )
         store = Store.open(url)
-        instances = [start(config) for config in configs]
+        instances = [start(config, srv) for config in configs]
         try:
             wait_healthy(instances)
             service = TaskService(store, settings)
@@ -248,6 +314,8 @@ def run(count: int, args: argparse.Namespace, root: Path) -> Result:
             if failed:
                 raise BenchError(f"tasks failed: {', '.join(failed[:5])}")
             jobs = [job for task in tasks for job in store.task_jobs(task.id)]
+            if srv is not None:
+                check_on_remote(scratch / "remote.git", [task.work_item for task in tasks])
         finally:
             for instance in instances:
                 instance.stop()
@@ -279,7 +347,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help="max_running_jobs each")
     parser.add_argument("--timeout-s", type=float, default=900.0, help="per workload")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--hosts",
+        action="store_true",
+        help="each instance a host sharing no disk (own namespace and clone; needs root)",
+    )
     args = parser.parse_args(argv)
+    if args.hosts and (os.geteuid() != 0 or shutil.which("unshare") is None):
+        parser.error("--hosts makes hosts with `unshare --mount`: run it as root on Linux")
     if args.tasks < 1 or args.jobs < 1 or min(args.instances) < 1 or args.agent_s < 0:
         parser.error("--tasks, --jobs and --instances must be >= 1, --agent-s >= 0")
     results: list[Result] = []
@@ -302,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"CPython {platform.python_version()}, {os.cpu_count()} CPUs, load {load:.1f}; "
         f"{args.tasks} tasks, agent sleeps {args.agent_s:g} s, {args.jobs} jobs per instance"
+        + ("; each a host sharing no disk, branches through a bare remote" if args.hosts else "")
     )
     header = ("instances", "seconds", "tasks/s", "ratio", "p50 s", "p99 s")
     print("{:>9} {:>8} {:>8} {:>6} {:>7} {:>7}  jobs".format(*header))

@@ -121,3 +121,20 @@ def test_the_jobs_of_a_host_silent_for_host_takeover_s_are_retried_here(
     attempts = store.task_jobs(task_id)
     assert len(attempts) == 2
     assert attempts[-1].attempt == 2
+
+
+def test_a_restarted_instance_leaves_the_jobs_of_another_live_host(
+    world: tuple[Store, Engine, int],
+) -> None:
+    """The start-up recovery judges another host's job as the rescuer does: by that
+    host's heartbeat, never by a pid of this host. Seen failing with the start-up
+    recovery judging every dead instance's job here: the job was failed as lost."""
+    store, engine, task_id = world
+    job = claimed_by_a_dead_instance(store, task_id, "another-host", silent_s=60)
+    restarted = Engine(store, engine.settings)
+    try:
+        restarted.recover_on_startup()
+    finally:
+        restarted.shutdown(kill=True)
+    after = store.get_job(job.id)
+    assert (after.status, after.owner_boot_id) == ("running", job.owner_boot_id)

@@ -388,22 +388,26 @@ class Engine:
         job that is gone is finalized from its recorded exit, or failed and retried when
         it left none. Finalizing jobs of dead engines are finalized now.
 
-        ``this_host_only`` (the rescuer's sweeps) leaves the jobs of instances that ran
-        on another host: their pids and files mean nothing here, and their agent may
-        still run there (decision 0027). Once no instance of that host has beaten for
-        ``host_takeover_s``, its jobs are failed as lost and retried by whoever claims
-        them; the task's branch comes from the remote (decision 0031).
+        The jobs of instances that ran on another host are left while that host may
+        still run them: their pids and files mean nothing here (decision 0027). Once no
+        instance of that host has beaten for ``host_takeover_s``, they are failed as
+        lost and retried by whoever claims them; the task's branch comes from the
+        remote (decision 0031). ``this_host_only`` (the rescuer's sweeps) also leaves
+        the jobs whose instance is unknown.
         """
         for job, task in self.store.jobs_by_status(("running", "finalizing")):
             if job.id in self._live or job.owner_boot_id == self.boot_id:
                 continue
             if self.runtime.leases.instance_alive(job.owner_boot_id):
                 continue  # another live engine watches it
+            host = self._owner_host(job)
             gone_host = None
-            if this_host_only and not self._owned_on_this_host(job):
-                gone_host = self._gone_host(job)
+            if host is not None and host != self.runtime.owner.host:
+                gone_host = self._gone_host(host)
                 if gone_host is None:
                     continue
+            elif host is None and this_host_only:
+                continue
             run = self.store.job_run(job.id)
             lost = (
                 f"the job was lost with its host {gone_host}, silent for "
@@ -464,23 +468,20 @@ class Engine:
                 live, None if exit_code == -1 else exit_code, claim_from="running", output=output
             )
 
-    def _owned_on_this_host(self, job: Job) -> bool:
-        """Whether the instance that claimed ``job`` ran on this host (unknown: no)."""
+    def _owner_host(self, job: Job) -> str | None:
+        """The host of the instance that claimed ``job``; None when unknown."""
         if job.owner_boot_id is None:
-            return False
-        owner = LeaseStore(self.store).instance(job.owner_boot_id)
-        return owner is not None and owner["host"] == self.runtime.owner.host
-
-    def _gone_host(self, job: Job) -> str | None:
-        """The host of the instance that claimed ``job`` when no instance of it has
-        beaten for ``host_takeover_s``; None while it may still be running the job."""
-        owner = LeaseStore(self.store).instance(job.owner_boot_id) if job.owner_boot_id else None
-        if owner is None:
             return None
-        silent = self.runtime.leases.host_silent_s(owner["host"])
+        owner = LeaseStore(self.store).instance(job.owner_boot_id)
+        return None if owner is None else str(owner["host"])
+
+    def _gone_host(self, host: str) -> str | None:
+        """``host`` when no instance of it has beaten for ``host_takeover_s``; None
+        while it may still be running its jobs."""
+        silent = self.runtime.leases.host_silent_s(host)
         if silent is None or silent < self.settings.host_takeover_s:
             return None
-        return str(owner["host"])
+        return host
 
     def _budget_of(self, job: Job, task: Task, log_path: Path) -> RunBudgetWatch | None:
         """The run-budget watch of an adopted job, with the budget it started under."""
