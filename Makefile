@@ -79,8 +79,12 @@ demo: $(STAMP)
 	$(BIN)/orch demo --keep $(DEMO_DIR)
 	$(BIN)/orch --config $(DEMO_DIR)/orch.toml task show DEMO-1
 
+# Workers for `make test` (pytest-xdist); each PostgreSQL test has its own database and
+# each server a free port, so tests share nothing. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 4
+
 test: check agents browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 check: lint typecheck
 

@@ -402,12 +402,13 @@ class Engine:
                 continue  # another live engine watches it
             host = self._owner_host(job)
             gone_host = None
-            if host is not None and host != self.runtime.owner.host:
+            shares_no_disk = bool(self.settings.repo_config(Path(task.repository)).remote)
+            if host is not None and host != self.runtime.owner.host and shares_no_disk:
                 gone_host = self._gone_host(host)
                 if gone_host is None:
                     continue
-            elif host is None and this_host_only:
-                continue
+            elif this_host_only and host != self.runtime.owner.host:
+                continue  # unknown, or another host sharing this disk: as decision 0027
             run = self.store.job_run(job.id)
             lost = (
                 f"the job was lost with its host {gone_host}, silent for "

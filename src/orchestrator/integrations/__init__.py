@@ -93,7 +93,7 @@ def build_delivery(
         closers.append(integrations.close)
     if _any_remote_forge(settings):
         channels[FORGE] = ForgeChannel(
-            store, partial(open_forge, settings), language=settings.language
+            store, partial(open_forge, settings), language=settings.language, settings=settings
         )
     if not channels:
         return None

@@ -55,6 +55,7 @@ from orchestrator.lifecycle.feedback import rollback_feedback
 from orchestrator.lifecycle.transitions import Crossing, Runtime, artifact_dir, enter_transition
 from orchestrator.runners.context import RESULT_PREFIX
 from orchestrator.store import Job, Task
+from orchestrator.store.leases import LeaseStore
 from orchestrator.workspace.commit_policy import (
     CommitPlan,
     CommitPolicy,
@@ -148,6 +149,11 @@ class Finalizer:
                 release_quietly(self.store, self.settings, task.id, actor=actor)
                 return False
             job_error = error
+            elsewhere = self.ran_elsewhere(task, job)
+            if elsewhere is not None and job_error is None:
+                # Its result is in a worktree on that host: judged here, from this
+                # host's copy, it would be a stage nobody ran. Run it again instead.
+                job_error, failure = elsewhere, FailureKind.LOST
             facts = runner_facts(output)
             if exit_code != 0 and facts.get("defer_cause") == ENVIRONMENT:
                 # The runner says a person must fix its environment (runners/context.py).
@@ -237,9 +243,23 @@ class Finalizer:
 
     def judge(self, task: Task, job: Job) -> tuple[str | None, Verdict | None]:
         """A successful job's (error, verdict): a commit over the size limits is the
-        job's error (nothing will be committed); otherwise the gates judge. Read-only."""
+        job's error (nothing will be committed), and so is a job that ran on another
+        host (:meth:`ran_elsewhere`); otherwise the gates judge. Read-only."""
+        if (elsewhere := self.ran_elsewhere(task, job)) is not None:
+            return elsewhere, None
         error, verdict, _plan = self._judge(task, job)
         return error, verdict
+
+    def ran_elsewhere(self, task: Task, job: Job) -> str | None:
+        """Why ``job`` cannot be judged here: with a ``remote`` (hosts that share no
+        disk, decision 0031), it ran on another host, whose worktree holds its result.
+        None when it ran here, or when every host sees the same files (no remote)."""
+        if job.owner_boot_id is None or not self.settings.repo_config(Path(task.repository)).remote:
+            return None
+        owner = LeaseStore(self.store).instance(job.owner_boot_id)
+        if owner is None or owner["host"] == self.runtime.owner.host:
+            return None
+        return f"the job ran on host {owner['host']}; its result is not visible from here"
 
     def _judge(self, task: Task, job: Job) -> tuple[str | None, Verdict | None, CommitPlan]:
         """:meth:`judge`, with the commit plan it made (the commit that follows uses it)."""
@@ -385,9 +405,14 @@ class Finalizer:
             )
             if plan.problem is not None:
                 log.warning("job %s: nothing committed: %s", job.id, plan.problem)
-        if self.settings.repo_config(Path(task.repository)).remote and worktree.is_dir():
+        if (
+            self.settings.repo_config(Path(task.repository)).remote
+            and worktree.is_dir()
+            and self.ran_elsewhere(task, job) is None
+        ):
             # Hosts share no disk: the stage's commits reach the remote before the task
             # moves on (a failure raises: the move is not recorded on this host alone).
+            # Only the host that ran the job pushes: another's copy is not its result.
             push_task_branch(open_repo(self.settings, task.repository), task.branch)
         return self._act(task, job, decision, actor)
 

@@ -61,7 +61,7 @@ from orchestrator.settings import RepoConfig, Settings
 from orchestrator.store import Store, Task
 from orchestrator.workspace.commit_policy import CommitPolicy, commit_work, effective_excludes
 from orchestrator.workspace.git import LANDED_ON_TRAILER, MERGED_HEAD_TRAILER, Repo, git
-from orchestrator.workspace.remote import open_repo
+from orchestrator.workspace.remote import open_repo, push_task_branch
 from orchestrator.workspace.setup import recorded_patterns
 
 __all__ = [
@@ -314,7 +314,10 @@ class RevertEffect:
         return f"{self.task.work_item} #{self.rollback}"
 
     def _found(self) -> str | None:
-        found = _find_trailer(self.repo, self.task.base_branch, ROLLBACK_TRAILER, self.marker)
+        # With a remote, on the default branch as it is there (another host may have
+        # reverted it before it died).
+        target = self.repo.current(self.task.base_branch)
+        found = _find_trailer(self.repo, target, ROLLBACK_TRAILER, self.marker)
         self.revert_sha = found or self.revert_sha
         return found
 
@@ -372,7 +375,11 @@ class ReapplyEffect:
     policy: CommitPolicy = CommitPolicy()  # noqa: RUF009 - frozen, immutable
 
     def _found(self) -> str | None:
-        return _find_trailer(self.repo, self.task.branch, REAPPLY_TRAILER, self.revert.marker)
+        if self.repo.remote:
+            self.repo.fetch(self.task.branch)
+        return _find_trailer(
+            self.repo, self.repo.tip(self.task.branch), REAPPLY_TRAILER, self.revert.marker
+        )
 
     def observe(self) -> Observation:
         found = self._found()
@@ -423,6 +430,9 @@ class ReapplyEffect:
             f"{REAPPLY_TRAILER}: {self.revert.marker}\n"
         )
         git(worktree, "commit", "--quiet", "--no-verify", "--allow-empty", "-m", message)
+        # With a remote, on it before the effect is journaled done: the next job may
+        # run on another host.
+        push_task_branch(self.repo, self.task.branch)
         return git(worktree, "rev-parse", "HEAD").stdout.strip()
 
 

@@ -26,6 +26,7 @@ from orchestrator.outbox.delivery import Claim, DeliveryError, enqueue
 from orchestrator.settings import Settings
 from orchestrator.store import DuplicateError, Store, Task
 from orchestrator.workspace.git import Repo
+from orchestrator.workspace.remote import open_repo
 
 __all__ = ["FORGE", "STATUS", "STATUS_CONTEXT", "ForgeChannel", "ForgeNotifier", "remote_forge"]
 
@@ -83,10 +84,13 @@ class ForgeChannel:
         open_forge: Callable[[Task], AbstractContextManager[Forge]],
         *,
         language: str = "en",
+        settings: Settings | None = None,
     ) -> None:
         self.store = store
         self.open_forge = open_forge
         self.language = language
+        # The repositories' remotes (decision 0031); None: every branch is local.
+        self.settings = settings
 
     def deliver(self, claim: Claim) -> Mapping[str, Any] | None:
         if claim.message.task_id is None:
@@ -107,7 +111,13 @@ class ForgeChannel:
         if payload.get("summary"):
             description += f" ({payload['summary']})"
         try:
-            sha = Repo(Path(task.repository)).rev(task.branch)
+            # With a remote, the branch as it is there (this host may never have run it).
+            repo = (
+                open_repo(self.settings, task.repository)
+                if self.settings is not None
+                else Repo(Path(task.repository))
+            )
+            sha = repo.current(task.branch)
             with self.open_forge(task) as forge:
                 pull = forge.open_pull_request(task)
                 forge.set_status(

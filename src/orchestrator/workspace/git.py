@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import logging
 import os
 import shutil
 import stat
@@ -35,6 +36,8 @@ __all__ = [
     "git_dir",
     "remove_tree",
 ]
+
+log = logging.getLogger("orchestrator.workspace.git")
 
 GIT_TIMEOUT_S: Final = 120
 # Deterministic identity and no prompts: the orchestrator commits on the agents' behalf.
@@ -184,13 +187,13 @@ class Repo:
             return dict.fromkeys(branches)
         with self._remote_lock():
             specs = [f"+refs/heads/{b}:{TRACKING_PREFIX}{b}" for b in branches]
-            result = git(self.path, *_FETCH, self.remote, *specs, check=False)
+            result = git(self.path, *_FETCH, self.remote, *specs, check=False, env=_C_LOCALE)
             if result.returncode != 0:
                 if "couldn't find remote ref" not in result.stderr:
                     raise RepositoryError(_remote_failure("fetch from", self.remote, result))
                 for branch in branches:  # one is missing there: learn which, one by one
                     spec = f"+refs/heads/{branch}:{TRACKING_PREFIX}{branch}"
-                    one = git(self.path, *_FETCH, self.remote, spec, check=False)
+                    one = git(self.path, *_FETCH, self.remote, spec, check=False, env=_C_LOCALE)
                     if one.returncode == 0:
                         continue
                     if "couldn't find remote ref" not in one.stderr:
@@ -218,11 +221,13 @@ class Repo:
                 self.path,
                 "push", "--quiet", "--no-verify", "--porcelain", lease,
                 self.remote, f"{new or ''}:refs/heads/{branch}",
-                check=False,
+                check=False, env=_C_LOCALE,
             )  # fmt: skip
             if result.returncode != 0:
                 said = result.stdout + result.stderr
-                if "stale info" in said or "rejected" in said or "already exists" in said:
+                # Only a lost compare-and-swap is "moved"; a hook's or a protected
+                # branch's refusal is the remote's own complaint, said as it is.
+                if any(mark in said for mark in _MOVED_MARKS):
                     raise RemoteMovedError(
                         f"{self.remote}'s {branch} moved (expected "
                         f"{(expected or 'none')[:10]}): another host changed it"
@@ -236,15 +241,21 @@ class Repo:
     def follow(self, branch: str, new: str) -> None:
         """Bring the local ``branch`` to the remote's tip ``new`` where that loses
         nothing: create it, or fast-forward it (a checkout that has it moves too). A
-        local branch that went its own way is left as it is."""
+        local branch that went its own way is left as it is, and so is one that cannot
+        move now (a checkout with changes in the way, another thread moving it): the
+        remote holds the truth, this copy is a convenience, so nothing fails here."""
         local = git(self.path, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}",
                     check=False).stdout.strip()  # fmt: skip
         if local == new:
             return
-        if not local:
-            git(self.path, "update-ref", f"refs/heads/{branch}", new, "")
-        elif self.is_ancestor(local, new):
-            self.move_branch(branch, new, local)
+        try:
+            if not local:
+                git(self.path, "update-ref", f"refs/heads/{branch}", new, "")
+            elif self.is_ancestor(local, new):
+                self.move_branch(branch, new, local)
+        except RepositoryError as exc:
+            log.warning("%s: local %s not moved to %s's %s: %s", self.path, branch,
+                        self.remote, new[:10], exc)  # fmt: skip
 
     def current(self, branch: str) -> str:
         """``branch``'s tip now: fetched first when there is a remote (the local branch
@@ -507,6 +518,17 @@ class Repo:
 
 
 _FETCH: Final = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head")
+# git's messages, not translations of them: what a fetch or push said is parsed.
+_C_LOCALE: Final = {"LC_ALL": "C"}
+# How a push says its compare-and-swap lost: the lease's expected value was stale, or
+# the ref moved between the remote's check and its update.
+_MOVED_MARKS: Final = (
+    "(stale info)",
+    "(fetch first)",
+    "(non-fast-forward)",
+    "failed to update ref",
+    "failed to lock",
+)
 
 
 def _remote_failure(verb: str, remote: str, result: subprocess.CompletedProcess[str]) -> str:

@@ -89,7 +89,7 @@ def sync_task_branch(repo: Repo, branch: str, base_branch: str, worktree: Path) 
         return None
     tips = repo.fetch(base_branch, branch)
     if (base := tips[base_branch]) is not None:
-        repo.follow(base_branch, base)  # fresh for the deploy preflight and new tasks
+        repo.follow(base_branch, base)  # fresh for the deploy preflight (never raises)
     remote_tip = tips[branch]
     local = repo.rev(branch) if repo.has_branch(branch) else None
     if remote_tip is None:
