@@ -3,7 +3,6 @@ two hosts that share no disk. Real git throughout; the remote's hooks make the r
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -208,7 +207,7 @@ _STEPS = st.lists(
 
 
 @settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(steps=_STEPS)
 def test_sync_never_loses_a_pushed_commit(
@@ -224,8 +223,20 @@ def test_sync_never_loses_a_pushed_commit(
         if action == "commit":
             _commit(_worktree(repo), f"f{number}.txt")
         elif action == "push":
-            with contextlib.suppress(RepositoryError):  # separate ways: refused, nothing moved
-                push_task_branch(repo, BRANCH)
+            local, there = repo.rev(BRANCH), _remote_tip(remote, BRANCH)
+            assert there is not None
+            try:
+                pushed_now = push_task_branch(repo, BRANCH)
+            except RepositoryError:
+                # Refused only when the two went separate ways, and nothing moved.
+                assert not repo.is_ancestor(local, there)
+                assert not repo.is_ancestor(there, local)
+                assert _remote_tip(remote, BRANCH) == there
+            else:
+                # Pushed exactly when this host was ahead; else the remote is unchanged.
+                ahead = local != there and repo.is_ancestor(there, local)
+                assert pushed_now == (local if ahead else None)
+                assert _remote_tip(remote, BRANCH) == (local if ahead else there)
         else:
             _prepare(repo)
             assert repo.rev(BRANCH) == _remote_tip(remote, BRANCH)
