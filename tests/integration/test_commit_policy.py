@@ -27,8 +27,9 @@ from orchestrator.workspace.commit_policy import (
     commit_work,
     effective_excludes,
     plan_commit,
+    untouched,
 )
-from orchestrator.workspace.git import git_dir
+from orchestrator.workspace.git import git_dir, head_commit
 
 
 def git(repo: Path, *args: str) -> str:
@@ -439,3 +440,87 @@ def test_git_dir_asks_git_where_the_dot_git_entry_says_nothing_usable(tmp_path: 
     (linked / ".git").write_text("gitdir: /nowhere/at/all\n")
     with pytest.raises(RepositoryError):
         git_dir(linked)  # git refuses too: one clear error, not a wrong path
+
+
+# --- HEAD read from the files, and the quick plan ------------------------------------------
+_HEAD_STEPS = st.lists(
+    st.sampled_from(["commit", "pack", "branch", "detach", "linked"]), min_size=1, max_size=7
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=_HEAD_STEPS)
+def test_head_commit_reads_what_git_would_answer(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[str]
+) -> None:
+    """Loose refs, packed refs (``git pack-refs``), a detached HEAD, linked worktrees:
+    every checkout's HEAD read from the files equals ``git rev-parse HEAD``."""
+    root = tmp_path_factory.mktemp("head")
+    repo = make_repo(root / "repo", {"a.txt": "a\n"})
+    checkouts = [repo]
+    for number, step in enumerate(steps):
+        where = checkouts[number % len(checkouts)]
+        if step == "commit":
+            git(where, "commit", "-q", "--allow-empty", "-m", f"c{number}")
+        elif step == "pack":
+            git(repo, "pack-refs", "--all")
+        elif step == "branch":
+            git(where, "checkout", "-q", "-b", f"b{number}")
+        elif step == "detach":
+            git(where, "checkout", "-q", "--detach")
+        else:
+            linked = root / f"linked{number}"
+            git(repo, "worktree", "add", "-q", "-b", f"w{number}", str(linked))
+            checkouts.append(linked)
+        for checkout in checkouts:
+            assert head_commit(checkout) == git(checkout, "rev-parse", "HEAD").strip()
+
+
+_WORK = st.lists(
+    st.sampled_from(
+        ["modify", "restore", "untracked", "ignored", "stage", "delete", "venv", "junk", "commit"]
+    ),
+    min_size=0,
+    max_size=6,
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(work=_WORK)
+def test_the_quick_plan_is_the_whole_plan(
+    tmp_path_factory: pytest.TempPathFactory, work: list[str]
+) -> None:
+    """Whatever an agent left (edits undone, staged changes, ignored files, a venv, a
+    ``.env``), the plan with the one-process check equals the plan without it."""
+    root = tmp_path_factory.mktemp("quick")
+    repo = make_repo(root / "repo", {"a.txt": "a\n", "b.txt": "b\n", ".gitignore": "*.log\n"})
+    for number, step in enumerate(work):
+        if step == "modify":
+            write(repo, "a.txt", text=f"changed {number}\n")
+        elif step == "restore":
+            git(repo, "checkout", "--", ".")
+        elif step == "untracked":
+            write(repo, f"new{number}.py")
+        elif step == "ignored":
+            write(repo, f"run{number}.log")
+        elif step == "stage":
+            write(repo, "b.txt", text=f"staged {number}\n")
+            git(repo, "add", "b.txt")
+        elif step == "delete":
+            (repo / "b.txt").unlink(missing_ok=True)
+        elif step == "venv":
+            write(repo, ".venv/pyvenv.cfg", ".venv/lib/x.py")
+        elif step == "junk":
+            write(repo, ".env", text="SECRET=1\n")
+        else:
+            git(repo, "add", "--all")
+            git(repo, "commit", "-q", "--allow-empty", "-m", f"c{number}")
+    policy = CommitPolicy(exclude=effective_excludes([]))
+    quick = plan_commit(repo, policy)
+    whole = plan_commit(repo, policy, quick=False)
+    assert quick.paths == whole.paths
+    assert untouched(repo) == (git(repo, "status", "--porcelain") == "")

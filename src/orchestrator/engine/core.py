@@ -70,7 +70,7 @@ from orchestrator.runners.environment import runner_environment
 from orchestrator.settings import Settings
 from orchestrator.store import Job, Store, Task
 from orchestrator.store.leases import LeaseStore
-from orchestrator.workspace.git import git
+from orchestrator.workspace.git import head_commit
 from orchestrator.workspace.setup import (
     prepare_workspace,
 )
@@ -617,7 +617,7 @@ class Engine:
         try:
             # A retried task's worktree may have been removed while it was failed.
             ensure_worktree(self.store, self.settings, task, actor=ACTOR)
-            start_sha = git(worktree, "rev-parse", "HEAD").stdout.strip()
+            start_sha = head_commit(worktree)
             repository = Path(task.repository)
             # Included files copied once; the hooks run in the job, before its command.
             wrapper = prepare_workspace(

@@ -205,8 +205,31 @@ def _plan(worktree: Path, policy: CommitPolicy, env: dict[str, str], what: str) 
     return CommitPlan(tuple(paths), tuple(sizes), _problem(what, policy, sizes))
 
 
-def plan_commit(worktree: Path, policy: CommitPolicy, what: str = "the job") -> CommitPlan:
-    """What :func:`commit_work` would commit; reads only (the real index is untouched)."""
+def untouched(worktree: Path) -> bool:
+    """Whether ``worktree`` is exactly its HEAD: nothing staged, changed, deleted or
+    untracked (ignored files aside). One git process, which takes no optional lock."""
+    result = git(
+        worktree,
+        "status",
+        "--porcelain",
+        "-z",
+        "--untracked-files=normal",
+        env={"GIT_OPTIONAL_LOCKS": "0"},
+        check=False,
+    )
+    return result.returncode == 0 and not result.stdout
+
+
+def plan_commit(
+    worktree: Path, policy: CommitPolicy, what: str = "the job", *, quick: bool = True
+) -> CommitPlan:
+    """What :func:`commit_work` would commit; reads only (the real index is untouched).
+
+    ``quick``: a worktree that is exactly its HEAD (:func:`untouched`, one git
+    process) has nothing to commit, so the four processes of a plan are not spent.
+    Anything else, ignored junk included, gets the whole plan."""
+    if quick and untouched(worktree):
+        return CommitPlan()
     with _scratch_index(worktree) as env:
         return _plan(worktree, policy, env, what)
 
@@ -218,6 +241,8 @@ def commit_work(
 
     Nothing is committed when the plan is empty or has a problem (over a limit).
     """
+    if untouched(worktree):
+        return None, CommitPlan()
     with _scratch_index(worktree) as env:
         plan = _plan(worktree, policy, env, what)
         if plan.problem is not None or not plan.paths:

@@ -11,6 +11,7 @@ import fcntl
 import functools
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -34,6 +35,7 @@ __all__ = [
     "Repo",
     "git",
     "git_dir",
+    "head_commit",
     "remove_tree",
 ]
 
@@ -123,6 +125,49 @@ def git_dir(worktree: Path) -> Path:
         if (target / "HEAD").is_file():
             return target.resolve()
     return Path(git(worktree, "rev-parse", "--absolute-git-dir").stdout.strip())
+
+
+_SHA: Final = re.compile(r"[0-9a-f]{40}")
+
+
+def head_commit(worktree: Path) -> str:
+    """The commit ``worktree``'s HEAD points at, read from the files as git reads them
+    (HEAD, then the loose ref or ``packed-refs`` in the common directory), so a job's
+    start spends no git process on it; git is asked whenever they say nothing usable (a
+    symbolic ref elsewhere, another ref format)."""
+    try:
+        private = git_dir(worktree)
+        head = (private / "HEAD").read_text(encoding="utf-8").strip()
+        sha = head
+        if head.startswith("ref: refs/heads/"):
+            ref = head.removeprefix("ref: ")
+            pointer = private / "commondir"
+            common = private
+            if pointer.is_file():
+                named = Path(pointer.read_text(encoding="utf-8").strip())
+                common = named if named.is_absolute() else private / named
+            loose = common / ref
+            if loose.is_file():
+                sha = loose.read_text(encoding="utf-8").strip()
+            else:
+                sha = _packed(common / "packed-refs", ref)
+        if _SHA.fullmatch(sha):
+            return sha
+    except (OSError, UnicodeDecodeError):
+        pass
+    return git(worktree, "rev-parse", "HEAD").stdout.strip()
+
+
+def _packed(packed_refs: Path, ref: str) -> str:
+    """``ref``'s commit in a ``packed-refs`` file; "" when it is not there."""
+    if not packed_refs.is_file():
+        return ""
+    suffix = f" {ref}"
+    with packed_refs.open(encoding="utf-8") as lines:
+        for line in lines:
+            if line.rstrip("\n").endswith(suffix) and not line.startswith(("#", "^")):
+                return line.split(" ", 1)[0]
+    return ""
 
 
 @dataclass(frozen=True)
