@@ -70,6 +70,7 @@ from orchestrator.outbox.notifier import Notifier, NullNotifier
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.webhooks.inbox import InboxApplier
+from orchestrator.workspace.gc import LEFTOVER_SWEEP_INTERVAL_S, LeftoverSweeper
 
 __all__ = ["ENGINE_JOIN_TIMEOUT_S", "EXIT_FAILURE", "EXIT_OK", "run_server"]
 
@@ -213,6 +214,11 @@ def run_server(
     if delivery is not None:
         led.append(Loop("outbox", delivery.run, wake=delivery.wake))
     loops = [Loop("heartbeat", heartbeat.run), *map(leadership.led_loop, led)]
+    if any(config.remote for config in settings.repos.values()):
+        # Hosts that share no disk: each removes its own copies of worktrees whose task
+        # ended elsewhere (decision 0031), whoever leads.
+        sweeper = LeftoverSweeper(store, settings)
+        loops.append(Loop("worktree-leftovers", every(LEFTOVER_SWEEP_INTERVAL_S, sweeper.sweep)))
     if leadership.elected:
         loops.insert(0, Loop("leader", leadership.run))
         # PostgreSQL: a job enqueued on any instance wakes this engine (LISTEN/NOTIFY).

@@ -801,9 +801,15 @@ class Store:
         )
         return [_task(row) for row in self._all(query)]
 
-    def worktree_paths(self) -> dict[str, Task]:
-        """Every task by its worktree path (for telling orphaned directories apart)."""
-        return {task.worktree: task for task in map(_task, self._all(sa.select(tasks)))}
+    def tasks_by_worktree(self, paths: Sequence[str]) -> dict[str, Task]:
+        """The tasks whose worktree is one of ``paths``, by that path: a sweep of the
+        directories on disk costs what is on disk, not every task ever run."""
+        found: dict[str, Task] = {}
+        wanted = list(dict.fromkeys(paths))
+        for start in range(0, len(wanted), 500):
+            query = sa.select(tasks).where(tasks.c.worktree.in_(wanted[start : start + 500]))
+            found.update((task.worktree, task) for task in map(_task, self._all(query)))
+        return found
 
     def repositories(self) -> list[str]:
         """The repositories tasks were created in."""

@@ -19,6 +19,7 @@ Run logs under ``<data_dir>/logs`` are kept: they are the tasks' record
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,11 +37,24 @@ from orchestrator.workspace.worktrees import (
     worktrees_root,
 )
 
-__all__ = ["ORPHAN_GRACE_S", "GcReport", "Orphan", "Pruned", "collect_garbage"]
+__all__ = [
+    "LEFTOVER_SWEEP_INTERVAL_S",
+    "ORPHAN_GRACE_S",
+    "GcReport",
+    "LeftoverSweeper",
+    "Orphan",
+    "Pruned",
+    "collect_garbage",
+]
+
+log = logging.getLogger("orchestrator.workspace.gc")
 
 # A directory under <data_dir>/worktrees younger than this may be a task being created.
 ORPHAN_GRACE_S: Final = 3600.0
 ACTOR: Final = "gc"
+# How often each instance sweeps its own data dir for leftovers (hosts that share no
+# disk): a task that ended on another host left this host's copy of its worktree.
+LEFTOVER_SWEEP_INTERVAL_S: Final = 600.0
 
 
 @dataclass(frozen=True)
@@ -115,28 +129,31 @@ def _orphans(
     root = worktrees_root(settings)
     if not root.is_dir():
         return
-    owners = store.worktree_paths()
-    for group in sorted(root.iterdir()):
-        if not group.is_dir() or group.is_symlink():
+    found = [
+        path
+        for group in sorted(root.iterdir())
+        if group.is_dir() and not group.is_symlink()
+        for path in sorted(group.iterdir())
+    ]
+    owners = store.tasks_by_worktree([str(path) for path in found])
+    for path in found:
+        owner = owners.get(str(path))
+        live = owner is not None and owner.worktree_removed_at is None
+        if live or str(path) in handled:
             continue
-        for path in sorted(group.iterdir()):
-            owner = owners.get(str(path))
-            live = owner is not None and owner.worktree_removed_at is None
-            if live or str(path) in handled:
+        try:
+            if path.lstat().st_mtime > older_than:
                 continue
+        except OSError:
+            continue
+        size = disk_usage(path)
+        if not report.dry_run:
             try:
-                if path.lstat().st_mtime > older_than:
-                    continue
-            except OSError:
+                _remove_orphan(path, root)
+            except (OrchestratorError, OSError) as exc:
+                report.failed.append({"work_item": "", "path": str(path), "error": str(exc)})
                 continue
-            size = disk_usage(path)
-            if not report.dry_run:
-                try:
-                    _remove_orphan(path, root)
-                except (OrchestratorError, OSError) as exc:
-                    report.failed.append({"work_item": "", "path": str(path), "error": str(exc)})
-                    continue
-            report.orphans.append(Orphan(str(path), size, removed=not report.dry_run))
+        report.orphans.append(Orphan(str(path), size, removed=not report.dry_run))
 
 
 def _remove_orphan(path: Path, root: Path) -> None:
@@ -152,3 +169,25 @@ def _remove_orphan(path: Path, root: Path) -> None:
             Repo(repository).release_worktree(path, owned_root=root)
             return
     remove_tree(path)
+
+
+@dataclass
+class LeftoverSweeper:
+    """``orch gc``'s orphan sweep of this host's own worktrees, as a loop of every
+    instance (decision 0031). With hosts that share no disk a task's worktree is
+    removed by the host that ends it; another host that ran one of its jobs keeps its
+    copy, which is an orphan here once the task is recorded as removed."""
+
+    store: Store
+    settings: Settings
+    orphan_grace_s: float = ORPHAN_GRACE_S
+
+    def sweep(self, *, now: float | None = None) -> list[Orphan]:
+        when = time.time() if now is None else now
+        report = GcReport(dry_run=False)
+        _orphans(self.store, self.settings, report, when - self.orphan_grace_s, set())
+        for failure in report.failed:
+            log.warning(
+                "removing leftover worktree %s failed: %s", failure["path"], failure["error"]
+            )
+        return report.orphans
