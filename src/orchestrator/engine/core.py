@@ -166,6 +166,7 @@ class Engine:
         self.runtime = runtime or Runtime.create(store, settings, notifier, boot_id=boot_id)
         self.store = self.runtime.store
         self.settings = self.runtime.settings
+        self._secrets: tuple[Settings, frozenset[str]] | None = None
         self.notifier: Notifier = self.runtime.notifier
         # A random id per process start: rows it owns are recognisably this boot's.
         self.boot_id = self.runtime.owner.boot_id
@@ -595,7 +596,9 @@ class Engine:
                 return None
             if not tx.set_job_status_cas(job.id, "queued", "running", owner_boot_id=self.boot_id):
                 return None
-        return self.store.get_job(job.id), task
+        # What the claim wrote, without reading the row again (its started_at, the
+        # store's clock, only the reaper and an adoption read, from the row).
+        return replace(job, status="running", owner_boot_id=self.boot_id), task
 
     def _start(self, job: Job, task: Task) -> _Live:
         """Start the process of a claimed job and record it (in the launch pool's thread
@@ -637,15 +640,23 @@ class Engine:
         except (OSError, OrchestratorError) as exc:
             reason = f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
             return self._start_failed(job, task, log_path, spec, reason)
+        job = replace(
+            job,
+            pid=process.pid,
+            start_sha=start_sha,
+            pid_start=start_ticks(process.pid),
+            timeout_s=timeout_s,
+            budget_usd=spec.config.budget_usd,
+        )
         with self.store.transaction() as tx:
             tx.set_job_process(
                 job.id,
-                pid=process.pid,
+                pid=job.pid or 0,
                 start_sha=start_sha,
-                pid_start=start_ticks(process.pid),
+                pid_start=job.pid_start,
                 # Stored, so an engine adopting the job after a restart keeps them.
                 timeout_s=timeout_s,
-                budget_usd=spec.config.budget_usd,
+                budget_usd=job.budget_usd,
             )
             run_id = tx.insert_agent_run(
                 job_id=job.id,
@@ -664,7 +675,6 @@ class Engine:
                 to_stage=job.stage,
                 reason=f"{spec.kind} {spec.name} pid {process.pid}, attempt {job.attempt}",
             )
-        job = self.store.get_job(job.id)
         notify_safely(lambda: self.notifier.on_task_changed(task, f"{job.stage} started"))
         return _Live(
             job,
@@ -764,11 +774,19 @@ class Engine:
         env = job_environment(
             os.environ,
             passthrough=self.settings.agent_env_passthrough,
-            secrets=self.settings.secret_values,
+            secrets=self._secret_values(),
             layers=(invocation.env, spec.config.env, task_vars),
         )
         # The adapter decides how the prompt travels: stdin (None = none) or argv.
         return invocation.argv, env, invocation.stdin
+
+    def _secret_values(self) -> frozenset[str]:
+        """``settings.secret_values``, computed once per settings object (it dumps the
+        whole model: about 5 % of the engine's CPU per stage-job when asked per job)."""
+        cached = self._secrets
+        if cached is None or cached[0] is not self.settings:
+            cached = self._secrets = (self.settings, self.settings.secret_values)
+        return cached[1]
 
     # --- monitor -----------------------------------------------------------------------
     def _collect(self, *, final: bool = False) -> bool:
