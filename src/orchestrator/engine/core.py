@@ -411,18 +411,16 @@ class Engine:
             elif this_host_only and host != self.runtime.owner.host:
                 continue  # unknown, or another host sharing this disk: as decision 0027
             run = self.store.job_run(job.id)
-            lost = (
+            host_lost = (
                 f"the job was lost with its host {gone_host}, silent for "
                 f"{self.settings.host_takeover_s:.0f}s or more"
                 if gone_host
-                else "the job was lost with the previous orchestrator process"
+                else None
             )
             if job.status == "finalizing":
                 # A gone host's job ended there, with its worktree: judged here, it is lost.
-                if gone_host:
-                    self.finalizer.finalize_orphan(job, None, "", lost=lost)
-                else:
-                    self.finalizer.finalize_orphan(job, run.exit_code if run else None, "")
+                known = run.exit_code if run and not gone_host else None
+                self.finalizer.finalize_orphan(job, known, "", lost=host_lost)
                 continue
             log_path = Path(run.log_path) if run and not gone_host else None
             alive = (
@@ -455,14 +453,13 @@ class Engine:
             exit_code = process.recorded_exit() if process else -1
             output = process.tail_text() if process else ""
             if run is None:
-                if gone_host:
-                    self.finalizer.finalize_orphan(job, None, "", lost=lost)
-                else:
-                    self.finalizer.finalize_orphan(job, None, "")
+                self.finalizer.finalize_orphan(job, None, "", lost=host_lost)
                 continue
             live = _Live(job, task, run.id, process, 0.0)
             if exit_code == -1:
-                live.start_error = lost
+                live.start_error = (
+                    host_lost or "the job was lost with the previous orchestrator process"
+                )
                 live.failure = FailureKind.LOST
                 if process is not None:
                     process.killed_reason = live.start_error
@@ -651,7 +648,7 @@ class Engine:
         with self.store.transaction() as tx:
             tx.set_job_process(
                 job.id,
-                pid=job.pid or 0,
+                pid=process.pid,
                 start_sha=start_sha,
                 pid_start=job.pid_start,
                 # Stored, so an engine adopting the job after a restart keeps them.

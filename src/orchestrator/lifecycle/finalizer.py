@@ -114,12 +114,12 @@ class Finalizer:
         output: str,
         *,
         actor: str = "recovery",
-        lost: str = "the job's engine died before it ended",
+        lost: str | None = None,
     ) -> None:
         """Finalize a job whose engine died: claim it ``running -> finalizing`` (a
         ``finalizing`` one is left as it is), then judge it as any finished job; with
-        no exit code it failed, ``lost`` saying why."""
-        error = None if exit_code is not None else lost
+        no exit code it failed, ``lost`` saying why (default: its engine died)."""
+        error = None if exit_code is not None else lost or "the job's engine died before it ended"
         with self.store.transaction() as tx:
             tx.set_job_status_cas(job.id, "running", "finalizing")
         failure = FailureKind.LOST if error is not None else None
@@ -405,15 +405,12 @@ class Finalizer:
             )
             if plan.problem is not None:
                 log.warning("job %s: nothing committed: %s", job.id, plan.problem)
-        if (
-            self.settings.repo_config(Path(task.repository)).remote
-            and worktree.is_dir()
-            and self.ran_elsewhere(task, job) is None
-        ):
+        repo = open_repo(self.settings, task.repository)
+        if repo.remote and worktree.is_dir() and self.ran_elsewhere(task, job) is None:
             # Hosts share no disk: the stage's commits reach the remote before the task
             # moves on (a failure raises: the move is not recorded on this host alone).
             # Only the host that ran the job pushes: another's copy is not its result.
-            push_task_branch(open_repo(self.settings, task.repository), task.branch)
+            push_task_branch(repo, task.branch)
         return self._act(task, job, decision, actor)
 
     def _rollback_feedback(self, task: Task, stage: str, reason: str) -> str:

@@ -459,10 +459,12 @@ class Repo:
         """Whether ``branch``'s head has landed on ``into``: by ancestry (a merge commit
         or a fast-forward), or by a squash / rebase commit carrying its trailer. With a
         remote, both are read there (fetched first)."""
-        if self.remote:
-            # ``into`` may be a commit (the one deployed): only branches are fetched.
-            self.fetch(branch, *([into] if self.has_branch(into) else []))
-        return self._landed(self.tip(branch), self.tip(into) if self.has_branch(into) else into)
+        if not self.remote:
+            return self._landed(self.rev(branch), into)
+        # ``into`` may be a commit (the one deployed): only branches are fetched.
+        into_branch = self.has_branch(into)
+        self.fetch(branch, *([into] if into_branch else []))
+        return self._landed(self.tip(branch), self.tip(into) if into_branch else into)
 
     def _landed(self, head: str, into: str) -> bool:
         if self.is_ancestor(head, into):
