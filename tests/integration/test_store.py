@@ -240,7 +240,11 @@ def test_ready_jobs_honour_not_before_and_order(store: Store) -> None:
     now = time.time()
 
     ready = store.ready_jobs(now)
-    assert [(job.id, repo) for job, repo in ready] == [(first, "/repos/a"), (second, "/repos/a")]
+    assert [(job.id, task.repository) for job, task in ready] == [
+        (first, "/repos/a"),
+        (second, "/repos/a"),
+    ]
+    assert all(task == store.get_task(task_id) for _, task in ready)
     assert all(job.not_before <= now for job, _ in ready)
 
     # Ordered by when they may start, then by id: the delayed job comes last.
@@ -251,6 +255,30 @@ def test_ready_jobs_honour_not_before_and_order(store: Store) -> None:
     with store.transaction() as tx:
         assert tx.set_job_status_cas(first, "queued", "running", owner_boot_id="boot")
     assert [job.id for job, _ in store.ready_jobs(now + 120)] == [second, later]
+
+
+def test_ready_jobs_of_an_instance_s_repositories_only(store: Store) -> None:
+    # Names are matched as the end of a path; LIKE's wildcards in a name match only
+    # themselves.
+    repositories = ["/repos/my_app", "/repos/myXapp", "/repos/100%", "/repos/1000", "/other/a"]
+    job_of = {}
+    for number, repository in enumerate(repositories, start=1):
+        task_id = new_task(store, work_item=f"DEMO-{number}", repository=repository)
+        job_of[repository] = new_job(store, task_id)
+    now = time.time() + 1
+
+    def ready(*scope: str) -> set[str]:
+        return {task.repository for _, task in store.ready_jobs(now, repositories=scope)}
+
+    assert ready() == set(repositories)
+    assert ready("my_app") == {"/repos/my_app"}
+    assert ready("100%") == {"/repos/100%"}
+    assert ready("/other/a", "myXapp") == {"/other/a", "/repos/myXapp"}
+    assert ready("a") == {"/other/a"}
+    assert ready("repos") == set()
+    assert [job.id for job, _ in store.ready_jobs(now, repositories=("my_app",))] == [
+        job_of["/repos/my_app"]
+    ]
 
 
 def test_job_lifecycle(store: Store) -> None:

@@ -78,6 +78,57 @@ def test_the_scan_would_notice_a_second_writer() -> None:
     assert any(_writes_stage_column(node) for node in ast.walk(bad))
 
 
+# SQL text that sets tasks.stage: in its SET list, before any WHERE.
+_SETS_STAGE = re.compile(r"update\s+tasks\s+set\s(?:(?!\bwhere\b).)*\bstage\s*=", re.I | re.S)
+
+
+def _sql_texts(tree: ast.AST) -> list[tuple[ast.AST, str]]:
+    """Every string in the tree, an f-string with ``{}`` for each of its values."""
+    texts: list[tuple[ast.AST, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            texts.append((node, node.value))
+        elif isinstance(node, ast.JoinedStr):
+            parts = [
+                value.value if isinstance(value, ast.Constant) else "{}" for value in node.values
+            ]
+            texts.append((node, "".join(str(part) for part in parts)))
+    return texts
+
+
+def _raw_sql_setting_stage(source: str) -> list[str]:
+    """The functions (or ``<module>``) holding SQL text that sets the stage column."""
+    tree = ast.parse(source)
+    owner: dict[ast.AST, str] = {}
+    for function in ast.walk(tree):
+        if isinstance(function, ast.FunctionDef):
+            for node in ast.walk(function):
+                owner.setdefault(node, function.name)
+    return sorted(
+        {owner.get(node, "<module>") for node, text in _sql_texts(tree) if _SETS_STAGE.search(text)}
+    )
+
+
+def test_no_sql_text_sets_the_stage() -> None:
+    # The compare-and-swap names its columns from its values (the dict with "stage"
+    # that the test above finds); no SQL text anywhere, a module constant included,
+    # sets the stage itself.
+    found = []
+    for path in SRC.rglob("*.py"):
+        for where in _raw_sql_setting_stage(path.read_text(encoding="utf-8")):
+            found.append(f"{path.relative_to(SRC)}:{where}")
+    assert found == []
+
+
+def test_the_sql_scan_would_notice_a_second_writer() -> None:
+    bypass = "SET_DONE = \"UPDATE tasks SET updated_at = 1, stage = 'done' WHERE id = 1\"\n"
+    assert _raw_sql_setting_stage(bypass) == ["<module>"]
+    in_function = 'def f(c):\n    c.execute(f"update tasks set {x}, stage = :s where id = 1")\n'
+    assert _raw_sql_setting_stage(in_function) == ["f"]
+    # A stage in the WHERE clause only compares.
+    assert _raw_sql_setting_stage('Q = "UPDATE tasks SET a = 1 WHERE stage = :s"\n') == []
+
+
 def test_kernel_does_no_io() -> None:
     # The kernel is pure: no database, subprocess, filesystem or clock imports.
     forbidden = {"sqlalchemy", "subprocess", "os", "pathlib", "time", "datetime", "httpx"}

@@ -5,8 +5,9 @@ time, on daemon threads."""
 from __future__ import annotations
 
 import threading
+import time
 
-from orchestrator.engine.core import PASS_WORKERS, _together
+from orchestrator.engine.core import PASS_WORKERS, PassWorkers, _together
 
 
 def test_every_outcome_comes_back_in_order_a_failure_among_them() -> None:
@@ -55,3 +56,30 @@ def test_one_call_runs_in_the_callers_thread() -> None:
     ran_in: list[threading.Thread] = []
     assert _together(lambda: ran_in.append(threading.current_thread()), [()]) == [None]
     assert ran_in == [threading.current_thread()]
+
+
+def test_the_threads_serve_pass_after_pass_and_end_when_idle() -> None:
+    workers = PassWorkers(size=2, idle_s=0.2)
+    seen: set[threading.Thread] = set()
+    lock = threading.Lock()
+    pair = threading.Barrier(2, timeout=10)  # each call waits for one on the other thread
+
+    def work(_number: int) -> None:
+        with lock:
+            seen.add(threading.current_thread())
+        pair.wait()
+
+    for _ in range(5):
+        assert workers.run(work, [(n,) for n in range(6)]) == [None] * 6
+    # Five passes of six calls, on the same two daemon threads.
+    assert len(seen) == 2
+    assert all(thread.daemon for thread in seen)
+
+    deadline = time.monotonic() + 10
+    while any(thread.is_alive() for thread in seen):
+        assert time.monotonic() < deadline, "idle pass workers did not end"
+        time.sleep(0.05)
+    # Ended idle, started again by the next pass.
+    seen.clear()
+    assert workers.run(work, [(n,) for n in range(4)]) == [None] * 4
+    assert len(seen) == 2

@@ -28,10 +28,12 @@ nothing. Notifications go out only after the transaction that caused them commit
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import logging
 import os
+import queue
 import shlex
 import threading
 import time
@@ -90,51 +92,89 @@ ENGINE_IDLE_POLL_S: Final = 10.0
 STAMP_WATCH_S: Final = 0.25
 # How often running jobs are checked against their task's stage (cancel, rollback).
 STAGE_CHECK_INTERVAL_S: Final = 0.5
+# Ready jobs read beyond the free slots and the busy tasks, for those a full repository
+# passes over; a page passed over whole is read again four times larger, up to the max.
+DISPATCH_SPARE: Final = 4
+DISPATCH_READ_MAX: Final = 50
 # The jobs one dispatch pass claimed are started together, and the jobs one watch pass
 # found ended are finalized together: both are mostly waiting on spawns, git processes
 # and commits, so they overlap there; the pass waits for them all (decision 0030).
 PASS_WORKERS: Final = 4
+# A pass worker idle this long ends; the next pass starts it again.
+PASS_WORKER_IDLE_S: Final = 30.0
 ACTOR: Final = "engine"
 _T = TypeVar("_T")
 
 
-def _together(work: Callable[..., _T], calls: list[tuple[Any, ...]]) -> list[_T | Exception]:
-    """``work(*call)`` for every call, up to ``PASS_WORKERS`` at once; each call's
-    result or the exception it raised, in order. The threads are daemons, so a call
-    stuck on something without a timeout never holds up the process's exit."""
-    outcomes: list[_T | Exception] = []
-    if len(calls) <= 1:
-        for call in calls:
-            try:
-                outcomes.append(work(*call))
-            except Exception as exc:
-                outcomes.append(exc)
-        return outcomes
-    slots: dict[int, _T | Exception] = {}
-    pending = iter(enumerate(calls))
-    lock = threading.Lock()
+class PassWorkers:
+    """Daemon threads kept between the engine's passes (decision 0030): a pass hands its
+    calls out and waits for them all. Starting four threads per pass cost the engine
+    about a sixth of its own CPU per stage-job; these start once, and one idle for
+    ``idle_s`` ends (the next pass starts it again), so an engine that stopped leaves
+    none behind for long. Daemons: a call stuck on something without a timeout never
+    holds up the process's exit."""
 
-    def worker() -> None:
+    def __init__(self, size: int = PASS_WORKERS, idle_s: float = PASS_WORKER_IDLE_S) -> None:
+        self.size = size
+        self._idle_s = idle_s
+        self._calls: queue.SimpleQueue[tuple[Callable[[], None], threading.Semaphore]] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._threads = 0
+
+    def run(self, work: Callable[..., _T], calls: list[tuple[Any, ...]]) -> list[_T | Exception]:
+        """``work(*call)`` for every call, up to ``size`` at once; each call's result or
+        the exception it raised, in order. A single call runs in the caller's thread."""
+        outcomes: list[_T | Exception | None] = [None] * len(calls)
+
+        def one(index: int, call: tuple[Any, ...]) -> None:
+            try:
+                outcomes[index] = work(*call)
+            except Exception as exc:
+                outcomes[index] = exc
+
+        if len(calls) <= 1:
+            for index, call in enumerate(calls):
+                one(index, call)
+            return outcomes  # type: ignore[return-value]
+        with self._lock:
+            missing = min(self.size, len(calls)) - self._threads
+            for _ in range(missing):
+                self._threads += 1
+                name = f"engine-pass-{self._threads}"
+                threading.Thread(target=self._serve, name=name, daemon=True).start()
+        done = threading.Semaphore(0)
+        for index, call in enumerate(calls):
+            self._calls.put((functools.partial(one, index, call), done))
+        for _ in calls:
+            done.acquire()
+        return outcomes  # type: ignore[return-value]
+
+    def _serve(self) -> None:
         while True:
-            with lock:
-                item = next(pending, None)
-            if item is None:
-                return
-            index, call = item
             try:
-                slots[index] = work(*call)
-            except Exception as exc:
-                slots[index] = exc
+                call, done = self._calls.get(timeout=self._idle_s)
+            except queue.Empty:
+                with self._lock:
+                    # A pass that counted this thread puts its calls after the lock.
+                    if self._calls.empty():
+                        self._threads -= 1
+                        return
+                continue
+            try:
+                call()
+            finally:
+                done.release()
 
-    threads = [
-        threading.Thread(target=worker, name=f"engine-pass-{n}", daemon=True)
-        for n in range(min(PASS_WORKERS, len(calls)))
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [slots[index] for index in range(len(calls))]
+
+# The engines of a process share them: a pass's calls hold nothing while queued.
+_PASS_WORKERS: Final = PassWorkers()
+
+
+def _together(work: Callable[..., _T], calls: list[tuple[Any, ...]]) -> list[_T | Exception]:
+    """``work(*call)`` for every call on the shared :class:`PassWorkers`."""
+    return _PASS_WORKERS.run(work, calls)
 
 
 @dataclass
@@ -509,38 +549,71 @@ class Engine:
         total = len(self._live)
         if total >= self.settings.max_running_jobs:
             return False  # no slot here: a backlog costs no query per tick
-        ready = self.store.ready_jobs(time.time(), repositories=self.settings.instance_repos)
-        if not ready:
-            return False
-        # Per repository over every instance; in all, this instance's own jobs only
-        # (max_running_jobs is a host's capacity, decision 0027).
-        counts = self.store.active_job_counts()
         # A task being crossed (merge, deploy, health window) gets no job meanwhile.
         busy_tasks = {live.task.id for live in self._live.values()}
         busy_tasks |= self.crossings.busy_tasks()
+        # Read as many ready jobs as could start, and a few for the ones passed over (a
+        # busy task, a full repository); more only when a full page was passed over.
+        wanted = self.settings.max_running_jobs - total + len(busy_tasks) + DISPATCH_SPARE
+        now = time.time()
+        counts: dict[str, int] | None = None
+        seen: set[int] = set()
         claimed: list[tuple[Job, Task]] = []
         try:
-            for job, repository in ready:
-                if total >= self.settings.max_running_jobs:
+            while True:
+                ready = self.store.ready_jobs(
+                    now, limit=wanted, repositories=self.settings.instance_repos
+                )
+                if not ready:
                     break
-                if counts.get(repository, 0) >= self.settings.max_running_jobs_per_repo:
-                    continue
-                if job.task_id in busy_tasks:
-                    continue
-                task = self.store.get_task(job.task_id)
-                if job.kind == "agent" and stop_if_over_budget(self.runtime, job, task):
-                    continue  # the task's cost budget is spent: a person decides
-                claim = self._claim(job, task)
-                if claim is not None:
-                    claimed.append(claim)
-                    total += 1
-                    counts[repository] = counts.get(repository, 0) + 1
-                    busy_tasks.add(job.task_id)
+                if counts is None:
+                    # Per repository over every instance; in all, this instance's own
+                    # jobs only (max_running_jobs is a host's capacity, decision 0027).
+                    counts = self.store.active_job_counts()
+                total = self._claim_ready(ready, seen, busy_tasks, counts, claimed, total)
+                if total >= self.settings.max_running_jobs or len(ready) < wanted:
+                    break
+                if wanted >= DISPATCH_READ_MAX:
+                    break
+                wanted = min(wanted * 4, DISPATCH_READ_MAX)
         finally:
             # What was claimed is started even when a later claim raised: a job left
             # claimed but unstarted would be failed as lost by the next engine.
             self._start_all(claimed)
         return bool(claimed)
+
+    def _claim_ready(
+        self,
+        ready: list[tuple[Job, Task]],
+        seen: set[int],
+        busy_tasks: set[int],
+        counts: dict[str, int],
+        claimed: list[tuple[Job, Task]],
+        total: int,
+    ) -> int:
+        """Claim what ``ready`` holds that may start (not ``seen`` before, its task not
+        busy, its repository under its limit) while this instance has slots; the
+        number of jobs it runs then."""
+        for job, task in ready:
+            if total >= self.settings.max_running_jobs:
+                break
+            if job.id in seen:
+                continue
+            seen.add(job.id)
+            repository = task.repository
+            if counts.get(repository, 0) >= self.settings.max_running_jobs_per_repo:
+                continue
+            if job.task_id in busy_tasks:
+                continue
+            if job.kind == "agent" and stop_if_over_budget(self.runtime, job, task):
+                continue  # the task's cost budget is spent: a person decides
+            claim = self._claim(job, task)
+            if claim is not None:
+                claimed.append(claim)
+                total += 1
+                counts[repository] = counts.get(repository, 0) + 1
+                busy_tasks.add(job.task_id)
+        return total
 
     def _start_all(self, claimed: list[tuple[Job, Task]]) -> None:
         """Start the claimed jobs together (their spawns, git processes and commits

@@ -13,6 +13,8 @@ keeps it that way.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import sqlite3
 import threading
 import time
@@ -34,6 +36,7 @@ from orchestrator.errors import (
 from orchestrator.kernel.failures import FailureKind
 from orchestrator.kernel.origins import origin_key
 from orchestrator.store.activity import Activity
+from orchestrator.store.raw import Sql, json_field, json_value, rows
 from orchestrator.store.records import AgentRun, ApiToken, Event, Job, Task, TaskCard
 from orchestrator.store.revisions import VERSION_TABLE, migration_heads
 from orchestrator.store.schema import (
@@ -77,7 +80,58 @@ PG_MIGRATION_LOCK_ID: Final = 7_114_065
 JOBS_CHANNEL: Final = "orch_jobs"
 
 
-_INSERT_EVENT: Final = events.insert()
+def _quoted(*words: str) -> str:
+    """Constant words as SQL string literals, comma-separated."""
+    return ", ".join(f"'{word}'" for word in words)
+
+
+# The engine's hot statements (decision 0032, store/raw.py): about ten µs each on the
+# driver's cursor against 80-260 through SQLAlchemy Core. Column lists come from the
+# schema, so a new column is read without touching these.
+_BEGIN: Final = Sql("BEGIN")
+_BEGIN_IMMEDIATE: Final = Sql("BEGIN IMMEDIATE")
+_TASK_COLUMNS: Final = ", ".join(column.name for column in tasks.c)
+_GET_TASK: Final = Sql(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = :id")  # noqa: S608
+_INSERT_EVENT: Final = Sql(
+    "INSERT INTO events (task_id, job_id, kind, actor, from_stage, to_stage, reason, data,"
+    " created_at) VALUES (:task_id, :job_id, :kind, :actor, :from_stage, :to_stage,"
+    " :reason, :data, :created_at) RETURNING id"
+)
+_INSERT_JOB: Final = Sql(
+    "INSERT INTO jobs (task_id, stage, kind, agent, status, attempt, feedback, not_before,"
+    " enqueued_at, updated_at) VALUES (:task_id, :stage, :kind, :agent, 'queued', :attempt,"
+    " :feedback, :not_before, :now, :now) RETURNING id"
+)
+_INSERT_RUN: Final = Sql(
+    "INSERT INTO agent_runs (job_id, task_id, agent, model, effort, attempt, log_path,"
+    " started_at) VALUES (:job_id, :task_id, :agent, :model, :effort, :attempt, :log_path,"
+    " :now) RETURNING id"
+)
+_SET_JOB_PROCESS: Final = Sql(
+    "UPDATE jobs SET pid = :pid, pid_start = :pid_start, start_sha = :start_sha,"
+    " timeout_s = :timeout_s, budget_usd = :budget_usd, updated_at = :now WHERE id = :id"
+)
+_RECORD_EXIT: Final = Sql(
+    "UPDATE agent_runs SET exit_code = :exit_code, exit_recorded_at = :now,"
+    " input_tokens = :input_tokens, output_tokens = :output_tokens, cost_usd = :cost_usd,"
+    " num_turns = :num_turns, model = COALESCE(:model, model) WHERE id = :id"
+)
+_WORKTREE_REMOVED: Final = Sql("UPDATE tasks SET worktree_removed_at = :removed_at WHERE id = :id")
+_WORKTREE_REMOVED_AT_VERSION: Final = Sql(
+    "UPDATE tasks SET worktree_removed_at = :removed_at WHERE id = :id AND version = :version"
+)
+_HAS_PENDING_JOB: Final = Sql(
+    "SELECT 1 FROM jobs WHERE task_id = :task_id"  # noqa: S608 - constant words
+    f" AND status IN ({_quoted(*WAITING_JOB_STATUSES, *ACTIVE_JOB_STATUSES)}) LIMIT 1"
+)
+_ACTIVE_JOB_COUNTS: Final = Sql(
+    "SELECT tasks.repository, count(*) FROM tasks JOIN jobs ON jobs.task_id = tasks.id"  # noqa: S608
+    f" WHERE jobs.status IN ({_quoted(*ACTIVE_JOB_STATUSES)}) GROUP BY tasks.repository"
+)
+_JOB_AND_TASK_COLUMNS: Final = ", ".join(
+    [f"jobs.{column.name} AS job_{column.name}" for column in jobs.c]
+    + [f"tasks.{column.name} AS task_{column.name}" for column in tasks.c]
+)
 
 
 def _now() -> float:
@@ -143,9 +197,9 @@ def _create_engine(url: str, synchronous: str = "FULL") -> Engine:
             # Writers take the write lock up front: a compare-and-swap must not be upgraded
             # from a read lock later. Readers begin deferred: in WAL they never wait.
             if conn.get_execution_options().get(WRITE_OPTION):
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                _BEGIN_IMMEDIATE.run(conn)
             else:
-                conn.exec_driver_sql("BEGIN")
+                _BEGIN.run(conn)
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -206,6 +260,53 @@ def _job(row: sa.Row[Any]) -> Job:
     return Job(**row._mapping)
 
 
+def _task_of(row: dict[str, Any]) -> Task:
+    """A task from a row that :mod:`orchestrator.store.raw` read."""
+    row["origin"] = json_field(row["origin"])
+    return Task(**row)
+
+
+@functools.cache
+def _job_status_sql(columns: tuple[str, ...], expected: int) -> Sql:
+    """``UPDATE jobs`` setting ``columns`` (each from the parameter of its name) where
+    the job is in one of ``expected`` statuses (parameters ``was0``, ``was1``, ...)."""
+    assignments = ", ".join(f"{column} = :{column}" for column in columns)
+    statuses = ", ".join(f":was{n}" for n in range(expected))
+    return Sql(f"UPDATE jobs SET {assignments} WHERE id = :id AND status IN ({statuses})")  # noqa: S608
+
+
+@functools.cache
+def _ready_jobs_sql(paths: int, names: int) -> Sql:
+    """Queued jobs that are due, each with its task (columns ``job_*`` and ``task_*``),
+    oldest first; with ``paths`` or ``names``, only those of the repositories at the
+    paths ``:path0``... or whose directory ends ``:name0``... (LIKE patterns)."""
+    scope = [f"tasks.repository = :path{n}" for n in range(paths)]
+    scope += [f"tasks.repository LIKE :name{n} ESCAPE '!'" for n in range(names)]
+    where = "jobs.status = 'queued' AND jobs.not_before <= :now"
+    if scope:
+        where += f" AND ({' OR '.join(scope)})"
+    return Sql(
+        f"SELECT {_JOB_AND_TASK_COLUMNS} FROM jobs JOIN tasks ON tasks.id = jobs.task_id"  # noqa: S608
+        f" WHERE {where} ORDER BY jobs.not_before, jobs.id LIMIT :limit"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _task_stages_sql(count: int) -> Sql:
+    """The stage and failure of the ``count`` tasks ``:id0``, ``:id1``..."""
+    ids = ", ".join(f":id{n}" for n in range(count))
+    return Sql(f"SELECT id, stage, failed_reason FROM tasks WHERE id IN ({ids})")  # noqa: S608
+
+
+def _like_suffix(text: str) -> str:
+    """A LIKE pattern (escape character ``!``) matching what ends with ``text``."""
+    return "%" + text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
+# update_task_stage_cas's statements by the columns it sets and whether it compares.
+_TASK_STAGE_SQL: Final[dict[tuple[tuple[str, ...], bool], Sql]] = {}
+
+
 class Tx:
     """Writes inside one transaction. Obtain it from :meth:`Store.transaction`."""
 
@@ -218,10 +319,10 @@ class Tx:
     # --- tasks -------------------------------------------------------------------------
     def get_task(self, task_id: int) -> Task:
         """Read a task inside this transaction (sees this transaction's writes)."""
-        row = self.conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one_or_none()
-        if row is None:
+        found = rows(_GET_TASK.run(self.conn, {"id": task_id}))
+        if not found:
             raise NotFoundError(f"no task with id {task_id}")
-        return _task(row)
+        return _task_of(found[0])
 
     def insert_task(
         self,
@@ -279,23 +380,23 @@ class Tx:
         blind write, kept for operators who switch the lease off. A task that leaves its
         stage has no rollback of an unhealthy deploy pending any more.
         """
-        values: dict[str, Any] = {
-            "stage": new,
-            "version": tasks.c.version + 1,
-            "updated_at": _now(),
-            "pending_rollback": None,
-        }
+        values: dict[str, Any] = {"stage": new, "updated_at": _now(), "pending_rollback": None}
         if attempt is not None:
             values["attempt"] = attempt
         if rollback_count is not None:
             values["rollback_count"] = rollback_count
         if clear_failure:
             values["failed_reason"] = None
-        condition = tasks.c.id == task_id
-        if not unconditional:
-            condition = sa.and_(condition, tasks.c.stage == expected)
-        result = self.conn.execute(tasks.update().where(condition).values(**values))
-        return result.rowcount == 1
+        key = (tuple(values), not unconditional)
+        statement = _TASK_STAGE_SQL.get(key)
+        if statement is None:
+            assignments = ", ".join(f"{column} = :{column}" for column in values)
+            condition = "id = :id" if unconditional else "id = :id AND stage = :expected"
+            statement = _TASK_STAGE_SQL[key] = Sql(
+                f"UPDATE tasks SET version = version + 1, {assignments} WHERE {condition}"  # noqa: S608
+            )
+        cursor = statement.run(self.conn, {"id": task_id, "expected": expected, **values})
+        return bool(cursor.rowcount == 1)
 
     def update_task_counters(
         self,
@@ -344,13 +445,10 @@ class Tx:
         between brings the worktree back). Neither the version nor ``updated_at`` moves:
         the worktree is not the task's state, and ``updated_at`` dates a failure.
         """
-        condition = tasks.c.id == task_id
-        if expected_version is not None:
-            condition = sa.and_(condition, tasks.c.version == expected_version)
-        result = self.conn.execute(
-            tasks.update().where(condition).values(worktree_removed_at=removed_at)
-        )
-        return result.rowcount == 1
+        params = {"id": task_id, "removed_at": removed_at, "version": expected_version}
+        if expected_version is None:
+            return bool(_WORKTREE_REMOVED.run(self.conn, params).rowcount == 1)
+        return bool(_WORKTREE_REMOVED_AT_VERSION.run(self.conn, params).rowcount == 1)
 
     # --- jobs --------------------------------------------------------------------------
     def enqueue_job(
@@ -365,24 +463,21 @@ class Tx:
         delay_s: float = 0.0,
     ) -> int:
         now = _now()
-        result = self.conn.execute(
-            jobs.insert().values(
-                task_id=task_id,
-                stage=stage,
-                kind=kind,
-                agent=agent,
-                status="queued",
-                attempt=attempt,
-                feedback=feedback,
-                not_before=now + delay_s,
-                enqueued_at=now,
-                updated_at=now,
-            )
+        cursor = _INSERT_JOB.run(
+            self.conn,
+            {
+                "task_id": task_id,
+                "stage": stage,
+                "kind": kind,
+                "agent": agent,
+                "attempt": attempt,
+                "feedback": feedback,
+                "not_before": now + delay_s,
+                "now": now,
+            },
         )
-        key = result.inserted_primary_key
-        assert key is not None
         self.moved = True
-        return int(key[0])
+        return int(cursor.fetchone()[0])
 
     def set_job_status_cas(
         self,
@@ -412,12 +507,15 @@ class Tx:
             values["error"] = error
         if failure_kind is not None:
             values["failure_kind"] = str(FailureKind(failure_kind))
-        result = self.conn.execute(
-            jobs.update()
-            .where(jobs.c.id == job_id, jobs.c.status.in_(expected_set))
-            .values(**values)
+        return bool(
+            _job_status_sql(tuple(values), len(expected_set))
+            .run(
+                self.conn,
+                {"id": job_id, **values, **{f"was{n}": was for n, was in enumerate(expected_set)}},
+            )
+            .rowcount
+            == 1
         )
-        return result.rowcount == 1
 
     def set_job_process(
         self,
@@ -430,17 +528,17 @@ class Tx:
         budget_usd: float | None = None,
     ) -> None:
         """Record a started job's process and the limits it runs under."""
-        self.conn.execute(
-            jobs.update()
-            .where(jobs.c.id == job_id)
-            .values(
-                pid=pid,
-                pid_start=pid_start,
-                start_sha=start_sha,
-                timeout_s=timeout_s,
-                budget_usd=budget_usd,
-                updated_at=_now(),
-            )
+        _SET_JOB_PROCESS.run(
+            self.conn,
+            {
+                "id": job_id,
+                "pid": pid,
+                "pid_start": pid_start,
+                "start_sha": start_sha,
+                "timeout_s": timeout_s,
+                "budget_usd": budget_usd,
+                "now": _now(),
+            },
         )
 
     def adopt_job(self, job_id: int, *, old_boot_id: str | None, new_boot_id: str) -> bool:
@@ -490,21 +588,20 @@ class Tx:
         attempt: int,
         log_path: str,
     ) -> int:
-        result = self.conn.execute(
-            agent_runs.insert().values(
-                job_id=job_id,
-                task_id=task_id,
-                agent=agent,
-                model=model,
-                effort=effort,
-                attempt=attempt,
-                log_path=log_path,
-                started_at=_now(),
-            )
+        cursor = _INSERT_RUN.run(
+            self.conn,
+            {
+                "job_id": job_id,
+                "task_id": task_id,
+                "agent": agent,
+                "model": model,
+                "effort": effort,
+                "attempt": attempt,
+                "log_path": log_path,
+                "now": _now(),
+            },
         )
-        key = result.inserted_primary_key
-        assert key is not None
-        return int(key[0])
+        return int(cursor.fetchone()[0])
 
     def record_exit(
         self,
@@ -517,17 +614,19 @@ class Tx:
         cost_usd: float = 0.0,
         num_turns: int | None = None,
     ) -> None:
-        values: dict[str, Any] = {
-            "exit_code": exit_code,
-            "exit_recorded_at": _now(),
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cost_usd": cost_usd,
-            "num_turns": num_turns,
-        }
-        if model:
-            values["model"] = model
-        self.conn.execute(agent_runs.update().where(agent_runs.c.id == run_id).values(**values))
+        _RECORD_EXIT.run(
+            self.conn,
+            {
+                "id": run_id,
+                "exit_code": exit_code,
+                "now": _now(),
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "cost_usd": cost_usd,
+                "num_turns": num_turns,
+                "model": model or None,  # an empty model keeps the one recorded
+            },
+        )
 
     # --- events ------------------------------------------------------------------------
     def add_event(
@@ -543,26 +642,22 @@ class Tx:
         data: Mapping[str, Any] | None = None,
     ) -> int:
         """Append an event; its id (events are ordered by id)."""
-        # One statement built once, the values bound per call: building .values() and
-        # its cache key cost more than the insert itself (about 7 events a stage-job).
-        result = self.conn.execute(
-            _INSERT_EVENT,
+        cursor = _INSERT_EVENT.run(
+            self.conn,
             {
                 "task_id": task_id,
                 "job_id": job_id,
-                "kind": kind,
+                "kind": str(kind),
                 "actor": actor,
                 "from_stage": from_stage,
                 "to_stage": to_stage,
                 "reason": reason,
-                "data": dict(data) if data is not None else None,
+                "data": json_value(dict(data) if data is not None else None),
                 "created_at": _now(),
             },
         )
-        key = result.inserted_primary_key
-        assert key is not None
         self.moved = True
-        return int(key[0])
+        return int(cursor.fetchone()[0])
 
     def outbox_key_queued(self, key: str) -> bool:
         """Whether an outbox row with idempotency key ``key`` exists (any status)."""
@@ -596,6 +691,7 @@ class Store:
         self.activity = Activity()
         self._path = sqlite_path(url)
         self._wal = None if self._path is None else self._path.with_name(self._path.name + "-wal")
+        self._stamped = None if self._wal is None else (str(self._path), str(self._wal))
         # SQLite: the change stamps just before and just after this process's last
         # write (None before any): a watcher that saw the first and sees the second
         # saw only our own commit.
@@ -734,11 +830,19 @@ class Store:
         with self.engine.connect() as conn:
             return list(conn.execute(query))
 
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A connection for one of :mod:`orchestrator.store.raw`'s reads (one statement,
+        its own snapshot)."""
+        with self.engine.connect() as conn:
+            yield conn
+
     def get_task(self, task_id: int) -> Task:
-        rows = self._all(sa.select(tasks).where(tasks.c.id == task_id))
-        if not rows:
+        with self._reading() as conn:
+            found = rows(_GET_TASK.run(conn, {"id": task_id}))
+        if not found:
             raise NotFoundError(f"no task with id {task_id}; see `orch task list`")
-        return _task(rows[0])
+        return _task_of(found[0])
 
     def find_task(self, ref: str, repository: str | None = None) -> Task:
         """A task by work item (e.g. DEMO-1) or numeric id."""
@@ -775,13 +879,15 @@ class Store:
         the engine's watch pass, learning which running jobs' tasks moved under them."""
         if not task_ids:
             return {}
-        query = sa.select(tasks.c.id, tasks.c.stage, tasks.c.failed_reason).where(
-            tasks.c.id.in_(sorted(task_ids))
-        )
-        return {
-            int(task_id): (str(stage), failed is not None)
-            for task_id, stage, failed in map(tuple, self._all(query))
-        }
+        ids = sorted(task_ids)
+        with self._reading() as conn:
+            found = _task_stages_sql(len(ids)).run(
+                conn, {f"id{n}": task_id for n, task_id in enumerate(ids)}
+            )
+            return {
+                int(task_id): (str(stage), failed is not None)
+                for task_id, stage, failed in found.fetchall()
+            }
 
     def count_tasks(self, repository: str) -> int:
         query = sa.select(sa.func.count()).select_from(tasks)
@@ -818,9 +924,8 @@ class Store:
 
     def has_pending_job(self, task_id: int) -> bool:
         """Whether a job of the task is queued, deferred, running or finalizing."""
-        pending = (*WAITING_JOB_STATUSES, *ACTIVE_JOB_STATUSES)
-        query = sa.select(jobs.c.id).where(jobs.c.task_id == task_id, jobs.c.status.in_(pending))
-        return bool(self._all(query.limit(1)))
+        with self._reading() as conn:
+            return _HAS_PENDING_JOB.run(conn, {"task_id": task_id}).fetchone() is not None
 
     def get_job(self, job_id: int) -> Job:
         rows = self._all(sa.select(jobs).where(jobs.c.id == job_id))
@@ -834,36 +939,26 @@ class Store:
 
     def ready_jobs(
         self, now: float, limit: int = 50, repositories: Sequence[str] = ()
-    ) -> list[tuple[Job, str]]:
-        """Queued jobs whose time has come, oldest first, with their repository.
+    ) -> list[tuple[Job, Task]]:
+        """Queued jobs whose time has come, oldest first, each with its task as read in
+        the same query (the dispatch reads no task per job).
 
         ``repositories`` (an instance's affinity; empty = all) keeps the jobs of those
         repositories only, each named by its path or its directory's name, as
         :func:`orchestrator.settings.in_scope` matches them; the filter is in the query,
         so another repository's backlog never hides this instance's jobs."""
-        query = (
-            sa.select(jobs, tasks.c.repository)
-            .join(tasks, tasks.c.id == jobs.c.task_id)
-            .where(jobs.c.status == "queued", jobs.c.not_before <= now)
-            .order_by(jobs.c.not_before, jobs.c.id)
-            .limit(limit)
-        )
-        if repositories:
-            query = query.where(
-                sa.or_(
-                    *(
-                        tasks.c.repository == item
-                        if "/" in item
-                        else tasks.c.repository.endswith(f"/{item}", autoescape=True)
-                        for item in repositories
-                    )
-                )
-            )
+        paths = [item for item in repositories if "/" in item]
+        names = [item for item in repositories if "/" not in item]
+        params: dict[str, Any] = {"now": now, "limit": limit}
+        params.update({f"path{n}": path for n, path in enumerate(paths)})
+        params.update({f"name{n}": _like_suffix(f"/{name}") for n, name in enumerate(names)})
+        with self._reading() as conn:
+            found = rows(_ready_jobs_sql(len(paths), len(names)).run(conn, params))
         result = []
-        for row in self._all(query):
-            mapping = dict(row._mapping)
-            repository = str(mapping.pop("repository"))
-            result.append((Job(**mapping), repository))
+        for row in found:
+            job = {name[4:]: value for name, value in row.items() if name.startswith("job_")}
+            task = {name[5:]: value for name, value in row.items() if name.startswith("task_")}
+            result.append((Job(**job), _task_of(task)))
         return result
 
     def next_job_due(self, now: float) -> float | None:
@@ -881,12 +976,12 @@ class Store:
         file (the sizes and modification times of the file and its write-ahead log): an
         idle engine watches it instead of polling with queries. None elsewhere
         (PostgreSQL announces its commits by NOTIFY) or for a database in memory."""
-        if self._path is None or self._wal is None:
+        if self._stamped is None:
             return None
         stamp: list[int] = []
-        for path in (self._path, self._wal):
+        for path in self._stamped:  # strings: a Path's stat cost more than the call
             try:
-                info = path.stat()
+                info = os.stat(path)
             except OSError:
                 stamp += [0, 0]
             else:
@@ -911,13 +1006,9 @@ class Store:
 
     def active_job_counts(self) -> dict[str, int]:
         """Running or finalizing jobs per repository."""
-        query = (
-            sa.select(tasks.c.repository, sa.func.count())
-            .join(jobs, jobs.c.task_id == tasks.c.id)
-            .where(jobs.c.status.in_(ACTIVE_JOB_STATUSES))
-            .group_by(tasks.c.repository)
-        )
-        return {str(key): int(count) for key, count in map(tuple, self._all(query))}
+        with self._reading() as conn:
+            found = _ACTIVE_JOB_COUNTS.run(conn).fetchall()
+        return {str(key): int(count) for key, count in found}
 
     def latest_job(self, task_id: int) -> Job | None:
         query = sa.select(jobs).where(jobs.c.task_id == task_id).order_by(jobs.c.id.desc())
