@@ -12,8 +12,11 @@ listens (a port already in use must not leave jobs started behind it).
   left running and stay recorded; the next start adopts or reaps them. Exit code 0.
 * Open live streams (``GET /events``, a followed log) end as soon as shutdown begins
   (:class:`~orchestrator.api.streams.StreamHub`), so they never hold SIGTERM up.
-* The engine thread dies with an exception: the supervisor logs it and tells uvicorn to
-  exit; exit code 1, so a process manager restarts the service.
+* The database goes out of reach (its server restarts, a connection is lost): the
+  engine loop waits for it and goes on, ``waiting for the database`` in ``/status``
+  meanwhile (:meth:`~orchestrator.engine.core.Engine.run`).
+* The engine thread dies with any other exception: the supervisor logs it and tells
+  uvicorn to exit; exit code 1, so a process manager restarts the service.
 * The server cannot start (port in use): exit code 1, the engine never started.
 * The maintenance services run as named loops under one
   :class:`~orchestrator.maintenance.supervisor.Supervisor` (threads ``orch-<name>``): the reaper,
@@ -228,7 +231,11 @@ def run_server(
 
     def loop_states() -> list[dict[str, Any]]:
         state = "running" if thread.is_alive() else "stopped"
-        return [{"name": ENGINE_THREAD_NAME, "state": state}, *supervisor.status()]
+        entry: dict[str, Any] = {"name": ENGINE_THREAD_NAME, "state": state}
+        if engine.database_outage is not None and thread.is_alive():
+            # Alive, waiting for the database to answer again.
+            entry.update(state="waiting for the database", last_error=engine.database_outage)
+        return [entry, *supervisor.status()]
 
     app = create_app(
         store=store,

@@ -90,6 +90,9 @@ ENGINE_IDLE_POLL_S: Final = 10.0
 # How often an idle engine on SQLite looks at the database file's change stamp (a stat,
 # no query): a job enqueued by another process (the CLI) starts within this.
 STAMP_WATCH_S: Final = 0.25
+# A database out of reach: the loop asks it again after this, doubling up to the max.
+DATABASE_RETRY_S: Final = 0.5
+DATABASE_RETRY_MAX_S: Final = 10.0
 # How often running jobs are checked against their task's stage (cancel, rollback).
 STAGE_CHECK_INTERVAL_S: Final = 0.5
 # Ready jobs read beyond the free slots and the busy tasks, for those a full repository
@@ -172,6 +175,12 @@ class PassWorkers:
 _PASS_WORKERS: Final = PassWorkers()
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of what ``exc`` says (a driver's message can run to many)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _together(work: Callable[..., _T], calls: list[tuple[Any, ...]]) -> list[_T | Exception]:
     """``work(*call)`` for every call on the shared :class:`PassWorkers`."""
     return _PASS_WORKERS.run(work, calls)
@@ -243,6 +252,8 @@ class Engine:
         self.store.activity.subscribe(self.wake)
         # So does a job's end (its pidfd), instead of waiting out the tick.
         self.exits = ExitWatch(self.wake)
+        # Why the database is out of reach while the loop waits for it (GET /status).
+        self.database_outage: str | None = None
 
     # --- loop --------------------------------------------------------------------------
     def tick(self) -> bool:
@@ -268,7 +279,56 @@ class Engine:
         on_tick: Callable[[], None] | None = None,
     ) -> None:
         """Tick until ``stop`` is set (call :meth:`wake` after setting it, so an idle
-        wait ends at once) or ``until()`` holds."""
+        wait ends at once) or ``until()`` holds.
+
+        A database out of reach (:meth:`Store.is_outage`: its server restarting, a
+        connection lost) does not end the loop: it waits for the database, doubling its
+        wait up to ``DATABASE_RETRY_MAX_S``, then recovers what the failed pass left
+        (:meth:`recover_after_outage`) and goes on. Any other error ends it, as before."""
+        while True:
+            try:
+                self._loop(stop, until, on_tick)
+                return
+            except Exception as exc:
+                if not self.store.is_outage(exc):
+                    raise
+                self.database_outage = _first_line(exc)
+                log.warning(
+                    "the database is out of reach (%s); the engine waits for it",
+                    self.database_outage,
+                )
+            if not self._await_database(stop):
+                return
+            self.recover_after_outage()
+            log.warning("the database is back; the engine goes on")
+            self.database_outage = None
+
+    def _await_database(self, stop: threading.Event) -> bool:
+        """Wait until the database answers (True) or ``stop`` is set (False)."""
+        wait_s = DATABASE_RETRY_S
+        while not stop.wait(wait_s):
+            try:
+                self.store.ping()
+            except OrchestratorError:
+                wait_s = min(wait_s * 2, DATABASE_RETRY_MAX_S)
+                continue
+            return True
+        return False
+
+    def recover_after_outage(self) -> None:
+        """After the database was out of reach mid-pass: this engine's jobs that the
+        pass lost track of (a start whose record failed, a finalization that failed)
+        are finished from what their launchers recorded, or failed as lost and retried,
+        as a dead engine's are; stale leases are reclaimed."""
+        self.requeue_running_jobs(own_unwatched=True)
+        self.runtime.leases.reclaim_stale(actor="recovery")
+
+    def _loop(
+        self,
+        stop: threading.Event,
+        until: Callable[[], bool] | None,
+        on_tick: Callable[[], None] | None,
+    ) -> None:
         while True:
             self._wake.clear()  # before the tick: a wake during it is not lost
             if stop.is_set():  # after the clear: a stop with its wake is never missed
@@ -421,7 +481,9 @@ class Engine:
         self._rescue_due.set()
         self.wake()
 
-    def requeue_running_jobs(self, *, this_host_only: bool = False) -> None:
+    def requeue_running_jobs(
+        self, *, this_host_only: bool = False, own_unwatched: bool = False
+    ) -> None:
         """Running jobs of dead engines: adopt those still alive, finish the others.
 
         A job is adopted when its pid is alive and started when recorded (not a reused
@@ -434,12 +496,16 @@ class Engine:
         instance of that host has beaten for ``host_takeover_s``, they are failed as
         lost and retried by whoever claims them; the task's branch comes from the
         remote (decision 0031). ``this_host_only`` (the rescuer's sweeps) also leaves
-        the jobs whose instance is unknown.
+        the jobs whose instance is unknown. ``own_unwatched`` (after a database outage)
+        also takes this engine's own jobs that it does not watch.
         """
         for job, task in self.store.jobs_by_status(("running", "finalizing")):
-            if job.id in self._live or job.owner_boot_id == self.boot_id:
+            if job.id in self._live:
                 continue
-            if self.runtime.leases.instance_alive(job.owner_boot_id):
+            if job.owner_boot_id == self.boot_id:
+                if not own_unwatched:
+                    continue
+            elif self.runtime.leases.instance_alive(job.owner_boot_id):
                 continue  # another live engine watches it
             host = self._owner_host(job)
             gone_host = None
@@ -718,14 +784,33 @@ class Engine:
             timeout_s=timeout_s,
             budget_usd=spec.config.budget_usd,
         )
+        try:
+            run_id = self._record_start(job, task, spec, log_path)
+        except Exception:
+            # Unrecorded, nobody could ever watch or stop it: it must not run on.
+            process.kill("its start could not be recorded", grace_s=0.0)
+            raise
+        notify_safely(lambda: self.notifier.on_task_changed(task, f"{job.stage} started"))
+        return _Live(
+            job,
+            task,
+            run_id,
+            process,
+            timeout_s,
+            budget=RunBudgetWatch(spec, result_file_for(log_path)),
+        )
+
+    def _record_start(self, job: Job, task: Task, spec: AgentSpec, log_path: Path) -> int:
+        """Record a spawned job's process, its limits, its run and the event; the run's
+        id (``job`` carries what was spawned)."""
         with self.store.transaction() as tx:
             tx.set_job_process(
                 job.id,
-                pid=process.pid,
-                start_sha=start_sha,
+                pid=job.pid,
+                start_sha=job.start_sha,
                 pid_start=job.pid_start,
                 # Stored, so an engine adopting the job after a restart keeps them.
-                timeout_s=timeout_s,
+                timeout_s=job.timeout_s,
                 budget_usd=job.budget_usd,
             )
             run_id = tx.insert_agent_run(
@@ -743,17 +828,9 @@ class Engine:
                 task_id=task.id,
                 job_id=job.id,
                 to_stage=job.stage,
-                reason=f"{spec.kind} {spec.name} pid {process.pid}, attempt {job.attempt}",
+                reason=f"{spec.kind} {spec.name} pid {job.pid}, attempt {job.attempt}",
             )
-        notify_safely(lambda: self.notifier.on_task_changed(task, f"{job.stage} started"))
-        return _Live(
-            job,
-            task,
-            run_id,
-            process,
-            timeout_s,
-            budget=RunBudgetWatch(spec, result_file_for(log_path)),
-        )
+        return run_id
 
     def _start_failed(
         self,

@@ -68,19 +68,28 @@ class Sql:
         try:
             cursor.execute(sql, values)
         except conn.dialect.loaded_dbapi.Error as exc:
-            raise _wrapped(sql, values, exc, conn.dialect) from exc
+            lost = conn.dialect.is_disconnect(exc, dbapi_conn, cursor)
+            raise _wrapped(sql, values, exc, conn.dialect, lost=lost) from exc
         return cursor
 
     def __repr__(self) -> str:
         return f"Sql({self.sqlite!r})"
 
 
-def _wrapped(sql: str, params: Mapping[str, Any], exc: Any, dialect: Any) -> sa.exc.StatementError:
-    """SQLAlchemy's exception for a driver error, as its own execution would raise it.
-    A connection the error lost is not handed out again: its rollback fails, and the
-    pool discards a connection whose reset failed."""
+def _wrapped(
+    sql: str, params: Mapping[str, Any], exc: Any, dialect: Any, *, lost: bool
+) -> sa.exc.StatementError:
+    """SQLAlchemy's exception for a driver error, as its own execution would raise it
+    (``lost``: the error says the connection is gone, ``connection_invalidated``). A
+    lost connection is not handed out again: its rollback fails, and the pool discards
+    a connection whose reset failed."""
     wrapped: sa.exc.StatementError = sa.exc.DBAPIError.instance(
-        sql, dict(params), exc, dialect.loaded_dbapi.Error, dialect=dialect
+        sql,
+        dict(params),
+        exc,
+        dialect.loaded_dbapi.Error,
+        connection_invalidated=lost,
+        dialect=dialect,
     )
     return wrapped
 

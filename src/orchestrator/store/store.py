@@ -746,6 +746,26 @@ class Store:
             lines = (str(cause) or type(cause).__name__).strip().splitlines()
             raise DatabaseUnavailableError(lines[0] if lines else type(cause).__name__) from None
 
+    def is_outage(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the database is out of reach for now (its server down or
+        restarting, a connection lost, SQLite's file locked past the busy timeout),
+        rather than that a statement or the schema is wrong: asked by a loop deciding
+        to wait for the database or to die. An ``OperationalError`` counts when a
+        round trip fails now too."""
+        if isinstance(exc, DatabaseUnavailableError):
+            return True
+        if not isinstance(exc, sa.exc.DBAPIError):
+            return False
+        if exc.connection_invalidated or "locked" in str(exc.orig):
+            return True
+        if not isinstance(exc, sa.exc.OperationalError):
+            return False
+        try:
+            self.ping()
+        except DatabaseUnavailableError:
+            return True
+        return False
+
     def outbox_counts(self, statuses: Sequence[str]) -> dict[str, int]:
         """How many outbox messages are in each of ``statuses`` (0 for none)."""
         counts = dict.fromkeys(statuses, 0)

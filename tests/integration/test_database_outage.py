@@ -1,0 +1,114 @@
+"""The engine goes on through a database outage (real PostgreSQL refusing connections
+and dropping the ones it had), and a job that ended meanwhile is finished once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Final
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine as SaEngine
+from tests.integration.test_engine import World, make_repo, wait_for
+
+from orchestrator.store import Store
+
+# The analysis agent runs this long: the outage starts while it runs and it ends inside.
+AGENT_S: Final = 1.5
+OUTAGE_S: Final = 4.0
+
+
+def set_reachable(admin: SaEngine, database: str, reachable: bool) -> None:
+    """Let connections to ``database`` in, or refuse them and drop those it has."""
+    with admin.connect() as conn:
+        allow = "true" if reachable else "false"
+        conn.execute(sa.text(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {allow}'))
+        if not reachable:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": database},
+            )
+
+
+@pytest.mark.postgres
+def test_the_engine_waits_out_a_database_outage_and_finishes_the_task(
+    tmp_path: Path, pg_database: str, pg_admin: SaEngine
+) -> None:
+    database = sa.make_url(pg_database).database
+    assert database is not None
+    store = Store.open(pg_database)
+    out = tmp_path / "out"
+    out.mkdir()
+    world = World(tmp_path, pg_database, store, make_repo(tmp_path / "repo"), out)
+    world.configure(
+        f'[ "$ORCH_STAGE" != analysis ] || sleep {AGENT_S}',
+        skip=["brd-approval", "deploy-staging", "deploy"],
+    )
+    task = world.create("OUT-1")
+    engine = world.engine()
+    failures: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            world.drive(engine, world.ended(task), "done", timeout_s=90)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=drive, name="test-engine")
+    thread.start()
+    try:
+        # Started and recorded (a start whose record the outage cuts off is killed and
+        # retried, which this test is not about).
+        wait_for(
+            lambda: any(job.pid is not None for job in store.task_jobs(task.id)),
+            "the analysis job to run",
+            timeout_s=30,
+        )
+        set_reachable(pg_admin, database, reachable=False)
+        try:
+            wait_for(lambda: engine.database_outage is not None, "the engine to see the outage", 10)
+            time.sleep(OUTAGE_S)  # the agent ends while the database is away
+            assert thread.is_alive(), failures
+        finally:
+            set_reachable(pg_admin, database, reachable=True)
+        thread.join(120)
+        assert not thread.is_alive(), "the engine did not finish after the outage"
+        assert failures == []
+        assert engine.database_outage is None
+
+        done = store.get_task(task.id)
+        assert (done.stage, done.failed_reason) == ("done", None)
+        # The analysis job that ended during the outage was finished from what its
+        # launcher recorded: one run, no retry.
+        analysis = [job for job in store.task_jobs(task.id) if job.stage == "analysis"]
+        assert [(job.status, job.attempt) for job in analysis] == [("done", 1)], [
+            (job.error, job.failure_kind) for job in analysis
+        ]
+        runs = [run for run in store.task_runs(task.id) if run.job_id == analysis[0].id]
+        assert [run.exit_code for run in runs] == [0]
+    finally:
+        set_reachable(pg_admin, database, reachable=True)
+        thread.join(120)
+        engine.shutdown(kill=True)
+        store.close()
+
+
+def test_an_error_that_is_not_an_outage_still_ends_the_loop(tmp_path: Path, db_url: str) -> None:
+    store = Store.open(db_url)
+    world = World(tmp_path, db_url, store, make_repo(tmp_path / "repo"), tmp_path)
+    world.configure()
+    world.create("OUT-2")
+    engine = world.engine()
+    with store.engine.connect() as conn:
+        conn.execute(sa.text("ALTER TABLE agent_runs RENAME TO agent_runs_gone"))
+        conn.commit()
+    with pytest.raises(sa.exc.DBAPIError):
+        engine.run(threading.Event(), until=lambda: False)
+    assert engine.database_outage is None
+    engine.shutdown(kill=True)
+    store.close()
