@@ -11,8 +11,12 @@ from typing import Final
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine as SaEngine
+from tests.integration.support import api_client
 from tests.integration.test_engine import World, make_repo, wait_for
 
+from orchestrator.api.server import create_app
+from orchestrator.auth import issue_token
+from orchestrator.lifecycle.service import TaskService
 from orchestrator.store import Store
 
 # The analysis agent runs this long: the outage starts while it runs and it ends inside.
@@ -112,3 +116,33 @@ def test_an_error_that_is_not_an_outage_still_ends_the_loop(tmp_path: Path, db_u
     assert engine.database_outage is None
     engine.shutdown(kill=True)
     store.close()
+
+
+@pytest.mark.postgres
+def test_the_api_answers_503_in_one_line_while_the_database_is_away(
+    tmp_path: Path, pg_database: str, pg_admin: SaEngine
+) -> None:
+    database = sa.make_url(pg_database).database
+    assert database is not None
+    store = Store.open(pg_database)
+    world = World(tmp_path, pg_database, store, make_repo(tmp_path / "repo"), tmp_path)
+    settings = world.configure()
+    app = create_app(store=store, settings=settings, service=TaskService(store, settings))
+    token = issue_token(store, "tester", "operator", actor="test")
+    try:
+        with api_client(app, token) as client:
+            assert client.get("/tasks").status_code == 200
+            set_reachable(pg_admin, database, reachable=False)
+            try:
+                for path in ("/tasks", "/status", "/queue"):
+                    response = client.get(path)
+                    assert response.status_code == 503, (path, response.text)
+                    assert response.json() == {
+                        "error": "the database is out of reach; try again shortly"
+                    }
+            finally:
+                set_reachable(pg_admin, database, reachable=True)
+            wait_for(lambda: client.get("/tasks").status_code == 200, "the API to answer again")
+    finally:
+        set_reachable(pg_admin, database, reachable=True)
+        store.close()

@@ -151,15 +151,22 @@ def _validation_message(errors: Sequence[Any]) -> str:
     return message
 
 
+def _request_of(scope: Scope) -> tuple[Any, Any]:
+    """A request's method and path, for a log line."""
+    return scope.get("method"), scope.get("path")
+
+
 class _InternalErrors:
-    """Turn an unexpected exception into a logged 500 with a one-line JSON body.
+    """Turn an unexpected exception into a logged 500 with a one-line JSON body, and a
+    database out of reach (:meth:`Store.is_outage`) into a 503 saying so.
 
     Starlette's own handler for ``Exception`` re-raises after responding, which logs the
     traceback twice and breaks test clients; this middleware answers and stops there.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, store: Store | None = None) -> None:
         self.app = app
+        self.store = store
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -185,10 +192,21 @@ class _InternalErrors:
             )
             if not response_started:
                 await _error(503, "the server is shutting down; try again")(scope, receive, send)
-        except Exception:
-            log.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
+        except Exception as exc:
+            # Asked off the event loop: it may try a round trip to the database.
+            outage = self.store is not None and await asyncio.to_thread(self.store.is_outage, exc)
+            if outage:
+                reason = _one_line(str(getattr(exc, "orig", None) or exc))
+                log.warning("%s %s: the database is out of reach: %s", *_request_of(scope), reason)
+            else:
+                log.exception("unexpected error in %s %s", *_request_of(scope))
             if response_started:
                 raise  # too late for a JSON answer; let the server close the connection
+            if outage:
+                await _error(503, "the database is out of reach; try again shortly")(
+                    scope, receive, send
+                )
+                return
             await _error(500, "internal error")(scope, receive, send)
 
 
@@ -243,7 +261,7 @@ def create_app(
     app.add_middleware(HttpGuard, store=store, settings=settings, sessions=sessions)
     # Outside the guard: a body over the cap is refused before anything else.
     app.add_middleware(BodyLimit, settings=settings)
-    app.add_middleware(_InternalErrors)
+    app.add_middleware(_InternalErrors, store=store)
 
     @app.exception_handler(OrchestratorError)
     async def _orchestrator_error(_request: Request, exc: OrchestratorError) -> JSONResponse:
