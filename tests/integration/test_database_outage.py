@@ -16,7 +16,9 @@ from tests.integration.test_engine import World, make_repo, wait_for
 
 from orchestrator.api.server import create_app
 from orchestrator.auth import issue_token
+from orchestrator.effects.leases import LeaseManager, Owner
 from orchestrator.lifecycle.service import TaskService
+from orchestrator.lifecycle.transitions import Crossing
 from orchestrator.store import Store
 
 # The analysis agent runs this long: the outage starts while it runs and it ends inside.
@@ -146,3 +148,34 @@ def test_the_api_answers_503_in_one_line_while_the_database_is_away(
     finally:
         set_reachable(pg_admin, database, reachable=True)
         store.close()
+
+
+def test_a_lease_its_holder_in_this_process_left_is_released(tmp_path: Path, db_url: str) -> None:
+    # A crossing the database went away under could not release its lease; the owner
+    # is alive, so no one reclaimed it as stale, and the task waited for a restart.
+    store = Store.open(db_url)
+    world = World(tmp_path, db_url, store, make_repo(tmp_path / "repo"), tmp_path)
+    settings = world.configure()
+    orphaned, crossing, foreign = (world.create(f"L-{n}") for n in range(1, 4))
+    engine = world.engine()
+    leases = engine.runtime.leases
+    assert leases.acquire(orphaned, "deploy->done", "engine") is not None
+    assert leases.acquire(crossing, "deploy->done", "engine") is not None
+    other = LeaseManager(store, settings, Owner.current("other", boot_id="another-process"))
+    other.owner.register(store)
+    assert other.acquire(foreign, "deploy->done", "webhook") is not None
+    release_crossing = threading.Event()
+    engine.crossings.submit(crossing.id, lambda: release_crossing.wait(30) and Crossing.LOST)
+    try:
+        assert engine.release_orphaned_leases() == [orphaned.id]
+    finally:
+        release_crossing.set()
+        engine.crossings.wait(30)
+
+    held = {info.task_id for info in leases.held()}
+    assert held == {crossing.id, foreign.id}  # the crossing's and another owner's kept
+    assert leases.acquire(orphaned, "deploy->done", "reconciler") is not None
+    kinds = [event.kind for event in store.task_events(orphaned.id)]
+    assert kinds.count("lease.force_released") == 1, kinds
+    engine.shutdown(kill=True)
+    store.close()

@@ -4,10 +4,14 @@ time, on daemon threads."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from typing import Final
 
 from orchestrator.engine.core import PASS_WORKERS, PassWorkers, _together
+
+PASSES: Final = 30_000
 
 
 def test_every_outcome_comes_back_in_order_a_failure_among_them() -> None:
@@ -83,3 +87,41 @@ def test_the_threads_serve_pass_after_pass_and_end_when_idle() -> None:
     seen.clear()
     assert workers.run(work, [(n,) for n in range(4)]) == [None] * 4
     assert len(seen) == 2
+
+
+def test_a_thread_ending_idle_never_strands_a_pass() -> None:
+    # Workers that end after almost no idle time, a pass every moment: a thread that
+    # ends between a pass counting it and putting its calls would leave the pass
+    # waiting for ever.
+    workers = PassWorkers(size=1, idle_s=0.0002)
+    passes = 0
+    switch = sys.getswitchinterval()
+
+    def many_passes() -> None:
+        nonlocal passes
+        for _ in range(PASSES):
+            assert workers.run(lambda n: n, [(1,), (2,)]) == [1, 2]
+            passes += 1
+
+    sys.setswitchinterval(1e-6)
+    try:
+        runner = threading.Thread(target=many_passes, daemon=True)
+        runner.start()
+        runner.join(120)
+    finally:
+        sys.setswitchinterval(switch)
+    assert not runner.is_alive(), f"a pass was stranded after {passes} passes"
+    assert passes == PASSES
+
+
+def test_a_call_raising_systemexit_is_an_outcome_not_a_lost_one() -> None:
+    def work(number: int) -> int:
+        if number == 1:
+            raise SystemExit(3)
+        return number
+
+    outcomes = _together(work, [(0,), (1,), (2,)])
+    assert outcomes[0] == 0
+    assert outcomes[2] == 2
+    assert isinstance(outcomes[1], RuntimeError)
+    assert "SystemExit" in str(outcomes[1])

@@ -136,20 +136,24 @@ class PassWorkers:
                 outcomes[index] = work(*call)
             except Exception as exc:
                 outcomes[index] = exc
+            except BaseException as exc:  # SystemExit and the like: still an outcome
+                outcomes[index] = RuntimeError(f"{type(exc).__name__} in a pass: {exc}")
 
         if len(calls) <= 1:
             for index, call in enumerate(calls):
                 one(index, call)
             return outcomes  # type: ignore[return-value]
+        done = threading.Semaphore(0)
+        # Counted and put under one lock: a thread that found the queue empty ends
+        # before (and is not counted) or sees the calls, never in between.
         with self._lock:
             missing = min(self.size, len(calls)) - self._threads
             for _ in range(missing):
                 self._threads += 1
                 name = f"engine-pass-{self._threads}"
                 threading.Thread(target=self._serve, name=name, daemon=True).start()
-        done = threading.Semaphore(0)
-        for index, call in enumerate(calls):
-            self._calls.put((functools.partial(one, index, call), done))
+            for index, call in enumerate(calls):
+                self._calls.put((functools.partial(one, index, call), done))
         for _ in calls:
             done.acquire()
         return outcomes  # type: ignore[return-value]
@@ -160,7 +164,7 @@ class PassWorkers:
                 call, done = self._calls.get(timeout=self._idle_s)
             except queue.Empty:
                 with self._lock:
-                    # A pass that counted this thread puts its calls after the lock.
+                    # A pass counts the threads and puts its calls under this lock.
                     if self._calls.empty():
                         self._threads -= 1
                         return
@@ -265,7 +269,10 @@ class Engine:
             self._rescue_due.clear()
             self.requeue_running_jobs(this_host_only=True)
         self.crossings.supervise()
-        crossed = bool(self.crossings.forget_ended())
+        ended = self.crossings.forget_ended()
+        crossed = bool(ended)
+        if any(run.error is not None for run in ended):
+            self.release_orphaned_leases()  # one that raised may have kept its lease
         finished = self._collect()
         started = self._dispatch()
         self._maybe_maintain()
@@ -285,8 +292,14 @@ class Engine:
         connection lost) does not end the loop: it waits for the database, doubling its
         wait up to ``DATABASE_RETRY_MAX_S``, then recovers what the failed pass left
         (:meth:`recover_after_outage`) and goes on. Any other error ends it, as before."""
+        recovering = False
         while True:
             try:
+                if recovering:
+                    self.recover_after_outage()
+                    log.warning("the database is back; the engine goes on")
+                    recovering = False
+                    self.database_outage = None
                 self._loop(stop, until, on_tick)
                 return
             except Exception as exc:
@@ -299,9 +312,7 @@ class Engine:
                 )
             if not self._await_database(stop):
                 return
-            self.recover_after_outage()
-            log.warning("the database is back; the engine goes on")
-            self.database_outage = None
+            recovering = True  # a recovery that meets the outage again waits again
 
     def _await_database(self, stop: threading.Event) -> bool:
         """Wait until the database answers (True) or ``stop`` is set (False)."""
@@ -322,6 +333,25 @@ class Engine:
         as a dead engine's are; stale leases are reclaimed."""
         self.requeue_running_jobs(own_unwatched=True)
         self.runtime.leases.reclaim_stale(actor="recovery")
+        self.release_orphaned_leases()
+
+    def release_orphaned_leases(self) -> list[int]:
+        """Release the leases this process holds for tasks it crosses no longer: a
+        crossing that failed (the database went away under it) could not release its
+        lease, and a live owner's lease is never reclaimed as stale, so the task would
+        wait for this process to restart. An actor of this process that holds one just
+        now is fenced by the lease's epoch: its write fails, it does nothing twice.
+        Returns the tasks' ids."""
+        crossing = self.crossings.busy_tasks()
+        released = []
+        for info in self.runtime.leases.held():
+            if info.owner_boot_id != self.boot_id or info.task_id in crossing:
+                continue
+            task = self.store.get_task(info.task_id)
+            reason = "its holder in this process ended without releasing it"
+            if self.runtime.leases.force_release(task, actor="recovery", reason=reason):
+                released.append(info.task_id)
+        return released
 
     def _loop(
         self,

@@ -185,6 +185,10 @@ class Finalizer:
                 plan=plan,
             )
         except Exception as exc:  # finalization must not kill the loop
+            if self.store.is_outage(exc):
+                # Not the job's fault: it stays finalizing, and the engine finishes it
+                # once the database is back (Engine.recover_after_outage).
+                raise
             current = self.store.get_task(job.task_id)
             if current.stage != job.stage or current.failed:
                 # Another actor finished the task while this one judged or committed,
