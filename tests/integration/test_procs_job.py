@@ -13,6 +13,7 @@ whatever a failed test left behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import sys
@@ -323,6 +324,17 @@ def test_stdin_larger_than_1_mb_does_not_block_spawn(start: Start) -> None:
     assert ignoring.poll() is None
     assert wait_exit(reading) == 0
     assert reading.tail_text().split() == [str(BIG_STDIN_BYTES)]
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 65535, 65536, 65537, 300_000])
+def test_a_prompt_of_any_size_arrives_whole_and_ends_with_its_pipe(start: Start, size: int) -> None:
+    # Written at once where the pipe's buffer takes it, the rest on a thread: either
+    # way the job reads every byte and then the end of its stdin (else it would wait).
+    text = "".join(chr(ord("a") + i % 26) for i in range(size))
+    process = start("sha256sum", stdin_text=text)
+
+    assert wait_exit(process) == 0
+    assert process.tail_text().split()[0] == hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_the_stdin_pipe_is_closed_when_the_job_stops_reading(start: Start) -> None:

@@ -54,7 +54,7 @@ from orchestrator.lifecycle.crossings import CrossingPool
 from orchestrator.lifecycle.feedback import rollback_feedback
 from orchestrator.lifecycle.transitions import Crossing, Runtime, artifact_dir, enter_transition
 from orchestrator.runners.context import RESULT_PREFIX
-from orchestrator.store import Job, Task
+from orchestrator.store import Job, Task, Tx
 from orchestrator.store.leases import LeaseStore
 from orchestrator.workspace.commit_policy import (
     CommitPlan,
@@ -368,39 +368,36 @@ class Finalizer:
         is the commit plan the judgement made: when it is empty there is nothing to
         commit (the job has ended and its tree with it, so nothing writes the worktree
         meanwhile) and no git process is spent on planning it again.
+
+        When nothing happens between the claim and the move (nothing to commit, no
+        remote to push to, no crossing), both are one transaction.
         """
-        passed = verdict is not None and verdict.passed
-        if claim_from is not None:
-            with self.store.transaction() as tx:
-                error = None if passed else (job_error or (verdict.reason if verdict else None))
-                kind = None
-                if not passed:
-                    by_gates = verdict_failure_kind(verdict.outcome) if verdict else None
-                    kind = failure_kind or by_gates or FailureKind.UNKNOWN
-                if not tx.set_job_status_cas(
-                    job.id,
-                    claim_from,
-                    "done" if passed else "failed",
-                    error=error,
-                    failure_kind=kind,
-                ):
-                    return False  # a loser performs no side effect
-                if verdict is not None:
-                    tx.add_event(
-                        EventKind.GATE_VERDICT,
-                        actor=actor,
-                        task_id=task.id,
-                        job_id=job.id,
-                        to_stage=job.stage,
-                        reason=verdict.reason,
-                        data={"outcome": str(verdict.outcome), "gate": verdict.gate},
-                    )
-        worktree = Path(task.worktree)
         # Only a job that ended well and got a verdict is committed: an agent's failure
         # and a DEFER (a tool error) leave the worktree as it is, for the next attempt.
         judged = verdict is not None and verdict.outcome is not Outcome.DEFER
         nothing_planned = plan is not None and not plan.paths
-        if worktree.is_dir() and job_error is None and judged and not nothing_planned:
+        may_commit = job_error is None and judged and not nothing_planned
+        repo = open_repo(self.settings, task.repository)
+        if claim_from is not None and not (
+            may_commit or repo.remote or self._crosses(job, decision)
+        ):
+            feedback = self._feedback(task, job, decision)
+            with self.store.transaction() as tx:
+                if not self._claim_end(
+                    tx, task, job, verdict, job_error, claim_from, failure_kind, actor
+                ):
+                    return False  # a loser performs no side effect
+                change = self._move(tx, task, job, decision, actor, feedback)
+            lifecycle.after_commit(self.runtime, change)
+            return change is not None
+        if claim_from is not None:
+            with self.store.transaction() as tx:
+                if not self._claim_end(
+                    tx, task, job, verdict, job_error, claim_from, failure_kind, actor
+                ):
+                    return False  # a loser performs no side effect
+        worktree = Path(task.worktree)
+        if worktree.is_dir() and may_commit:
             message = f"{task.work_item}: {job.stage} (attempt {job.attempt})"
             # A worktree removed meanwhile (another actor finished the task) raises here;
             # the callers (finalize, the reconciler's repair) count that as a lost race.
@@ -409,13 +406,47 @@ class Finalizer:
             )
             if plan.problem is not None:
                 log.warning("job %s: nothing committed: %s", job.id, plan.problem)
-        repo = open_repo(self.settings, task.repository)
         if repo.remote and worktree.is_dir() and self.ran_elsewhere(task, job) is None:
             # Hosts share no disk: the stage's commits reach the remote before the task
             # moves on (a failure raises: the move is not recorded on this host alone).
             # Only the host that ran the job pushes: another's copy is not its result.
             push_task_branch(repo, task.branch)
         return self._act(task, job, decision, actor)
+
+    def _claim_end(
+        self,
+        tx: Tx,
+        task: Task,
+        job: Job,
+        verdict: Verdict | None,
+        job_error: str | None,
+        claim_from: str,
+        failure_kind: FailureKind | None,
+        actor: str,
+    ) -> bool:
+        """The job's terminal status, claimed from ``claim_from``, with the gates'
+        verdict; False if another actor claimed it first."""
+        passed = verdict is not None and verdict.passed
+        error = None if passed else (job_error or (verdict.reason if verdict else None))
+        kind = None
+        if not passed:
+            by_gates = verdict_failure_kind(verdict.outcome) if verdict else None
+            kind = failure_kind or by_gates or FailureKind.UNKNOWN
+        if not tx.set_job_status_cas(
+            job.id, claim_from, "done" if passed else "failed", error=error, failure_kind=kind
+        ):
+            return False
+        if verdict is not None:
+            tx.add_event(
+                EventKind.GATE_VERDICT,
+                actor=actor,
+                task_id=task.id,
+                job_id=job.id,
+                to_stage=job.stage,
+                reason=verdict.reason,
+                data={"outcome": str(verdict.outcome), "gate": verdict.gate},
+            )
+        return True
 
     def _rollback_feedback(self, task: Task, stage: str, reason: str) -> str:
         """What development is told after ``stage`` failed: the report, made usable."""
@@ -441,27 +472,43 @@ class Finalizer:
             return False
         return True
 
-    def _act(self, task: Task, job: Job, decision: Decision, actor: str) -> bool:
-        stage = job.stage
-        if isinstance(decision, Advance) and (stage, decision.to_stage) in TRANSITION_EFFECTS:
-            return self._cross(task, stage, decision.to_stage, actor, decision.reason)
-        feedback = (
-            self._rollback_feedback(task, stage, decision.reason)
-            if isinstance(decision, Rollback)
-            else ""
+    @staticmethod
+    def _crosses(job: Job, decision: Decision) -> bool:
+        """Whether ``decision`` is a side-effectful crossing (the crossing pool's)."""
+        return (
+            isinstance(decision, Advance) and (job.stage, decision.to_stage) in TRANSITION_EFFECTS
         )
-        with self.store.transaction() as tx:
-            change = lifecycle.apply_decision(
-                tx, self.settings, task, job.id, stage, decision, actor=actor, feedback=feedback
+
+    def _feedback(self, task: Task, job: Job, decision: Decision) -> str:
+        if not isinstance(decision, Rollback):
+            return ""
+        return self._rollback_feedback(task, job.stage, decision.reason)
+
+    def _move(
+        self, tx: Tx, task: Task, job: Job, decision: Decision, actor: str, feedback: str
+    ) -> lifecycle.Change | None:
+        """The task moved as ``decision`` says; None (and a ``lost`` event) when another
+        actor moved it first."""
+        change = lifecycle.apply_decision(
+            tx, self.settings, task, job.id, job.stage, decision, actor=actor, feedback=feedback
+        )
+        if change is None:
+            tx.add_event(
+                EventKind.LOST,
+                actor=actor,
+                task_id=task.id,
+                job_id=job.id,
+                reason="another actor moved the task first",
             )
-            if change is None:
-                tx.add_event(
-                    EventKind.LOST,
-                    actor=actor,
-                    task_id=task.id,
-                    job_id=job.id,
-                    reason="another actor moved the task first",
-                )
+        return change
+
+    def _act(self, task: Task, job: Job, decision: Decision, actor: str) -> bool:
+        if self._crosses(job, decision):
+            assert isinstance(decision, Advance)
+            return self._cross(task, job.stage, decision.to_stage, actor, decision.reason)
+        feedback = self._feedback(task, job, decision)
+        with self.store.transaction() as tx:
+            change = self._move(tx, task, job, decision, actor, feedback)
         if change is None:
             return False
         lifecycle.after_commit(self.runtime, change)

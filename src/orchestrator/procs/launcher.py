@@ -45,7 +45,7 @@ from typing import IO
 
 from orchestrator.procs.kill import KILL_GRACE_S, kill_tree
 
-__all__ = ["become_subreaper", "main", "reap_orphans", "run"]
+__all__ = ["become_subreaper", "childless", "main", "reap_orphans", "run"]
 
 TAIL_BYTES = 256 * 1024
 READ_CHUNK_BYTES = 64 * 1024
@@ -89,6 +89,21 @@ def reap_orphans(keep: int | None = None) -> None:
             return
         with contextlib.suppress(ChildProcessError):
             os.waitpid(info.si_pid, 0)
+
+
+def childless() -> bool:
+    """Whether we have no child at all, exited or not (``WNOWAIT`` changes nothing). Then
+    we have no descendant either, since every descendant's chain of parents passes
+    through a child of ours, and ``/proc`` need not be read: the common end of a job,
+    whose command started nothing that outlived it. Our exited orphans are reaped first."""
+    if not hasattr(os, "waitid"):
+        return False
+    reap_orphans()
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return False
 
 
 class _Output:
@@ -156,7 +171,8 @@ def run(
         stop.wait(POLL_S)
     # The command ended, or we were told to stop: nothing it started may stay.
     # GRACE_S is the engine's kill_grace_s; the engine's own SIGKILL comes only after it.
-    kill_tree(root=me, spare=(me,), grace_s=grace_s, reap=lambda: reap_orphans(keep=child.pid))
+    if child.poll() is None or not childless():
+        kill_tree(root=me, spare=(me,), grace_s=grace_s, reap=lambda: reap_orphans(keep=child.pid))
     code = child.wait()
     reap_orphans()
     # Every writer of the pipe is dead now, so its end comes at once.

@@ -15,6 +15,7 @@ command *in* their own group on purpose (it is the job), with a plain ``Popen``.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
@@ -60,6 +61,27 @@ def spawn(
         start_new_session=True,
     )
     if isinstance(stdin, str) and popen.stdin is not None:
-        data = stdin.encode()
-        threading.Thread(target=_feed, args=(popen.stdin, data), daemon=True).start()
+        data = _write_now(popen.stdin, stdin.encode())
+        if data:
+            threading.Thread(target=_feed, args=(popen.stdin, data), daemon=True).start()
     return popen
+
+
+def _write_now(stream: IO[bytes], data: bytes) -> bytes:
+    """Write what the pipe takes without waiting; what is left for :func:`_feed` (the
+    usual prompt fits in the pipe's buffer: no thread, and the pipe is closed here)."""
+    fd = stream.fileno()
+    os.set_blocking(fd, False)
+    try:
+        written = os.write(fd, data) if data else 0
+    except BlockingIOError:
+        written = 0
+    except OSError:
+        written = len(data)  # the child stopped reading already: nothing more to send
+    finally:
+        os.set_blocking(fd, True)
+    if written < len(data):
+        return data[written:]
+    with contextlib.suppress(OSError):
+        stream.close()
+    return b""

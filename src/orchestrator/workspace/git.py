@@ -112,19 +112,30 @@ def git_dir(worktree: Path) -> Path:
     in a linked worktree), so the engine spends no git process on it per job; git is
     asked only when that entry says nothing usable (a subdirectory, an odd layout).
     """
-    dot_git = worktree / ".git"
+    return Path(_git_dir(os.fspath(worktree)))
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        return file.read().strip()
+
+
+def _git_dir(worktree: str, *, resolve: bool = True) -> str:
+    # os.path on strings, not pathlib: a job's start asks this once or twice, and
+    # pathlib's objects cost about as much as the reads themselves. ``resolve=False``:
+    # a path to read files through, symbolic links left in it.
+    dot_git = os.path.join(worktree, ".git")
     try:
-        if dot_git.is_dir():
-            return dot_git.resolve()
-        pointer = dot_git.read_text(encoding="utf-8").strip()
+        if os.path.isdir(dot_git):
+            return os.path.realpath(dot_git) if resolve else dot_git
+        pointer = _read(dot_git)
     except (OSError, UnicodeDecodeError):
         pointer = ""
     if pointer.startswith("gitdir:"):
-        target = Path(pointer.removeprefix("gitdir:").strip())
-        target = target if target.is_absolute() else worktree / target
-        if (target / "HEAD").is_file():
-            return target.resolve()
-    return Path(git(worktree, "rev-parse", "--absolute-git-dir").stdout.strip())
+        target = os.path.join(worktree, pointer.removeprefix("gitdir:").strip())
+        if os.path.isfile(os.path.join(target, "HEAD")):
+            return os.path.realpath(target) if resolve else target
+    return git(Path(worktree), "rev-parse", "--absolute-git-dir").stdout.strip()
 
 
 _SHA: Final = re.compile(r"[0-9a-f]{40}")
@@ -136,21 +147,20 @@ def head_commit(worktree: Path) -> str:
     start spends no git process on it; git is asked whenever they say nothing usable (a
     symbolic ref elsewhere, another ref format)."""
     try:
-        private = git_dir(worktree)
-        head = (private / "HEAD").read_text(encoding="utf-8").strip()
+        private = _git_dir(os.fspath(worktree), resolve=False)
+        head = _read(os.path.join(private, "HEAD"))
         sha = head
         if head.startswith("ref: refs/heads/"):
             ref = head.removeprefix("ref: ")
-            pointer = private / "commondir"
+            pointer = os.path.join(private, "commondir")
             common = private
-            if pointer.is_file():
-                named = Path(pointer.read_text(encoding="utf-8").strip())
-                common = named if named.is_absolute() else private / named
-            loose = common / ref
-            if loose.is_file():
-                sha = loose.read_text(encoding="utf-8").strip()
+            if os.path.isfile(pointer):
+                common = os.path.join(private, _read(pointer))
+            loose = os.path.join(common, ref)
+            if os.path.isfile(loose):
+                sha = _read(loose)
             else:
-                sha = _packed(common / "packed-refs", ref)
+                sha = _packed(Path(common) / "packed-refs", ref)
         if _SHA.fullmatch(sha):
             return sha
     except (OSError, UnicodeDecodeError):
@@ -358,7 +368,9 @@ class Repo:
                 # Twice --force: also a worktree someone locked (`git worktree lock`).
                 force = ("--force", "--force")
                 removed = git(self.path, "worktree", "remove", *force, str(worktree), check=False)
-                if removed.returncode != 0 and (worktree.exists() or worktree.is_symlink()):
+                if removed.returncode == 0:
+                    return  # its entry went with it: nothing is left to prune
+                if worktree.exists() or worktree.is_symlink():
                     if not self._owns(worktree, owned_root):
                         detail = (removed.stderr or removed.stdout).strip().splitlines()
                         raise RepositoryError(

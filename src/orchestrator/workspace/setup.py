@@ -95,7 +95,10 @@ def prepare_workspace(
     config: RepoConfig, repository: Path, worktree: Path, log_path: Path
 ) -> list[str]:
     """Copy the included files (once) and return the hooks wrapper for this job ([] for
-    none). Raises ``OSError`` or :class:`RepositoryError` if the worktree is unusable."""
+    none). Raises ``OSError`` or :class:`RepositoryError` if the worktree is unusable for
+    them (with neither included files nor hooks configured, it is not looked at)."""
+    if not (config.worktree_include or config.after_create or config.before_run):
+        return []  # the usual case: no file to copy, no hook, no git directory to find
     state = state_dir(worktree)
     if config.worktree_include and not (state / INCLUDE_DONE).exists():
         _record(worktree, _copy_includes(config, repository, worktree))
