@@ -15,7 +15,8 @@ in the launcher's tree. When the command exits, or when the launcher is told to 
 (SIGTERM: the engine's kill, a timeout, a cancelled task, also of an adopted job), it
 kills its whole tree with the one tree-kill (:func:`orchestrator.procs.kill.kill_tree`:
 every descendant found under its pid in ``/proc``, found again and again: SIGTERM, the
-grace period, then SIGKILL until none is left), and only then records the exit. A
+grace period, then SIGKILL until none is left), and only then records the exit (with
+no child left at all it has no descendant either, and ``/proc`` is not read). A
 SIGKILL of the launcher itself is the one thing it cannot answer: the engine sends it
 only after the launcher's own grace (:func:`orchestrator.procs.job.job_stop_grace_s`),
 and first SIGKILLs the launcher's tree, which is still the launcher's while it lives.
