@@ -3,11 +3,13 @@ and dropping the ones it had), and a job that ended meanwhile is finished once."
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
 from typing import Final
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine as SaEngine
@@ -16,10 +18,12 @@ from tests.integration.test_engine import World, make_repo, wait_for
 
 from orchestrator.api.server import create_app
 from orchestrator.auth import issue_token
-from orchestrator.effects.leases import LeaseManager, Owner
+from orchestrator.effects.leases import Heartbeat, LeaseManager, Owner
 from orchestrator.lifecycle.service import TaskService
 from orchestrator.lifecycle.transitions import Crossing
 from orchestrator.store import Store
+from orchestrator.store.notify import JobListener
+from orchestrator.store.raw import Sql
 
 # The analysis agent runs this long: the outage starts while it runs and it ends inside.
 AGENT_S: Final = 1.5
@@ -178,4 +182,51 @@ def test_a_lease_its_holder_in_this_process_left_is_released(tmp_path: Path, db_
     kinds = [event.kind for event in store.task_events(orphaned.id)]
     assert kinds.count("lease.force_released") == 1, kinds
     engine.shutdown(kill=True)
+    store.close()
+
+
+@pytest.mark.postgres
+def test_the_outage_is_told_in_one_line_by_each_loop_that_meets_it(
+    pg_database: str, pg_admin: SaEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Seen in `orch serve`'s log during an outage: tracebacks from the pool (a raw
+    # statement's lost connection reset on its return), from the LISTEN loop (the
+    # driver's own error, not recognised as an outage) and from every heartbeat.
+    database = sa.make_url(pg_database).database
+    assert database is not None
+    store = Store.open(pg_database)
+    listener = JobListener(store)
+    owner = Owner.current()
+    owner.register(store)
+    heartbeat = Heartbeat(store, owner, interval_s=0.05)
+    stop = threading.Event()
+    beating = threading.Thread(target=heartbeat.run, args=(stop,))
+    caplog.set_level(logging.WARNING)
+    try:
+        listener.connect()
+        conn = store.engine.connect()
+        conn.begin()
+        Sql("SELECT 1").run(conn)
+        beating.start()
+        set_reachable(pg_admin, database, reachable=False)
+        with pytest.raises(sa.exc.OperationalError) as lost:
+            Sql("SELECT 1").run(conn)
+        assert lost.value.connection_invalidated
+        conn.close()
+        with pytest.raises(psycopg.OperationalError) as dropped:
+            listener.wait(5)
+        assert store.is_outage(dropped.value)
+        time.sleep(0.5)  # about ten missed beats
+    finally:
+        set_reachable(pg_admin, database, reachable=True)
+        stop.set()
+        if beating.is_alive():
+            beating.join(10)
+        listener.close()
+    records = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert not [r for r in caplog.records if r.exc_info], records
+    assert [r for r in records if "heartbeat" in r[2]] == [
+        ("orchestrator.effects.leases", "WARNING", "heartbeat missed: the database is out of reach")
+    ]
+    assert store.is_outage(psycopg.OperationalError("a connection lost")) is False  # it is back
     store.close()

@@ -82,3 +82,64 @@ def test_stop_wakes_a_waiting_loop_and_every_thread_ends() -> None:
 def test_loop_names_are_unique() -> None:
     with pytest.raises(ValueError, match="unique"):
         Supervisor([Loop("a", every(1, int)), Loop("a", every(1, int))])
+
+
+def test_an_error_expected_to_pass_is_one_line_and_any_other_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The store's is_outage: a database out of reach is expected to pass, so the loop
+    # says so in one line (restarted all the same); a bug keeps its traceback.
+    errors = iter([ConnectionError("server closed the connection\nmore detail"), KeyError("x")])
+    done = threading.Event()
+
+    def sweep() -> None:
+        error = next(errors, None)
+        if error is None:
+            done.set()
+            return
+        raise error
+
+    supervisor = Supervisor(
+        [Loop("sweeper", every(0.001, sweep))],
+        backoff_s=0.001,
+        passing=lambda exc: isinstance(exc, ConnectionError),
+    )
+    with caplog.at_level("WARNING", logger="orchestrator.maintenance.supervisor"):
+        supervisor.start()
+        wait_for(done.is_set, "a sweep after both errors")
+        supervisor.stop()
+
+    outage, bug = [record for record in caplog.records if "sweeper" in record.getMessage()]
+    assert outage.levelname == "WARNING"
+    assert outage.exc_info is None
+    assert outage.getMessage() == (
+        "loop sweeper stopped: the database is out of reach "
+        "(ConnectionError: server closed the connection); restarting it in 0s"
+    )
+    assert bug.levelname == "ERROR"
+    assert bug.exc_info is not None
+    assert supervisor.status()[0]["restarts"] == 2
+
+
+def test_a_passing_check_that_raises_counts_as_a_bug(caplog: pytest.LogCaptureFixture) -> None:
+    failed = threading.Event()
+
+    def sweep() -> None:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("broken")
+
+    def passing(_exc: BaseException) -> bool:
+        raise OSError("cannot ask")
+
+    supervisor = Supervisor(
+        [Loop("sweeper", every(0.001, sweep))], backoff_s=0.001, passing=passing
+    )
+    with caplog.at_level("WARNING", logger="orchestrator.maintenance.supervisor"):
+        supervisor.start()
+        wait_for(lambda: supervisor.status()[0]["restarts"] == 1, "one restart")
+        supervisor.stop()
+
+    [record] = [record for record in caplog.records if "sweeper" in record.getMessage()]
+    assert record.levelname == "ERROR"
+    assert record.exc_info is not None

@@ -226,7 +226,7 @@ def run_server(
         loops.insert(0, Loop("leader", leadership.run))
         # PostgreSQL: a job enqueued on any instance wakes this engine (LISTEN/NOTIFY).
         loops.append(Loop("wakeups", JobWakeups(store, engine).run))
-    supervisor = Supervisor(loops)
+    supervisor = Supervisor(loops, passing=store.is_outage)
     stop = threading.Event()
 
     def loop_states() -> list[dict[str, Any]]:

@@ -133,11 +133,18 @@ class Heartbeat:
         """Beat every ``interval_s`` until ``stop``; a missed beat is retried at the next
         one (a database outage must not end the loop, or the instance would look dead
         for the supervisor's backoff too)."""
+        missed = False
         while not stop.wait(self.interval_s):
             try:
                 self.owner.beat(self.store)
-            except Exception:
-                log.exception("heartbeat failed")
+            except Exception as exc:
+                if not self.store.is_outage(exc):
+                    log.exception("heartbeat failed")
+                elif not missed:  # one line when the outage begins, not one a beat
+                    log.warning("heartbeat missed: the database is out of reach")
+                missed = True
+            else:
+                missed = False
 
     def stopped(self) -> None:
         """Mark this instance stopped: its leases and claims count as a dead owner's."""

@@ -33,6 +33,12 @@ from typing import Any, Final
 
 from orchestrator.store.activity import Activity
 
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
 __all__ = [
     "MAX_RESTART_BACKOFF_S",
     "RESTART_BACKOFF_S",
@@ -123,7 +129,11 @@ class Supervisor:
         backoff_s: float = RESTART_BACKOFF_S,
         max_backoff_s: float = MAX_RESTART_BACKOFF_S,
         healthy_after_s: float = HEALTHY_AFTER_S,
+        passing: Callable[[BaseException], bool] = lambda _exc: False,
     ) -> None:
+        """``passing``: whether an error is a condition expected to pass by itself (the
+        store's ``is_outage``): it is logged as one line, without a traceback."""
+        self._passing = passing
         self._states = [_State(loop) for loop in loops]
         names = [state.loop.name for state in self._states]
         if len(set(names)) != len(names):
@@ -176,6 +186,12 @@ class Supervisor:
                 )
         return rows
 
+    def _is_passing(self, exc: Exception) -> bool:
+        try:
+            return self._passing(exc)
+        except Exception:  # asking must not kill the loop's restarts
+            return False
+
     def _keep_running(self, state: _State) -> None:
         backoff = self._backoff_s
         while not self._stop.is_set():
@@ -189,7 +205,16 @@ class Supervisor:
                 lived = time.monotonic() - began
                 if lived >= self._healthy_after_s:
                     backoff = self._backoff_s
-                log.exception("loop %s died; restarting it in %.0fs", state.loop.name, backoff)
+                if self._is_passing(exc):
+                    log.warning(
+                        "loop %s stopped: the database is out of reach (%s); "
+                        "restarting it in %.0fs",
+                        state.loop.name,
+                        _first_line(exc),
+                        backoff,
+                    )
+                else:
+                    log.exception("loop %s died; restarting it in %.0fs", state.loop.name, backoff)
                 with state.lock:
                     state.state = "restarting"
                     state.restarts += 1

@@ -19,9 +19,9 @@ connection began, and commit or roll back with it. What SQLAlchemy did for them 
 done here, no more:
 
 * a driver error becomes SQLAlchemy's exception of the same class
-  (``IntegrityError``, ``OperationalError``), so callers catch what they caught (a
-  lost connection is still discarded: its rollback fails, and the pool drops a
-  connection whose reset failed);
+  (``IntegrityError``, ``OperationalError``), so callers catch what they caught, and
+  a lost connection is invalidated, as SQLAlchemy does (the pool discards it without
+  trying to reset it);
 * the statement is announced to ``before_cursor_execute`` listeners, so the store's
   statement counter (``orch_db_statements_total``) and the benchmarks still count it;
 * JSON values are encoded here (:func:`json_value`) and decoded by the reader
@@ -69,6 +69,8 @@ class Sql:
             cursor.execute(sql, values)
         except conn.dialect.loaded_dbapi.Error as exc:
             lost = conn.dialect.is_disconnect(exc, dbapi_conn, cursor)
+            if lost:
+                conn.invalidate(exc)  # as SQLAlchemy's own execution: no reset, no pool error
             raise _wrapped(sql, values, exc, conn.dialect, lost=lost) from exc
         return cursor
 
@@ -80,9 +82,7 @@ def _wrapped(
     sql: str, params: Mapping[str, Any], exc: Any, dialect: Any, *, lost: bool
 ) -> sa.exc.StatementError:
     """SQLAlchemy's exception for a driver error, as its own execution would raise it
-    (``lost``: the error says the connection is gone, ``connection_invalidated``). A
-    lost connection is not handed out again: its rollback fails, and the pool discards
-    a connection whose reset failed."""
+    (``lost``: the error says the connection is gone, ``connection_invalidated``)."""
     wrapped: sa.exc.StatementError = sa.exc.DBAPIError.instance(
         sql,
         dict(params),

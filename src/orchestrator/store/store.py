@@ -754,12 +754,16 @@ class Store:
         round trip fails now too."""
         if isinstance(exc, DatabaseUnavailableError):
             return True
+        if isinstance(exc, self.engine.dialect.loaded_dbapi.OperationalError):
+            # The driver's own, from a connection of ours outside the pool (LISTEN).
+            return self._unreachable()
         if not isinstance(exc, sa.exc.DBAPIError):
             return False
         if exc.connection_invalidated or "locked" in str(exc.orig):
             return True
-        if not isinstance(exc, sa.exc.OperationalError):
-            return False
+        return isinstance(exc, sa.exc.OperationalError) and self._unreachable()
+
+    def _unreachable(self) -> bool:
         try:
             self.ping()
         except DatabaseUnavailableError:
