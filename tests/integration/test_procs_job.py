@@ -300,6 +300,7 @@ def test_output_larger_than_the_pipe_buffer_does_not_block_and_the_log_is_capped
     assert len(logged) == LOG_CAP_BYTES + len(marker)
     assert logged[:LOG_CAP_BYTES] == b"x" * LOG_CAP_BYTES
     # The tail keeps the end (where an agent prints its result), bounded.
+    assert process.tail_path.is_file(), "a capped log does not hold the tail"
     tail = process.tail_text()
     assert tail.endswith("x\nthe-last-line\n")
     assert TAIL_BYTES <= len(tail) <= TAIL_BYTES + MAX_CHUNK_BYTES
@@ -311,6 +312,31 @@ def test_a_small_output_is_logged_whole_with_its_exit_code(start: Start) -> None
     assert wait_exit(process) == 3
     assert process.log_path.read_text() == "out\nerr\n"
     assert process.tail_text() == "out\nerr\n"
+    # The whole output is in the log, so no tail file is made (decision 0035).
+    assert not process.tail_path.exists()
+
+
+def test_an_output_longer_than_the_tail_but_under_the_cap_ends_in_the_log(start: Start) -> None:
+    process = start(f"head -c {2 * TAIL_BYTES} /dev/zero | tr '\\0' x; echo; echo the-result")
+
+    assert wait_exit(process) == 0
+    assert not process.tail_path.exists()
+    tail = process.tail_text()
+    assert tail.endswith("x\nthe-result\n")
+    assert len(tail) == TAIL_BYTES
+
+
+def test_a_log_that_held_lines_before_gets_a_tail_of_this_run_alone(
+    start: Start, tmp_path: Path
+) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "0.log").write_text("an earlier run\n")
+    process = start("echo this-run")
+
+    assert wait_exit(process) == 0
+    assert process.log_path.read_text() == "an earlier run\nthis-run\n"
+    assert process.tail_path.read_text() == "this-run\n"
+    assert process.tail_text() == "this-run\n"
 
 
 def test_stdin_larger_than_1_mb_does_not_block_spawn(start: Start) -> None:

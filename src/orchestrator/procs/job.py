@@ -6,8 +6,9 @@ the Python one (:mod:`orchestrator.procs.launcher`), alike in arguments, files a
 behaviour (decision 0026). The launcher is the job's child subreaper, so whatever
 the job starts, in whatever session or group, stays in its tree, and it kills that tree
 when the command ends or when it gets SIGTERM. It copies the output into the run's log
-up to a size cap, keeps the last bytes in a tail file (the result line an agent prints
-at the end is never lost to the cap) and records the exit code in a file: a job outlives
+up to a size cap, keeps the last bytes in a tail file when the log does not hold them
+(the result line an agent prints at the end is never lost to the cap; decision 0035)
+and records the exit code in a file: a job outlives
 an engine crash and the next engine adopts it (:meth:`RunningProcess.adopt`).
 
 Stopping a job is the one tree-kill (:mod:`orchestrator.procs.kill`) on the launcher's
@@ -106,7 +107,9 @@ class RunningProcess:
         return time.monotonic() - self.started_monotonic
 
     def tail_text(self) -> str:
-        """The last output of the job (the tail file, else the end of the log)."""
+        """The last output of the job: the tail file where the launcher wrote one (the
+        log was capped or is not whole), else the end of the log, which then holds the
+        whole output (and is all there is while the job runs)."""
         for path in (self.tail_path, self.log_path):
             try:
                 with path.open("rb") as handle:
@@ -164,8 +167,9 @@ def spawn_job(
     which launcher (the ``launcher`` setting; ``native`` falls back to ``python`` where
     it cannot be built).
 
-    The launcher writes ``<log>.tail`` and ``<log>.exit`` next to the log, so the job's
-    outcome is known even to an engine that did not start it.
+    The launcher writes ``<log>.exit`` next to the log, and ``<log>.tail`` when the log
+    does not hold the whole output, so the job's outcome is known even to an engine that
+    did not start it (:meth:`RunningProcess.tail_text`).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     for stale in (log_path.with_suffix(".tail"), log_path.with_suffix(".exit")):

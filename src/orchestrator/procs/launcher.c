@@ -19,7 +19,10 @@
  * or we were told to stop, the whole tree under us gets the one tree-kill of
  * orchestrator/procs/kill.py (SIGTERM, GRACE_S, then SIGSTOP and SIGKILL sweeps until
  * /proc shows no descendant), the rest of the output is drained, and only then are the
- * tail and the exit code written (each to a temporary name, then renamed).
+ * tail and the exit code written (each to a temporary name, then renamed). The tail
+ * file is written only when the log does not hold the whole output (capped, a failed
+ * write, or lines in it from before): otherwise the log's end is the tail, and a file
+ * fewer is made per job (decision 0035).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -61,6 +64,7 @@ static int output_fd = -1; /* the read end of the command's stdout and stderr */
 static int signal_fd = -1;
 static int log_fd = -1;
 static long long max_bytes, written;
+static int log_whole = 1; /* the log holds all the output and nothing else */
 static pid_t me, child = -1;
 static int child_status, child_reaped, stop_requested;
 
@@ -70,17 +74,18 @@ static long long now_ms(void) {
     return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 }
 
-static void write_all(int fd, const char *data, size_t size) {
+static int write_all(int fd, const char *data, size_t size) {
     while (size > 0) {
         ssize_t done = write(fd, data, size);
         if (done < 0) {
             if (errno == EINTR)
                 continue;
-            return; /* a full disk loses log lines, never the job */
+            return -1; /* a full disk loses log lines, never the job */
         }
         data += done;
         size -= (size_t)done;
     }
+    return 0;
 }
 
 _Static_assert(READ_CHUNK_BYTES <= TAIL_BYTES, "a read fits in the tail ring");
@@ -100,13 +105,17 @@ static void keep_tail(const char *data, size_t size) {
 
 static void log_output(const char *data, size_t size) {
     keep_tail(data, size);
-    if (written >= max_bytes)
+    if (written >= max_bytes) {
+        log_whole = 0;
         return;
+    }
     size_t room = (size_t)(max_bytes - written);
     size_t take = size < room ? size : room;
-    write_all(log_fd, data, take);
+    if (write_all(log_fd, data, take) < 0 || take < size)
+        log_whole = 0;
     written += (long long)take;
     if (written >= max_bytes) {
+        log_whole = 0; /* the marker below is not output */
         char marker[64];
         int length = snprintf(marker, sizeof marker, "\n[orch: log capped at %lld bytes]\n",
                               max_bytes);
@@ -470,6 +479,8 @@ int main(int argc, char **argv) {
     }
     output_fd = output[0];
     log_fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
+    if (log_fd < 0 || lseek(log_fd, 0, SEEK_END) != 0)
+        log_whole = 0;
 
     while (!child_reaped && !stop_requested)
         pump_once(-1);
@@ -488,7 +499,8 @@ int main(int argc, char **argv) {
         pump_once((int)left);
     int code = WIFSIGNALED(child_status) ? 128 + WTERMSIG(child_status)
                                          : WEXITSTATUS(child_status);
-    write_tail(tail);
+    if (!log_whole)
+        write_tail(tail);
     write_exit(exit_path, code);
     return code;
 }

@@ -2,7 +2,9 @@
 
 The engine starts the launcher in a new session; the launcher starts the job's command
 in the same process group, copies its output into the run's log (capped), keeps the last
-bytes in a tail file, and writes the exit code into an exit file when the command ends.
+bytes in a tail file (only when the log does not hold the whole output: capped, a failed
+write, lines from before; otherwise the log's end is the tail, decision 0035), and writes
+the exit code into an exit file when the command ends.
 Because the job never writes into a pipe held by the engine, it survives an engine crash;
 the next engine adopts it and, when it ends, reads its exit code and tail from the files.
 
@@ -113,6 +115,9 @@ class _Output:
     def __init__(self, stream: IO[bytes], log: Path, max_bytes: int) -> None:
         self.tail: deque[bytes] = deque()
         self._tail_size = 0
+        # The log holds all the output and nothing else (so it is the tail): cleared by
+        # lines from before, the cap, or a failed write. Cleared until the copy ends.
+        self.whole = False
         self._stream = stream
         self._log = log
         self._max_bytes = max_bytes
@@ -121,19 +126,35 @@ class _Output:
 
     def _copy(self) -> None:
         written = 0
-        with self._log.open("ab") as sink:
-            while chunk := self._stream.read1(READ_CHUNK_BYTES):  # type: ignore[attr-defined]
-                self.tail.append(chunk)
-                self._tail_size += len(chunk)
-                while self._tail_size - len(self.tail[0]) >= TAIL_BYTES:
-                    self._tail_size -= len(self.tail.popleft())
-                if written < self._max_bytes:
-                    room = self._max_bytes - written
-                    sink.write(chunk[:room])
-                    written += min(room, len(chunk))
-                    if written >= self._max_bytes:
-                        sink.write(f"\n[orch: log capped at {self._max_bytes} bytes]\n".encode())
-                    sink.flush()
+        try:
+            sink: IO[bytes] | None = self._log.open("ab")
+        except OSError:
+            sink = None
+        whole = sink is not None and sink.tell() == 0
+        while chunk := self._stream.read1(READ_CHUNK_BYTES):  # type: ignore[attr-defined]
+            self.tail.append(chunk)
+            self._tail_size += len(chunk)
+            while self._tail_size - len(self.tail[0]) >= TAIL_BYTES:
+                self._tail_size -= len(self.tail.popleft())
+            if written >= self._max_bytes or sink is None:
+                whole = False
+                continue
+            room = self._max_bytes - written
+            try:
+                sink.write(chunk[:room])
+                written += min(room, len(chunk))
+                if written >= self._max_bytes:
+                    whole = False  # the marker is not output
+                    sink.write(f"\n[orch: log capped at {self._max_bytes} bytes]\n".encode())
+                sink.flush()
+            except OSError:
+                whole = False  # a full disk loses log lines, never the job
+        if sink is not None:
+            try:
+                sink.close()
+            except OSError:
+                whole = False
+        self.whole = whole
 
     def tail_bytes(self) -> bytes:
         return b"".join(list(self.tail))
@@ -180,7 +201,8 @@ def run(
     output.thread.join(DRAIN_TIMEOUT_S)
     if code < 0:
         code = 128 - code  # killed by a signal: the shell's convention
-    _write_atomic(tail_path, output.tail_bytes())
+    if not output.whole:  # else the log's end is the tail: a file fewer (decision 0035)
+        _write_atomic(tail_path, output.tail_bytes())
     _write_atomic(exit_path, str(code).encode())
     return code
 
