@@ -220,6 +220,9 @@ class Engine:
         self.store = self.runtime.store
         self.settings = self.runtime.settings
         self._secrets: tuple[Settings, frozenset[str]] | None = None
+        # Resolved once, not per job: a work item is one plain path component
+        # (WORK_ITEM_PATTERN), so its logs sit directly under it.
+        self._logs_root = (self.settings.data_dir / "logs").resolve()
         self.notifier: Notifier = self.runtime.notifier
         # A random id per process start: rows it owns are recognisably this boot's.
         self.boot_id = self.runtime.owner.boot_id
@@ -770,8 +773,7 @@ class Engine:
         """Start the process of a claimed job and record it (in the launch pool's thread
         when the dispatch pass claimed it); what to watch, a start failure included."""
         worktree = Path(task.worktree)
-        log_dir = self.settings.data_dir / "logs" / task.work_item
-        log_path = (log_dir / f"{job.id:06d}-{job.stage}-a{job.attempt}.log").resolve()
+        log_path = self._logs_root / task.work_item / f"{job.id:06d}-{job.stage}-a{job.attempt}.log"
         spec: AgentSpec | None = None
         try:
             spec = resolve_agent(self.settings, job.agent, Path(task.repository), job.stage)
@@ -916,7 +918,7 @@ class Engine:
             template,
         )
         log_dir.mkdir(parents=True, exist_ok=True)
-        prompt_file = (log_dir / f"{job.id:06d}-{job.stage}-prompt.md").resolve()
+        prompt_file = log_dir / f"{job.id:06d}-{job.stage}-prompt.md"
         prompt_file.write_text(prompt, encoding="utf-8")
         result_file = result_file_for(log_path)
         result_file.unlink(missing_ok=True)
