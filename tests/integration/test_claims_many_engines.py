@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-from support import make_repo
+from support import make_repo, wait_for
 
 from orchestrator.engine.core import Engine
 from orchestrator.lifecycle.service import TaskService
@@ -56,9 +56,10 @@ set -e
 echo "$ORCH_WORK_ITEM $ORCH_ATTEMPT" >> "$RAN"
 echo "$ORCH_WORK_ITEM" >> code.txt
 """
-# One engine: waits for the starting gun, then dispatches until no job is left anywhere.
+# One engine: says it is ready, waits for the starting gun, then dispatches until no
+# job is left anywhere.
 ENGINE: Final = """
-import sys, threading, time
+import os, sys, threading, time
 from pathlib import Path
 from orchestrator.engine.core import Engine
 from orchestrator.settings import load_settings
@@ -68,6 +69,7 @@ settings = load_settings(Path(sys.argv[1]))
 store = Store.open(settings.effective_database_url)
 engine = Engine(store, settings)
 go = Path(sys.argv[2])
+(go.parent / f"ready-{os.getpid()}").touch()
 while not go.exists():
     time.sleep(0.005)
 engine.run(threading.Event(), until=engine.idle)
@@ -114,6 +116,15 @@ def test_engines_over_one_database_run_each_job_exactly_once(tmp_path: Path, db_
             )
             for _ in range(ENGINES)
         ]
+        # The gun only once every engine waits for it: an engine still importing when
+        # the others start would find every job taken (seen on a loaded machine).
+        wait_for(
+            lambda: (
+                len(list(tmp_path.glob("ready-*"))) == ENGINES
+                or any(engine.poll() is not None for engine in engines)
+            ),
+            "every engine ready",
+        )
         go.touch()
         for engine in engines:
             _out, err = engine.communicate(timeout=ENGINE_TIMEOUT_S)
