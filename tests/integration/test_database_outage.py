@@ -21,7 +21,9 @@ from orchestrator.auth import issue_token
 from orchestrator.effects.leases import Heartbeat, LeaseManager, Owner
 from orchestrator.lifecycle.service import TaskService
 from orchestrator.lifecycle.transitions import Crossing
+from orchestrator.maintenance.leadership import Leadership
 from orchestrator.store import Store
+from orchestrator.store.advisory import AdvisoryLock
 from orchestrator.store.notify import JobListener
 from orchestrator.store.raw import Sql
 
@@ -201,6 +203,9 @@ def test_the_outage_is_told_in_one_line_by_each_loop_that_meets_it(
     heartbeat = Heartbeat(store, owner, interval_s=0.05)
     stop = threading.Event()
     beating = threading.Thread(target=heartbeat.run, args=(stop,))
+    # A follower that tries to lead every 0.05 s, from the moment the outage begins.
+    follower = Leadership(AdvisoryLock(store, name="follower"), boot_id="follower", retry_s=0.05)
+    electing = threading.Thread(target=follower.run, args=(stop,))
     caplog.set_level(logging.WARNING)
     try:
         listener.connect()
@@ -209,6 +214,7 @@ def test_the_outage_is_told_in_one_line_by_each_loop_that_meets_it(
         Sql("SELECT 1").run(conn)
         beating.start()
         set_reachable(pg_admin, database, reachable=False)
+        electing.start()
         with pytest.raises(sa.exc.OperationalError) as lost:
             Sql("SELECT 1").run(conn)
         assert lost.value.connection_invalidated
@@ -216,17 +222,23 @@ def test_the_outage_is_told_in_one_line_by_each_loop_that_meets_it(
         with pytest.raises(psycopg.OperationalError) as dropped:
             listener.wait(5)
         assert store.is_outage(dropped.value)
-        time.sleep(0.5)  # about ten missed beats
+        time.sleep(0.5)  # about ten missed beats and election steps
     finally:
         set_reachable(pg_admin, database, reachable=True)
+    try:
+        wait_for(lambda: follower.is_leader, "the follower leads once the database is back")
+    finally:
         stop.set()
-        if beating.is_alive():
-            beating.join(10)
+        for thread in (beating, electing):
+            if thread.is_alive():
+                thread.join(10)
         listener.close()
     records = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
     assert not [r for r in caplog.records if r.exc_info], records
     assert [r for r in records if "heartbeat" in r[2]] == [
         ("orchestrator.effects.leases", "WARNING", "heartbeat missed: the database is out of reach")
     ]
+    election = [r for r in records if r[2].startswith("leader election")]
+    assert len(election) == 1, election
     assert store.is_outage(psycopg.OperationalError("a connection lost")) is False  # it is back
     store.close()

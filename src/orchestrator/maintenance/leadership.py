@@ -148,6 +148,9 @@ class Leadership:
         self._terms: set[threading.Event] = set()
         self.since: float | None = None
         self.changes = 0
+        # The election's error last told (None: the last step worked): an outage is one
+        # line, not one every retry_s.
+        self._failing: str | None = None
         if elector is None:
             self._gain()
 
@@ -208,7 +211,8 @@ class Leadership:
 
     def check(self) -> None:
         """One election step: a follower tries to take the lead, the leader checks it
-        still has it. A database error is logged; the next step tries again."""
+        still has it. A database error is logged once until the step works again, or the
+        error changes; the next step tries again."""
         if self._elector is None:
             return
         if self.is_leader:
@@ -218,8 +222,12 @@ class Leadership:
         try:
             won = self._elector.try_acquire()
         except Exception as exc:
-            log.warning("leader election: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            said = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            if said != self._failing:
+                log.warning("leader election: %s", said)
+            self._failing = said
             return
+        self._failing = None
         if won:
             self._gain()
 
