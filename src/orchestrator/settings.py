@@ -543,7 +543,8 @@ class Settings(BaseSettings):
     # `orch task retry` recreates it from the branch when it is gone.
     worktree_retention_failed_s: float = Field(default=604800.0, ge=0)
     # Also delete a done task's branch orch/<ID> when its worktree goes, once the branch
-    # is merged into the default branch. Off: the branch is kept.
+    # is merged into the default branch; with a repository's remote, there too. Off: the
+    # branch is kept.
     delete_branch_on_done: bool = False
 
     # --- kill-switches and their scopes (empty list = every repository) -------------------

@@ -11,7 +11,7 @@ The task is created on host A, whose analysis job commits there; A dies (every p
 in its namespace SIGKILLed) while its architecture job runs. Host B, which never saw the
 task, takes the job over once A has been silent for ``host_takeover_s``, fetches the
 task branch with A's analysis on it, and finishes the task: the merge lands on the
-remote once.
+remote once, and the merged branch is deleted there (``delete_branch_on_done``).
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ def _settings(srv: Path, db_url: str, shared: Path) -> str:
         "host": "127.0.0.1",
         "skip": SKIPPED,
         "host_takeover_s": 10,
+        "delete_branch_on_done": True,
     }
     body = "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
     agent = ["env", f"SHARED={shared}", "sh", str(srv / "agent.sh"), "{stage}", "{work_item}"]
@@ -194,6 +195,12 @@ def test_a_task_whose_host_died_is_finished_by_another_host_through_the_remote(
 
         [task] = store.list_tasks(limit=1)
         wait_for(lambda: store.get_task(task.id).stage == "done", "host B finishing T-1", WAIT_S)
+        # delete_branch_on_done: the merged branch goes from the remote too.
+        wait_for(
+            lambda: not run_git(remote, "branch", "--list", "orch/T-1").strip(),
+            "orch/T-1 deleted on the remote",
+            WAIT_S,
+        )
         events = store.task_events(task.id)
     finally:
         if serve_a.poll() is None:

@@ -14,7 +14,12 @@ from support import GIT_IDENTITY, make_repo
 
 from orchestrator.errors import RepositoryError
 from orchestrator.workspace.git import RemoteMovedError, Repo, git
-from orchestrator.workspace.remote import push_task_branch, start_task_branch, sync_task_branch
+from orchestrator.workspace.remote import (
+    delete_merged_branch,
+    push_task_branch,
+    start_task_branch,
+    sync_task_branch,
+)
 
 BRANCH = "orch/T-1"
 
@@ -152,6 +157,36 @@ def test_a_merge_lands_on_the_remote_once(tmp_path: Path) -> None:
     assert again.merge_sha == result.merge_sha
     assert a.is_merged(BRANCH, "main")
     assert _run(remote, "git", "merge-base", "--is-ancestor", head, "main") == ""
+
+
+def test_a_merged_branch_is_deleted_on_the_remote_unless_it_moved_since(tmp_path: Path) -> None:
+    """``delete_branch_on_done`` with a remote: the done task's branch goes there too,
+    as a compare-and-swap on the tip found merged (seen failing before: it stayed on the
+    remote for ever, and only the local branch went)."""
+    remote, (a, b) = _hosts(tmp_path)
+    work = _create(a)
+    _commit(work, "feature.py")
+    push_task_branch(a, BRANCH)
+    a.merge(BRANCH, "main", "Merge T-1", tmp_path / "scratch-a")
+    assert a.is_merged(BRANCH, "main")  # what the release asks first (it fetches)
+    # Another host pushed to the branch after that: its work is not deleted.
+    work_b = _prepare(b)
+    later = _commit(work_b, "later.md")
+    push_task_branch(b, BRANCH)
+    assert not delete_merged_branch(a, BRANCH)
+    assert _remote_tip(remote, BRANCH) == later
+    # Merged as it is now: it goes, and a second deletion finds nothing to do.
+    b.merge(BRANCH, "main", "Merge T-1 again", tmp_path / "scratch-b")
+    assert b.is_merged(BRANCH, "main")
+    assert delete_merged_branch(b, BRANCH)
+    assert _remote_tip(remote, BRANCH) is None
+    assert b.tracked(BRANCH) is None
+    assert not delete_merged_branch(b, BRANCH)
+    # A host whose last fetch still shows the branch: refused by the remote, no error.
+    assert a.tracked(BRANCH) is not None
+    assert not delete_merged_branch(a, BRANCH)
+    # Without a remote nothing is asked of one.
+    assert not delete_merged_branch(Repo(a.path, None), BRANCH)
 
 
 def test_a_merge_that_loses_the_race_to_another_host_lands_on_its_tip(tmp_path: Path) -> None:

@@ -506,6 +506,13 @@ def test_the_worktree_stays_through_the_health_window_and_goes_when_done(world: 
     assert not Path(task.worktree).exists()
     assert not Repo(world.repo).has_branch(task.branch)
     assert "ok-2.txt" in world.main_files()
+    # `orch task show` no longer says the branch keeps the commits (seen saying so).
+    shown = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "--config", str(world.config),
+         "task", "show", "OK-2"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert f"(the branch {task.branch} was deleted, merged into main)" in shown
 
 
 def test_a_rollback_resumed_after_the_worktree_was_removed_makes_it_again(world: World) -> None:

@@ -150,6 +150,12 @@ def test_a_done_task_loses_its_worktree_and_keeps_its_branch(world: World) -> No
     assert "change development" in git(world.repo, "show", f"{task.branch}:work.txt").stdout
     (removed,) = world.events(done, "worktree.removed")
     assert str(worktree) in removed
+    shown = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "--config", str(world.root / "orch.toml"),
+         "task", "show", "WT-1"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert f"(the branch {task.branch} keeps the commits)" in shown
 
 
 def test_delete_branch_on_done_keeps_a_branch_that_is_not_merged(

@@ -542,13 +542,15 @@ def task_show(context: Context, ref: str, repo: Path | None, as_json: bool) -> N
     from rich.text import Text  # noqa: PLC0415
 
     from orchestrator.cli.progress import task_summary_rows  # noqa: PLC0415 - one command's
+    from orchestrator.kernel.events import EventKind  # noqa: PLC0415
     from orchestrator.lifecycle.next_steps import next_steps  # noqa: PLC0415
 
     found = context.task(ref, repo)
     store = context.store
+    events = store.task_events(found.id)
     steps = next_steps(
         found,
-        store.task_events(found.id),
+        events,
         options=["--config", str(context.config)] if context.config else [],
         repo=found.repository if repo else None,
     )
@@ -565,10 +567,16 @@ def task_show(context: Context, ref: str, repo: Path | None, as_json: bool) -> N
         out.print(f"worktree:   {found.worktree}", markup=False)
     else:
         removed = time.strftime("%Y-%m-%d %H:%M", time.localtime(found.worktree_removed_at))
-        out.print(
-            f"worktree:   removed {removed} (the branch {found.branch} keeps the commits)",
-            markup=False,
+        branch_deleted = any(
+            event.kind == EventKind.WORKTREE_REMOVED and (event.data or {}).get("branch_deleted")
+            for event in events
         )
+        where = (
+            f"the branch {found.branch} was deleted, merged into {found.base_branch}"
+            if branch_deleted
+            else f"the branch {found.branch} keeps the commits"
+        )
+        out.print(f"worktree:   removed {removed} ({where})", markup=False)
     _print_next_steps(steps, found)
     runs = store.task_runs(found.id)
     summary = Table("stage", "agent", "attempts", "duration", "cost", "result", box=None)
@@ -579,7 +587,7 @@ def task_show(context: Context, ref: str, repo: Path | None, as_json: bool) -> N
     out.print(f"total cost: ${sum(r.cost_usd for r in runs):.4f}")
     out.print()
     out.print("events", style="bold")
-    for event in store.task_events(found.id):
+    for event in events:
         stage = (
             f"{event.from_stage} -> {event.to_stage}"
             if event.from_stage

@@ -32,7 +32,13 @@ from orchestrator.errors import RepositoryError
 from orchestrator.settings import Settings
 from orchestrator.workspace.git import RemoteMovedError, Repo, git
 
-__all__ = ["open_repo", "push_task_branch", "start_task_branch", "sync_task_branch"]
+__all__ = [
+    "delete_merged_branch",
+    "open_repo",
+    "push_task_branch",
+    "start_task_branch",
+    "sync_task_branch",
+]
 
 log = logging.getLogger("orchestrator.workspace.remote")
 
@@ -48,6 +54,25 @@ def start_task_branch(repo: Repo, branch: str, sha: str) -> None:
     remote has a branch by that name already. Without a remote: nothing."""
     if repo.remote:
         repo.push(branch, sha, None)
+
+
+def delete_merged_branch(repo: Repo, branch: str) -> bool:
+    """Delete the remote's ``branch`` once :meth:`Repo.is_merged` found it merged (that
+    fetched it): a compare-and-swap on the tip it saw, so work another host pushed since
+    stays. True if it went; False without a remote, when it is gone there already, when
+    it moved, or when the remote cannot be reached (said in the log; it stays)."""
+    tip = repo.tracked(branch) if repo.remote else None
+    if tip is None:
+        return False
+    try:
+        repo.push(branch, None, tip)
+    except RemoteMovedError as exc:
+        log.info("kept %s: %s", branch, exc)
+        return False
+    except RepositoryError as exc:
+        log.warning("cannot delete %s on %s; it stays there: %s", branch, repo.remote, exc)
+        return False
+    return True
 
 
 def push_task_branch(repo: Repo, branch: str) -> str | None:

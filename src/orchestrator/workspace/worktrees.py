@@ -55,7 +55,7 @@ from orchestrator.kernel.stages import DONE, TERMINAL_STAGES
 from orchestrator.settings import Settings
 from orchestrator.store import Store, Task
 from orchestrator.workspace.git import Repo, remove_tree
-from orchestrator.workspace.remote import open_repo, sync_task_branch
+from orchestrator.workspace.remote import delete_merged_branch, open_repo, sync_task_branch
 
 __all__ = [
     "WORKTREE_REMOVED",
@@ -222,6 +222,10 @@ def _release(
             )
         remove_tree(path)
     branch_deleted = bool(delete_branch and repo is not None and repo.delete_branch(task.branch))
+    # With a remote the branch goes there too (hosts that share no disk, decision 0031).
+    remote_deleted = bool(
+        delete_branch and repo is not None and delete_merged_branch(repo, task.branch)
+    )
     with store.transaction() as tx:
         if tx.set_worktree_removed(task.id, when, expected_version=task.version):
             tx.add_event(
@@ -230,8 +234,14 @@ def _release(
                 task_id=task.id,
                 to_stage=task.stage,
                 reason=f"{decision.reason}: removed {path} ({size} bytes)"
-                + (f" and branch {task.branch}" if branch_deleted else ""),
-                data={"path": str(path), "bytes": size, "branch_deleted": branch_deleted},
+                + (f" and branch {task.branch}" if branch_deleted else "")
+                + (f" (on {repo.remote} too)" if remote_deleted and repo is not None else ""),
+                data={
+                    "path": str(path),
+                    "bytes": size,
+                    "branch_deleted": branch_deleted,
+                    "remote_branch_deleted": remote_deleted,
+                },
             )
     return Released(
         task.work_item, task.repository, str(path), size, decision.reason, branch_deleted
