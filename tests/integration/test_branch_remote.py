@@ -123,6 +123,37 @@ def test_a_host_that_went_its_own_way_takes_the_remotes_branch(tmp_path: Path) -
     assert (work_b / "kept.py").is_file()
 
 
+def test_a_jobs_uncommitted_leftovers_go_when_another_host_moved_the_branch_on(
+    tmp_path: Path,
+) -> None:
+    """A job on B wrote files and B died before its commit; A ran the stage again and
+    later ones. When B takes the task up again its copy follows the remote, and the dead
+    job's new files must not ride along in B's next commit (seen: they stayed, and the
+    next job's commit plan took them). A venv, a `.env` and ignored files stay."""
+    _, (a, b) = _hosts(tmp_path)
+    _create(a)
+    work_b = _prepare(b)
+    (work_b / "half-done.py").write_text("from the job that died\n")
+    (work_b / "stale").mkdir()
+    (work_b / "stale" / "notes.md").write_text("also\n")
+    (work_b / ".venv" / "bin").mkdir(parents=True)
+    (work_b / ".venv" / "bin" / "python").write_text("")
+    (work_b / ".env").write_text("TOKEN=x\n")
+    (b.path / ".git" / "info" / "exclude").write_text("*.log\n")  # ignored files
+    (work_b / "run.log").write_text("ignored\n")
+    recorded = _commit(_prepare(a), "later.md")
+    push_task_branch(a, BRANCH)
+    with b.worktree_lock():
+        assert sync_task_branch(b, BRANCH, "main", work_b) == "fast-forwarded"
+    assert b.rev(BRANCH) == recorded
+    assert (work_b / "later.md").is_file()
+    assert not (work_b / "half-done.py").exists()
+    assert not (work_b / "stale").exists()
+    assert (work_b / ".venv" / "bin" / "python").is_file()
+    assert (work_b / ".env").is_file()
+    assert (work_b / "run.log").is_file()
+
+
 def test_a_push_never_overwrites_a_branch_that_moved_on_the_remote(tmp_path: Path) -> None:
     remote, (a, b) = _hosts(tmp_path)
     work_a = _create(a)

@@ -13,7 +13,8 @@ the truth:
   branch. This host's copy then catches up: made where missing, fast-forwarded where
   behind, pushed where ahead (a crash between a commit and its push, on this host),
   and reset to the remote where the two went separate ways (local commits that were
-  never pushed belong to no recorded stage).
+  never pushed belong to no recorded stage). A worktree that follows the remote loses
+  the new files a job left in it uncommitted, which are older than the remote's work.
 * **After a job**: the finalizer pushes what it committed (:func:`push_task_branch`)
   before it moves the task on, so a stage's result is never recorded on one host only.
 * **Merges** land on the remote's default branch by a compare-and-swap push, made again
@@ -31,6 +32,7 @@ from pathlib import Path
 from orchestrator.errors import RepositoryError
 from orchestrator.settings import Settings
 from orchestrator.workspace.git import RemoteMovedError, Repo, git
+from orchestrator.workspace.setup import remove_new_files
 
 __all__ = [
     "delete_merged_branch",
@@ -134,8 +136,11 @@ def sync_task_branch(repo: Repo, branch: str, base_branch: str, worktree: Path) 
         done = "reset to the remote's"
         log.warning("%s: local commits %s never pushed; taking %s's", branch, local, repo.remote)
     if (worktree / ".git").exists():
-        # Tracked files follow; untracked ones (a venv) stay.
+        # Tracked files follow. What a job left here uncommitted (a crash before its
+        # commit) is older than the remote's work and goes; a venv, a `.env`, ignored
+        # files and what the setup made stay.
         git(worktree, "reset", "--hard", "--quiet", remote_tip)
+        remove_new_files(worktree)
     else:
         git(repo.path, "update-ref", f"refs/heads/{branch}", remote_tip)
     return done
