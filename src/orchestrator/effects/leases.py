@@ -141,7 +141,8 @@ class Heartbeat:
                 if not self.store.is_outage(exc):
                     log.exception("heartbeat failed")
                 elif not missed:  # one line when the outage begins, not one a beat
-                    log.warning("heartbeat missed: the database is out of reach")
+                    said = str(exc).splitlines()[0] if str(exc) else repr(exc)
+                    log.warning("heartbeat missed: the database is out of reach (%s)", said)
                 missed = True
             else:
                 missed = False
