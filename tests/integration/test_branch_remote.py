@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from support import GIT_IDENTITY, make_repo
 
 from orchestrator.errors import RepositoryError
+from orchestrator.settings import DEFAULT_COMMIT_EXCLUDE
+from orchestrator.workspace.commit_policy import CommitPolicy, new_files
 from orchestrator.workspace.git import RemoteMovedError, Repo, git
 from orchestrator.workspace.remote import (
     delete_merged_branch,
@@ -141,17 +143,22 @@ def test_a_jobs_uncommitted_leftovers_go_when_another_host_moved_the_branch_on(
     (work_b / ".env").write_text("TOKEN=x\n")
     (b.path / ".git" / "info" / "exclude").write_text("*.log\n")  # ignored files
     (work_b / "run.log").write_text("ignored\n")
+    (work_b / "data").mkdir()  # the repository's own commit_exclude
+    (work_b / "data" / "big.csv").write_text("1,2\n")
+    (work_b / "tools" / "venv").mkdir(parents=True)  # a virtualenv by its marker
+    (work_b / "tools" / "venv" / "pyvenv.cfg").write_text("home = /usr\n")
     recorded = _commit(_prepare(a), "later.md")
     push_task_branch(a, BRANCH)
+    policy = CommitPolicy(exclude=(*DEFAULT_COMMIT_EXCLUDE, "data/"))
     with b.worktree_lock():
-        assert sync_task_branch(b, BRANCH, "main", work_b) == "fast-forwarded"
+        assert sync_task_branch(b, BRANCH, "main", work_b, lambda: policy) == "fast-forwarded"
     assert b.rev(BRANCH) == recorded
     assert (work_b / "later.md").is_file()
     assert not (work_b / "half-done.py").exists()
     assert not (work_b / "stale").exists()
-    assert (work_b / ".venv" / "bin" / "python").is_file()
-    assert (work_b / ".env").is_file()
-    assert (work_b / "run.log").is_file()
+    kept = [".venv/bin/python", ".env", "run.log", "data/big.csv", "tools/venv/pyvenv.cfg"]
+    assert [path for path in kept if not (work_b / path).is_file()] == []
+    assert new_files(work_b, policy) == []
 
 
 def test_a_push_never_overwrites_a_branch_that_moved_on_the_remote(tmp_path: Path) -> None:
@@ -199,25 +206,49 @@ def test_a_merged_branch_is_deleted_on_the_remote_unless_it_moved_since(tmp_path
     _commit(work, "feature.py")
     push_task_branch(a, BRANCH)
     a.merge(BRANCH, "main", "Merge T-1", tmp_path / "scratch-a")
-    assert a.is_merged(BRANCH, "main")  # what the release asks first (it fetches)
-    # Another host pushed to the branch after that: its work is not deleted.
-    work_b = _prepare(b)
-    later = _commit(work_b, "later.md")
+    # Another host pushed to the branch after the merge: its work is not deleted.
+    later = _commit(_prepare(b), "later.md")
     push_task_branch(b, BRANCH)
-    assert not delete_merged_branch(a, BRANCH)
+    assert not delete_merged_branch(a, BRANCH, "main")
     assert _remote_tip(remote, BRANCH) == later
-    # Merged as it is now: it goes, and a second deletion finds nothing to do.
+    # Merged as it is now: it goes, and a second deletion finds nothing to do, on the
+    # host that deleted it and on one whose last fetch still showed it.
     b.merge(BRANCH, "main", "Merge T-1 again", tmp_path / "scratch-b")
-    assert b.is_merged(BRANCH, "main")
-    assert delete_merged_branch(b, BRANCH)
+    assert a.tracked(BRANCH) is not None
+    assert delete_merged_branch(b, BRANCH, "main")
     assert _remote_tip(remote, BRANCH) is None
     assert b.tracked(BRANCH) is None
-    assert not delete_merged_branch(b, BRANCH)
-    # A host whose last fetch still shows the branch: refused by the remote, no error.
-    assert a.tracked(BRANCH) is not None
-    assert not delete_merged_branch(a, BRANCH)
+    assert not delete_merged_branch(b, BRANCH, "main")
+    assert not delete_merged_branch(a, BRANCH, "main")
     # Without a remote nothing is asked of one.
-    assert not delete_merged_branch(Repo(a.path, None), BRANCH)
+    assert not delete_merged_branch(Repo(a.path, None), BRANCH, "main")
+
+
+def test_a_branch_pushed_to_while_it_is_deleted_stays(tmp_path: Path) -> None:
+    """The deletion races another host's push (the remote's pre-receive hook makes it,
+    just before the deletion's update): the remote refuses to delete a branch that
+    moved, the deletion says so without an error, and the new work stays."""
+    remote, (a, _b) = _hosts(tmp_path)
+    work = _create(a)
+    _commit(work, "feature.py")
+    push_task_branch(a, BRANCH)
+    a.merge(BRANCH, "main", "Merge T-1", tmp_path / "scratch-a")
+    other = tmp_path / "other"
+    _run(tmp_path, "git", "clone", "-q", str(remote), str(other))
+    _run(other, "git", "checkout", "-q", BRANCH)
+    pushed = _commit(other, "racing.md")
+    _run(other, "git", "push", "-q", "origin", "HEAD:refs/heads/staged")
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\n"
+        "if [ ! -e raced ]; then touch raced; "
+        f"env -u GIT_QUARANTINE_PATH git update-ref refs/heads/{BRANCH} {pushed}; fi\n",
+        encoding="utf-8",
+    )
+    hook.chmod(0o755)
+    assert not delete_merged_branch(a, BRANCH, "main")
+    assert (remote / "raced").exists()
+    assert _remote_tip(remote, BRANCH) == pushed
 
 
 def test_a_merge_that_loses_the_race_to_another_host_lands_on_its_tip(tmp_path: Path) -> None:

@@ -567,15 +567,14 @@ def task_show(context: Context, ref: str, repo: Path | None, as_json: bool) -> N
         out.print(f"worktree:   {found.worktree}", markup=False)
     else:
         removed = time.strftime("%Y-%m-%d %H:%M", time.localtime(found.worktree_removed_at))
-        branch_deleted = any(
-            event.kind == EventKind.WORKTREE_REMOVED and (event.data or {}).get("branch_deleted")
-            for event in events
+        removal = next(
+            (e.data or {} for e in reversed(events) if e.kind == EventKind.WORKTREE_REMOVED), {}
         )
-        where = (
-            f"the branch {found.branch} was deleted, merged into {found.base_branch}"
-            if branch_deleted
-            else f"the branch {found.branch} keeps the commits"
-        )
+        where = f"the branch {found.branch} keeps the commits"
+        if removal.get("branch_deleted"):
+            where = f"the branch {found.branch} was deleted, merged into {found.base_branch}"
+            if removal.get("remote") and not removal.get("remote_branch_deleted"):
+                where += f"; it stays on {removal['remote']}"
         out.print(f"worktree:   removed {removed} ({where})", markup=False)
     _print_next_steps(steps, found)
     runs = store.task_runs(found.id)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -60,12 +61,11 @@ from orchestrator.workspace.commit_policy import (
     CommitPlan,
     CommitPolicy,
     commit_work,
-    effective_excludes,
     plan_commit,
+    repository_policy,
 )
 from orchestrator.workspace.git import git
 from orchestrator.workspace.remote import open_repo, push_task_branch
-from orchestrator.workspace.setup import recorded_patterns
 from orchestrator.workspace.worktrees import release_quietly
 
 __all__ = ["ACTOR", "Finalizer", "runner_facts", "tail_line"]
@@ -274,16 +274,10 @@ class Finalizer:
 
     def commit_policy(self, task: Task, job: Job) -> CommitPolicy:
         """What the commit after ``job`` may take: a runner only its own reports."""
-        config = self.settings.repo_config(Path(task.repository))
-        return CommitPolicy(
-            exclude=(
-                *effective_excludes(config.commit_exclude),
-                *recorded_patterns(Path(task.worktree)),
-            ),
-            only=(artifact_dir(task.work_item),) if job.kind == "runner" else (),
-            max_bytes=self.settings.commit_max_bytes,
-            max_files=self.settings.commit_max_files,
-        )
+        policy = repository_policy(self.settings, Path(task.repository), Path(task.worktree))
+        if job.kind != "runner":
+            return policy
+        return replace(policy, only=(artifact_dir(task.work_item),))
 
     def plan_commit(self, task: Task, job: Job) -> CommitPlan:
         worktree = Path(task.worktree)

@@ -126,11 +126,12 @@ class _Output:
 
     def _copy(self) -> None:
         written = 0
+        sink: IO[bytes] | None = None
         try:
-            sink: IO[bytes] | None = self._log.open("ab")
+            sink = self._log.open("ab")
+            whole = sink.tell() == 0
         except OSError:
-            sink = None
-        whole = sink is not None and sink.tell() == 0
+            whole = False
         while chunk := self._stream.read1(READ_CHUNK_BYTES):  # type: ignore[attr-defined]
             self.tail.append(chunk)
             self._tail_size += len(chunk)

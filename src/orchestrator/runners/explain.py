@@ -24,15 +24,14 @@ problem: the runner then hands the DEFER to a person, never to development.
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 from pathlib import Path
 from typing import Final
 
-from orchestrator.errors import RepositoryError
 from orchestrator.runners.config import RunnerConfig
 from orchestrator.runners.process import run_command
-from orchestrator.workspace.setup import remove_new_files
+from orchestrator.settings import DEFAULT_COMMIT_EXCLUDE
+from orchestrator.workspace.setup import recorded_patterns
 
 __all__ = ["EXPLANATION_FILE", "Explanation", "explain_defer", "explain_prompt"]
 
@@ -78,8 +77,8 @@ def _discard_changes(worktree: Path) -> None:
     (ignored files are kept, and so is what the commit policy never commits: a venv made
     by the setup command, a `.env` copied into the worktree)."""
     _git(worktree, "checkout", "--force", "HEAD", "--", ".")
-    with contextlib.suppress(RepositoryError):
-        remove_new_files(worktree)
+    kept = (*DEFAULT_COMMIT_EXCLUDE, *recorded_patterns(worktree))
+    _git(worktree, "clean", "-d", "--force", "--quiet", *(f"--exclude={p}" for p in kept))
 
 
 def explain_defer(

@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Final
 
-from orchestrator.settings import DEFAULT_COMMIT_EXCLUDE
+from orchestrator.settings import DEFAULT_COMMIT_EXCLUDE, Settings
 from orchestrator.workspace.git import git, git_dir
+from orchestrator.workspace.setup import recorded_patterns
 
 __all__ = [
     "DEFAULT_COMMIT_EXCLUDE",
@@ -50,7 +51,10 @@ __all__ = [
     "CommitPolicy",
     "commit_work",
     "effective_excludes",
+    "new_files",
     "plan_commit",
+    "remove_new_files",
+    "repository_policy",
 ]
 
 DEFAULT_MAX_BYTES: Final = 20_000_000
@@ -82,6 +86,17 @@ class CommitPolicy:
     only: tuple[str, ...] = ()
     max_bytes: int = DEFAULT_MAX_BYTES
     max_files: int = DEFAULT_MAX_FILES
+
+
+def repository_policy(settings: Settings, repository: Path, worktree: Path) -> CommitPolicy:
+    """What a commit in ``worktree`` (of ``repository``) may take, whatever the job: not
+    the built-in and the repository's excludes, nor what its setup made; the limits."""
+    config = settings.repo_config(repository)
+    return CommitPolicy(
+        exclude=(*effective_excludes(config.commit_exclude), *recorded_patterns(worktree)),
+        max_bytes=settings.commit_max_bytes,
+        max_files=settings.commit_max_files,
+    )
 
 
 @dataclass(frozen=True)
@@ -137,7 +152,8 @@ def _drop_virtualenvs(paths: list[str]) -> list[str]:
     return [path for path in paths if not any(_under(path, venv) for venv in venvs)]
 
 
-def _candidates(worktree: Path, policy: CommitPolicy, env: dict[str, str]) -> list[str]:
+def _untracked(worktree: Path, policy: CommitPolicy, env: dict[str, str]) -> list[str]:
+    """The new files a commit under ``policy`` would take (virtualenvs left out)."""
     scope = [f"{directory.strip('/')}/" for directory in policy.only]
     excludes = [arg for pattern in policy.exclude for arg in ("--exclude", pattern)]
     untracked = _split(
@@ -153,12 +169,42 @@ def _candidates(worktree: Path, policy: CommitPolicy, env: dict[str, str]) -> li
             env={**env, **_LITERAL},
         ).stdout
     )
+    return _drop_virtualenvs(untracked)
+
+
+def new_files(worktree: Path, policy: CommitPolicy) -> list[str]:
+    """The files git does not track in ``worktree`` that a commit under ``policy`` would
+    take: not ignored ones, a virtualenv, or what ``policy`` excludes."""
+    return _untracked(worktree, policy, {})
+
+
+def remove_new_files(worktree: Path, policy: CommitPolicy) -> list[str]:
+    """Delete :func:`new_files` (and the directories they leave empty); what went.
+    Raises OSError when one cannot be deleted."""
+    paths = new_files(worktree, policy)
+    for path in paths:
+        (worktree / path).unlink(missing_ok=True)
+    for directory in sorted({str(PurePosixPath(p).parent) for p in paths}, reverse=True):
+        parent = PurePosixPath(directory)
+        while (
+            str(parent) != "."
+            and (worktree / parent).is_dir()
+            and not any((worktree / parent).iterdir())
+        ):
+            (worktree / parent).rmdir()
+            parent = parent.parent
+    return paths
+
+
+def _candidates(worktree: Path, policy: CommitPolicy, env: dict[str, str]) -> list[str]:
+    scope = [f"{directory.strip('/')}/" for directory in policy.only]
+    untracked = _untracked(worktree, policy, env)
     tracked = _split(
         git(
             worktree, "diff-files", "-z", "--name-only", "--", *scope, env={**env, **_LITERAL}
         ).stdout
     )
-    return sorted(set(_drop_virtualenvs(untracked)) | set(tracked))
+    return sorted(set(untracked) | set(tracked))
 
 
 def _size(worktree: Path, path: str) -> int:

@@ -472,13 +472,15 @@ class Repo:
         or a fast-forward), or by a squash / rebase commit carrying its trailer. With a
         remote, both are read there (fetched first)."""
         if not self.remote:
-            return self._landed(self.rev(branch), into)
+            return self.landed(self.rev(branch), into)
         # ``into`` may be a commit (the one deployed): only branches are fetched.
         into_branch = self.has_branch(into)
         self.fetch(branch, *([into] if into_branch else []))
-        return self._landed(self.tip(branch), self.tip(into) if into_branch else into)
+        return self.landed(self.tip(branch), self.tip(into) if into_branch else into)
 
-    def _landed(self, head: str, into: str) -> bool:
+    def landed(self, head: str, into: str) -> bool:
+        """Whether commit ``head`` has landed on ``into`` (a commit or a ref): an ancestor
+        of it, or named by a squash / rebase commit's trailer there."""
         if self.is_ancestor(head, into):
             return True
         found = git(
@@ -519,7 +521,7 @@ class Repo:
             if self.remote:
                 self.fetch(branch, into)
             head, target_before = self.tip(branch), self.tip(into)
-            if self._landed(head, target_before):
+            if self.landed(head, target_before):
                 if self.remote:
                     self.follow(into, target_before)
                 return MergeResult(target_before, already_merged=True)

@@ -27,12 +27,13 @@ never overwrite each other's work, whatever they raced on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.errors import RepositoryError
 from orchestrator.settings import Settings
+from orchestrator.workspace.commit_policy import CommitPolicy, remove_new_files
 from orchestrator.workspace.git import RemoteMovedError, Repo, git
-from orchestrator.workspace.setup import remove_new_files
 
 __all__ = [
     "delete_merged_branch",
@@ -58,15 +59,19 @@ def start_task_branch(repo: Repo, branch: str, sha: str) -> None:
         repo.push(branch, sha, None)
 
 
-def delete_merged_branch(repo: Repo, branch: str) -> bool:
-    """Delete the remote's ``branch`` once :meth:`Repo.is_merged` found it merged (that
-    fetched it): a compare-and-swap on the tip it saw, so work another host pushed since
-    stays. True if it went; False without a remote, when it is gone there already, when
-    it moved, or when the remote cannot be reached (said in the log; it stays)."""
-    tip = repo.tracked(branch) if repo.remote else None
-    if tip is None:
+def delete_merged_branch(repo: Repo, branch: str, base_branch: str) -> bool:
+    """Delete the remote's ``branch`` where its tip there has landed on the remote's
+    ``base_branch``: fetched now, and deleted as a compare-and-swap on that very tip, so
+    work another host pushed since stays. True if it went; False without a remote, when
+    it is gone there already, not merged, moved meanwhile, or the remote cannot be
+    reached (said in the log; it stays)."""
+    if not repo.remote:
         return False
     try:
+        tips = repo.fetch(branch, base_branch)
+        tip, base = tips[branch], tips[base_branch]
+        if tip is None or base is None or not repo.landed(tip, base):
+            return False
         repo.push(branch, None, tip)
     except RemoteMovedError as exc:
         log.info("kept %s: %s", branch, exc)
@@ -107,11 +112,20 @@ def push_task_branch(repo: Repo, branch: str) -> str | None:
     raise RepositoryError(f"{branch} keeps moving on {repo.remote}; retry the task")
 
 
-def sync_task_branch(repo: Repo, branch: str, base_branch: str, worktree: Path) -> str | None:
+def sync_task_branch(
+    repo: Repo,
+    branch: str,
+    base_branch: str,
+    worktree: Path,
+    policy: Callable[[], CommitPolicy] = CommitPolicy,
+) -> str | None:
     """Before a job, under the worktree lock: this host's task branch (and worktree,
     when there is one) is the remote's. What was done ("fetched", "fast-forwarded",
     "pushed", "reset to the remote's"), None when nothing was needed or there is no
-    remote. Raises :class:`RepositoryError` when the branch is nowhere."""
+    remote. A worktree that follows the remote first loses the new files a commit under
+    ``policy()`` would take (a job of this host left them; they are older than the
+    remote's work). Raises :class:`RepositoryError` when the branch is nowhere, or a
+    leftover cannot be removed (nothing moved then: the next attempt tries again)."""
     if not repo.remote:
         return None
     tips = repo.fetch(base_branch, branch)
@@ -136,11 +150,25 @@ def sync_task_branch(repo: Repo, branch: str, base_branch: str, worktree: Path) 
         done = "reset to the remote's"
         log.warning("%s: local commits %s never pushed; taking %s's", branch, local, repo.remote)
     if (worktree / ".git").exists():
-        # Tracked files follow. What a job left here uncommitted (a crash before its
-        # commit) is older than the remote's work and goes; a venv, a `.env`, ignored
-        # files and what the setup made stay.
+        # What a job left here uncommitted (it died before its commit) must not ride
+        # along in the next commit; ignored files, a venv, a `.env` and whatever else
+        # the commit policy leaves out stay. Then the tracked files follow.
+        try:
+            gone = remove_new_files(worktree, policy())
+        except OSError as exc:
+            raise RepositoryError(
+                f"cannot remove {exc.filename}, left uncommitted in {worktree} by an earlier "
+                f"job, before taking {repo.remote}'s {branch}: {exc.strerror}; remove it "
+                "and retry the task"
+            ) from None
+        if gone:
+            log.warning(
+                "%s: removed %d file(s) an earlier job left uncommitted: %s",
+                branch,
+                len(gone),
+                ", ".join(gone[:5]),
+            )
         git(worktree, "reset", "--hard", "--quiet", remote_tip)
-        remove_new_files(worktree)
     else:
         git(repo.path, "update-ref", f"refs/heads/{branch}", remote_tip)
     return done

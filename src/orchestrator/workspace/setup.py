@@ -24,15 +24,14 @@ from pathlib import Path
 from typing import Final
 
 from orchestrator.errors import RepositoryError
-from orchestrator.settings import DEFAULT_COMMIT_EXCLUDE, RepoConfig
-from orchestrator.workspace.git import git, git_dir
+from orchestrator.settings import RepoConfig
+from orchestrator.workspace.git import git_dir
 from orchestrator.workspace.hooks import HOOK_FAILED_EXIT
 
 __all__ = [
     "HOOK_FAILED_EXIT",
     "prepare_workspace",
     "recorded_patterns",
-    "remove_new_files",
 ]
 
 CREATED_RECORD: Final = "tool-created"
@@ -74,14 +73,6 @@ def recorded_patterns(worktree: Path) -> tuple[str, ...]:
     except (OSError, RepositoryError):
         return ()
     return tuple(dict.fromkeys(_escape(line) for line in record.splitlines() if line))
-
-
-def remove_new_files(worktree: Path) -> None:
-    """Remove what git does not track in ``worktree``, but for ignored files and what the
-    commit policy never commits: the built-in excludes (a venv, a `.env`) and what the
-    setup made (:func:`recorded_patterns`). A job's leftovers go; its tools stay."""
-    kept = (*DEFAULT_COMMIT_EXCLUDE, *recorded_patterns(worktree))
-    git(worktree, "clean", "-d", "--force", "--quiet", *(f"--exclude={p}" for p in kept))
 
 
 def _copy_includes(config: RepoConfig, repository: Path, worktree: Path) -> list[str]:

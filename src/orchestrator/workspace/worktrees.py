@@ -54,6 +54,7 @@ from orchestrator.kernel.retention import (
 from orchestrator.kernel.stages import DONE, TERMINAL_STAGES
 from orchestrator.settings import Settings
 from orchestrator.store import Store, Task
+from orchestrator.workspace.commit_policy import repository_policy
 from orchestrator.workspace.git import Repo, remove_tree
 from orchestrator.workspace.remote import delete_merged_branch, open_repo, sync_task_branch
 
@@ -224,7 +225,9 @@ def _release(
     branch_deleted = bool(delete_branch and repo is not None and repo.delete_branch(task.branch))
     # With a remote the branch goes there too (hosts that share no disk, decision 0031).
     remote_deleted = bool(
-        delete_branch and repo is not None and delete_merged_branch(repo, task.branch)
+        delete_branch
+        and repo is not None
+        and delete_merged_branch(repo, task.branch, task.base_branch)
     )
     with store.transaction() as tx:
         if tx.set_worktree_removed(task.id, when, expected_version=task.version):
@@ -240,6 +243,7 @@ def _release(
                     "path": str(path),
                     "bytes": size,
                     "branch_deleted": branch_deleted,
+                    "remote": repo.remote if repo is not None else None,
                     "remote_branch_deleted": remote_deleted,
                 },
             )
@@ -266,7 +270,13 @@ def ensure_worktree(store: Store, settings: Settings, task: Task, *, actor: str)
     with repo.worktree_lock():
         # With a remote, this host's branch becomes the remote's first (another host
         # may have run the task's last job).
-        synced = sync_task_branch(repo, task.branch, task.base_branch, path)
+        synced = sync_task_branch(
+            repo,
+            task.branch,
+            task.base_branch,
+            path,
+            lambda: repository_policy(settings, Path(task.repository), path),
+        )
         recreated = repo.restore_worktree(path, task.branch, owned_root=worktrees_root(settings))
         if synced is None and not recreated and task.worktree_removed_at is None:
             return False  # the usual case: no second read of the task
