@@ -61,6 +61,20 @@ def _remote_tip(remote: Path, branch: str) -> str | None:
     return found.stdout.strip() or None
 
 
+def _race_the_first_push(remote: Path, branch: str, sha: str) -> None:
+    """The remote's pre-receive hook moves ``branch`` to ``sha`` the first time anyone
+    pushes, just before that push's update (touching ``raced`` in the remote)."""
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\n"
+        "if [ ! -e raced ]; then touch raced; "
+        # Outside the push's quarantine, as another receive-pack's update would be.
+        f"env -u GIT_QUARANTINE_PATH git update-ref refs/heads/{branch} {sha}; fi\n",
+        encoding="utf-8",
+    )
+    hook.chmod(0o755)
+
+
 def _create(repo: Repo) -> Path:
     """What `orch task create` does on ``repo``'s host: worktree and branch, pushed."""
     base = repo.current("main")
@@ -238,14 +252,7 @@ def test_a_branch_pushed_to_while_it_is_deleted_stays(tmp_path: Path) -> None:
     _run(other, "git", "checkout", "-q", BRANCH)
     pushed = _commit(other, "racing.md")
     _run(other, "git", "push", "-q", "origin", "HEAD:refs/heads/staged")
-    hook = remote / "hooks" / "pre-receive"
-    hook.write_text(
-        "#!/bin/sh\n"
-        "if [ ! -e raced ]; then touch raced; "
-        f"env -u GIT_QUARANTINE_PATH git update-ref refs/heads/{BRANCH} {pushed}; fi\n",
-        encoding="utf-8",
-    )
-    hook.chmod(0o755)
+    _race_the_first_push(remote, BRANCH, pushed)
     assert not delete_merged_branch(a, BRANCH, "main")
     assert (remote / "raced").exists()
     assert _remote_tip(remote, BRANCH) == pushed
@@ -265,15 +272,7 @@ def test_a_merge_that_loses_the_race_to_another_host_lands_on_its_tip(tmp_path: 
     _run(other, "git", "commit", "-q", "-m", "hotfix")
     hotfix = _run(other, "git", "rev-parse", "HEAD")
     _run(other, "git", "push", "-q", "origin", "HEAD:refs/heads/staged")
-    hook = remote / "hooks" / "pre-receive"
-    hook.write_text(
-        "#!/bin/sh\n"
-        "if [ ! -e raced ]; then touch raced; "
-        # Outside the push's quarantine, as another receive-pack's update would be.
-        f"env -u GIT_QUARANTINE_PATH git update-ref refs/heads/main {hotfix}; fi\n",
-        encoding="utf-8",
-    )
-    hook.chmod(0o755)
+    _race_the_first_push(remote, "main", hotfix)
     result = b.merge(BRANCH, "main", "Merge T-1", tmp_path / "scratch")
     assert (remote / "raced").exists()
     tip = _remote_tip(remote, "main")
