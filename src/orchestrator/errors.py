@@ -33,6 +33,7 @@ __all__ = [
     "OrchestratorError",
     "RepositoryError",
     "UsageError",
+    "first_line",
 ]
 
 
@@ -123,3 +124,10 @@ class IntegrationError(OrchestratorError):
     """
 
     http_status = 502
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of what ``exc`` says, in the driver's own words where it wraps
+    one (``exc.orig``; a driver's message can run to many lines)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

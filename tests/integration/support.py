@@ -1,17 +1,14 @@
-"""Shared test helpers: a real git repository, a sync httpx client over an ASGI app, and
-a wait for something another process does."""
+"""Shared test helpers: a real git repository, and a sync httpx client over an ASGI app."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from fastapi import FastAPI
 
@@ -65,12 +62,3 @@ def make_repo(path: Path) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=path, check=True)
     subprocess.run(["git", "commit", "-qm", "init"], cwd=path, check=True, env=env)
     return path
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    """Poll ``predicate`` until it holds; fail the test saying ``what`` did not happen."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not true after {timeout_s:g}s")
-        time.sleep(0.01)

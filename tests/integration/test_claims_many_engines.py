@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-from support import make_repo, wait_for
+from support import make_repo
+from tests.integration.test_engine import wait_for
 
 from orchestrator.engine.core import Engine
 from orchestrator.lifecycle.service import TaskService
@@ -124,6 +125,7 @@ def test_engines_over_one_database_run_each_job_exactly_once(tmp_path: Path, db_
                 or any(engine.poll() is not None for engine in engines)
             ),
             "every engine ready",
+            timeout_s=60.0,
         )
         go.touch()
         for engine in engines:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
-from orchestrator.errors import SideEffectsUnderWayError
+from orchestrator.errors import SideEffectsUnderWayError, first_line
 from orchestrator.kernel.events import EventKind
 from orchestrator.outbox.notifier import Notifier, NullNotifier, notify_safely
 from orchestrator.procs.proc import pid_alive, start_ticks
@@ -141,8 +141,9 @@ class Heartbeat:
                 if not self.store.is_outage(exc):
                     log.exception("heartbeat failed")
                 elif not missed:  # one line when the outage begins, not one a beat
-                    said = str(exc).splitlines()[0] if str(exc) else repr(exc)
-                    log.warning("heartbeat missed: the database is out of reach (%s)", said)
+                    log.warning(
+                        "heartbeat missed: the database is out of reach (%s)", first_line(exc)
+                    )
                 missed = True
             else:
                 missed = False

@@ -52,7 +52,7 @@ from orchestrator.agents import (
     resolve_agent,
     result_file_for,
 )
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, first_line
 from orchestrator.job_env import job_environment
 from orchestrator.kernel.failures import FailureKind
 from orchestrator.lifecycle.budget import stop_if_over_budget
@@ -179,12 +179,6 @@ class PassWorkers:
 _PASS_WORKERS: Final = PassWorkers()
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first line of what ``exc`` says (a driver's message can run to many)."""
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def _together(work: Callable[..., _T], calls: list[tuple[Any, ...]]) -> list[_T | Exception]:
     """``work(*call)`` for every call on the shared :class:`PassWorkers`."""
     return _PASS_WORKERS.run(work, calls)
@@ -308,7 +302,7 @@ class Engine:
             except Exception as exc:
                 if not self.store.is_outage(exc):
                     raise
-                self.database_outage = _first_line(exc)
+                self.database_outage = first_line(exc)
                 log.warning(
                     "the database is out of reach (%s); the engine waits for it",
                     self.database_outage,

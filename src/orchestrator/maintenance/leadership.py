@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
 
-from orchestrator.errors import ConflictError
+from orchestrator.errors import ConflictError, first_line
 from orchestrator.maintenance.supervisor import Body, Loop
 from orchestrator.store import Store, sqlite_path
 from orchestrator.store.advisory import AdvisoryLock
@@ -192,7 +192,7 @@ class Leadership:
         try:
             return self._elector.holder()
         except Exception as exc:
-            log.warning("cannot read who leads: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            log.warning("cannot read who leads: %s", first_line(exc))
             return None
 
     # --- the leader loop -------------------------------------------------------------
@@ -222,7 +222,7 @@ class Leadership:
         try:
             won = self._elector.try_acquire()
         except Exception as exc:
-            said = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            said = first_line(exc)
             if said != self._failing:
                 log.warning("leader election: %s", said)
             self._failing = said

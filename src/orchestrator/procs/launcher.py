@@ -115,8 +115,8 @@ class _Output:
     def __init__(self, stream: IO[bytes], log: Path, max_bytes: int) -> None:
         self.tail: deque[bytes] = deque()
         self._tail_size = 0
-        # The log holds all the output and nothing else (so it is the tail): cleared by
-        # lines from before, the cap, or a failed write. Cleared until the copy ends.
+        # Set when the copy ends: whether the log holds all the output and nothing else
+        # (so its end is the tail); not with lines from before, the cap, a failed write.
         self.whole = False
         self._stream = stream
         self._log = log

@@ -184,14 +184,12 @@ def remove_new_files(worktree: Path, policy: CommitPolicy) -> list[str]:
     paths = new_files(worktree, policy)
     for path in paths:
         (worktree / path).unlink(missing_ok=True)
-    for directory in sorted({str(PurePosixPath(p).parent) for p in paths}, reverse=True):
-        parent = PurePosixPath(directory)
-        while (
-            str(parent) != "."
-            and (worktree / parent).is_dir()
-            and not any((worktree / parent).iterdir())
-        ):
-            (worktree / parent).rmdir()
+        parent = PurePosixPath(path).parent
+        while parent.name:  # up to the worktree, while each one is left empty
+            try:
+                (worktree / parent).rmdir()
+            except OSError:
+                break
             parent = parent.parent
     return paths
 
